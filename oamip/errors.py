@@ -1,0 +1,29 @@
+"""One error hierarchy: every message says what is wrong and what to do about it."""
+
+
+class OamipError(Exception):
+    """Base class of every error the package raises on purpose."""
+
+
+class InvalidInputError(OamipError, ValueError):
+    """The model, the data or an argument is not usable as given."""
+
+
+class UnsupportedLayerError(OamipError):
+    """The network contains a layer or an activation the package cannot encode."""
+
+
+class BackendUnavailableError(OamipError):
+    """A solver backend is unknown or not installed."""
+
+
+class CapabilityError(OamipError):
+    """A backend was asked to solve a model it cannot handle (integers, quadratics, ...)."""
+
+
+class SolverError(OamipError):
+    """The solver ran but returned no usable solution."""
+
+
+class VerificationError(OamipError):
+    """The solver's solution disagrees with the network's own forward pass."""
