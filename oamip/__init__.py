@@ -1,6 +1,11 @@
-"""oamip: find the neurons a trained ReLU network cannot do without, by mathematical programming."""
+"""oamip: find the neurons a trained ReLU network cannot do without, by mathematical programming.
 
-from oamip import backends
+The public API: ``score_neurons`` solves the neuron-importance MIP, ``apply_masks`` and
+``remove_pruned`` write its masks back, ``save_model``/``load_model`` store pruned models.
+"""
+
+from oamip import backends, formulations
+from oamip.adapters import apply_masks, load_model, remove_pruned, save_model
 from oamip.errors import (
     BackendUnavailableError,
     CapabilityError,
@@ -10,15 +15,23 @@ from oamip.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
+from oamip.scoring import ScoreResult, score_neurons
 
 __all__ = [
     "BackendUnavailableError",
     "CapabilityError",
     "InvalidInputError",
     "OamipError",
+    "ScoreResult",
     "SolverError",
     "UnsupportedLayerError",
     "VerificationError",
+    "apply_masks",
     "backends",
+    "formulations",
+    "load_model",
+    "remove_pruned",
+    "save_model",
+    "score_neurons",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,11 @@
 from __future__ import annotations
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.cbc import CbcBackend
+from oamip.backends.export import write_lp, write_mps
+from oamip.backends.gurobi import GurobiBackend
 from oamip.backends.highs import HighsBackend
+from oamip.backends.scip import ScipBackend
 from oamip.backends.standard_form import StandardForm, compile_model
 from oamip.errors import BackendUnavailableError
 
@@ -48,8 +52,22 @@ def get(name: str | Backend) -> Backend:
 
 
 register(HighsBackend)
+register(ScipBackend)
+register(GurobiBackend)
+register(CbcBackend)
 
 __all__ = [
-    "Backend", "Capabilities", "SolveOptions", "SolveResult", "StandardForm", "Status",
-    "available", "compile_model", "get", "known", "register",
+    "Backend",
+    "Capabilities",
+    "SolveOptions",
+    "SolveResult",
+    "StandardForm",
+    "Status",
+    "available",
+    "compile_model",
+    "get",
+    "known",
+    "register",
+    "write_lp",
+    "write_mps",
 ]

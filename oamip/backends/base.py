@@ -135,5 +135,7 @@ class Backend(abc.ABC):
             )
 
     @abc.abstractmethod
-    def solve_form(self, form: StandardForm, options: SolveOptions, warm_start: bool) -> SolveResult:
+    def solve_form(
+        self, form: StandardForm, options: SolveOptions, warm_start: bool
+    ) -> SolveResult:
         """Hand the standard form to the solver and translate its answer."""

@@ -19,8 +19,12 @@ class HighsBackend(Backend):
 
     name = "highs"
     capabilities = Capabilities(
-        integer=True, quadratic_objective=True, quadratic_constraints=False,
-        mixed_integer_quadratic=False, nonlinear=False, warm_start=True,
+        integer=True,
+        quadratic_objective=True,
+        quadratic_constraints=False,
+        mixed_integer_quadratic=False,
+        nonlinear=False,
+        warm_start=True,
     )
     install_hint = "pip install highspy"
 
@@ -32,7 +36,9 @@ class HighsBackend(Backend):
             return False
         return True
 
-    def solve_form(self, form: StandardForm, options: SolveOptions, warm_start: bool) -> SolveResult:
+    def solve_form(
+        self, form: StandardForm, options: SolveOptions, warm_start: bool
+    ) -> SolveResult:
         highspy = _import()
         start = time.perf_counter()
         h = highspy.Highs()
@@ -149,8 +155,14 @@ def _result(highspy, h, form: StandardForm, seconds: float, load_seconds: float)
     bound = _bound(info, form, objective, status)
     nodes = int(info.mip_node_count) if form.integer.any() else None
     return SolveResult(
-        backend="highs", status=status, objective=objective, bound=bound, seconds=seconds,
-        nodes=nodes, solution=solution, load_seconds=load_seconds,
+        backend="highs",
+        status=status,
+        objective=objective,
+        bound=bound,
+        seconds=seconds,
+        nodes=nodes,
+        solution=solution,
+        load_seconds=load_seconds,
     )
 
 

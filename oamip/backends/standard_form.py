@@ -152,7 +152,11 @@ class _RowBuilder:
 
     def add_row(self, index: np.ndarray, coef: np.ndarray, lower: float, upper: float) -> None:
         self.add_block(
-            np.array([0, len(index)]), index, coef, np.array([lower]), np.array([upper]),
+            np.array([0, len(index)]),
+            index,
+            coef,
+            np.array([lower]),
+            np.array([upper]),
             np.ones(1, dtype=bool),
         )
 

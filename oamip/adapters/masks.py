@@ -1,0 +1,207 @@
+"""Write scores and masks back to PyTorch models (the removal side of pruning).
+
+``apply_masks`` keeps the architecture and makes pruned units output exactly 0; ``remove_pruned``
+rebuilds the network as an ``nn.Sequential`` with the pruned units physically gone.
+``scored_logits`` runs a model with DESIGN.md (1) applied, to check the solver's logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from oamip.adapters.chain import Step, read_chain
+from oamip.adapters.extract import Extracted
+from oamip.errors import InvalidInputError, UnsupportedLayerError
+
+Masks = dict[str, np.ndarray]
+
+
+def scored_logits(
+    extracted: Extracted,
+    x: np.ndarray,
+    scores: dict[str, np.ndarray],
+    big_m: dict[int, np.ndarray],
+) -> np.ndarray:
+    """Logits of the float64 reference model with each scored unit's ReLU argument lowered by
+    ``(1 - s) M`` (DESIGN.md (1)); ``big_m`` maps network layer indices to the constants M."""
+    ref = extracted.reference
+    modules = dict(ref.named_modules())
+    handles = []
+    for name, unit in extracted.units.items():
+        shift = (1.0 - np.asarray(scores[name], dtype=float)) * big_m[unit.layer]
+        target = modules[unit.batchnorm or unit.module]
+        handles.append(target.register_forward_hook(_shift_hook(torch.from_numpy(shift))))
+    try:
+        with torch.no_grad():
+            out = ref(torch.as_tensor(np.asarray(x), dtype=torch.float64))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out.numpy()
+
+
+def _shift_hook(shift: torch.Tensor):
+    def hook(_module, _inputs, output):
+        view = shift.reshape(-1, *([1] * (output.dim() - 2)))
+        return output - view
+
+    return hook
+
+
+def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
+    """Masks as bool arrays keyed by scored module names, with sizes checked."""
+    scored = _scored_steps(steps)
+    clean = {}
+    for name, mask in masks.items():
+        if name not in scored:
+            raise InvalidInputError(
+                f"mask for '{name}', which is not a scored layer; scored layers: {sorted(scored)}"
+            )
+        mask = np.asarray(mask)
+        units = _out_units(scored[name].module)
+        if mask.shape != (units,):
+            raise InvalidInputError(
+                f"mask for '{name}' has shape {mask.shape}; the layer has {units} units"
+            )
+        clean[name] = mask.astype(bool)
+    return clean
+
+
+def _scored_steps(steps: list[Step]) -> dict[str, Step]:
+    """Linear/Conv2d steps followed (after an optional BatchNorm or dropout) by a ReLU."""
+    scored = {}
+    for pos, step in enumerate(steps):
+        if step.kind not in ("linear", "conv"):
+            continue
+        after = [s.kind for s in steps[pos + 1 : pos + 3]]
+        if after[:1] == ["relu"] or (after[:1] in (["bn"], ["dropout"]) and after[1:] == ["relu"]):
+            scored[step.name] = step
+    return scored
+
+
+def _out_units(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """A copy of ``model`` in which every pruned unit outputs exactly 0: its incoming weights,
+    its bias and the scale and shift of a BatchNorm right after it are zeroed."""
+    steps = read_chain(model)
+    masks = check_masks(model, masks, steps)
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    for pos, step in enumerate(steps):
+        if step.name not in masks:
+            continue
+        off = torch.from_numpy(~masks[step.name])
+        targets = [modules[step.name]]
+        if pos + 1 < len(steps) and steps[pos + 1].kind == "bn":
+            targets.append(modules[steps[pos + 1].name])
+        with torch.no_grad():
+            for module in targets:
+                for param in (module.weight, module.bias):
+                    if param is not None:
+                        param[off.to(param.device)] = 0.0
+    return pruned
+
+
+def remove_pruned(model: nn.Module, masks: Masks) -> nn.Sequential:
+    """A new ``nn.Sequential`` equal to ``model`` with the pruned units physically removed.
+
+    Module names are kept (dots become underscores); function calls such as ``F.relu`` become
+    modules. The next layer loses the matching inputs, so the function computed is unchanged
+    for the kept units (and pruned units contributed exactly 0).
+    """
+    steps = read_chain(model)
+    masks = check_masks(model, masks, steps)
+    for name, mask in masks.items():
+        if not mask.any():
+            raise InvalidInputError(
+                f"the mask of '{name}' removes every unit; keep at least one unit per layer"
+            )
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    keep_in: np.ndarray | None = None
+    keep_out: np.ndarray | None = None
+    for step in steps:
+        key = step.name.replace(".", "_")
+        if step.kind in ("linear", "conv"):
+            keep_out = masks.get(step.name)
+            layers[key] = _slice_affine(step.module, keep_in, keep_out)
+            keep_in = keep_out
+        elif step.kind == "bn":
+            layers[key] = _slice_batchnorm(step.module, keep_out)
+        elif step.kind == "flatten":
+            layers[key] = nn.Flatten()
+            keep_in = _flatten_keep(keep_in, steps, step)
+        else:
+            layers[key] = copy.deepcopy(step.module)
+    return nn.Sequential(layers)
+
+
+def _flatten_keep(keep_in, steps: list[Step], step: Step):
+    """After a flatten, each kept channel keeps all its positions (C order)."""
+    if keep_in is None:
+        return None
+    following = steps[steps.index(step) + 1 :]
+    nxt = next((s for s in following if s.kind in ("linear", "conv")), None)
+    if nxt is None or not isinstance(nxt.module, nn.Linear):
+        raise UnsupportedLayerError(f"flatten '{step.name}' must be followed by a Linear layer")
+    area, rest = divmod(nxt.module.in_features, len(keep_in))
+    if rest:
+        raise UnsupportedLayerError(
+            f"cannot tell which inputs of '{nxt.name}' belong to which channel before it"
+        )
+    return np.repeat(keep_in, area)
+
+
+def _slice_affine(module: nn.Module, keep_in, keep_out) -> nn.Module:
+    weight = module.weight.detach()
+    bias = module.bias.detach() if module.bias is not None else None
+    if keep_out is not None:
+        rows = torch.from_numpy(np.flatnonzero(keep_out)).to(weight.device)
+        weight = weight[rows]
+        bias = bias[rows] if bias is not None else None
+    if keep_in is not None:
+        cols = torch.from_numpy(np.flatnonzero(keep_in)).to(weight.device)
+        weight = weight[:, cols]
+    if isinstance(module, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        new = nn.Conv2d(
+            weight.shape[1],
+            weight.shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            bias=bias is not None,
+        )
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _slice_batchnorm(module: nn.Module, keep) -> nn.Module:
+    new = copy.deepcopy(module)
+    if keep is None:
+        return new
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    new.num_features = len(idx)
+    with torch.no_grad():
+        for attr in ("weight", "bias"):
+            param = getattr(module, attr)
+            if param is not None:
+                setattr(new, attr, nn.Parameter(param.detach()[idx.to(param.device)].clone()))
+        for attr in ("running_mean", "running_var"):
+            buf = getattr(module, attr)
+            if buf is not None:
+                setattr(new, attr, buf[idx.to(buf.device)].clone())
+    return new

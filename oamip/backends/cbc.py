@@ -1,0 +1,188 @@
+"""CBC through its command-line executable: LP and MILP, exchanged as MPS and solution files.
+
+The model is written as free MPS (always as a minimisation, which every CBC version reads),
+``cbc`` runs on it, and the solution file and the log are read back. A warm start is handed
+over as a ``-mipstart`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.export import write_mps
+from oamip.backends.standard_form import StandardForm
+from oamip.errors import BackendUnavailableError, SolverError
+
+INSTALL_HINT = "apt-get install coinor-cbc (or: conda install -c conda-forge coin-or-cbc)"
+_LOG_TAIL_LINES = 20
+
+
+class CbcBackend(Backend):
+    """COIN-OR CBC: open source, no Python binding needed, only the ``cbc`` executable."""
+
+    name = "cbc"
+    capabilities = Capabilities(integer=True, warm_start=True)
+    install_hint = INSTALL_HINT
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        return shutil.which("cbc") is not None
+
+    def solve_form(
+        self, form: StandardForm, options: SolveOptions, warm_start: bool
+    ) -> SolveResult:
+        executable = _executable()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="oamip-cbc-") as tmp:
+            folder = Path(tmp)
+            write_mps(_as_minimisation(form), folder / "model.mps")
+            mipstart = _write_mipstart(form, folder / "start.sol") if warm_start else None
+            command = _command(executable, folder, options, mipstart)
+            load_seconds = time.perf_counter() - start
+            log = _run(command, options.verbose)
+            seconds = time.perf_counter() - start - load_seconds
+            header, values = _read_solution(folder / "solution.sol", form.num_cols, log)
+        return _result(form, header, values, log, seconds, load_seconds)
+
+
+def _executable() -> str:
+    path = shutil.which("cbc")
+    if path is None:
+        raise BackendUnavailableError(
+            f"backend 'cbc' needs the cbc executable on the PATH; install it with: {INSTALL_HINT}"
+        )
+    return path
+
+
+def _as_minimisation(form: StandardForm) -> StandardForm:
+    if not form.maximize:
+        return form
+    return dataclasses.replace(form, c=-form.c, c0=-form.c0, q_coef=-form.q_coef, maximize=False)
+
+
+def _write_mipstart(form: StandardForm, path: Path) -> Path | None:
+    """CBC's solution-file layout (index, name, value), read back by ``-mipstart``."""
+    start = form.start_values()
+    if start is None:
+        return None
+    start = np.clip(start, form.col_lower, form.col_upper)
+    start = np.where(form.integer, np.round(start), start)
+    lines = (f"{j} x{j} {value!r}\n" for j, value in enumerate(start.tolist()))
+    path.write_text("".join(lines))
+    return path
+
+
+def _command(
+    executable: str, folder: Path, options: SolveOptions, mipstart: Path | None
+) -> list[str]:
+    command = [executable, str(folder / "model.mps"), "-log", "1"]
+    command += ["-ratioGap", repr(float(options.mip_gap))]
+    if options.time_limit is not None:
+        command += ["-timeMode", "elapsed", "-sec", repr(float(options.time_limit))]
+    if options.threads is not None:
+        command += ["-threads", str(int(options.threads))]
+    if options.seed is not None:
+        command += ["-randomSeed", str(int(options.seed))]
+    for key, value in options.solver_options.items():
+        command += [f"-{key}", str(value)]
+    if mipstart is not None:
+        command += ["-mipstart", str(mipstart)]
+    return command + ["-solve", "-solution", str(folder / "solution.sol")]
+
+
+def _run(command: list[str], verbose: bool) -> list[str]:
+    """Run cbc, streaming its log when ``verbose``; return the log's lines."""
+    lines = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if verbose:
+                sys.stdout.write(line)
+    if process.returncode != 0:
+        raise SolverError(f"cbc exited with status {process.returncode}:\n" + _tail(lines))
+    return lines
+
+
+def _tail(log: list[str]) -> str:
+    return "\n".join(log[-_LOG_TAIL_LINES:])
+
+
+def _read_solution(path: Path, num_cols: int, log: list[str]) -> tuple[str, np.ndarray]:
+    """The status line and the column values (columns cbc leaves out are zero)."""
+    if not path.exists():
+        raise SolverError("cbc wrote no solution file; the end of its log:\n" + _tail(log))
+    header, *rows = path.read_text().splitlines()
+    values = np.zeros(num_cols)
+    for row in rows:
+        fields = row.replace("**", " ").split()
+        if len(fields) >= 3 and fields[1].startswith("x"):
+            values[int(fields[1][1:])] = float(fields[2])
+    return header, values
+
+
+def _status(header: str) -> tuple[Status, bool]:
+    """The status of a solution-file header, and whether its values are a solution."""
+    if header.startswith("Optimal"):
+        return Status.OPTIMAL, True
+    if header.startswith("Stopped on"):
+        return Status.TIME_LIMIT, "no integer solution" not in header
+    if "infeasible" in header.lower():
+        return Status.INFEASIBLE, False
+    if "unbounded" in header.lower():
+        return Status.UNBOUNDED, False
+    return Status.ERROR, False
+
+
+def _log_number(log: list[str], label: str) -> float | None:
+    pattern = re.compile(rf"^{label}:\s+(\S+)")
+    for line in reversed(log):
+        match = pattern.match(line.strip())
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _bound(
+    form: StandardForm, log: list[str], status: Status, objective: float | None
+) -> float | None:
+    """CBC logs a lower bound of the minimisation when it stops short of proving optimality."""
+    bound = _log_number(log, "Lower bound") if form.integer.any() else None
+    if bound is None:
+        return objective if status == Status.OPTIMAL else None
+    return -bound if form.maximize else bound
+
+
+def _result(
+    form: StandardForm,
+    header: str,
+    values: np.ndarray,
+    log: list[str],
+    seconds: float,
+    load_seconds: float,
+) -> SolveResult:
+    status, has_solution = _status(header)
+    solution = values if has_solution else None
+    objective = form.objective_value(solution) if has_solution else None
+    nodes = _log_number(log, "Enumerated nodes") if form.integer.any() else None
+    return SolveResult(
+        backend="cbc",
+        status=status,
+        objective=objective,
+        bound=_bound(form, log, status, objective),
+        seconds=seconds,
+        nodes=None if nodes is None else int(nodes),
+        solution=solution,
+        load_seconds=load_seconds,
+    )

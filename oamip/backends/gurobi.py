@@ -1,0 +1,215 @@
+"""Gurobi through gurobipy's matrix API: LP, MILP, QP, QCP and their mixed-integer versions.
+
+The standard form is handed over whole (``addMVar``, ``addMConstr``, ``setMObjective``), never
+constraint by constraint. The pip package carries a size-limited licence; a model beyond it is
+refused with a message that says so.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.standard_form import QuadraticRow, StandardForm
+from oamip.errors import BackendUnavailableError, SolverError
+
+INSTALL_HINT = "pip install gurobipy"
+PIP_LICENCE_LIMIT = 2000
+_SIZE_LIMIT_EXCEEDED = 10010
+
+
+class GurobiBackend(Backend):
+    """Commercial; the pip licence only covers small models, so it is never the default."""
+
+    name = "gurobi"
+    capabilities = Capabilities(
+        integer=True,
+        quadratic_objective=True,
+        quadratic_constraints=True,
+        mixed_integer_quadratic=True,
+        warm_start=True,
+    )
+    install_hint = INSTALL_HINT
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        try:
+            import gurobipy  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def solve_form(
+        self, form: StandardForm, options: SolveOptions, warm_start: bool
+    ) -> SolveResult:
+        gp = _import()
+        start = time.perf_counter()
+        with _environment(gp, options) as env, gp.Model(env=env) as model:
+            x = _build(gp, model, form)
+            _set_options(model, options)
+            if warm_start:
+                _offer_start(x, form)
+            load_seconds = time.perf_counter() - start
+            _optimize(gp, model, form)
+            seconds = time.perf_counter() - start - load_seconds
+            return _result(gp, model, x, form, seconds, load_seconds)
+
+
+def _import():
+    try:
+        import gurobipy
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend 'gurobi' needs the gurobipy package: {INSTALL_HINT}"
+        ) from exc
+    return gurobipy
+
+
+def _environment(gp, options: SolveOptions):
+    """A started environment; quiet unless ``verbose`` (so no licence banner either)."""
+    env = gp.Env(empty=True)
+    env.setParam("OutputFlag", int(options.verbose))
+    try:
+        env.start()
+    except gp.GurobiError as exc:
+        env.dispose()
+        raise BackendUnavailableError(
+            f"gurobipy is installed but Gurobi could not start: {exc.message}"
+        ) from exc
+    return env
+
+
+def _set_options(model, options: SolveOptions) -> None:
+    model.setParam("MIPGap", float(options.mip_gap))
+    if options.time_limit is not None:
+        model.setParam("TimeLimit", float(options.time_limit))
+    if options.threads is not None:
+        model.setParam("Threads", int(options.threads))
+    if options.seed is not None:
+        model.setParam("Seed", int(options.seed))
+    for key, value in options.solver_options.items():
+        model.setParam(key, value)
+
+
+def _build(gp, model, form: StandardForm):
+    grb = gp.GRB
+    vtype = np.where(form.integer, grb.INTEGER, grb.CONTINUOUS)
+    x = model.addMVar(form.num_cols, lb=form.col_lower, ub=form.col_upper, vtype=vtype)
+    _add_linear_rows(model, x, form)
+    for row in form.quadratic_rows:
+        _add_quadratic_row(model, x, row, form.num_cols)
+    sense = grb.MAXIMIZE if form.maximize else grb.MINIMIZE
+    model.setMObjective(_objective_matrix(form), form.c, form.c0, sense=sense)
+    return x
+
+
+def _add_linear_rows(model, x, form: StandardForm) -> None:
+    """Equalities, then the finite upper sides, then the finite lower sides."""
+    lower, upper = form.row_lower, form.row_upper
+    equal = lower == upper
+    parts = [
+        (equal, "=", upper),
+        (~equal & np.isfinite(upper), "<", upper),
+        (~equal & np.isfinite(lower), ">", lower),
+    ]
+    A = form.A.tocsr()
+    for rows, sense, rhs in parts:
+        if rows.any():
+            model.addMConstr(A[rows], x, sense, rhs[rows])
+
+
+def _add_quadratic_row(model, x, row: QuadraticRow, n: int) -> None:
+    Q = sp.coo_matrix((row.quad_coef, (row.quad_i, row.quad_j)), shape=(n, n)).tocsr()
+    c = np.zeros(n)
+    np.add.at(c, row.lin_index, row.lin_coef)
+    if row.lower == row.upper:
+        model.addMQConstr(Q, c, "=", row.upper, xQ_L=x, xQ_R=x, xc=x)
+        return
+    if np.isfinite(row.upper):
+        model.addMQConstr(Q, c, "<", row.upper, xQ_L=x, xQ_R=x, xc=x)
+    if np.isfinite(row.lower):
+        model.addMQConstr(Q, c, ">", row.lower, xQ_L=x, xQ_R=x, xc=x)
+
+
+def _objective_matrix(form: StandardForm) -> sp.csr_matrix | None:
+    if not form.has_quadratic_objective:
+        return None
+    n = form.num_cols
+    return sp.coo_matrix((form.q_coef, (form.q_i, form.q_j)), shape=(n, n)).tocsr()
+
+
+def _offer_start(x, form: StandardForm) -> None:
+    start = form.start_values()
+    if start is not None:
+        x.Start = np.clip(start, form.col_lower, form.col_upper)
+
+
+def _optimize(gp, model, form: StandardForm) -> None:
+    """Optimise; an infeasible-or-unbounded answer is settled by a second run."""
+    try:
+        model.optimize()
+        if model.Status == gp.GRB.INF_OR_UNBD:
+            model.setParam("DualReductions", 0)
+            model.reset()
+            model.optimize()
+    except gp.GurobiError as exc:
+        if exc.errno == _SIZE_LIMIT_EXCEEDED:
+            raise SolverError(_licence_message(model, form)) from exc
+        raise SolverError(f"gurobi failed: {exc.message}") from exc
+
+
+def _licence_message(model, form: StandardForm) -> str:
+    model.update()
+    constraints = model.NumConstrs + model.NumQConstrs
+    return (
+        f"Gurobi's free pip licence stops at {PIP_LICENCE_LIMIT} variables or "
+        f"{PIP_LICENCE_LIMIT} constraints, and this model has {form.num_cols} variables and "
+        f"{constraints} constraints. Solve it with backend 'highs' or 'scip' instead, "
+        "or install a full Gurobi licence."
+    )
+
+
+def _status(gp, code: int) -> Status:
+    grb = gp.GRB
+    limits = {
+        grb.TIME_LIMIT,
+        grb.NODE_LIMIT,
+        grb.SOLUTION_LIMIT,
+        grb.ITERATION_LIMIT,
+        grb.INTERRUPTED,
+        grb.WORK_LIMIT,
+        grb.USER_OBJ_LIMIT,
+    }
+    if code == grb.OPTIMAL:
+        return Status.OPTIMAL
+    if code in limits:
+        return Status.TIME_LIMIT
+    if code in (grb.INFEASIBLE, grb.INF_OR_UNBD):
+        return Status.INFEASIBLE
+    if code == grb.UNBOUNDED:
+        return Status.UNBOUNDED
+    return Status.ERROR
+
+
+def _result(gp, model, x, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
+    status = _status(gp, model.Status)
+    solution = np.asarray(x.X, dtype=float) if model.SolCount > 0 else None
+    objective = None if solution is None else form.objective_value(solution)
+    is_mip = bool(model.IsMIP)
+    if is_mip:
+        bound = float(model.ObjBound) if np.isfinite(model.ObjBound) else None
+    else:
+        bound = objective if status == Status.OPTIMAL else None
+    return SolveResult(
+        backend="gurobi",
+        status=status,
+        objective=objective,
+        bound=bound,
+        seconds=seconds,
+        nodes=int(model.NodeCount) if is_mip else None,
+        solution=solution,
+        load_seconds=load_seconds,
+    )

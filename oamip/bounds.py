@@ -1,0 +1,87 @@
+"""Per-sample interval bounds that hold for every score vector (DESIGN.md §3).
+
+A scored unit outputs ``ReLU(a - (1 - s) M)``, which lies between 0 (pruned) and ``ReLU(a)``
+(kept), so a ReLU's output is bounded by ``[0, max(U, 0)]`` whatever the scores are. The first
+layer's pre-activations are exact numbers because the inputs are fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from oamip.network import AffineLayer, MaxPoolLayer, Network
+
+
+@dataclass
+class LayerBounds:
+    """``lower <= value <= upper`` per sample and flat output: the pre-activation of an affine
+    layer, or the output of a max pooling."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class NetworkBounds:
+    """Bounds of every layer, and the constants ``M`` of the scored layers."""
+
+    layers: list[LayerBounds]
+    big_m: dict[int, np.ndarray]
+
+    def output_bounds(self, network: Network, index: int) -> LayerBounds:
+        """Bounds of what layer ``index`` hands to the next layer (after its ReLU, if any)."""
+        b = self.layers[index]
+        layer = network.layers[index]
+        if isinstance(layer, AffineLayer) and layer.relu:
+            return LayerBounds(np.zeros_like(b.upper), np.maximum(b.upper, 0.0))
+        return b
+
+
+def affine_bounds(layer: AffineLayer, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
+    """Interval arithmetic through ``A h + c`` for a batch of boxes ``[lower, upper]``."""
+    matrix = layer.matrix
+    pos = matrix.maximum(0)
+    neg = matrix.minimum(0)
+    lo = _apply(pos, lower) + _apply(neg, upper) + layer.offset
+    hi = _apply(pos, upper) + _apply(neg, lower) + layer.offset
+    return LayerBounds(lo, hi)
+
+
+def maxpool_bounds(layer: MaxPoolLayer, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
+    """Bounds of a max over each window: max of the lower and of the upper bounds."""
+    return LayerBounds(layer.forward(lower), layer.forward(upper))
+
+
+def _apply(matrix: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    return np.asarray(matrix @ values.T).T
+
+
+def interval_bounds(network: Network, x: np.ndarray) -> NetworkBounds:
+    """Bounds valid for every score vector, propagated from the fixed batch ``x``."""
+    h = x.reshape(x.shape[0], -1).astype(float)
+    lower, upper = h, h
+    layers: list[LayerBounds] = []
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, AffineLayer):
+            b = affine_bounds(layer, lower, upper)
+        else:
+            b = maxpool_bounds(layer, lower, upper)
+        layers.append(b)
+        out = NetworkBounds(layers, {}).output_bounds(network, i)
+        lower, upper = out.lower, out.upper
+    return NetworkBounds(layers, score_constants(network, layers))
+
+
+def score_constants(network: Network, layers: list[LayerBounds]) -> dict[int, np.ndarray]:
+    """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored layer."""
+    big_m = {}
+    for i in network.scored:
+        layer = network.layers[i]
+        per_output = np.maximum(layers[i].upper, 0.0).max(axis=0)
+        m = np.zeros(layer.n_units)
+        np.maximum.at(m, layer.unit_of, per_output)
+        big_m[i] = m
+    return big_m

@@ -1,0 +1,169 @@
+"""Exact mixed-integer encodings of a scored ReLU unit (DESIGN.md (1)) and of max pooling.
+
+Each encoder receives a flat list of entries (one per sample and flat output), adds variables
+and rows, and returns the ids of the variables that carry the outputs together with a function
+that sets every variable it created from a forward trace (used for warm starts and checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from oamip.formulations.blocks import RowBlock, VarTable
+
+
+@dataclass
+class ReluEntries:
+    """Inputs of the scored-ReLU encoder, one array element per (sample, flat output).
+
+    ``pre_id`` is the variable holding the pre-activation or -1 where it is the constant
+    ``pre_const``; ``lower``/``upper`` bound the pre-activation for every score vector;
+    ``big_m`` and ``score_id`` belong to the entry's unit.
+    """
+
+    pre_id: np.ndarray
+    pre_const: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    big_m: np.ndarray
+    score_id: np.ndarray
+
+
+def encode_scored_relu(
+    table: VarTable, rows: RowBlock, entries: ReluEntries, binary_scores: bool, name: str
+) -> tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], None]]:
+    """``h = ReLU(pre - (1 - s) M)`` for every entry; returns h's ids and a value setter.
+
+    The ReLU's argument lies in ``[lower - M, upper]``. Three cases, all exact:
+    a constant pre-activation with a binary score gives ``h = pre * s`` (no binary); an argument
+    that can never be negative gives an equality; everything else takes the big-M encoding
+    with one binary ``v`` per entry.
+    """
+    e = entries
+    h = table.add(f"{name}_h", np.zeros_like(e.upper), e.upper)
+    arg_lower = e.lower - e.big_m
+    constant = e.pre_id < 0
+    linear = constant & binary_scores
+    active = ~linear & (arg_lower >= 0)
+    bigm = ~linear & ~active
+    _linear_rows(rows, h[linear], e.pre_const[linear], e.score_id[linear])
+    _argument_rows(rows, h[active], e, active, rhs_shift=np.zeros(active.sum()), equality=True)
+    v = table.add(f"{name}_v", np.zeros(bigm.sum()), np.ones(bigm.sum()), binary=True)
+    _bigm_rows(rows, h[bigm], v, e, bigm, arg_lower[bigm])
+
+    def set_values(arg: np.ndarray, out: np.ndarray) -> None:
+        table.set_values(h, out)
+        table.set_values(v, (arg[bigm] > 0).astype(float))
+
+    return h, set_values
+
+
+def _linear_rows(rows: RowBlock, h, pre_const, score_id) -> None:
+    """``h - pre * s = 0``: with a binary score and a fixed input the unit is ``s * ReLU(pre)``."""
+    r = rows.new_rows(np.zeros(len(h)), np.zeros(len(h)))
+    rows.terms(r, h, 1.0)
+    rows.terms(r, score_id, -pre_const)
+
+
+def _argument_rows(rows, h, e: ReluEntries, pick, rhs_shift, equality: bool, extra=None):
+    """Rows ``h - pre - M s (+ extra) >= or == -M + pre_const + rhs_shift``; returns row ids."""
+    rhs = -e.big_m[pick] + np.where(e.pre_id[pick] < 0, e.pre_const[pick], 0.0) + rhs_shift
+    upper = rhs if equality else np.full(len(rhs), np.inf)
+    r = rows.new_rows(rhs, upper)
+    rows.terms(r, h, 1.0)
+    rows.terms(r, e.score_id[pick], -e.big_m[pick])
+    has_var = e.pre_id[pick] >= 0
+    rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
+    return r
+
+
+def _bigm_rows(rows: RowBlock, h, v, e: ReluEntries, pick, arg_lower) -> None:
+    """``h >= arg``, ``h <= arg - arg_lower (1 - v)``, ``h <= upper v`` (and ``h >= 0``)."""
+    _argument_rows(rows, h, e, pick, rhs_shift=np.zeros(len(h)), equality=False)
+    base = -e.big_m[pick] + np.where(e.pre_id[pick] < 0, e.pre_const[pick], 0.0)
+    r = rows.new_rows(np.full(len(h), -np.inf), base - arg_lower)
+    rows.terms(r, h, 1.0)
+    rows.terms(r, e.score_id[pick], -e.big_m[pick])
+    has_var = e.pre_id[pick] >= 0
+    rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
+    rows.terms(r, v, -arg_lower)
+    r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
+    rows.terms(r, h, 1.0)
+    rows.terms(r, v, -e.upper[pick])
+
+
+@dataclass
+class PoolEntries:
+    """Window entries of a max pooling, shape ``(outputs, taps)``: a variable id or -1 with a
+    constant, and bounds; padding taps have ``upper = lower = -inf``."""
+
+    var: np.ndarray
+    const: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class PoolOutputs:
+    """What a max pooling hands on: a variable id or -1 with a constant, and bounds."""
+
+    var: np.ndarray
+    const: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def encode_max_pool(
+    table: VarTable, rows: RowBlock, entries: PoolEntries, name: str
+) -> tuple[PoolOutputs, Callable[[np.ndarray], None]]:
+    """``y = max(window)``. Entries whose upper bound cannot beat the largest lower bound are
+    dropped; a window left with one entry passes it on unchanged; the others take one binary
+    per remaining entry, exactly one of which marks the maximum."""
+    e = entries
+    taps = np.arange(e.lower.shape[1])
+    best_lower = e.lower.max(axis=1)
+    leader = e.lower.argmax(axis=1)
+    kept = (e.upper > best_lower[:, None]) | (taps[None, :] == leader[:, None])
+    single = kept.sum(axis=1) == 1
+    rowsel = np.arange(len(leader))
+    out = PoolOutputs(
+        var=e.var[rowsel, leader].copy(),
+        const=e.const[rowsel, leader].copy(),
+        lower=best_lower,
+        upper=np.where(e.upper == -np.inf, -np.inf, e.upper).max(axis=1),
+    )
+    multi = np.flatnonzero(~single)
+    y = table.add(f"{name}_y", best_lower[multi], out.upper[multi])
+    out.var[multi] = y
+    out.const[multi] = 0.0
+    win, tap = np.nonzero(kept[multi])
+    d = table.add(f"{name}_d", np.zeros(len(win)), np.ones(len(win)), binary=True)
+    _pool_rows(rows, e, multi, y, win, tap, d, out.upper[multi])
+
+    def set_values(window_values: np.ndarray) -> None:
+        picked = np.where(kept[multi], window_values[multi], -np.inf)
+        table.set_values(y, picked.max(axis=1))
+        table.set_values(d, (tap == picked.argmax(axis=1)[win]).astype(float))
+
+    return out, set_values
+
+
+def _pool_rows(rows: RowBlock, e: PoolEntries, multi, y, win, tap, d, top) -> None:
+    """``y >= h_i``; ``y <= h_i + (top - lower_i)(1 - d_i)``; ``sum_i d_i = 1``."""
+    src_var = e.var[multi][win, tap]
+    src_const = e.const[multi][win, tap]
+    src_lower = e.lower[multi][win, tap]
+    is_var = src_var >= 0
+    r = rows.new_rows(np.zeros(is_var.sum()), np.inf)
+    rows.terms(r, y[win[is_var]], 1.0)
+    rows.terms(r, src_var[is_var], -1.0)
+    slack = top[win] - src_lower
+    r = rows.new_rows(np.full(len(win), -np.inf), slack + np.where(is_var, 0.0, src_const))
+    rows.terms(r, y[win], 1.0)
+    rows.terms(r[is_var], src_var[is_var], -1.0)
+    rows.terms(r, d, slack)
+    r = rows.new_rows(np.ones(len(multi)), np.ones(len(multi)))
+    rows.terms(r[win], d, 1.0)

@@ -1,0 +1,335 @@
+"""The neuron-importance MIP (DESIGN.md §4), written once as a Pyomo model.
+
+    minimise  sum_l (1/n_l) sum_i s^l_i + lam * (1/N) sum_k loss(z_k, y_k)
+    s.t.      the network, with h^l_{k,i} = ReLU(a^l_{k,i} - (1 - s^l_i) M^l_i), on the batch
+              sum_i s^l_i >= min_keep in every scored layer,  s in [0, 1] or {0, 1}
+
+The model is built from a :class:`~oamip.network.Network` and a fixed batch; its large linear
+parts are ``MatrixConstraint`` blocks. :class:`ImportanceModel` keeps the handles needed to read
+scores and logits back, to set every variable from a score vector (warm starts, checks) and to add
+cross-entropy cuts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.core.expr.numeric_expr import LinearExpression
+
+from oamip.bounds import NetworkBounds, interval_bounds
+from oamip.errors import InvalidInputError
+from oamip.formulations.blocks import RowBlock, VarTable
+from oamip.formulations.encodings import (
+    PoolEntries,
+    ReluEntries,
+    encode_max_pool,
+    encode_scored_relu,
+)
+from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_values
+from oamip.network import AffineLayer, MaxPoolLayer, Network, Trace
+
+SCORE_MODES = ("continuous", "binary")
+
+
+@dataclass
+class ImportanceSettings:
+    """The knobs of the objective and the score domain (defaults: the authors' settings)."""
+
+    loss: str = "ce"
+    margin: float = 1.0
+    lam: float = 5.0
+    scores: str = "continuous"
+    min_keep: int = 1
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise InvalidInputError(f"unknown loss '{self.loss}'; choose one of {LOSSES}")
+        if self.scores not in SCORE_MODES:
+            raise InvalidInputError(f"unknown scores '{self.scores}'; choose one of {SCORE_MODES}")
+        if not np.isfinite(self.lam) or self.lam < 0:
+            raise InvalidInputError(f"lam must be a finite number >= 0, got {self.lam}")
+        if not np.isfinite(self.margin) or self.margin < 0:
+            raise InvalidInputError(f"margin must be a finite number >= 0, got {self.margin}")
+        if int(self.min_keep) != self.min_keep or self.min_keep < 0:
+            raise InvalidInputError(f"min_keep must be a whole number >= 0, got {self.min_keep}")
+
+
+@dataclass
+class _State:
+    """What a layer hands to the next, per sample and flat output: a variable id (or -1 with a
+    constant) and bounds valid for every score vector."""
+
+    var: np.ndarray
+    const: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class ImportanceModel:
+    """A built importance MIP and the handles to work with it."""
+
+    model: pyo.ConcreteModel
+    network: Network
+    x: np.ndarray
+    y: np.ndarray
+    settings: ImportanceSettings
+    bounds: NetworkBounds
+    table: VarTable
+    score_ids: dict[int, np.ndarray] = field(default_factory=dict)
+    logit_ids: np.ndarray | None = None
+    loss_ids: np.ndarray | None = None
+    setters: list[Callable[[list[Trace]], None]] = field(default_factory=list)
+
+    @property
+    def big_m(self) -> dict[int, np.ndarray]:
+        return self.bounds.big_m
+
+    def score_values(self) -> dict[int, np.ndarray]:
+        """The scores currently held by the model's variables, clipped to [0, 1]."""
+        return {i: np.clip(self.table.values(ids), 0.0, 1.0) for i, ids in self.score_ids.items()}
+
+    def logit_values(self) -> np.ndarray:
+        """The logits currently held by the model's variables."""
+        return self.table.values(self.logit_ids).reshape(self.logit_ids.shape)
+
+    def forward(self, scores: dict[int, np.ndarray]) -> np.ndarray:
+        """The network's logits on the batch with DESIGN.md (1) applied (numpy, float64)."""
+        return self.network.forward(self.x, scores, self.big_m)
+
+    def objective_at(self, scores: dict[int, np.ndarray]) -> float:
+        """The objective of DESIGN.md §4 at ``scores``, with the exact loss."""
+        return sparsity_term(self.network, scores) + self.settings.lam * float(
+            np.mean(self.losses_at(self.forward(scores)))
+        )
+
+    def losses_at(self, logits: np.ndarray) -> np.ndarray:
+        s = self.settings
+        return loss_values(s.loss, logits, self.y, s.margin)
+
+    def assign(self, scores: dict[int, np.ndarray]) -> None:
+        """Set every variable to its value when the network runs with ``scores``."""
+        trace = self.network.trace(self.x, scores, self.big_m)
+        for i, ids in self.score_ids.items():
+            self.table.set_values(ids, scores[i])
+        for setter in self.setters:
+            setter(trace)
+        self.table.set_values(self.loss_ids, self.losses_at(trace[-1].out))
+
+    def fix_scores(self, scores: dict[int, np.ndarray]) -> None:
+        """Fix the score variables to ``scores`` (the rest of the network follows)."""
+        for i, ids in self.score_ids.items():
+            for var, val in zip((self.table.variables[j] for j in ids), scores[i].tolist()):
+                var.fix(val)
+
+    def unfix_scores(self) -> None:
+        for ids in self.score_ids.values():
+            for j in ids.tolist():
+                self.table.variables[j].unfix()
+
+    def all_ones(self) -> dict[int, np.ndarray]:
+        """The trained network's scores: every unit kept (always feasible)."""
+        return {i: np.ones(len(ids)) for i, ids in self.score_ids.items()}
+
+    def add_cuts(self, points: np.ndarray, samples: np.ndarray) -> None:
+        """Cross-entropy tangent planes at ``points[k]`` (logits) for the given samples."""
+        add_ce_cuts(self.model, self.table, self.loss_ids, self.logit_ids, self.y, points, samples)
+
+
+def sparsity_term(network: Network, scores: dict[int, np.ndarray]) -> float:
+    """``sum_l (1/n_l) sum_i s^l_i``."""
+    return float(sum(np.sum(scores[i]) / network.layers[i].n_units for i in network.scored))
+
+
+def build_importance_model(
+    network: Network,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: ImportanceSettings | None = None,
+    bounds: NetworkBounds | None = None,
+) -> ImportanceModel:
+    """Build the importance MIP of ``network`` on the batch ``(x, y)``.
+
+    ``bounds`` may be tighter than the interval bounds (bound tightening); the constants ``M``
+    of the score term must be the interval ones so the problem does not change.
+    """
+    settings = settings or ImportanceSettings()
+    settings.validate()
+    x = network.check_input(x)
+    y = _check_labels(y, len(x), network.num_classes)
+    if not network.scored:
+        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+    bounds = bounds or interval_bounds(network, x)
+    model = pyo.ConcreteModel(name="neuron_importance")
+    im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
+    _Builder(im).build()
+    return im
+
+
+def _check_labels(y, n: int, classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise InvalidInputError(f"labels have shape {y.shape}; expected ({n},), one per sample")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise InvalidInputError("labels must be whole class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= classes:
+        raise InvalidInputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
+    return y
+
+
+class _Builder:
+    """Walks the network layer by layer and adds its encoding to the model."""
+
+    def __init__(self, im: ImportanceModel) -> None:
+        self.im = im
+        self.rows = RowBlock()
+        self.table = im.table
+        self.binary = im.settings.scores == "binary"
+
+    def build(self) -> None:
+        x = self.im.x.reshape(len(self.im.x), -1)
+        state = _State(np.full(x.shape, -1, dtype=np.int64), x, x, x)
+        last = len(self.im.network.layers) - 1
+        for i, layer in enumerate(self.im.network.layers):
+            if isinstance(layer, MaxPoolLayer):
+                state = self._max_pool(i, layer, state)
+            else:
+                state = self._affine(i, layer, state, is_output=i == last)
+        self.im.logit_ids = state.var
+        self._score_rows()
+        self._loss()
+        self.rows.attach(self.table, "network")
+        self._objective()
+
+    def _affine(self, i: int, layer: AffineLayer, state: _State, is_output: bool) -> _State:
+        b = self.im.bounds.layers[i]
+        needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
+        if (state.var < 0).all() and not is_output:
+            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+            pre_const = layer.forward(state.const)
+        else:
+            pre_var = self._pre_activation_rows(i, layer, state, needed)
+            pre_const = np.zeros(b.upper.shape)
+        if not layer.relu:
+            self._record_values(i, pre_var, "pre")
+            return _State(pre_var, pre_const, b.lower, b.upper)
+        return self._scored_relu(i, layer, pre_var, pre_const, needed)
+
+    def _pre_activation_rows(self, i, layer: AffineLayer, state: _State, needed) -> np.ndarray:
+        """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki`` for every needed (k, j)."""
+        b = self.im.bounds.layers[i]
+        pre_var = np.full(needed.shape, -1, dtype=np.int64)
+        pre_var[needed] = self.table.add(f"L{i}_pre", b.lower[needed], b.upper[needed])
+        matrix = layer.matrix
+        for k in range(needed.shape[0]):
+            outs = np.flatnonzero(needed[k])
+            rhs = (matrix[outs] @ state.const[k]) + layer.offset[outs]
+            r = self.rows.new_rows(rhs, rhs)
+            self.rows.terms(r, pre_var[k, outs], 1.0)
+            inputs = np.flatnonzero(state.var[k] >= 0)
+            sub = matrix[outs][:, inputs].tocoo()
+            self.rows.terms(r[sub.row], state.var[k, inputs][sub.col], -sub.data)
+        return pre_var
+
+    def _scored_relu(self, i, layer: AffineLayer, pre_var, pre_const, needed) -> _State:
+        b = self.im.bounds.layers[i]
+        n_units = layer.n_units
+        upper_s = np.ones(n_units)
+        scores = self.table.add(f"L{i}_score", np.zeros(n_units), upper_s, binary=self.binary)
+        self.im.score_ids[i] = scores
+        big_m = self.im.big_m[i][layer.unit_of]
+        k, j = np.nonzero(needed)
+        entries = ReluEntries(
+            pre_id=pre_var[k, j],
+            pre_const=pre_const[k, j],
+            lower=b.lower[k, j],
+            upper=b.upper[k, j],
+            big_m=big_m[j],
+            score_id=scores[layer.unit_of[j]],
+        )
+        self._record_values(i, pre_var, "pre")
+        h, set_h = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}")
+        self.im.setters.append(lambda trace: set_h(trace[i].arg[k, j], trace[i].out[k, j]))
+        out_var = np.full(needed.shape, -1, dtype=np.int64)
+        out_var[k, j] = h
+        zeros = np.zeros(needed.shape)
+        return _State(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
+
+    def _max_pool(self, i: int, layer: MaxPoolLayer, state: _State) -> _State:
+        windows = layer.windows
+        pad = windows < 0
+        safe = np.where(pad, 0, windows)
+        n = state.var.shape[0]
+        outs = []
+        for k in range(n):
+            entries = PoolEntries(
+                var=np.where(pad, -1, state.var[k][safe]),
+                const=np.where(pad, 0.0, state.const[k][safe]),
+                lower=np.where(pad, -np.inf, state.lower[k][safe]),
+                upper=np.where(pad, -np.inf, state.upper[k][safe]),
+            )
+            out, set_pool = encode_max_pool(self.table, self.rows, entries, f"L{i}_k{k}")
+            x = self.im.x.reshape(n, -1)
+            self.im.setters.append(_pool_setter(set_pool, i, k, safe, pad, x))
+            outs.append(out)
+        return _State(*(np.stack([getattr(o, f) for o in outs]) for f in _POOL_FIELDS))
+
+    def _record_values(self, i: int, ids: np.ndarray, field_name: str) -> None:
+        mask = ids >= 0
+        picked = ids[mask]
+        self.im.setters.append(
+            lambda trace: self.table.set_values(picked, getattr(trace[i], field_name)[mask])
+        )
+
+    def _score_rows(self) -> None:
+        keep = self.im.settings.min_keep
+        for i, ids in self.im.score_ids.items():
+            layer = self.im.network.layers[i]
+            if keep > layer.n_units:
+                raise InvalidInputError(
+                    f"min_keep={keep} but layer '{layer.name}' has only {layer.n_units} units"
+                )
+            r = self.rows.new_rows([keep], np.inf)
+            self.rows.terms(np.repeat(r, len(ids)), ids, 1.0)
+
+    def _loss(self) -> None:
+        im = self.im
+        n = len(im.y)
+        im.loss_ids = self.table.add("loss", np.zeros(n), np.full(n, np.inf))
+        if im.settings.loss == "hinge":
+            add_hinge_rows(self.rows, im.loss_ids, im.logit_ids, im.y, im.settings.margin)
+            return
+        trained = im.network.forward(im.x)
+        im.add_cuts(trained, np.arange(n))
+        im.add_cuts(np.zeros_like(trained), np.arange(n))
+
+    def _objective(self) -> None:
+        im = self.im
+        coefs, ids = [], []
+        for i, score in im.score_ids.items():
+            coefs += [1.0 / im.network.layers[i].n_units] * len(score)
+            ids += score.tolist()
+        coefs += [im.settings.lam / len(im.y)] * len(im.loss_ids)
+        ids += im.loss_ids.tolist()
+        variables = [self.table.variables[j] for j in ids]
+        im.model.objective = pyo.Objective(
+            expr=LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables),
+            sense=pyo.minimize,
+        )
+
+
+_POOL_FIELDS = ("var", "const", "lower", "upper")
+
+
+def _pool_setter(set_pool, i: int, k: int, safe: np.ndarray, pad: np.ndarray, x: np.ndarray):
+    """Sets the pooling's variables of sample ``k`` from the values of its input layer."""
+
+    def setter(trace: list[Trace]) -> None:
+        inputs = trace[i - 1].out[k] if i > 0 else x[k]
+        set_pool(np.where(pad, -np.inf, inputs[safe]))
+
+    return setter

@@ -1,0 +1,228 @@
+"""The framework-free description of a network: layers as numpy arrays acting on flat vectors.
+
+Every layer maps a batch of flat vectors ``(N, n_in)`` to ``(N, n_out)``; images are flattened in
+C order (channel, row, column), as ``torch.flatten`` does, so Flatten and reshapes are no-ops here.
+Affine layers (Linear, Conv2d with folded BatchNorm, AvgPool2d) are sparse matrices plus an offset;
+an affine layer with ``relu=True`` is a *scored* layer whose units carry importance scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from oamip.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Conv:
+    """Geometry of a 2-D convolution or pooling window."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+
+    def out_size(self, height: int, width: int) -> tuple[int, int]:
+        dims = []
+        for size, k, s, p, d in zip(
+            (height, width), self.kernel, self.stride, self.padding, self.dilation
+        ):
+            dims.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return dims[0], dims[1]
+
+    def taps(self, height: int, width: int):
+        """Yield ``(ky, kx, out_pos, in_pos)``: flat output and input positions each tap links."""
+        out_h, out_w = self.out_size(height, width)
+        oy, ox = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+        for ky in range(self.kernel[0]):
+            for kx in range(self.kernel[1]):
+                iy = oy * self.stride[0] - self.padding[0] + ky * self.dilation[0]
+                ix = ox * self.stride[1] - self.padding[1] + kx * self.dilation[1]
+                ok = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+                yield ky, kx, (oy * out_w + ox)[ok], (iy * width + ix)[ok]
+
+
+@dataclass
+class AffineLayer:
+    """``a = A h + c``: a Linear layer, a Conv2d (channels are its units) or an AvgPool2d.
+
+    ``name`` is the module path of the layer in the original model; ``relu`` says whether a ReLU
+    follows, which makes the layer a scored one.
+    """
+
+    name: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    weight: np.ndarray
+    bias: np.ndarray
+    geometry: Conv | None = None
+    relu: bool = False
+
+    @property
+    def n_in(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def n_out(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def n_units(self) -> int:
+        """Neurons of a Linear layer, output channels of a convolution or a pooling layer."""
+        return int(self.out_shape[0])
+
+    @cached_property
+    def unit_of(self) -> np.ndarray:
+        """The unit (neuron or channel) that each flat output belongs to."""
+        positions = self.n_out // self.n_units
+        return np.repeat(np.arange(self.n_units), positions)
+
+    @cached_property
+    def matrix(self) -> sp.csr_matrix:
+        """The layer's linear part as a sparse ``(n_out, n_in)`` matrix."""
+        if self.kind == "linear":
+            return sp.csr_matrix(self.weight)
+        depthwise = self.kind == "avgpool"
+        return _conv_matrix(self.weight, self.in_shape, self.out_shape, self.geometry, depthwise)
+
+    @cached_property
+    def offset(self) -> np.ndarray:
+        """The layer's constant part, one value per flat output."""
+        return self.bias[self.unit_of]
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix @ h.T).T + self.offset
+
+
+@dataclass
+class MaxPoolLayer:
+    """``y_o = max_{i in window(o)} h_i``; ``windows`` lists each output's inputs (-1: padding)."""
+
+    name: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    windows: np.ndarray
+
+    @property
+    def n_out(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([h, np.full((h.shape[0], 1), -np.inf)], axis=1)
+        return padded[:, self.windows].max(axis=2)
+
+
+Layer = AffineLayer | MaxPoolLayer
+
+
+@dataclass
+class Trace:
+    """One layer's values on a batch: ``pre`` its output before any ReLU, ``arg`` the ReLU's
+    argument (``pre`` lowered by the score term), ``out`` what it hands to the next layer."""
+
+    pre: np.ndarray
+    arg: np.ndarray
+    out: np.ndarray
+
+
+@dataclass
+class Network:
+    """A chain of layers; the last one is affine and gives the logits."""
+
+    input_shape: tuple[int, ...]
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[int]:
+        """Indices of the scored layers (affine layers followed by a ReLU)."""
+        return [i for i, layer in enumerate(self.layers) if _is_scored(layer)]
+
+    @property
+    def num_classes(self) -> int:
+        return self.layers[-1].n_out
+
+    def trace(
+        self,
+        x: np.ndarray,
+        scores: dict[int, np.ndarray] | None = None,
+        big_m: dict[int, np.ndarray] | None = None,
+    ) -> list[Trace]:
+        """Every layer's values on a batch ``x``; with scores, scored units follow DESIGN.md (1)."""
+        h = x.reshape(x.shape[0], -1).astype(float)
+        record = []
+        for i, layer in enumerate(self.layers):
+            pre = layer.forward(h)
+            arg = pre
+            if _is_scored(layer):
+                if scores is not None:
+                    arg = pre - ((1.0 - scores[i]) * big_m[i])[layer.unit_of]
+                h = np.maximum(arg, 0.0)
+            else:
+                h = pre
+            record.append(Trace(pre=pre, arg=arg, out=h))
+        return record
+
+    def forward(
+        self,
+        x: np.ndarray,
+        scores: dict[int, np.ndarray] | None = None,
+        big_m: dict[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Logits for a batch ``x``; with scores, each scored unit computes DESIGN.md (1)."""
+        return self.trace(x, scores, big_m)[-1].out
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as a float array of shape ``(N, *input_shape)``, or a clear error."""
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise InvalidInputError("the batch is empty: give at least one sample")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise InvalidInputError(
+                f"input shape {tuple(x.shape[1:])} does not match the network's input shape "
+                f"{tuple(self.input_shape)}"
+            )
+        if not np.isfinite(x).all():
+            raise InvalidInputError("the batch contains NaN or infinite values")
+        return x
+
+
+def _is_scored(layer: Layer) -> bool:
+    return isinstance(layer, AffineLayer) and layer.relu
+
+
+def _conv_matrix(weight, in_shape, out_shape, geometry: Conv, depthwise: bool) -> sp.csr_matrix:
+    """A convolution as a matrix; ``depthwise`` (average pooling) maps channel c to channel c."""
+    c_in, height, width = in_shape
+    c_out = out_shape[0]
+    out_area = out_shape[1] * out_shape[2]
+    rows, cols, vals = [], [], []
+    for ky, kx, out_pos, in_pos in geometry.taps(height, width):
+        for ci in range(weight.shape[1]):
+            channels = np.arange(c_out)
+            src = channels if depthwise else np.full(c_out, ci)
+            rows.append((channels[:, None] * out_area + out_pos[None, :]).ravel())
+            cols.append((src[:, None] * height * width + in_pos[None, :]).ravel())
+            vals.append(np.repeat(weight[:, ci, ky, kx], len(out_pos)))
+    matrix = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(c_out * out_area, c_in * height * width),
+    )
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def max_pool_windows(in_shape: tuple[int, int, int], geometry: Conv) -> np.ndarray:
+    """For each flat output of a max pooling, the flat inputs of its window (-1 = padding)."""
+    channels, height, width = in_shape
+    out_h, out_w = geometry.out_size(height, width)
+    area = out_h * out_w
+    taps = geometry.kernel[0] * geometry.kernel[1]
+    windows = np.full((channels, area, taps), -1, dtype=np.int64)
+    for t, (_, _, out_pos, in_pos) in enumerate(geometry.taps(height, width)):
+        windows[:, out_pos, t] = np.arange(channels)[:, None] * height * width + in_pos[None, :]
+    return windows.reshape(channels * area, taps)

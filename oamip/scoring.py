@@ -1,0 +1,188 @@
+"""``score_neurons``: a torch model and a batch in, neuron-importance scores out.
+
+The pipeline is extract (torch adapter) -> bounds and Pyomo model (formulations) -> solve
+(backend) -> check the solution against the masked PyTorch forward pass. Cross-entropy is handled
+by adding tangent planes of ``logsumexp`` until every sample's loss is approximated to
+``CE_CUT_TOL``; the reported objective always uses the exact loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyomo.environ as pyo
+
+from oamip import backends
+from oamip.adapters import extract, scored_logits
+from oamip.backends import SolveOptions, SolveResult, Status
+from oamip.backends.base import DEFAULT_MIP_GAP
+from oamip.errors import InvalidInputError, SolverError, VerificationError
+from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
+
+CE_CUT_TOL = 1e-6
+"""Largest gap allowed between a sample's cross-entropy and its cut approximation."""
+
+VERIFY_ATOL = 1e-5
+VERIFY_RTOL = 1e-6
+"""The solver's logits must match PyTorch's within ``VERIFY_ATOL + VERIFY_RTOL * max|z|``."""
+
+DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass
+class ScoreResult:
+    """Scores per scored module, the objective they reach and how the solve went."""
+
+    scores: dict[str, np.ndarray]
+    objective: float
+    bound: float | None
+    status: str
+    solve_seconds: float
+    build_seconds: float
+    backend: str
+    min_keep: int
+    big_m: dict[str, np.ndarray]
+    logit_error: float
+    cut_rounds: int
+    nodes: int | None
+    formulation: ImportanceModel = field(repr=False)
+
+    @property
+    def model(self) -> pyo.ConcreteModel:
+        """The Pyomo model that was solved."""
+        return self.formulation.model
+
+    @property
+    def gap(self) -> float | None:
+        """Relative gap between the objective and the proven bound."""
+        if self.bound is None:
+            return None
+        return max(0.0, self.objective - self.bound) / max(1.0, abs(self.objective))
+
+    def masks(self, threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
+        """True = keep (score >= threshold); at least ``min_keep`` units per layer, the best."""
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidInputError(f"threshold must lie in [0, 1], got {threshold}")
+        return {name: _keep(s, threshold, self.min_keep) for name, s in self.scores.items()}
+
+
+def _keep(scores: np.ndarray, threshold: float, min_keep: int) -> np.ndarray:
+    keep = scores >= threshold
+    if keep.sum() < min_keep:
+        best = np.argsort(-scores, kind="stable")[:min_keep]
+        keep[best] = True
+    return keep
+
+
+def score_neurons(
+    model,
+    x,
+    y,
+    *,
+    backend: str = "highs",
+    loss: str = "ce",
+    margin: float = 1.0,
+    lam: float = 5.0,
+    scores: str = "continuous",
+    min_keep: int = 1,
+    time_limit: float | None = None,
+    mip_gap: float = DEFAULT_MIP_GAP,
+    threads: int | None = None,
+    verbose: bool = False,
+) -> ScoreResult:
+    """Solve the neuron-importance MIP of ``model`` on the batch ``(x, y)``.
+
+    ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
+    """
+    solver = backends.get(backend)
+    x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
+    if time_limit is not None and time_limit <= 0:
+        raise InvalidInputError(f"time_limit must be positive seconds, got {time_limit}")
+    start = time.perf_counter()
+    extracted = extract(model, x)
+    settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
+    im = build_importance_model(extracted.network, x, y, settings)
+    build_seconds = time.perf_counter() - start
+    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
+    result, rounds, solve_seconds = _solve_with_cuts(solver, im, options, time_limit)
+    found = im.score_values()
+    by_name = extracted.scores_by_name(found)
+    torch_logits = scored_logits(extracted, x, by_name, im.big_m)
+    error = _verify(im.logit_values(), torch_logits)
+    objective = im.objective_at(found)
+    return ScoreResult(
+        scores=by_name,
+        objective=objective,
+        bound=result.bound,
+        status=str(result.status),
+        solve_seconds=solve_seconds,
+        build_seconds=build_seconds,
+        backend=solver.name,
+        min_keep=min_keep,
+        big_m=extracted.scores_by_name(im.big_m),
+        logit_error=error,
+        cut_rounds=rounds,
+        nodes=result.nodes,
+        formulation=im,
+    )
+
+
+def _as_numpy(values, what: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.dtype == object:
+        raise InvalidInputError(f"{what} must be a numeric array or tensor")
+    if values.size and np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise InvalidInputError(f"{what} contains NaN or infinite values")
+    return values
+
+
+def _solve_with_cuts(solver, im: ImportanceModel, options: SolveOptions, time_limit):
+    """Solve; for cross-entropy add violated tangent planes and solve again until converged."""
+    im.assign(im.all_ones())
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        rounds += 1
+        options.time_limit = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+        result = solver.solve(im.model, options, warm_start=True)
+        if not result.has_solution:
+            raise SolverError(
+                f"backend '{solver.name}' found no solution (status: {result.status}); "
+                "give it more time (time_limit) or check the model"
+            )
+        if im.settings.loss != "ce" or result.status != Status.OPTIMAL:
+            break
+        found = im.score_values()
+        logits = im.forward(found)
+        gap = im.losses_at(logits) - im.table.values(im.loss_ids)
+        violated = np.flatnonzero(gap > CE_CUT_TOL)
+        if len(violated) == 0:
+            break
+        im.add_cuts(logits, violated)
+        im.assign(found)
+    if result.status == Status.OPTIMAL and deadline is not None and time.perf_counter() > deadline:
+        result = _with_status(result, Status.TIME_LIMIT)
+    return result, rounds, time.perf_counter() - started
+
+
+def _with_status(result: SolveResult, status: Status) -> SolveResult:
+    result.status = status
+    return result
+
+
+def _verify(mip_logits: np.ndarray, torch_logits: np.ndarray) -> float:
+    """The largest logit difference; a VerificationError if it exceeds the tolerance."""
+    error = float(np.max(np.abs(mip_logits - torch_logits)))
+    tol = VERIFY_ATOL + VERIFY_RTOL * float(np.max(np.abs(torch_logits)))
+    if not error <= tol:
+        raise VerificationError(
+            f"the solver's logits differ from PyTorch's masked forward pass by {error:.3g} "
+            f"(tolerance {tol:.3g}); the solution is not trusted. Tighten the solver's "
+            "feasibility tolerances or report this model"
+        )
+    return error

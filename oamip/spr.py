@@ -1,0 +1,160 @@
+"""Structured Perspective Regularization (DESIGN.md §5): the closed-form penalty, for training.
+
+``penalty(w, a, b, M)`` is ``sum_j R(w_j)`` over the rows of ``w``, where ``R`` is the perspective
+relaxation of ``a ||w||^2 + b z`` (with ``||w||_inf <= M z``) minimised over ``z`` in closed form.
+It works on numpy arrays and on torch tensors; in torch it is differentiable with no NaN gradient,
+at ``w = 0`` or anywhere else. ``SPRRegularizer`` applies it to the units of a torch model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from oamip.errors import InvalidInputError
+from oamip.formulations.spr import SPRParams
+
+# A unit whose group has no entry larger than this (in absolute value) counts as removed.
+ZERO_GROUP_TOL = 1e-3
+
+_AFFINE = (nn.Linear, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def group_penalty(
+    w: np.ndarray | torch.Tensor, a: float, b: float, M: float
+) -> np.ndarray | torch.Tensor:
+    """``R(w_j)`` for every row ``w_j`` of the 2-D array or tensor ``w`` (same type back)."""
+    return _group_penalty(w, SPRParams(float(a), float(b), float(M)))
+
+
+def penalty(w: np.ndarray | torch.Tensor, a: float, b: float, M: float) -> float | torch.Tensor:
+    """``sum_j R(w_j)`` over the rows of ``w``: a float for numpy, a 0-d tensor for torch."""
+    values = group_penalty(w, a, b, M)
+    return values.sum() if isinstance(values, torch.Tensor) else float(values.sum())
+
+
+def _group_penalty(w, params: SPRParams):
+    if isinstance(w, torch.Tensor):
+        _check_groups(tuple(w.shape))
+        return _from_norms((w * w).sum(dim=1), w.abs().amax(dim=1), params, torch)
+    w = np.asarray(w, dtype=float)
+    _check_groups(w.shape)
+    return _from_norms((w * w).sum(axis=1), np.abs(w).max(axis=1), params, np)
+
+
+def _check_groups(shape: tuple[int, ...]) -> None:
+    if len(shape) != 2 or shape[1] == 0:
+        raise InvalidInputError(
+            f"SPR penalty needs a 2-D array with one group per row and at least one column, "
+            f"got shape {shape}; reshape each unit's parameters into one row"
+        )
+
+
+def _from_norms(sq, ni, p: SPRParams, xp):
+    """The three cases of DESIGN.md §5 from ``sq = ||w||_2^2`` and ``ni = ||w||_inf``.
+
+    The case tests are multiplied through by ``sqrt(b)`` so that ``b = 0`` needs no division,
+    and every branch uses a safe denominator: ``torch.where`` would otherwise pass the NaN
+    gradient of a masked-out branch on to ``w``.
+    """
+    nonzero = sq > 0
+    n2 = xp.where(nonzero, xp.sqrt(xp.where(nonzero, sq, 1.0)), 0.0)
+    ni_safe = xp.where(ni > 0, ni, 1.0)
+    ra, rb = math.sqrt(p.a), math.sqrt(p.b)
+    keep_all = p.a * sq + p.b
+    group_lasso = 2.0 * ra * rb * n2
+    at_bound = p.a * p.M * sq / ni_safe + p.b * ni / p.M
+    z_is_one = (ni >= p.M) | (ra * n2 >= rb)
+    interior = ra * p.M * n2 >= rb * ni
+    value = xp.where(z_is_one, keep_all, xp.where(interior, group_lasso, at_bound))
+    return xp.where(nonzero, value, 0.0)
+
+
+@dataclass
+class _Layer:
+    """One regularised layer: its units' groups and its constant ``M``."""
+
+    name: str
+    module: nn.Module
+    norm: nn.Module | None
+
+    def groups(self) -> torch.Tensor:
+        """One row per unit: incoming weights, bias, then scale and shift of a following BN."""
+        n = self.module.weight.shape[0]
+        params = [self.module.weight, self.module.bias]
+        if self.norm is not None:
+            params += [self.norm.weight, self.norm.bias]
+        return torch.cat([p.reshape(n, -1) for p in params if p is not None], dim=1)
+
+
+class SPRRegularizer:
+    """The SPR term of a torch model: ``reg()`` returns the penalty to add to the training loss.
+
+    Groups are the units (neurons, output channels) of every ``nn.Linear`` and ``nn.Conv2d``
+    except the last one in module order (the output layer). A unit's group is its incoming
+    weights, its bias and, when the next leaf module in ``model.named_modules()`` order is a
+    BatchNorm over the same units, that BatchNorm's scale and shift (declare modules in forward
+    order for this to hold). ``M`` of a layer is the largest absolute entry of its groups at
+    construction time (weights, and bias and BatchNorm parameters when grouped) times
+    ``M_scale``: with weights alone, a BatchNorm scale near 1 would exceed ``M`` in every group
+    and leave only the ``z = 1`` case. A plain callable rather than an ``nn.Module``, so that
+    the model's parameters are not registered a second time.
+    """
+
+    def __init__(self, model: nn.Module, lam: float, alpha: float, M_scale: float = 1.0) -> None:
+        if not (math.isfinite(M_scale) and M_scale > 0):
+            raise InvalidInputError(f"SPR needs M_scale > 0, got M_scale={M_scale}")
+        self._layers = _grouped_layers(model)
+        self.params: dict[str, SPRParams] = {}
+        for layer in self._layers:
+            with torch.no_grad():
+                largest = float(layer.groups().abs().max())
+            if largest == 0.0:
+                raise InvalidInputError(
+                    f"layer '{layer.name}' has only zero parameters, so M would be 0; "
+                    "build the regulariser on an initialised or pretrained model"
+                )
+            self.params[layer.name] = SPRParams.from_lam_alpha(lam, alpha, largest * M_scale)
+
+    def __call__(self) -> torch.Tensor:
+        """The penalty ``sum`` over grouped layers of ``sum_j R(w_j)``, differentiable."""
+        terms = [
+            _group_penalty(layer.groups(), self.params[layer.name]).sum() for layer in self._layers
+        ]
+        return torch.stack(terms).sum()
+
+    def groups(self) -> dict[str, torch.Tensor]:
+        """The group matrix (one row per unit) of every regularised layer, by module name."""
+        return {layer.name: layer.groups() for layer in self._layers}
+
+    def masks(self, tol: float = ZERO_GROUP_TOL) -> dict[str, np.ndarray]:
+        """Per regularised layer, True for units to keep: some group entry exceeds ``tol``."""
+        with torch.no_grad():
+            return {
+                layer.name: (layer.groups().abs().amax(dim=1) > tol).cpu().numpy()
+                for layer in self._layers
+            }
+
+
+def _grouped_layers(model: nn.Module) -> list[_Layer]:
+    """Every Linear/Conv2d leaf but the last, each with a BatchNorm that directly follows it."""
+    leaves = [(name, mod) for name, mod in model.named_modules() if not any(mod.children())]
+    found = [k for k, (_, mod) in enumerate(leaves) if isinstance(mod, _AFFINE)]
+    if len(found) < 2:
+        raise InvalidInputError(
+            f"SPR needs at least one Linear or Conv2d layer before the output layer; the model "
+            f"has {len(found)} such layer(s) in total"
+        )
+    layers = []
+    for k in found[:-1]:
+        name, module = leaves[k]
+        nxt = leaves[k + 1][1] if k + 1 < len(leaves) else None
+        units = module.weight.shape[0]
+        norm = nxt if isinstance(nxt, _NORMS) and nxt.num_features == units else None
+        layers.append(_Layer(name, module, norm))
+    return layers

@@ -1,0 +1,212 @@
+"""Training, fine-tuning and evaluation of the torch models that get pruned.
+
+Training uses Adam on the cross-entropy loss, one seed for initial shuffling and every random
+draw, and a tqdm progress bar. Fine-tuning keeps pruned units at exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from oamip.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from oamip.data import Dataset
+
+DEFAULT_LR = 1e-3
+DEFAULT_BATCH_SIZE = 64
+EVAL_BATCH_SIZE = 1024
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+# A parameter and the indices of its pruned rows.
+_PrunedRows = tuple[torch.Tensor, torch.Tensor]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; a clear error for anything but a usable CPU or GPU."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"unknown device '{device}'; use cpu or cuda") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"unsupported device '{device}'; use cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"device '{device}' was requested but torch sees no CUDA GPU (no GPU, or a CPU-only "
+            "torch build); use --device cpu"
+        )
+    return resolved
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    epochs: int = 10,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` in place on the training split; returns it on ``device``, in eval mode."""
+    return _fit(model, dataset, epochs, lr, batch_size, seed, device, progress, "train", None)
+
+
+def finetune(
+    model: nn.Module,
+    dataset: Dataset,
+    masks: dict[str, np.ndarray],
+    epochs: int = 1,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` in place while the units that ``masks`` prune (False) stay exactly zero.
+
+    After every optimiser step the pruned rows of the layer's weight and bias, and of a BatchNorm
+    directly following the layer, are set back to zero, so pruned units output exactly 0.
+    """
+    model.to(resolve_device(device))
+    rows = _pruned_rows(model, masks)
+    _zero_rows(rows)
+    after_step = partial(_zero_rows, rows)
+    return _fit(
+        model, dataset, epochs, lr, batch_size, seed, device, progress, "finetune", after_step
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """The predicted class of every input, computed in eval mode on the model's own device."""
+    device = model_device(model)
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    with eval_mode(model):
+        labels = [model(chunk.to(device)).argmax(1).cpu() for chunk in inputs.split(batch_size)]
+    return torch.cat(labels).numpy()
+
+
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: str | torch.device | None = None
+) -> float:
+    """The fraction of inputs classified correctly; ``device`` (if given) moves the model there."""
+    if device is not None:
+        model.to(resolve_device(device))
+    return float(np.mean(predict(model, x) == np.asarray(y)))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run a block with every submodule in eval mode, then give each its own mode back."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _fit(
+    model: nn.Module,
+    dataset: Dataset,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device,
+    progress: bool,
+    desc: str,
+    after_step: Callable[[], None] | None,
+) -> nn.Module:
+    _check_settings(epochs, lr, batch_size)
+    target = resolve_device(device)
+    model.to(target)
+    x = torch.as_tensor(dataset.x_train, device=target)
+    y = torch.as_tensor(dataset.y_train, device=target)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        order = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        model.train()
+        with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
+            for _ in range(epochs):
+                for batch in torch.randperm(len(x), generator=order).split(batch_size):
+                    batch = batch.to(target)
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(model(x[batch]), y[batch])
+                    loss.backward()
+                    optimizer.step()
+                    if after_step is not None:
+                        after_step()
+                    bar.update()
+                    if progress:
+                        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    model.eval()
+    return model
+
+
+def _check_settings(epochs: int, lr: float, batch_size: int) -> None:
+    if epochs < 0:
+        raise InvalidInputError(f"epochs must be 0 or more, got {epochs}")
+    if not lr > 0:
+        raise InvalidInputError(f"the learning rate must be positive, got {lr}")
+    if batch_size < 1:
+        raise InvalidInputError(f"the batch size must be at least 1, got {batch_size}")
+
+
+def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_PrunedRows]:
+    """For every masked layer: its weight, bias and following BatchNorm, with the pruned rows."""
+    modules = dict(model.named_modules())
+    rows = []
+    for name, keep in masks.items():
+        layer = modules.get(name)
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise InvalidInputError(
+                f"the masks name '{name}', which is no Linear or Conv2d layer of the model; "
+                "use masks computed for this model"
+            )
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (layer.weight.shape[0],):
+            raise InvalidInputError(
+                f"the mask of '{name}' has shape {keep.shape} but the layer has "
+                f"{layer.weight.shape[0]} units; use masks computed for this model"
+            )
+        pruned = torch.as_tensor(np.flatnonzero(~keep), device=layer.weight.device)
+        params = [layer.weight, layer.bias, *_following_batchnorm_params(model, name)]
+        rows += [(param, pruned) for param in params if param is not None]
+    return rows
+
+
+def _following_batchnorm_params(model: nn.Module, name: str) -> list[torch.Tensor | None]:
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    names = [n for n, _ in leaves]
+    position = names.index(name) + 1
+    if position < len(leaves) and isinstance(leaves[position][1], _BATCHNORMS):
+        norm = leaves[position][1]
+        return [norm.weight, norm.bias]
+    return []
+
+
+@torch.no_grad()
+def _zero_rows(rows: list[_PrunedRows]) -> None:
+    for param, pruned in rows:
+        param.index_fill_(0, pruned, 0.0)

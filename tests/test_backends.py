@@ -1,0 +1,366 @@
+"""Every installed backend agrees on small models, refuses what it cannot solve, and exports."""
+
+from __future__ import annotations
+
+import itertools
+
+import highspy
+import numpy as np
+import pyomo.environ as pyo
+import pytest
+import scipy.optimize
+import scipy.sparse as sp
+from pyomo.core.base.matrix_constraint import MatrixConstraint
+
+from oamip import backends
+from oamip.backends import SolveOptions, Status, compile_model, write_lp, write_mps
+from oamip.backends import cbc as cbc_module
+from oamip.backends import export as export_module
+from oamip.errors import BackendUnavailableError, CapabilityError, SolverError
+
+INSTALLED = backends.available()
+TOLERANCE = 1e-5
+
+
+def lp_model():
+    """max 3x + 2y, x + y <= 4, x + 3y <= 6, x <= 3: optimum 11 at (3, 1)."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(bounds=(0, 3))
+    m.y = pyo.Var(bounds=(0, None))
+    m.a = pyo.Constraint(expr=m.x + m.y <= 4)
+    m.b = pyo.Constraint(expr=m.x + 3 * m.y <= 6)
+    m.obj = pyo.Objective(expr=3 * m.x + 2 * m.y, sense=pyo.maximize)
+    return m, 11.0
+
+
+def milp_model():
+    """min 3 - 5x - 4y over integers, 6x + 4y <= 24, x + 2y <= 6: optimum 3 - 20 at (4, 0)."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(domain=pyo.NonNegativeIntegers)
+    m.y = pyo.Var(domain=pyo.NonNegativeIntegers)
+    m.a = pyo.Constraint(expr=6 * m.x + 4 * m.y <= 24)
+    m.b = pyo.Constraint(expr=m.x + 2 * m.y <= 6)
+    m.obj = pyo.Objective(expr=3 - 5 * m.x - 4 * m.y)
+    return m, -17.0
+
+
+KNAPSACK_VALUES = [10, 13, 7, 8, 15, 4, 9, 11, 6, 12, 5, 14]
+KNAPSACK_WEIGHTS = [5, 7, 4, 5, 8, 2, 5, 6, 3, 7, 3, 8]
+KNAPSACK_CAPACITY = 30
+
+
+def knapsack_optimum() -> float:
+    best = 0
+    for pick in itertools.product((0, 1), repeat=len(KNAPSACK_VALUES)):
+        if np.dot(pick, KNAPSACK_WEIGHTS) <= KNAPSACK_CAPACITY:
+            best = max(best, int(np.dot(pick, KNAPSACK_VALUES)))
+    return float(best)
+
+
+def knapsack_model():
+    m = pyo.ConcreteModel()
+    items = range(len(KNAPSACK_VALUES))
+    m.x = pyo.Var(items, domain=pyo.Binary)
+    weight = sum(w * m.x[i] for i, w in zip(items, KNAPSACK_WEIGHTS, strict=True))
+    m.cap = pyo.Constraint(expr=weight <= KNAPSACK_CAPACITY)
+    value = sum(v * m.x[i] for i, v in zip(items, KNAPSACK_VALUES, strict=True))
+    m.obj = pyo.Objective(expr=value, sense=pyo.maximize)
+    return m, knapsack_optimum()
+
+
+def matrix_block_model():
+    """A MILP whose rows live in a MatrixConstraint inside a block (ranged, <=, >=, =)."""
+    rng = np.random.default_rng(7)
+    n, rows = 8, 6
+    A = sp.random(rows, n, density=0.6, random_state=rng, format="csr")
+    A.data = np.round(A.data * 10) + 1
+    lower = np.array([1.0, -np.inf, 2.0, 3.0, -np.inf, 0.0])
+    upper = np.array([20.0, 15.0, np.inf, 3.0, 12.0, 9.0])
+    cost = np.round(rng.uniform(-5, 5, n), 1)
+    integer = np.arange(n) % 2 == 0
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(range(n), bounds=(0, 6))
+    for j in np.flatnonzero(integer).tolist():
+        m.x[j].domain = pyo.Integers
+    m.block = pyo.Block()
+    m.block.rows = MatrixConstraint(
+        A.data.tolist(),
+        A.indices.tolist(),
+        A.indptr.tolist(),
+        [None if np.isinf(v) else float(v) for v in lower],
+        [None if np.isinf(v) else float(v) for v in upper],
+        [m.x[j] for j in range(n)],
+    )
+    m.obj = pyo.Objective(expr=sum(float(c) * m.x[j] for j, c in enumerate(cost)))
+    dense = A.toarray()
+    reference = scipy.optimize.milp(
+        cost,
+        constraints=scipy.optimize.LinearConstraint(dense, lower, upper),
+        integrality=integer.astype(int),
+        bounds=scipy.optimize.Bounds(0, 6),
+    )
+    assert reference.success
+    return m, float(reference.fun)
+
+
+def infeasible_model():
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(domain=pyo.NonNegativeIntegers)
+    m.y = pyo.Var(bounds=(0, None))
+    m.a = pyo.Constraint(expr=m.x + m.y >= 5)
+    m.b = pyo.Constraint(expr=m.x + m.y <= 3)
+    m.obj = pyo.Objective(expr=m.x + m.y)
+    return m, None
+
+
+def unbounded_model():
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(bounds=(0, None))
+    m.y = pyo.Var(bounds=(0, None))
+    m.a = pyo.Constraint(expr=m.x - m.y <= 1)
+    m.obj = pyo.Objective(expr=m.x + m.y, sense=pyo.maximize)
+    return m, None
+
+
+def convex_qp_model():
+    """min x^2 + y^2 + xy - 3x with x + y = 2: optimum -2.25 at (2.5, -0.5)."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var()
+    m.y = pyo.Var()
+    m.a = pyo.Constraint(expr=m.x + m.y == 2)
+    m.obj = pyo.Objective(expr=m.x**2 + m.y**2 + m.x * m.y - 3 * m.x)
+    return m, -2.25
+
+
+def miqp_model():
+    """min (x - 2.5)^2 + (y - 1.2)^2 over integers with x + y <= 3: optimum 0.29 at (2, 1)."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(domain=pyo.Integers, bounds=(0, 5))
+    m.y = pyo.Var(domain=pyo.Integers, bounds=(0, 5))
+    m.a = pyo.Constraint(expr=m.x + m.y <= 3)
+    m.obj = pyo.Objective(expr=(m.x - 2.5) ** 2 + (m.y - 1.2) ** 2)
+    return m, 0.29
+
+
+def qcp_model():
+    """max x + y with x^2 + y^2 <= 2: optimum 2 at (1, 1)."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var()
+    m.y = pyo.Var()
+    m.disc = pyo.Constraint(expr=m.x**2 + m.y**2 <= 2)
+    m.obj = pyo.Objective(expr=m.x + m.y, sense=pyo.maximize)
+    return m, 2.0
+
+
+OPTIMAL_MODELS = {
+    "lp": lp_model,
+    "milp": milp_model,
+    "knapsack": knapsack_model,
+    "matrix_block": matrix_block_model,
+    "convex_qp": convex_qp_model,
+    "miqp": miqp_model,
+    "qcp": qcp_model,
+}
+
+
+def can_solve(name: str, model) -> bool:
+    try:
+        backends.get(name).check(compile_model(model))
+    except CapabilityError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+@pytest.mark.parametrize("build", OPTIMAL_MODELS.values(), ids=OPTIMAL_MODELS.keys())
+def test_every_backend_finds_the_known_optimum(backend, build):
+    model, expected = build()
+    if not can_solve(backend, model):
+        pytest.skip(f"{backend} lacks a capability this model needs")
+    result = backends.get(backend).solve(model)
+    assert result.status == Status.OPTIMAL
+    assert result.objective == pytest.approx(expected, abs=TOLERANCE, rel=TOLERANCE)
+    assert pyo.value(model.obj) == pytest.approx(expected, abs=TOLERANCE, rel=TOLERANCE)
+    assert result.bound == pytest.approx(expected, abs=1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_infeasible_model_is_reported_without_a_solution(backend):
+    model, _ = infeasible_model()
+    result = backends.get(backend).solve(model)
+    assert result.status == Status.INFEASIBLE
+    assert not result.has_solution
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_unbounded_model_is_reported_as_unbounded(backend):
+    model, _ = unbounded_model()
+    result = backends.get(backend).solve(model)
+    assert result.status == Status.UNBOUNDED
+
+
+def test_every_registered_backend_declares_an_install_command():
+    for name in backends.known():
+        assert backends._REGISTRY[name].install_hint
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+@pytest.mark.parametrize("build", [miqp_model, qcp_model, convex_qp_model, milp_model])
+def test_backend_refuses_a_model_it_cannot_solve_before_starting(backend, build, monkeypatch):
+    model, _ = build()
+    if can_solve(backend, model):
+        pytest.skip(f"{backend} can solve this model")
+    chosen = backends.get(backend)
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the solver was started")
+
+    monkeypatch.setattr(chosen, "solve_form", must_not_start)
+    with pytest.raises(CapabilityError, match=backend):
+        chosen.solve(model)
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(BackendUnavailableError) as info:
+        backends.get("no-such-solver")
+    for name in ("highs", "scip", "gurobi", "cbc"):
+        assert name in str(info.value)
+
+
+def test_missing_cbc_executable_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(cbc_module.shutil, "which", lambda name: None)
+    assert "cbc" not in backends.available()
+    with pytest.raises(BackendUnavailableError, match="apt-get install coinor-cbc"):
+        backends.get("cbc")
+    with pytest.raises(BackendUnavailableError, match="apt-get install coinor-cbc"):
+        cbc_module.CbcBackend().solve(lp_model()[0])
+
+
+def market_split(seed: int = 3, rows: int = 4, cols: int = 36):
+    """Hard for branch and bound; a planted 0/1 point makes the optimum 0 (no slack)."""
+    rng = np.random.default_rng(seed)
+    A = rng.integers(0, 100, size=(rows, cols))
+    planted = rng.integers(0, 2, size=cols)
+    rhs = A @ planted
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(range(cols), domain=pyo.Binary)
+    m.over = pyo.Var(range(rows), bounds=(0, None))
+    m.under = pyo.Var(range(rows), bounds=(0, None))
+    m.rows = pyo.Constraint(
+        range(rows),
+        rule=lambda m, i: (
+            sum(int(A[i, j]) * m.x[j] for j in range(cols)) + m.over[i] - m.under[i] == int(rhs[i])
+        ),
+    )
+    m.obj = pyo.Objective(expr=sum(m.over[i] + m.under[i] for i in range(rows)))
+    return m, planted
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_time_limit_stops_with_a_solution(backend):
+    model, _ = market_split()
+    options = SolveOptions(time_limit=0.5, threads=1, seed=1)
+    result = backends.get(backend).solve(model, options)
+    assert result.status == Status.TIME_LIMIT
+    assert result.has_solution
+    assert result.objective > 0
+    assert result.seconds < 3
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_warm_start_is_used(backend):
+    model, planted = market_split()
+    for j, value in enumerate(planted.tolist()):
+        model.x[j].set_value(value)
+    for var in (*model.over.values(), *model.under.values()):
+        var.set_value(0)
+    options = SolveOptions(time_limit=2, threads=1, seed=1)
+    result = backends.get(backend).solve(model, options, warm_start=True)
+    assert result.status == Status.OPTIMAL
+    assert result.objective == pytest.approx(0.0, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_common_options_are_accepted(backend, capsys):
+    model, expected = knapsack_model()
+    options = SolveOptions(time_limit=10, mip_gap=0.0, threads=1, seed=5, verbose=True)
+    result = backends.get(backend).solve(model, options)
+    assert result.objective == pytest.approx(expected)
+    assert result.nodes is not None
+    assert result.seconds >= 0
+
+
+EXPORTABLE = {
+    "lp": lp_model,
+    "milp": milp_model,
+    "knapsack": knapsack_model,
+    "matrix_block": matrix_block_model,
+    "convex_qp": convex_qp_model,
+}
+
+
+def highs_optimum(path) -> float:
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.readModel(str(path))
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    return h.getInfo().objective_function_value
+
+
+@pytest.mark.parametrize(
+    "writer, suffix", [(write_mps, "mps"), (write_lp, "lp")], ids=["mps", "lp"]
+)
+@pytest.mark.parametrize("build", EXPORTABLE.values(), ids=EXPORTABLE.keys())
+def test_exported_file_reread_by_highs_has_the_same_optimum(build, writer, suffix, tmp_path):
+    model, expected = build()
+    path = writer(model, tmp_path / f"model.{suffix}")
+    assert highs_optimum(path) == pytest.approx(expected, abs=TOLERANCE, rel=TOLERANCE)
+
+
+def test_mps_writer_refuses_quadratic_constraints(tmp_path):
+    with pytest.raises(CapabilityError, match="write_lp"):
+        write_mps(qcp_model()[0], tmp_path / "qcp.mps")
+    assert not list(tmp_path.iterdir())
+
+
+def test_lp_writer_writes_quadratic_constraints(tmp_path):
+    text = write_lp(qcp_model()[0], tmp_path / "qcp.lp").read_text()
+    assert "^ 2" in text
+    assert "Maximize" in text
+
+
+def test_failed_export_leaves_the_previous_file_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "model.mps"
+    path.write_text("previous")
+
+    def broken_lines(form):
+        yield "NAME half"
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_module, "_mps_lines", broken_lines)
+    with pytest.raises(RuntimeError):
+        write_mps(lp_model()[0], path)
+    assert path.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.mps"]
+
+
+def large_lp(cols: int = 2500):
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(range(cols), bounds=(0, 1))
+    m.total = pyo.Constraint(expr=sum(m.x[j] for j in range(cols)) <= 10)
+    m.obj = pyo.Objective(expr=sum(m.x[j] for j in range(cols)), sense=pyo.maximize)
+    return m
+
+
+@pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy is not installed")
+def test_gurobi_licence_limit_is_explained_in_plain_words():
+    try:
+        result = backends.get("gurobi").solve(large_lp())
+    except SolverError as exc:
+        message = str(exc)
+    else:
+        pytest.skip(f"this Gurobi licence solves 2500 variables ({result.status})")
+    assert "2000 variables" in message
+    assert "2500 variables and 1 constraints" in message
+    assert "highs" in message and "scip" in message

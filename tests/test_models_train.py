@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oamip.data import Dataset, load_digits, make_dataset
+from oamip.errors import InvalidInputError
+from oamip.models import build, lenet5, mlp
+from oamip.train import evaluate, finetune, predict, resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_digits()
+
+
+def _small_mlp(digits: Dataset, seed: int = 0) -> nn.Sequential:
+    return build("mlp", digits, hidden=(24, 16), seed=seed)
+
+
+def _masks() -> dict[str, np.ndarray]:
+    return {"1": np.arange(24) % 3 != 0, "3": np.arange(16) >= 10}
+
+
+def _outputs(model: nn.Module, x: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
+    modules, captured = dict(model.named_modules()), {}
+    hooks = [
+        modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out))
+        for n in names
+    ]
+    with torch.no_grad():
+        model(torch.as_tensor(x))
+    for hook in hooks:
+        hook.remove()
+    return captured
+
+
+def test_mlp_is_flatten_then_linear_relu_pairs_then_output_layer():
+    model = mlp(64, hidden=(20, 10), num_classes=4)
+    kinds = [type(m) for m in model]
+    assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 4)
+
+
+@pytest.mark.parametrize("side", [4, 8, 14, 28, 32])
+def test_lenet5_fits_inputs_of_every_usable_size(side):
+    model = lenet5(in_channels=3, num_classes=7, input_size=side)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [6, 16]
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [120, 84, 7]
+    assert model(torch.zeros(2, 3, side, side)).shape == (2, 7)
+
+
+def test_lenet5_keeps_the_classic_shape_on_28_pixels():
+    assert lenet5()[7].in_features == 16 * 5 * 5
+
+
+def test_lenet5_refuses_tiny_images():
+    with pytest.raises(InvalidInputError, match="at least 4x4"):
+        lenet5(input_size=3)
+
+
+def test_build_gives_the_same_weights_for_the_same_seed(digits):
+    first, second = _small_mlp(digits, seed=3), _small_mlp(digits, seed=3)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[1].weight, _small_mlp(digits, seed=4)[1].weight)
+
+
+def test_build_refuses_unknown_architectures_and_lenet_on_flat_inputs(digits):
+    with pytest.raises(InvalidInputError, match="unknown architecture 'vgg'"):
+        build("vgg", digits)
+    flat = make_dataset("flat", np.zeros((4, 10)), [0, 1, 0, 1], np.zeros((2, 10)), [0, 1])
+    with pytest.raises(InvalidInputError, match="square images"):
+        build("lenet5", flat)
+
+
+def test_training_is_deterministic_on_cpu_and_learns(digits):
+    first = train(_small_mlp(digits), digits, epochs=3, lr=1e-2, seed=5, progress=False)
+    second = train(_small_mlp(digits), digits, epochs=3, lr=1e-2, seed=5, progress=False)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not first.training
+    assert evaluate(first, digits.x_test, digits.y_test) > 0.8
+
+
+def test_progress_bar_only_when_asked(digits, capsys):
+    train(_small_mlp(digits), digits, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+    train(_small_mlp(digits), digits, epochs=1, progress=True)
+    assert "train" in capsys.readouterr().err
+
+
+def test_evaluate_is_the_fraction_of_correct_predictions(digits):
+    model = _small_mlp(digits)
+    expected = np.mean(predict(model, digits.x_test) == digits.y_test)
+    assert evaluate(model, digits.x_test, digits.y_test) == pytest.approx(expected)
+
+
+def test_finetune_keeps_pruned_units_exactly_zero(digits):
+    model = train(_small_mlp(digits), digits, epochs=1, progress=False)
+    before = model[1].weight.detach().clone()
+    masks = _masks()
+    finetune(model, digits, masks, epochs=2, progress=False)
+    outputs = _outputs(model, digits.x_test, list(masks))
+    for name, keep in masks.items():
+        layer = dict(model.named_modules())[name]
+        assert torch.all(layer.weight[~keep] == 0) and torch.all(layer.bias[~keep] == 0)
+        assert torch.all(outputs[name][:, ~keep] == 0)
+        assert torch.any(outputs[name][:, keep] != 0)
+    assert not torch.equal(model[1].weight[masks["1"]], before[masks["1"]])
+
+
+def test_finetune_zeroes_a_following_batchnorm_too(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 10)
+    )
+    keep = np.arange(12) >= 4
+    finetune(model, digits, {"1": keep}, epochs=1, progress=False)
+    assert torch.all(model[2].weight[~keep] == 0) and torch.all(model[2].bias[~keep] == 0)
+    assert torch.all(_outputs(model, digits.x_test, ["2"])["2"][:, ~keep] == 0)
+
+
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [({"9": np.ones(3, dtype=bool)}, "no Linear or Conv2d"), ({"1": np.ones(5, bool)}, "24 units")],
+)
+def test_finetune_refuses_masks_of_another_model(digits, masks, message):
+    with pytest.raises(InvalidInputError, match=message):
+        finetune(_small_mlp(digits), digits, masks, progress=False)
+
+
+def test_unusable_devices_are_refused():
+    with pytest.raises(InvalidInputError, match="use cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_and_finetuning_run_on_a_gpu(digits):
+    model = train(build("lenet5", digits), digits, epochs=2, device="cuda", progress=False)
+    assert next(model.parameters()).is_cuda
+    assert evaluate(model, digits.x_test, digits.y_test) > 0.5
+    keep = np.arange(6) >= 2
+    finetune(model, digits, {"0": keep}, epochs=1, device="cuda", progress=False)
+    assert torch.all(model[0].weight[torch.as_tensor(~keep)] == 0)
