@@ -128,13 +128,14 @@ def load_data(spec: str) -> Dataset:
     if kind == "npz":
         return load_npz(path)
     if kind in ("mnist", "fashion-mnist"):
-        if not Path(path).expanduser().exists():
+        location = Path(path).expanduser()
+        if not location.exists():
             raise InvalidInputError(
                 f"'{path}' does not exist; {kind}:PATH takes a folder of IDX files or an .npz"
             )
-        if Path(path).expanduser().is_dir():
-            return load_idx_folder(path, name=kind)
-        return load_npz(path, name=kind)
+        if location.is_dir():
+            return load_idx_folder(location, name=kind)
+        return load_npz(location, name=kind)
     raise InvalidInputError(f"unknown data kind '{kind}' in '{spec}'; use {DATA_SPECS}")
 
 

@@ -28,7 +28,10 @@ def scored_logits(
     big_m: dict[int, np.ndarray],
 ) -> np.ndarray:
     """Logits of the float64 reference model with each scored unit's ReLU argument lowered by
-    ``(1 - s) M`` (DESIGN.md (1)); ``big_m`` maps network layer indices to the constants M."""
+    ``(1 - s) M`` (DESIGN.md (1)); ``big_m`` maps network layer indices to the constants M.
+
+    A score array is either one value per unit or one row per sample (``(N, units)``), so many
+    score vectors can be evaluated in one batched forward pass."""
     ref = extracted.reference
     modules = dict(ref.named_modules())
     handles = []
@@ -47,8 +50,7 @@ def scored_logits(
 
 def _shift_hook(shift: torch.Tensor):
     def hook(_module, _inputs, output):
-        view = shift.reshape(-1, *([1] * (output.dim() - 2)))
-        return output - view
+        return output - shift.reshape(*shift.shape, *([1] * (output.dim() - 2)))
 
     return hook
 

@@ -3,13 +3,15 @@
 Both writers work from the standard form (:mod:`oamip.backends.standard_form`), so they accept
 the ``MatrixConstraint`` blocks that Pyomo's own LP writer cannot handle. Column ``j`` of the
 standard form is written as ``x{j}``, linear row ``i`` as ``r{i}``, quadratic row ``k`` as
-``q{k}``. Files appear atomically: a reader never sees a half-written file.
+``q{k}``. In LP files an objective constant multiplies a column ``obj_constant`` fixed at 1,
+the one spelling that HiGHS, SCIP and Gurobi all read. Files appear atomically: a reader never
+sees a half-written file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from oamip.backends.standard_form import QuadraticRow, StandardForm, compile_mod
 from oamip.errors import CapabilityError
 
 OBJECTIVE_ROW = "obj"
+CONSTANT_COLUMN = "obj_constant"
 
 
 def write_mps(model: pyo.ConcreteModel | StandardForm, path: str | os.PathLike) -> Path:
@@ -50,13 +53,13 @@ def _as_form(model: pyo.ConcreteModel | StandardForm) -> StandardForm:
 def _write_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
     """Write ``lines`` to a temporary file beside ``path``, then move it into place."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
+        with open(tmp, "x") as handle:
             handle.writelines(line + "\n" for line in lines)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return target
 
@@ -170,26 +173,32 @@ def _mps_quadobj(form: StandardForm) -> Iterator[str]:
         yield f" x{j} x{i} {_num(v)}"
 
 
+def _lp_sum(terms: Iterable[tuple[float, str]]) -> str:
+    """``a x - b y + ...``: signs stand apart and only a negative first term carries one."""
+    text = " ".join(f"{'-' if v < 0 else '+'} {_num(abs(v))} {name}" for v, name in terms)
+    return text[2:] if text.startswith("+ ") else text
+
+
 def _lp_linear(index: Iterable[int], coef: Iterable[float]) -> str:
-    return " ".join(f"{float(v):+} x{j}" for j, v in zip(index, coef, strict=True))
+    return _lp_sum((v, f"x{j}") for j, v in zip(index, coef, strict=True))
 
 
 def _lp_quadratic(q_i, q_j, q_coef, scale: float) -> str:
-    terms = [
-        f"{scale * v:+} x{i} ^ 2" if i == j else f"{scale * v:+} x{i} * x{j}"
+    terms = _lp_sum(
+        (scale * v, f"x{i}^2" if i == j else f"x{i} * x{j}")
         for i, j, v in zip(q_i.tolist(), q_j.tolist(), q_coef.tolist(), strict=True)
-    ]
-    return f"[ {' '.join(terms)} ]" if terms else ""
+    )
+    return f"[ {terms} ]"
 
 
 def _lp_objective(form: StandardForm) -> str:
     nonzero = np.flatnonzero(form.c)
-    parts = [_lp_linear(nonzero.tolist(), form.c[nonzero].tolist()) or "0 x0"]
+    text = _lp_linear(nonzero.tolist(), form.c[nonzero].tolist()) or "0 x0"
     if form.has_quadratic_objective:
-        parts.append("+ " + _lp_quadratic(form.q_i, form.q_j, form.q_coef, 2.0) + " / 2")
+        text += " + " + _lp_quadratic(form.q_i, form.q_j, form.q_coef, 2.0) + " / 2"
     if form.c0 != 0:
-        parts.append(f"{form.c0:+}")
-    return " ".join(parts)
+        text += f" {'-' if form.c0 < 0 else '+'} {_num(abs(form.c0))} {CONSTANT_COLUMN}"
+    return text
 
 
 def _lp_constraint(name: str, body: str, lower: float, upper: float) -> Iterator[str]:
@@ -248,6 +257,8 @@ def _lp_lines(form: StandardForm) -> Iterator[str]:
     yield from _lp_rows(form)
     yield "Bounds"
     yield from _lp_bounds(form)
+    if form.c0 != 0:
+        yield f" {CONSTANT_COLUMN} = 1"
     integers = np.flatnonzero(form.integer).tolist()
     if integers:
         yield "General"

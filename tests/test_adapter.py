@@ -1,0 +1,134 @@
+"""The torch adapter: reading models, writing masks, removing units, saving and loading."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import oamip
+from oamip.adapters import extract, read_chain
+from tests.nets import FunctionalNet, convnet, mlp
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _forward(model, x):
+    with torch.no_grad():
+        return model.eval().double()(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def test_extract_names_the_scored_modules_and_folds_batchnorm():
+    model = convnet(0)
+    extracted = extract(model, np.zeros((1, 1, 8, 8)))
+    assert list(extracted.units) == ["0", "4", "7"]
+    assert extracted.units["0"].batchnorm == "1"
+    assert [layer.n_units for layer in extracted.network.layers if getattr(layer, "relu", 0)] == [
+        3,
+        4,
+        5,
+    ]
+
+
+def test_functional_relu_pooling_and_view_are_read_as_a_chain():
+    kinds = [step.kind for step in read_chain(FunctionalNet(0))]
+    assert kinds == ["conv", "relu", "maxpool", "flatten", "linear", "relu", "dropout", "linear"]
+
+
+def test_apply_masks_zeroes_pruned_units_and_leaves_the_input_untouched():
+    model = convnet(1)
+    before = copy.deepcopy(model)
+    masks = {"0": np.array([True, False, True]), "7": np.array([1, 0, 0, 1, 1], dtype=bool)}
+    pruned = oamip.apply_masks(model, masks)
+    assert _same_state(model, before)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        after_bn = pruned[2](pruned[1](pruned[0](x)))
+        hidden = pruned[8](pruned[7](pruned[6](pruned[5](pruned[4](pruned[3](after_bn))))))
+    assert torch.all(after_bn[:, 1] == 0)
+    assert torch.all(hidden[:, [1, 2]] == 0)
+
+
+def test_remove_pruned_is_smaller_and_computes_the_same_logits():
+    model = convnet(2)
+    masks = {"0": np.array([True, False, True]), "4": np.array([1, 1, 0, 1], dtype=bool)}
+    masks["7"] = np.array([1, 0, 1, 1, 0], dtype=bool)
+    small = oamip.remove_pruned(model, masks)
+    x = np.random.default_rng(0).uniform(size=(5, 1, 8, 8))
+    np.testing.assert_allclose(
+        _forward(small, x), _forward(oamip.apply_masks(model, masks), x), atol=1e-10
+    )
+    count = sum(p.numel() for p in small.parameters())
+    assert count < sum(p.numel() for p in model.parameters())
+    assert small[0].out_channels == 2 and small[4].in_channels == 2 and small[7].in_features == 12
+
+
+def test_remove_pruned_handles_functional_models():
+    model = FunctionalNet(3)
+    masks = {"conv": np.array([False, True]), "fc1": np.array([True, True, False, True])}
+    small = oamip.remove_pruned(model, masks)
+    x = np.random.default_rng(1).uniform(size=(3, 1, 6, 6))
+    np.testing.assert_allclose(
+        _forward(small, x), _forward(oamip.apply_masks(model, masks), x), atol=1e-10
+    )
+
+
+def test_saved_model_loads_back_identical_without_pickled_code(tmp_path):
+    model = oamip.remove_pruned(convnet(4), {"4": np.array([1, 0, 1, 1], dtype=bool)})
+    path = oamip.save_model(model, tmp_path / "sub" / "pruned.pt")
+    loaded = oamip.load_model(path)
+    x = np.random.default_rng(2).uniform(size=(2, 1, 8, 8))
+    np.testing.assert_allclose(_forward(loaded, x), _forward(model, x), atol=0)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["pruned.pt"]
+
+
+def test_load_model_refuses_missing_corrupt_and_foreign_files(tmp_path):
+    with pytest.raises(oamip.InvalidInputError, match="does not exist"):
+        oamip.load_model(tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(oamip.InvalidInputError, match="not a readable model file"):
+        oamip.load_model(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(oamip.InvalidInputError, match="not written by oamip.save_model"):
+        oamip.load_model(tmp_path / "other.pt")
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)) + x)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), "'1' of type Tanh"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)), "'1' of type Sigmoid"),
+        (_Residual(), "not a chain"),
+        (nn.Sequential(nn.Linear(4, 3), nn.ReLU()), "must end with a Linear"),
+        (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.ReLU(), nn.Linear(3, 2)), "ReLU '2'"),
+    ],
+)
+def test_unsupported_models_are_refused_with_the_culprit_named(model, message):
+    with pytest.raises(oamip.UnsupportedLayerError, match=message):
+        extract(model, np.zeros((1, 4)))
+
+
+def test_masks_of_wrong_layers_or_sizes_are_refused():
+    model = mlp(0)
+    with pytest.raises(oamip.InvalidInputError, match="not a scored layer"):
+        oamip.apply_masks(model, {"5": np.ones(3, dtype=bool)})
+    with pytest.raises(oamip.InvalidInputError, match="has 5 units"):
+        oamip.apply_masks(model, {"1": np.ones(4, dtype=bool)})
+    with pytest.raises(oamip.InvalidInputError, match="removes every unit"):
+        oamip.remove_pruned(model, {"1": np.zeros(5, dtype=bool)})

@@ -1,0 +1,99 @@
+"""On tiny networks, the binary-score optimum equals the enumeration of every mask, with the
+objective computed by PyTorch on the pruned model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+import oamip
+from oamip.adapters import extract, scored_logits
+from oamip.bounds import interval_bounds
+from tests.nets import convnet, mlp
+
+
+def _pruned_logits(model, x, masks) -> np.ndarray:
+    with torch.no_grad():
+        return oamip.apply_masks(model, masks).double()(torch.as_tensor(x)).numpy()
+
+
+def _enumerate_objectives(model, x, y, sizes, loss: str, lam: float) -> np.ndarray:
+    """The objective of every mask, by one batched PyTorch forward with DESIGN.md (1) hooks
+    (the exactness tests show this equals the forward of ``apply_masks``)."""
+    masks = list(_all_masks(sizes, 1))
+    extracted = extract(model, x)
+    big_m = interval_bounds(extracted.network, x).big_m
+    repeated = np.concatenate([x] * len(masks))
+    scores = {n: np.repeat(np.stack([m[n] for m in masks]), len(x), axis=0) for n in sizes}
+    z = scored_logits(extracted, repeated, scores, big_m).reshape(len(masks), len(x), -1)
+    return np.array([_objective(z[i], y, m, loss, lam) for i, m in enumerate(masks)])
+
+
+def _objective(z, y, masks, loss: str, lam: float, margin: float = 1.0) -> float:
+    true = z[np.arange(len(y)), y]
+    if loss == "hinge":
+        other = z.copy()
+        other[np.arange(len(y)), y] = -np.inf
+        losses = np.maximum(0.0, margin + other.max(axis=1) - true)
+    else:
+        losses = logsumexp(z, axis=1) - true
+    sparsity = sum(m.sum() / len(m) for m in masks.values())
+    return float(sparsity + lam * losses.mean())
+
+
+def _all_masks(sizes: dict[str, int], min_keep: int):
+    names = list(sizes)
+    per_layer = [
+        [
+            np.array(bits, dtype=bool)
+            for bits in itertools.product([0, 1], repeat=sizes[n])
+            if sum(bits) >= min_keep
+        ]
+        for n in names
+    ]
+    for combo in itertools.product(*per_layer):
+        yield dict(zip(names, combo))
+
+
+CASES = [
+    ("mlp", "hinge", 1.0, 0),
+    ("mlp", "ce", 2.0, 1),
+    ("mlp", "ce", 0.3, 2),
+    ("mlp_bn", "hinge", 3.0, 3),
+    ("conv", "ce", 1.0, 4),
+    ("conv", "hinge", 0.5, 5),
+]
+
+
+@pytest.mark.parametrize(("kind", "loss", "lam", "seed"), CASES)
+def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "conv":
+        model = convnet(seed, channels=(1, 2, 2), size=6)
+        x = rng.uniform(0, 1, size=(3, 1, 6, 6))
+    else:
+        model = mlp(seed, (5, 4, 3, 3), batchnorm=kind == "mlp_bn")
+        x = rng.uniform(0, 1, size=(4, 5))
+    y = rng.integers(0, 3, len(x))
+    res = oamip.score_neurons(model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9)
+    assert res.status == "optimal"
+    sizes = {name: len(s) for name, s in res.scores.items()}
+    best = _enumerate_objectives(model, x, y, sizes, loss, lam).min()
+    assert res.objective == pytest.approx(best, abs=1e-6)
+    found = {name: s > 0.5 for name, s in res.scores.items()}
+    pruned = _objective(_pruned_logits(model, x, found), y, found, loss, lam)
+    assert pruned == pytest.approx(res.objective, abs=1e-9)
+    assert res.bound <= res.objective + 1e-6
+
+
+def test_continuous_optimum_is_at_most_the_binary_one():
+    model = mlp(7, (5, 4, 3, 3))
+    x = np.random.default_rng(7).uniform(0, 1, size=(4, 5))
+    y = np.array([0, 1, 2, 0])
+    binary = oamip.score_neurons(model, x, y, loss="hinge", lam=1.0, scores="binary", mip_gap=1e-9)
+    relaxed = oamip.score_neurons(model, x, y, loss="hinge", lam=1.0, mip_gap=1e-9)
+    assert relaxed.objective <= binary.objective + 1e-7
