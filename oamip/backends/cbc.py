@@ -21,7 +21,7 @@ import numpy as np
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.export import write_mps
 from oamip.backends.standard_form import StandardForm
-from oamip.errors import BackendUnavailableError, SolverError
+from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
 
 INSTALL_HINT = "apt-get install coinor-cbc (or: conda install -c conda-forge coin-or-cbc)"
 _LOG_TAIL_LINES = 20
@@ -112,7 +112,18 @@ def _run(command: list[str], verbose: bool) -> list[str]:
                 sys.stdout.write(line)
     if process.returncode != 0:
         raise SolverError(f"cbc exited with status {process.returncode}:\n" + _tail(lines))
+    _check_understood(lines)
     return lines
+
+
+def _check_understood(log: list[str]) -> None:
+    """CBC skips words it does not know and goes on; a misspelt option must not pass unseen."""
+    unknown = [line.split()[3] for line in log if line.startswith("No match for ")]
+    if unknown:
+        raise InvalidInputError(
+            f"cbc did not understand {', '.join(unknown)}; check the solver_options names "
+            "against `cbc -?`"
+        )
 
 
 def _tail(log: list[str]) -> str:

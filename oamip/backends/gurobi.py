@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.standard_form import QuadraticRow, StandardForm
-from oamip.errors import BackendUnavailableError, SolverError
+from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
 
 INSTALL_HINT = "pip install gurobipy"
 PIP_LICENCE_LIMIT = 2000
@@ -49,7 +49,7 @@ class GurobiBackend(Backend):
         start = time.perf_counter()
         with _environment(gp, options) as env, gp.Model(env=env) as model:
             x = _build(gp, model, form)
-            _set_options(model, options)
+            _set_options(gp, model, options)
             if warm_start:
                 _offer_start(x, form)
             load_seconds = time.perf_counter() - start
@@ -82,7 +82,7 @@ def _environment(gp, options: SolveOptions):
     return env
 
 
-def _set_options(model, options: SolveOptions) -> None:
+def _set_options(gp, model, options: SolveOptions) -> None:
     model.setParam("MIPGap", float(options.mip_gap))
     if options.time_limit is not None:
         model.setParam("TimeLimit", float(options.time_limit))
@@ -91,7 +91,12 @@ def _set_options(model, options: SolveOptions) -> None:
     if options.seed is not None:
         model.setParam("Seed", int(options.seed))
     for key, value in options.solver_options.items():
-        model.setParam(key, value)
+        try:
+            model.setParam(key, value)
+        except gp.GurobiError as exc:
+            raise InvalidInputError(
+                f"Gurobi rejects the option {key}={value!r}: {exc.message}"
+            ) from exc
 
 
 def _build(gp, model, form: StandardForm):
@@ -196,20 +201,26 @@ def _status(gp, code: int) -> Status:
 
 def _result(gp, model, x, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
     status = _status(gp, model.Status)
-    solution = np.asarray(x.X, dtype=float) if model.SolCount > 0 else None
+    has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
+    solution = np.asarray(x.X, dtype=float) if has_solution else None
     objective = None if solution is None else form.objective_value(solution)
     is_mip = bool(model.IsMIP)
-    if is_mip:
-        bound = float(model.ObjBound) if np.isfinite(model.ObjBound) else None
-    else:
-        bound = objective if status == Status.OPTIMAL else None
     return SolveResult(
         backend="gurobi",
         status=status,
         objective=objective,
-        bound=bound,
+        bound=_bound(gp, model, is_mip, status, objective),
         seconds=seconds,
         nodes=int(model.NodeCount) if is_mip else None,
         solution=solution,
         load_seconds=load_seconds,
     )
+
+
+def _bound(gp, model, is_mip: bool, status: Status, objective: float | None) -> float | None:
+    if not is_mip:
+        return objective if status == Status.OPTIMAL else None
+    if status not in (Status.OPTIMAL, Status.TIME_LIMIT):
+        return None
+    bound = float(model.ObjBound)
+    return bound if abs(bound) < gp.GRB.INFINITY else None

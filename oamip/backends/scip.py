@@ -13,7 +13,7 @@ import numpy as np
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.standard_form import QuadraticRow, StandardForm
-from oamip.errors import BackendUnavailableError
+from oamip.errors import BackendUnavailableError, InvalidInputError
 
 INSTALL_HINT = "pip install pyscipopt"
 
@@ -77,7 +77,17 @@ def _set_options(model, options: SolveOptions) -> None:
     if options.seed is not None:
         model.setParam("randomization/randomseedshift", int(options.seed))
     for key, value in options.solver_options.items():
+        _set_solver_option(model, key, value)
+
+
+def _set_solver_option(model, key: str, value) -> None:
+    try:
         model.setParam(key, value)
+    except (LookupError, ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            f"SCIP rejects the option {key}={value!r} ({exc}); SCIP parameters look like "
+            "'limits/nodes' or 'presolving/maxrounds'"
+        ) from exc
 
 
 def _bound_or_none(value: float) -> float | None:

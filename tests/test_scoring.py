@@ -1,0 +1,145 @@
+"""``score_neurons``: the public entry point, its result and its refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+import oamip
+from oamip import backends, scoring
+from oamip.adapters import extract, scored_logits
+from tests.nets import convnet, mlp
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = mlp(11, (6, 5, 4, 3))
+    x = np.random.default_rng(11).uniform(size=(5, 6))
+    y = np.array([0, 1, 2, 1, 0])
+    return model, x, y
+
+
+def test_result_holds_scores_per_scored_module_and_the_exact_objective(small):
+    model, x, y = small
+    res = oamip.score_neurons(model, x, y, lam=2.0)
+    assert set(res.scores) == {"1", "3"}
+    assert all(((s >= 0) & (s <= 1)).all() for s in res.scores.values())
+    assert res.status == "optimal" and res.backend == "highs"
+    extracted = extract(model, x)
+    by_layer = extracted.scores_by_layer(res.big_m)
+    z = scored_logits(extracted, x, res.scores, by_layer)
+    ce = logsumexp(z, axis=1) - z[np.arange(len(y)), y]
+    sparsity = sum(s.sum() / len(s) for s in res.scores.values())
+    assert res.objective == pytest.approx(sparsity + 2.0 * ce.mean(), abs=1e-9)
+    assert res.bound <= res.objective + 1e-9
+    assert res.gap <= 1e-4
+    assert res.model is res.formulation.model
+
+
+def test_masks_follow_the_threshold_and_keep_min_keep_units():
+    model = mlp(12, (6, 5, 4, 3))
+    x = np.random.default_rng(12).uniform(size=(3, 6))
+    res = oamip.score_neurons(model, x, [0, 1, 2], loss="hinge", margin=0.0, min_keep=2)
+    for name, mask in res.masks(0.5).items():
+        assert mask.sum() >= 2
+        assert np.all(mask[res.scores[name] >= 0.5])
+    assert all(m.all() for m in res.masks(0.0).values())
+    with pytest.raises(oamip.InvalidInputError, match=r"threshold must lie in \[0, 1\]"):
+        res.masks(1.5)
+
+
+def test_the_users_model_is_not_modified(small):
+    model, x, y = small
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    oamip.score_neurons(model, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_conv_network_scores_channels():
+    model = convnet(3)
+    x = np.random.default_rng(3).uniform(size=(3, 1, 8, 8))
+    res = oamip.score_neurons(model, x, [0, 1, 2], loss="hinge", lam=1.0, scores="binary")
+    assert [len(res.scores[k]) for k in ("0", "4", "7")] == [3, 4, 5]
+
+
+def test_time_limit_returns_the_best_solution_with_its_status():
+    torch.manual_seed(0)
+    model = mlp(0, (64, 40, 40, 10))
+    x = np.random.default_rng(0).uniform(size=(20, 64))
+    y = np.arange(20) % 10
+    res = oamip.score_neurons(model, x, y, scores="binary", loss="hinge", time_limit=0.2)
+    assert res.status == "time_limit"
+    assert res.gap is None or res.gap > 0
+    assert np.isfinite(res.objective)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m, x, y: (m, x[:0], y[:0]), "batch is empty"),
+        (lambda m, x, y: (m, x[:, :4], y), r"expects 6 inputs but receives shape \(4,\)"),
+        (lambda m, x, y: (m, np.where(x > 0.5, np.nan, x), y), "x contains NaN"),
+        (lambda m, x, y: (m, x, y[:3]), "labels have shape"),
+        (lambda m, x, y: (m, x, y + 5), r"labels must lie in 0..2"),
+        (lambda m, x, y: (_poisoned(m), x, y), "parameter '1.weight' contains NaN"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(small, change, message):
+    model, x, y = change(*small)
+    with pytest.raises(oamip.InvalidInputError, match=message):
+        oamip.score_neurons(model, x, y)
+
+
+def _poisoned(model):
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad[1].weight[0, 0] = float("nan")
+    return bad
+
+
+def test_unknown_backend_lists_the_known_ones(small):
+    with pytest.raises(oamip.BackendUnavailableError, match="known backends: .*highs"):
+        oamip.score_neurons(*small, backend="cplex")
+
+
+def test_missing_backend_says_how_to_install_it(small, monkeypatch):
+    class Missing(backends.Backend):
+        name = "missing"
+        install_hint = "pip install missing-solver"
+
+        @classmethod
+        def is_installed(cls):
+            return False
+
+        def solve_form(self, form, options, warm_start):
+            raise AssertionError("never called")
+
+    monkeypatch.setitem(backends._REGISTRY, "missing", Missing)
+    with pytest.raises(oamip.BackendUnavailableError, match="pip install missing-solver"):
+        oamip.score_neurons(*small, backend="missing")
+
+
+def test_a_solution_that_disagrees_with_pytorch_is_never_returned(small, monkeypatch):
+    real = scoring.scored_logits
+    monkeypatch.setattr(scoring, "scored_logits", lambda *a: real(*a) + 1e-3)
+    with pytest.raises(oamip.VerificationError, match="differ from PyTorch"):
+        oamip.score_neurons(*small)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_models_kept_on_a_gpu_work_and_stay_there(small):
+    model, x, y = small
+    gpu = copy.deepcopy(model).cuda()
+    res = oamip.score_neurons(gpu, torch.as_tensor(x).cuda(), torch.as_tensor(y).cuda())
+    cpu = oamip.score_neurons(model, x, y)
+    assert next(gpu.parameters()).is_cuda
+    assert res.objective == pytest.approx(cpu.objective, rel=1e-6)
+    pruned = oamip.apply_masks(gpu, res.masks())
+    assert next(pruned.parameters()).is_cuda
