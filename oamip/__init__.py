@@ -15,7 +15,9 @@ from oamip.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
+from oamip.pipeline import PruneReport, prune
 from oamip.scoring import ScoreResult, score_neurons
+from oamip.spr_pipeline import SPRReport, spr_prune
 
 __all__ = [
     "BackendUnavailableError",
@@ -33,5 +35,9 @@ __all__ = [
     "remove_pruned",
     "save_model",
     "score_neurons",
+    "prune",
+    "PruneReport",
+    "spr_prune",
+    "SPRReport",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from oamip.backends import SolveOptions, SolveResult, Status
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
+from oamip.root_cuts import add_root_cuts
 
 CE_CUT_TOL = 1e-6
 """Largest gap allowed between a sample's cross-entropy and its cut approximation."""
@@ -91,10 +92,13 @@ def score_neurons(
     mip_gap: float = DEFAULT_MIP_GAP,
     threads: int | None = None,
     verbose: bool = False,
+    root_cuts: int = 0,
 ) -> ScoreResult:
     """Solve the neuron-importance MIP of ``model`` on the batch ``(x, y)``.
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
+    ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.root_cuts`) tighten the relaxation
+    before branching; they never change the optimum.
     """
     solver = backends.get(backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
@@ -104,6 +108,8 @@ def score_neurons(
     extracted = extract(model, x)
     settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
     im = build_importance_model(extracted.network, x, y, settings)
+    if root_cuts:
+        add_root_cuts(im, solver, max_rounds=root_cuts, time_budget=time_limit)
     build_seconds = time.perf_counter() - start
     options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
     result, rounds, solve_seconds = _solve_with_cuts(solver, im, options, time_limit)

@@ -69,8 +69,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("root_cuts", [0, 3])
 @pytest.mark.parametrize(("kind", "loss", "lam", "seed"), CASES)
-def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed):
+def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed, root_cuts):
     rng = np.random.default_rng(seed)
     if kind == "conv":
         model = convnet(seed, channels=(1, 2, 2), size=6)
@@ -79,7 +80,9 @@ def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed)
         model = mlp(seed, (5, 4, 3, 3), batchnorm=kind == "mlp_bn")
         x = rng.uniform(0, 1, size=(4, 5))
     y = rng.integers(0, 3, len(x))
-    res = oamip.score_neurons(model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9)
+    res = oamip.score_neurons(
+        model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9, root_cuts=root_cuts
+    )
     assert res.status == "optimal"
     sizes = {name: len(s) for name, s in res.scores.items()}
     best = _enumerate_objectives(model, x, y, sizes, loss, lam).min()
@@ -97,3 +100,14 @@ def test_continuous_optimum_is_at_most_the_binary_one():
     binary = oamip.score_neurons(model, x, y, loss="hinge", lam=1.0, scores="binary", mip_gap=1e-9)
     relaxed = oamip.score_neurons(model, x, y, loss="hinge", lam=1.0, mip_gap=1e-9)
     assert relaxed.objective <= binary.objective + 1e-7
+
+
+@pytest.mark.parametrize("loss", ["hinge", "ce"])
+def test_root_cuts_do_not_change_the_continuous_optimum(loss):
+    model = convnet(8, channels=(1, 2, 2), size=6)
+    x = np.random.default_rng(8).uniform(0, 1, size=(2, 1, 6, 6))
+    y = np.array([0, 2])
+    plain = oamip.score_neurons(model, x, y, loss=loss, lam=1.0, mip_gap=1e-9)
+    cut = oamip.score_neurons(model, x, y, loss=loss, lam=1.0, mip_gap=1e-9, root_cuts=4)
+    assert plain.status == cut.status == "optimal"
+    assert cut.objective == pytest.approx(plain.objective, abs=1e-6)

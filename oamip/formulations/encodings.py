@@ -32,10 +32,20 @@ class ReluEntries:
     score_id: np.ndarray
 
 
+@dataclass
+class ReluEncoding:
+    """The variables of an encoded scored ReLU, per entry (``v = -1``: no binary), and a
+    function setting them from the ReLU's argument and output."""
+
+    h: np.ndarray
+    v: np.ndarray
+    set_values: Callable[[np.ndarray, np.ndarray], None]
+
+
 def encode_scored_relu(
     table: VarTable, rows: RowBlock, entries: ReluEntries, binary_scores: bool, name: str
-) -> tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], None]]:
-    """``h = ReLU(pre - (1 - s) M)`` for every entry; returns h's ids and a value setter.
+) -> ReluEncoding:
+    """``h = ReLU(pre - (1 - s) M)`` for every entry.
 
     The ReLU's argument lies in ``[lower - M, upper]``. Three cases, all exact:
     a constant pre-activation with a binary score gives ``h = pre * s`` (no binary); an argument
@@ -58,7 +68,9 @@ def encode_scored_relu(
         table.set_values(h, out)
         table.set_values(v, (arg[bigm] > 0).astype(float))
 
-    return h, set_values
+    v_of_entry = np.full(len(h), -1, dtype=np.int64)
+    v_of_entry[bigm] = v
+    return ReluEncoding(h, v_of_entry, set_values)
 
 
 def _linear_rows(rows: RowBlock, h, pre_const, score_id) -> None:
@@ -93,6 +105,25 @@ def _bigm_rows(rows: RowBlock, h, v, e: ReluEntries, pick, arg_lower) -> None:
     r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
     rows.terms(r, h, 1.0)
     rows.terms(r, v, -e.upper[pick])
+    _ideal_rows(rows, h, v, e, pick)
+
+
+def _ideal_rows(rows: RowBlock, h, v, e: ReluEntries, pick) -> None:
+    """The two further facets of the convex hull of ``h = ReLU(pre + M s - M)`` over the box
+    ``pre in [lower, upper]``, ``s in [0, 1]`` (Anderson et al.'s ideal formulation):
+    ``h <= pre - lower (1 - v)`` and ``h <= M s - (M - upper) v``. Without them the relaxation
+    lets a unit with a tiny score output almost its full value."""
+    has_var = e.pre_id[pick] >= 0
+    lower = e.lower[pick][has_var]
+    r = rows.new_rows(np.full(has_var.sum(), -np.inf), -lower)
+    rows.terms(r, h[has_var], 1.0)
+    rows.terms(r, e.pre_id[pick][has_var], -1.0)
+    rows.terms(r, v[has_var], -lower)
+    big_m = e.big_m[pick]
+    r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
+    rows.terms(r, h, 1.0)
+    rows.terms(r, e.score_id[pick], -big_m)
+    rows.terms(r, v, big_m - e.upper[pick])
 
 
 @dataclass

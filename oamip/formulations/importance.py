@@ -28,6 +28,7 @@ from oamip.formulations.encodings import (
     encode_max_pool,
     encode_scored_relu,
 )
+from oamip.formulations.ideal_cuts import CutSite, separate
 from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_values
 from oamip.network import AffineLayer, MaxPoolLayer, Network, Trace
 
@@ -83,6 +84,8 @@ class ImportanceModel:
     logit_ids: np.ndarray | None = None
     loss_ids: np.ndarray | None = None
     setters: list[Callable[[list[Trace]], None]] = field(default_factory=list)
+    cut_sites: list[CutSite] = field(default_factory=list)
+    cut_blocks: int = 0
 
     @property
     def big_m(self) -> dict[int, np.ndarray]:
@@ -133,6 +136,16 @@ class ImportanceModel:
     def all_ones(self) -> dict[int, np.ndarray]:
         """The trained network's scores: every unit kept (always feasible)."""
         return {i: np.ones(len(ids)) for i, ids in self.score_ids.items()}
+
+    def add_ideal_cuts(self, values: np.ndarray) -> int:
+        """Separate ideal ReLU cuts at ``values`` (every variable's value, by global id) and add
+        the violated ones as a new constraint block; returns how many were added."""
+        rows = RowBlock()
+        added = sum(separate(site, values, rows) for site in self.cut_sites)
+        if added:
+            self.cut_blocks += 1
+            rows.attach(self.table, f"ideal_cuts_{self.cut_blocks}")
+        return added
 
     def add_cuts(self, points: np.ndarray, samples: np.ndarray) -> None:
         """Cross-entropy tangent planes at ``points[k]`` (logits) for the given samples."""
@@ -217,7 +230,7 @@ class _Builder:
         if not layer.relu:
             self._record_values(i, pre_var, "pre")
             return _State(pre_var, pre_const, b.lower, b.upper)
-        return self._scored_relu(i, layer, pre_var, pre_const, needed)
+        return self._scored_relu(i, layer, state, pre_var, pre_const, needed)
 
     def _pre_activation_rows(self, i, layer: AffineLayer, state: _State, needed) -> np.ndarray:
         """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki`` for every needed (k, j)."""
@@ -235,7 +248,29 @@ class _Builder:
             self.rows.terms(r[sub.row], state.var[k, inputs][sub.col], -sub.data)
         return pre_var
 
-    def _scored_relu(self, i, layer: AffineLayer, pre_var, pre_const, needed) -> _State:
+    def _cut_site(self, layer, state: _State, entries: ReluEntries, enc, k, j) -> None:
+        """Remember the big-M units fed by variables, where ideal cuts can be separated."""
+        pick = (enc.v >= 0) & (entries.pre_id >= 0)
+        if not pick.any():
+            return
+        site = CutSite(
+            matrix=layer.matrix,
+            offset=layer.offset,
+            in_var=state.var,
+            in_const=state.const,
+            in_lower=state.lower,
+            in_upper=state.upper,
+            k=k[pick],
+            j=j[pick],
+            h=enc.h[pick],
+            v=enc.v[pick],
+            s=entries.score_id[pick],
+            big_m=entries.big_m[pick],
+            h_upper=entries.upper[pick],
+        )
+        self.im.cut_sites.append(site)
+
+    def _scored_relu(self, i, layer: AffineLayer, state: _State, pre_var, pre_const, needed):
         b = self.im.bounds.layers[i]
         n_units = layer.n_units
         upper_s = np.ones(n_units)
@@ -252,10 +287,11 @@ class _Builder:
             score_id=scores[layer.unit_of[j]],
         )
         self._record_values(i, pre_var, "pre")
-        h, set_h = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}")
-        self.im.setters.append(lambda trace: set_h(trace[i].arg[k, j], trace[i].out[k, j]))
+        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}")
+        self.im.setters.append(lambda trace: enc.set_values(trace[i].arg[k, j], trace[i].out[k, j]))
+        self._cut_site(layer, state, entries, enc, k, j)
         out_var = np.full(needed.shape, -1, dtype=np.int64)
-        out_var[k, j] = h
+        out_var[k, j] = enc.h
         zeros = np.zeros(needed.shape)
         return _State(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
 

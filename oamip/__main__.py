@@ -1,0 +1,5 @@
+"""``python -m oamip``: the ``oamip`` command."""
+
+from oamip.cli import main
+
+raise SystemExit(main())

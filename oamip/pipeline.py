@@ -1,0 +1,524 @@
+"""``oamip.prune``: the whole pipeline, from a trained model (or the embedded default) to a report.
+
+Steps: load the data, train the default MLP if no model is given, pick the MIP batch, solve the
+neuron-importance MIP, prune at the threshold, fine-tune with pruned units held at zero, remove the
+pruned units physically, and compare with the baselines at the same units removed per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from oamip import backends
+from oamip.adapters import apply_masks, load_model, remove_pruned
+from oamip.adapters.serialize import FORMAT
+from oamip.baselines import magnitude_scores, masks_like, random_scores, snip_scores, taylor_scores
+from oamip.data import Dataset, load_data, mip_batch
+from oamip.errors import InvalidInputError
+from oamip.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
+from oamip.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
+from oamip.train import evaluate, finetune, resolve_device, train
+
+DEFAULT_TRAIN_EPOCHS = 10
+DEFAULT_TRAIN_LR = 1e-2
+DEFAULT_FINETUNE_LR = 1e-3
+DEFAULT_TIME_LIMIT = 20.0
+"""Seconds the solver may run by default; it then returns its best scores, status time_limit."""
+SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
+"""Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
+BASELINES = ("random", "magnitude", "snip", "taylor")
+LOSSES = ("ce", "hinge")
+SCORE_MODES = ("continuous", "binary")
+LIVE_LINE_INTERVAL = 0.25
+"""Seconds between two updates of the line shown while the solver runs."""
+
+
+@dataclass
+class PruneSettings:
+    """Every choice of ``oamip prune``; the defaults are the authors' settings.
+
+    ``arch`` is the architecture trained when no model is given; ``threads`` limits PyTorch's
+    and the solver's CPU threads (None: their own defaults).
+    """
+
+    arch: str = "mlp"
+    backend: str = "highs"
+    samples_per_class: int = 1
+    lam: float = 5.0
+    loss: str = "ce"
+    scores: str = "continuous"
+    threshold: float = DEFAULT_THRESHOLD
+    finetune_epochs: int = 1
+    time_limit: float | None = DEFAULT_TIME_LIMIT
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = False
+
+    def check(self) -> None:
+        """Raise InvalidInputError for a setting no run could use; the backend must be installed."""
+        backends.get(self.backend)
+        resolve_device(self.device)
+        _check_choice("architecture", self.arch, ARCHITECTURES)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("scores", self.scores, SCORE_MODES)
+        _check_range("threshold", self.threshold, 0.0, 1.0)
+        if self.samples_per_class < 1:
+            raise InvalidInputError(
+                f"samples per class must be at least 1, got {self.samples_per_class}"
+            )
+        if self.finetune_epochs < 0:
+            raise InvalidInputError(
+                f"fine-tuning epochs must be 0 or more, got {self.finetune_epochs}"
+            )
+        if not self.lam >= 0:
+            raise InvalidInputError(f"lambda must be 0 or more, got {self.lam}")
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"threads must be at least 1, got {self.threads}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise InvalidInputError(
+                f"the time limit must be positive seconds, got {self.time_limit}"
+            )
+
+
+@dataclass
+class LayerReport:
+    """One scored layer: its units, how many were pruned (which ones), the MIP's unit scores."""
+
+    name: str
+    units: int
+    units_pruned: int
+    pruned: list[int]
+    scores: list[float]
+
+
+@dataclass
+class BaselineReport:
+    """A criterion's test accuracy at the MIP's units removed per layer (the paper's protocol)."""
+
+    method: str
+    accuracy_after: float
+    accuracy_after_finetune: float | None
+
+
+@dataclass
+class CurvePoint:
+    """Test accuracy (no fine-tuning) of every criterion at one threshold on the MIP scores."""
+
+    threshold: float
+    units_pruned: int
+    layers_pruned: dict[str, int]
+    accuracy: dict[str, float]
+
+
+@dataclass
+class PruneReport:
+    """What ``oamip prune`` found; ``to_dict()`` is report.json, ``model`` the pruned network."""
+
+    dataset: str
+    arch: str
+    backend: str
+    status: str
+    lam: float
+    loss: str
+    scores: str
+    threshold: float
+    samples_per_class: int
+    n_mip_samples: int
+    seed: int
+    time_limit: float | None
+    objective: float
+    bound: float | None
+    gap: float | None
+    units_total: int
+    units_pruned: int
+    params_total: int
+    params_after: int
+    accuracy_before: float
+    accuracy_after: float
+    accuracy_after_finetune: float | None
+    finetune_epochs: int
+    solve_seconds: float
+    build_seconds: float
+    train_seconds: float | None
+    total_seconds: float
+    layers: list[LayerReport]
+    baselines: list[BaselineReport]
+    curve: list[CurvePoint]
+    model: nn.Sequential = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (everything but the model), as written to report.json."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+
+
+def _plain(value):
+    return [asdict(item) for item in value] if isinstance(value, list) else value
+
+
+def prune(model: nn.Module | None = None, data: Dataset | str = "digits", **options) -> PruneReport:
+    """Prune ``model`` (None: train the default MLP) on ``data`` (a Dataset or a spec such as
+    ``"digits"`` or ``"npz:PATH"``); ``options`` are fields of :class:`PruneSettings`.
+
+    The model given is never modified; the report holds the pruned, physically smaller model.
+    """
+    settings = PruneSettings(**options)
+    settings.check()
+    dataset = load_data(data) if isinstance(data, str) else data
+    with _torch_threads(settings.threads):
+        return _prune(model, dataset, settings)
+
+
+def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -> PruneReport:
+    started = time.perf_counter()
+    dense, train_seconds = _dense_model(model, dataset, settings)
+    arch = describe_arch(dense)
+    accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
+    batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
+    result = _score(dense, batch.x, batch.y, settings)
+    masks = result.masks(settings.threshold)
+    masked = apply_masks(dense, masks)
+    accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
+    tuned = _finetuned(masked, dataset, masks, settings)
+    final = tuned if tuned is not None else masked
+    small = remove_pruned(final, masks).cpu().eval()
+    baseline_scores = _baseline_scores(dense, batch.x, batch.y, settings.seed)
+    return PruneReport(
+        dataset=dataset.name,
+        arch=arch,
+        backend=result.backend,
+        status=result.status,
+        lam=settings.lam,
+        loss=settings.loss,
+        scores=settings.scores,
+        threshold=settings.threshold,
+        samples_per_class=settings.samples_per_class,
+        n_mip_samples=len(batch.y),
+        seed=settings.seed,
+        time_limit=settings.time_limit,
+        objective=result.objective,
+        bound=result.bound,
+        gap=result.gap,
+        units_total=sum(len(m) for m in masks.values()),
+        units_pruned=sum(int((~m).sum()) for m in masks.values()),
+        params_total=count_params(dense),
+        params_after=count_params(small),
+        accuracy_before=accuracy_before,
+        accuracy_after=accuracy_after,
+        accuracy_after_finetune=_accuracy(tuned, dataset),
+        finetune_epochs=settings.finetune_epochs,
+        solve_seconds=result.solve_seconds,
+        build_seconds=result.build_seconds,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        layers=_layer_reports(result, masks),
+        baselines=_compare(dense, dataset, masks, baseline_scores, settings),
+        curve=_curve(dense, dataset, result, baseline_scores),
+        model=small,
+    )
+
+
+def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Module:
+    """A model from ``path``: a file of :func:`oamip.save_model`, or a state dict plus ``arch``.
+
+    For ``arch="mlp"`` the hidden widths are read from the state dict's shapes. The model must
+    take ``dataset``'s inputs and give at least one logit per class.
+    """
+    path = Path(path).expanduser()
+    if arch is not None:
+        _check_choice("architecture", arch, ARCHITECTURES)
+    payload = _load_weights(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        model = load_model(path)
+    else:
+        model = _from_state_dict(path, _state_dict(path, payload), arch, dataset)
+    _check_fits(model, path, dataset)
+    return model
+
+
+def describe_arch(model: nn.Module) -> str:
+    """``"mlp"``, ``"lenet5"`` or ``"custom"``, from the model's affine layers."""
+    affine = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    widths = [m.weight.shape[0] for m in affine]
+    if all(isinstance(m, nn.Linear) for m in affine):
+        return "mlp"
+    if [type(m) for m in affine[:2]] == [nn.Conv2d] * 2 and widths[:-1] == [6, 16, 120, 84]:
+        return "lenet5"
+    return "custom"
+
+
+def count_params(model: nn.Module) -> int:
+    """The number of parameter values of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidInputError(f"unknown {what} '{value}'; use one of {', '.join(choices)}")
+
+
+def _check_range(what: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidInputError(f"the {what} must lie in [{low:g}, {high:g}], got {value}")
+
+
+def _dense_model(
+    model: nn.Module | None, dataset: Dataset, settings: PruneSettings
+) -> tuple[nn.Module, float | None]:
+    """A copy of ``model`` on the device, or a fresh ``settings.arch`` trained on ``dataset``."""
+    if model is not None:
+        return copy.deepcopy(model).to(resolve_device(settings.device)).eval(), None
+    start = time.perf_counter()
+    dense = build(settings.arch, dataset, DEFAULT_HIDDEN, seed=settings.seed)
+    train(
+        dense,
+        dataset,
+        epochs=DEFAULT_TRAIN_EPOCHS,
+        lr=DEFAULT_TRAIN_LR,
+        seed=settings.seed,
+        device=settings.device,
+        progress=settings.progress,
+    )
+    return dense, time.perf_counter() - start
+
+
+def _score(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings) -> ScoreResult:
+    with _live_line(f"solving ({settings.backend})", settings.time_limit, settings.progress):
+        return score_neurons(
+            model,
+            x,
+            y,
+            backend=settings.backend,
+            loss=settings.loss,
+            lam=settings.lam,
+            scores=settings.scores,
+            time_limit=settings.time_limit,
+            threads=settings.threads,
+        )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with PyTorch limited to ``threads`` CPU threads (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _live_line(desc: str, time_limit: float | None, enabled: bool) -> Iterator[None]:
+    """A tqdm line counting the seconds a block runs (against ``time_limit`` when given)."""
+    bar_format = "{desc}: {n:.1f} s" + ("/{total:.0f} s |{bar}|" if time_limit else "")
+    done = threading.Event()
+    with tqdm(total=time_limit, desc=desc, bar_format=bar_format, disable=not enabled) as bar:
+        start = time.perf_counter()
+
+        def tick() -> None:
+            while not done.wait(LIVE_LINE_INTERVAL):
+                bar.n = min(time.perf_counter() - start, time_limit or float("inf"))
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        if enabled:
+            ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if enabled:
+                ticker.join()
+
+
+def _finetuned(
+    masked: nn.Module, dataset: Dataset, masks: dict[str, np.ndarray], settings: PruneSettings
+) -> nn.Module | None:
+    """A fine-tuned copy of the masked model, or None when no fine-tuning was asked for."""
+    if settings.finetune_epochs == 0:
+        return None
+    return finetune(
+        copy.deepcopy(masked),
+        dataset,
+        masks,
+        epochs=settings.finetune_epochs,
+        lr=DEFAULT_FINETUNE_LR,
+        seed=settings.seed,
+        device=settings.device,
+        progress=settings.progress,
+    )
+
+
+def _accuracy(model: nn.Module | None, dataset: Dataset) -> float | None:
+    return None if model is None else evaluate(model, dataset.x_test, dataset.y_test)
+
+
+def _layer_reports(result: ScoreResult, masks: dict[str, np.ndarray]) -> list[LayerReport]:
+    return [
+        LayerReport(
+            name,
+            len(keep),
+            int((~keep).sum()),
+            np.flatnonzero(~keep).tolist(),
+            result.scores[name].tolist(),
+        )
+        for name, keep in masks.items()
+    ]
+
+
+def _baseline_scores(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every baseline criterion's scores; SNIP and Taylor use the MIP's batch."""
+    return {
+        "random": random_scores(model, seed),
+        "magnitude": magnitude_scores(model),
+        "snip": snip_scores(model, x, y),
+        "taylor": taylor_scores(model, x, y),
+    }
+
+
+def _compare(
+    dense: nn.Module,
+    dataset: Dataset,
+    masks: dict[str, np.ndarray],
+    baseline_scores: dict[str, dict[str, np.ndarray]],
+    settings: PruneSettings,
+) -> list[BaselineReport]:
+    """Each baseline pruned like the MIP, per layer, evaluated with and without fine-tuning."""
+    reports = []
+    for method in BASELINES:
+        baseline_masks = masks_like(baseline_scores[method], masks)
+        masked = apply_masks(dense, baseline_masks)
+        tuned = _finetuned(masked, dataset, baseline_masks, _quiet(settings))
+        reports.append(
+            BaselineReport(method, _accuracy(masked, dataset), _accuracy(tuned, dataset))
+        )
+    return reports
+
+
+def _quiet(settings: PruneSettings) -> PruneSettings:
+    return replace(settings, progress=False)
+
+
+def _curve(
+    dense: nn.Module,
+    dataset: Dataset,
+    result: ScoreResult,
+    baseline_scores: dict[str, dict[str, np.ndarray]],
+) -> list[CurvePoint]:
+    """Accuracy of every criterion at each distinct mask of the threshold sweep on MIP scores."""
+    points: dict[int, CurvePoint] = {}
+    for threshold in SWEEP_THRESHOLDS:
+        masks = result.masks(threshold)
+        pruned = sum(int((~m).sum()) for m in masks.values())
+        if pruned in points:
+            continue
+        by_method = {"mip": masks} | {
+            method: masks_like(baseline_scores[method], masks) for method in BASELINES
+        }
+        accuracy = {
+            method: evaluate(apply_masks(dense, m), dataset.x_test, dataset.y_test)
+            for method, m in by_method.items()
+        }
+        layers = {name: int((~m).sum()) for name, m in masks.items()}
+        points[pruned] = CurvePoint(threshold, pruned, layers, accuracy)
+    return sorted(points.values(), key=lambda p: p.units_pruned)
+
+
+def _load_weights(path: Path):
+    if not path.is_file():
+        raise InvalidInputError(f"model file '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"cannot read '{path}' as weights ({type(exc).__name__}); give a file written by "
+            "oamip.save_model or torch.save(model.state_dict(), path)"
+        ) from exc
+
+
+def _state_dict(path: Path, payload) -> dict[str, torch.Tensor]:
+    if not isinstance(payload, dict) or not payload:
+        raise InvalidInputError(
+            f"'{path}' holds no state dict; save models with oamip.save_model or "
+            "torch.save(model.state_dict(), path)"
+        )
+    if not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise InvalidInputError(f"'{path}' holds a dict that is not a state dict of tensors")
+    return payload
+
+
+def _from_state_dict(
+    path: Path, state: dict[str, torch.Tensor], arch: str | None, dataset: Dataset
+) -> nn.Module:
+    if arch is None:
+        raise InvalidInputError(
+            f"'{path}' holds a state dict; say which architecture it belongs to with "
+            f"--arch {'|'.join(ARCHITECTURES)}"
+        )
+    model = _mlp_for(path, state, dataset) if arch == "mlp" else build(arch, dataset)
+    _load_in_order(model, state, path, arch)
+    return model.eval()
+
+
+def _mlp_for(path: Path, state: dict[str, torch.Tensor], dataset: Dataset) -> nn.Sequential:
+    """The MLP whose widths the state dict's weight matrices give."""
+    weights = [v for v in state.values() if v.dim() == 2]
+    if not weights or any(v.dim() > 2 for v in state.values()):
+        raise InvalidInputError(
+            f"'{path}' does not fit --arch mlp: an MLP's state dict holds only weight matrices "
+            "and bias vectors"
+        )
+    hidden = [w.shape[0] for w in weights[:-1]]
+    return mlp(weights[0].shape[1], hidden, weights[-1].shape[0])
+
+
+def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Load ``state`` into ``model`` by position: names may differ, shapes must match."""
+    target = model.state_dict()
+    given = list(state.values())
+    if len(given) != len(target):
+        raise InvalidInputError(
+            f"'{path}' does not fit --arch {arch}: it holds {len(given)} tensors, the "
+            f"architecture for this data needs {len(target)}"
+        )
+    for (name, expected), value in zip(target.items(), given, strict=True):
+        if value.shape != expected.shape:
+            raise InvalidInputError(
+                f"'{path}' does not fit --arch {arch}: tensor {name} has shape "
+                f"{tuple(value.shape)}, the architecture for this data needs "
+                f"{tuple(expected.shape)}"
+            )
+    model.load_state_dict(dict(zip(target, given, strict=True)))
+
+
+def _check_fits(model: nn.Module, path: Path, dataset: Dataset) -> None:
+    """The model must take the data's inputs and give one logit per class at least."""
+    sample = torch.as_tensor(dataset.x_train[:1])
+    try:
+        with torch.no_grad():
+            logits = model.eval()(sample)
+    except RuntimeError as exc:
+        raise InvalidInputError(
+            f"the model in '{path}' does not take inputs of shape {dataset.input_shape} "
+            f"from '{dataset.name}' ({str(exc).splitlines()[0]})"
+        ) from exc
+    if logits.dim() != 2 or logits.shape[1] < dataset.num_classes:
+        raise InvalidInputError(
+            f"the model in '{path}' gives outputs of shape {tuple(logits.shape[1:])} but "
+            f"'{dataset.name}' has {dataset.num_classes} classes"
+        )

@@ -1,0 +1,514 @@
+"""SPR training and structured pruning: ``oamip.spr_prune`` and the ``oamip spr`` command.
+
+A dense model (trained here from scratch, or a checkpoint) gives the accuracy before pruning and
+the per-layer constants ``M`` (DESIGN.md §5). A copy is trained with the SPR term added to the
+cross-entropy loss, the units whose groups end (near) zero are removed, and the rest is
+fine-tuned with the pruned units held at zero. The same is done with the group-lasso penalty
+``c sum_j ||w_j||_2`` for a few strengths ``c``; the report gives the one at matched accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from oamip.adapters import apply_masks, load_model, read_chain, remove_pruned, save_model
+from oamip.adapters.masks import check_masks
+from oamip.adapters.serialize import FORMAT
+from oamip.data import DATA_SPECS, Dataset, load_data
+from oamip.errors import InvalidInputError
+from oamip.formulations.spr import SPRParams
+from oamip.models import ARCHITECTURES, build
+from oamip.outputs import staged_output, write_json
+from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
+from oamip.train import DEFAULT_BATCH_SIZE, evaluate, finetune, resolve_device, train
+
+DEFAULT_LAM = 0.03
+DEFAULT_ALPHA = 0.5
+DEFAULT_M_SCALE = 1.0
+DEFAULT_EPOCHS = 10
+DEFAULT_FINETUNE_EPOCHS = 1
+DEFAULT_SPR_LR = 3e-3
+DEFAULT_OUT = "oamip-spr-out"
+# Fine-tuning steps are this fraction of the training step: the pruned model is already trained.
+FINETUNE_LR_FACTOR = 0.1
+# Group-lasso strengths tried, as multiples of 2 sqrt(ab) (the interior case of the SPR term).
+GROUP_LASSO_SCALES = (0.5, 1.0, 2.0)
+
+Penalty = Callable[[], torch.Tensor]
+
+
+@dataclass
+class LayerUnits:
+    """Units of one regularised layer before pruning, and how many were removed."""
+
+    name: str
+    units: int
+    units_pruned: int
+
+
+@dataclass
+class Outcome:
+    """One penalised training run, pruned and fine-tuned; accuracies on the test split."""
+
+    units_pruned: int
+    params_after: int
+    accuracy_after: float
+    accuracy_after_finetune: float | None
+    train_seconds: float
+    layers: list[LayerUnits]
+
+    @property
+    def final_accuracy(self) -> float:
+        """The accuracy after fine-tuning, or after pruning when there was no fine-tuning."""
+        if self.accuracy_after_finetune is None:
+            return self.accuracy_after
+        return self.accuracy_after_finetune
+
+
+@dataclass
+class GroupLassoRun(Outcome):
+    """A group-lasso run: ``strength`` is ``c`` in ``c sum_j ||w_j||_2``, ``scale`` is
+    ``c / (2 sqrt(ab))``."""
+
+    scale: float
+    strength: float
+
+
+@dataclass
+class GroupLassoReport(GroupLassoRun):
+    """The group-lasso run at matched accuracy (the most units pruned among those at least as
+    accurate as SPR, else the most accurate), and every run of the grid."""
+
+    grid: list[GroupLassoRun]
+
+
+@dataclass
+class SPRReport:
+    """What ``spr_prune`` did; ``report.json`` holds exactly these fields."""
+
+    dataset: str
+    arch: str
+    lam: float
+    alpha: float
+    M_scale: float
+    M: dict[str, float]
+    units_total: int
+    units_pruned: int
+    params_total: int
+    params_after: int
+    accuracy_before: float
+    accuracy_after: float
+    accuracy_after_finetune: float | None
+    train_seconds: float
+    layers: list[LayerUnits]
+    group_lasso: GroupLassoReport | None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    lam: float
+    alpha: float
+    M_scale: float
+    epochs: int
+    finetune_epochs: int
+    lr: float
+    seed: int
+    device: torch.device
+    progress: bool
+
+
+@dataclass
+class _Run:
+    outcome: Outcome
+    pruned: nn.Sequential
+    M: dict[str, float]
+
+
+class _GroupLasso:
+    """``strength * sum_j ||w_j||_2`` over the groups of an SPR regulariser."""
+
+    def __init__(self, reg: SPRRegularizer, strength: float) -> None:
+        self._reg = reg
+        self._strength = strength
+
+    def __call__(self) -> torch.Tensor:
+        total = sum(_safe_norms(g).sum() for g in self._reg.groups().values())
+        return self._strength * total
+
+
+def _safe_norms(groups: torch.Tensor) -> torch.Tensor:
+    """Row norms with a zero (not NaN) gradient at a zero row."""
+    sq = (groups * groups).sum(dim=1)
+    nonzero = sq > 0
+    return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, 1.0)), 0.0)
+
+
+def spr_prune(
+    model: nn.Module | None,
+    data: Dataset | str,
+    *,
+    arch: str = "mlp",
+    lam: float = DEFAULT_LAM,
+    alpha: float = DEFAULT_ALPHA,
+    M_scale: float = DEFAULT_M_SCALE,
+    epochs: int = DEFAULT_EPOCHS,
+    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
+    lr: float = DEFAULT_SPR_LR,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    group_lasso_scales: Sequence[float] = GROUP_LASSO_SCALES,
+) -> SPRReport:
+    """Train with SPR, remove the units whose groups are (near) zero, fine-tune, report.
+
+    ``model`` None trains a fresh ``arch`` model for ``epochs`` epochs first; a given model is
+    the dense starting point (not modified). The SPR phase then runs ``epochs`` epochs of Adam
+    at ``lr`` decayed to zero on a cosine. ``group_lasso_scales`` (multiples of ``2 sqrt(ab)``,
+    empty for none) sets the group-lasso baseline. With ``out``, ``pruned.pt`` and
+    ``report.json`` are written there, all or nothing.
+    """
+    settings = _settings(lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress)
+    scales = _check_scales(group_lasso_scales)
+    dataset = data if isinstance(data, Dataset) else load_data(data)
+    with staged_output(out) if out is not None else nullcontext() as folder:
+        dense = _dense_model(model, dataset, arch, settings)
+        accuracy_before = _accuracy(dense, dataset)
+        _check_prunable(dense, settings)
+        spr = _penalised_run(dense, dataset, settings, lambda reg: reg, "SPR")
+        group_lasso = _group_lasso(dense, dataset, settings, scales, spr.outcome.final_accuracy)
+        report = _report(dataset.name, arch, settings, dense, accuracy_before, spr, group_lasso)
+        if folder is not None:
+            save_model(spr.pruned, Path(folder) / "pruned.pt")
+            write_json(Path(folder) / "report.json", report)
+    return report
+
+
+def _settings(
+    lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
+) -> _Settings:
+    SPRParams.from_lam_alpha(lam, alpha, M_scale)
+    if not (math.isfinite(M_scale) and M_scale > 0):
+        raise InvalidInputError(f"SPR needs M_scale > 0, got {M_scale}")
+    for name, value in (("epochs", epochs), ("finetune epochs", finetune_epochs)):
+        if not float(value).is_integer() or value < 0:
+            raise InvalidInputError(f"{name} must be a whole number >= 0, got {value}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InvalidInputError(f"the learning rate must be positive, got {lr}")
+    return _Settings(
+        float(lam),
+        float(alpha),
+        float(M_scale),
+        int(epochs),
+        int(finetune_epochs),
+        float(lr),
+        int(seed),
+        resolve_device(device),
+        progress,
+    )
+
+
+def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    scales = tuple(float(s) for s in scales)
+    if any(not (math.isfinite(s) and s > 0) for s in scales):
+        raise InvalidInputError(f"group-lasso scales must be positive, got {scales}")
+    return scales
+
+
+def _dense_model(model: nn.Module | None, dataset: Dataset, arch: str, s: _Settings) -> nn.Module:
+    """A copy of ``model`` on the device, or a fresh ``arch`` model trained for ``s.epochs``."""
+    if model is not None:
+        return copy.deepcopy(model).to(s.device).eval()
+    fresh = build(arch, dataset, seed=s.seed)
+    return train(fresh, dataset, s.epochs, s.lr, seed=s.seed, device=s.device, progress=s.progress)
+
+
+def _accuracy(model: nn.Module, dataset: Dataset) -> float:
+    try:
+        return evaluate(model, dataset.x_test, dataset.y_test)
+    except RuntimeError as exc:
+        raise InvalidInputError(
+            f"the model does not accept the inputs of '{dataset.name}' (shape "
+            f"{dataset.input_shape}): {str(exc).splitlines()[0]}; use a model made for this data"
+        ) from exc
+
+
+def _check_prunable(model: nn.Module, s: _Settings) -> None:
+    """Refuse, before any training, a model whose SPR layers cannot be removed unit by unit."""
+    reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
+    check_masks(model, reg.masks(), read_chain(model))
+
+
+def _penalised_run(
+    dense: nn.Module,
+    dataset: Dataset,
+    s: _Settings,
+    penalty_of: Callable[[SPRRegularizer], Penalty],
+    desc: str,
+) -> _Run:
+    """Train a copy of ``dense`` with the penalty, prune its zero groups, fine-tune it."""
+    model = copy.deepcopy(dense)
+    reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
+    penalty = penalty_of(reg)
+    seconds = train_penalised(model, dataset, penalty, s.epochs, s.lr, s.seed, s.progress, desc)
+    masks = zero_group_masks(reg)
+    masked = apply_masks(model, masks)
+    accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
+    accuracy_finetune = _finetune(masked, dataset, masks, s)
+    pruned = remove_pruned(masked, masks)
+    layers = [LayerUnits(name, len(keep), int((~keep).sum())) for name, keep in masks.items()]
+    outcome = Outcome(
+        units_pruned=sum(layer.units_pruned for layer in layers),
+        params_after=count_params(pruned),
+        accuracy_after=accuracy_after,
+        accuracy_after_finetune=accuracy_finetune,
+        train_seconds=seconds,
+        layers=layers,
+    )
+    return _Run(outcome, pruned, {name: p.M for name, p in reg.params.items()})
+
+
+def _finetune(
+    masked: nn.Module, dataset: Dataset, masks: dict[str, np.ndarray], s: _Settings
+) -> float | None:
+    """Fine-tune with pruned units held at zero; the test accuracy, or None without epochs."""
+    if not s.finetune_epochs:
+        return None
+    lr = s.lr * FINETUNE_LR_FACTOR
+    finetune(
+        masked,
+        dataset,
+        masks,
+        s.finetune_epochs,
+        lr,
+        seed=s.seed,
+        device=s.device,
+        progress=s.progress,
+    )
+    return evaluate(masked, dataset.x_test, dataset.y_test)
+
+
+def train_penalised(
+    model: nn.Module,
+    dataset: Dataset,
+    penalty: Penalty,
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train+penalty",
+) -> float:
+    """Adam on cross-entropy plus ``penalty()``, ``lr`` cosine-decayed to 0; returns seconds.
+
+    The model trains on its own device and ends in eval mode. The decay lets groups that the
+    penalty pulls to zero settle there instead of oscillating at the step size.
+    """
+    device = next(model.parameters()).device
+    x = torch.as_tensor(dataset.x_train, device=device)
+    y = torch.as_tensor(dataset.y_train, device=device)
+    steps = epochs * math.ceil(len(x) / DEFAULT_BATCH_SIZE)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        order = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+        model.train()
+        with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
+            for _ in range(epochs):
+                for batch in torch.randperm(len(x), generator=order).split(DEFAULT_BATCH_SIZE):
+                    batch = batch.to(device)
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(model(x[batch]), y[batch]) + penalty()
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    bar.update()
+    model.eval()
+    return time.perf_counter() - start
+
+
+def zero_group_masks(reg: SPRRegularizer, tol: float = ZERO_GROUP_TOL) -> dict[str, np.ndarray]:
+    """``reg.masks(tol)``, except that a layer with every group zero keeps its largest unit."""
+    masks = reg.masks(tol)
+    with torch.no_grad():
+        for name, groups in reg.groups().items():
+            if not masks[name].any():
+                masks[name][int(groups.abs().amax(dim=1).argmax())] = True
+    return masks
+
+
+def count_params(model: nn.Module) -> int:
+    """The number of parameter values of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _group_lasso(
+    dense: nn.Module, dataset: Dataset, s: _Settings, scales: tuple[float, ...], target: float
+) -> GroupLassoReport | None:
+    if not scales:
+        return None
+    unit = 2.0 * s.lam * math.sqrt(s.alpha * (1.0 - s.alpha))
+    grid = []
+    for scale in scales:
+        strength = scale * unit
+        run = _penalised_run(
+            dense, dataset, s, partial(_GroupLasso, strength=strength), f"group lasso x{scale:g}"
+        )
+        grid.append(GroupLassoRun(**_fields(run.outcome), scale=scale, strength=strength))
+    return GroupLassoReport(**_fields(_matched(grid, target)), grid=grid)
+
+
+def _matched(grid: list[GroupLassoRun], target: float) -> GroupLassoRun:
+    reaching = [run for run in grid if run.final_accuracy >= target]
+    if reaching:
+        return max(reaching, key=lambda run: (run.units_pruned, run.final_accuracy))
+    return max(grid, key=lambda run: run.final_accuracy)
+
+
+def _fields(obj) -> dict:
+    """A dataclass's fields, shallowly (``asdict`` would turn nested dataclasses into dicts)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _report(
+    dataset: str,
+    arch: str,
+    s: _Settings,
+    dense: nn.Module,
+    accuracy_before: float,
+    spr: _Run,
+    group_lasso: GroupLassoReport | None,
+) -> SPRReport:
+    o = spr.outcome
+    return SPRReport(
+        dataset=dataset,
+        arch=arch,
+        lam=s.lam,
+        alpha=s.alpha,
+        M_scale=s.M_scale,
+        M=spr.M,
+        units_total=sum(layer.units for layer in o.layers),
+        units_pruned=o.units_pruned,
+        params_total=count_params(dense),
+        params_after=o.params_after,
+        accuracy_before=accuracy_before,
+        accuracy_after=o.accuracy_after,
+        accuracy_after_finetune=o.accuracy_after_finetune,
+        train_seconds=o.train_seconds,
+        layers=o.layers,
+        group_lasso=group_lasso,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str, dataset: Dataset) -> nn.Module:
+    """A model saved by ``oamip.save_model``, or a state dict loaded into a fresh ``arch`` model."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise InvalidInputError(f"model file '{file}' does not exist; give a saved model")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"'{file}' is not a readable model file ({type(exc).__name__}); save models with "
+            "oamip.save_model or torch.save(model.state_dict(), path)"
+        ) from exc
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return load_model(file)
+    if not (isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values())):
+        raise InvalidInputError(
+            f"'{file}' holds neither a model saved by oamip.save_model nor a state dict"
+        )
+    model = build(arch, dataset)
+    try:
+        model.load_state_dict(payload)
+    except RuntimeError as exc:
+        raise InvalidInputError(
+            f"the state dict in '{file}' does not fit --arch {arch} on '{dataset.name}'; pass the "
+            "architecture it was trained with, or save the model with oamip.save_model"
+        ) from exc
+    return model.eval()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip spr``."""
+    add = parser.add_argument
+    add("--model", help="saved model (oamip.save_model) or state dict; default: train one")
+    add("--arch", choices=ARCHITECTURES, default="mlp", help="architecture (default mlp)")
+    add("--data", default="digits", help=f"{DATA_SPECS} (default digits)")
+    add("--lam", type=float, default=DEFAULT_LAM, help=f"SPR strength (default {DEFAULT_LAM})")
+    add(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"a = lam alpha, b = lam (1 - alpha) (default {DEFAULT_ALPHA})",
+    )
+    add("--m-scale", type=float, default=DEFAULT_M_SCALE, help="M = largest weight x this")
+    add("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of (dense and) SPR training")
+    add("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS)
+    add("--lr", type=float, default=DEFAULT_SPR_LR, help=f"Adam step (default {DEFAULT_SPR_LR})")
+    add("--seed", type=int, default=0)
+    add("--device", default="cpu", help="cpu or cuda")
+    add("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``oamip spr`` with parsed ``args``: prune, write ``--out``, print a summary."""
+    dataset = load_data(args.data)
+    model = load_checkpoint(args.model, args.arch, dataset) if args.model else None
+    report = spr_prune(
+        model,
+        dataset,
+        arch=args.arch,
+        lam=args.lam,
+        alpha=args.alpha,
+        M_scale=args.m_scale,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+    )
+    print(_summary(report, args.out))
+    return 0
+
+
+def _summary(r: SPRReport, out: str) -> str:
+    rows = [("dense", 0, r.params_total, r.accuracy_before, None)]
+    rows.append(
+        ("SPR", r.units_pruned, r.params_after, r.accuracy_after, r.accuracy_after_finetune)
+    )
+    if r.group_lasso is not None:
+        g = r.group_lasso
+        name = f"group lasso x{g.scale:g}"
+        rows.append(
+            (name, g.units_pruned, g.params_after, g.accuracy_after, g.accuracy_after_finetune)
+        )
+    lines = [
+        f"SPR on {r.arch} / {r.dataset}: lam {r.lam:g}, alpha {r.alpha:g}, M_scale {r.M_scale:g}",
+        f"{'':<18}{'units pruned':>14}{'params':>10}{'accuracy':>10}{'fine-tuned':>12}",
+    ]
+    for name, pruned, params, acc, acc_ft in rows:
+        ft = "-" if acc_ft is None else f"{acc_ft:.4f}"
+        lines.append(f"{name:<18}{f'{pruned}/{r.units_total}':>14}{params:>10}{acc:>10.4f}{ft:>12}")
+    kept = ", ".join(
+        f"{layer.name}: {layer.units - layer.units_pruned}/{layer.units}" for layer in r.layers
+    )
+    lines += [f"units kept per layer: {kept}", f"wrote {Path(out) / 'report.json'} and pruned.pt"]
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""``oamip.prune``: the report it returns, the model it leaves alone, the files it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import oamip
+from oamip.data import load_digits
+from oamip.errors import InvalidInputError
+from oamip.models import build, mlp
+from oamip.pipeline import BASELINES, count_params, describe_arch, read_model
+from oamip.report import summary_table, write_report
+from oamip.train import evaluate, train
+
+ISSUE_KEYS = {
+    "dataset",
+    "arch",
+    "backend",
+    "status",
+    "lam",
+    "loss",
+    "threshold",
+    "n_mip_samples",
+    "units_total",
+    "units_pruned",
+    "params_total",
+    "params_after",
+    "accuracy_before",
+    "accuracy_after",
+    "accuracy_after_finetune",
+    "solve_seconds",
+    "build_seconds",
+    "layers",
+}
+HIDDEN = (12, 8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build("mlp", digits, HIDDEN, seed=0)
+    yield train(model, digits, epochs=8, lr=1e-2, progress=False)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(trained, digits):
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    report = oamip.prune(trained, digits, time_limit=3.0, threads=1, seed=1)
+    return report, before
+
+
+def test_report_counts_units_of_scored_layers_and_their_parameters(result, trained):
+    report, _ = result
+    assert [layer.name for layer in report.layers] == ["1", "3"]
+    assert [layer.units for layer in report.layers] == list(HIDDEN)
+    assert report.units_total == sum(HIDDEN)
+    assert report.units_pruned == sum(layer.units_pruned for layer in report.layers)
+    assert all(len(layer.pruned) == layer.units_pruned for layer in report.layers)
+    assert report.params_total == count_params(trained)
+    assert report.params_after == count_params(report.model)
+    widths = [m.out_features for m in report.model if isinstance(m, nn.Linear)]
+    assert widths == [layer.units - layer.units_pruned for layer in report.layers] + [10]
+
+
+def test_report_records_settings_batch_and_solve(result):
+    report, _ = result
+    assert (report.dataset, report.arch, report.backend) == ("digits", "mlp", "highs")
+    assert (report.lam, report.loss, report.scores, report.threshold) == (
+        5.0,
+        "ce",
+        "continuous",
+        0.1,
+    )
+    assert report.n_mip_samples == 10 and report.samples_per_class == 1
+    assert report.status in ("optimal", "time_limit")
+    assert report.solve_seconds > 0 and report.build_seconds > 0
+    assert report.train_seconds is None
+
+
+def test_pruned_model_gives_the_reported_fine_tuned_accuracy(result, digits):
+    report, _ = result
+    accuracy = evaluate(report.model, digits.x_test, digits.y_test)
+    assert accuracy == pytest.approx(report.accuracy_after_finetune)
+
+
+def test_prune_leaves_the_given_model_untouched(result, trained):
+    _, before = result
+    after = trained.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_baselines_are_compared_at_every_point_of_the_curve(result):
+    report, _ = result
+    assert [b.method for b in report.baselines] == list(BASELINES)
+    assert all(0 <= b.accuracy_after <= 1 for b in report.baselines)
+    removed = [point.units_pruned for point in report.curve]
+    assert removed == sorted(set(removed)) and removed[0] == 0
+    assert report.units_pruned in removed
+    first = report.curve[0]
+    assert set(first.accuracy) == {"mip", *BASELINES}
+    assert all(a == pytest.approx(report.accuracy_before) for a in first.accuracy.values())
+
+
+def test_report_dict_has_the_issue_keys_and_is_json(result):
+    report, _ = result
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data) >= ISSUE_KEYS
+    assert "model" not in data
+    assert set(data["layers"][0]) >= {"name", "units", "units_pruned"}
+
+
+def test_write_report_writes_a_loadable_model_and_plots(result, digits, tmp_path):
+    report, _ = result
+    written = write_report(report, tmp_path)
+    assert all(path.is_file() and path.stat().st_size > 0 for path in written)
+    assert {p.suffix for p in written} == {".json", ".pt", ".png"}
+    loaded = oamip.load_model(tmp_path / "pruned.pt")
+    x = torch.as_tensor(digits.x_test[:20])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), report.model(x))
+
+
+def test_summary_table_lists_layers_and_methods(result):
+    text = summary_table(result[0])
+    for word in ("1", "3", "total", "dense", "mip", *BASELINES):
+        assert word in text
+
+
+def test_without_fine_tuning_the_accuracy_after_fine_tuning_is_none(trained, digits):
+    report = oamip.prune(trained, digits, finetune_epochs=0, time_limit=1.0, threads=1)
+    assert report.accuracy_after_finetune is None
+    assert all(b.accuracy_after_finetune is None for b in report.baselines)
+    assert evaluate(report.model, digits.x_test, digits.y_test) == pytest.approx(
+        report.accuracy_after
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"samples_per_class": 0}, "samples per class"),
+        ({"loss": "mse"}, "loss"),
+        ({"backend": "nope"}, "unknown backend"),
+        ({"time_limit": 0}, "time limit"),
+        ({"arch": "resnet"}, "architecture"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(options, message):
+    with pytest.raises(oamip.OamipError, match=message):
+        oamip.prune(None, "digits", **options)
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(TypeError, match="tresh"):
+        oamip.prune(None, "digits", tresh=0.2)
+
+
+def test_read_model_infers_mlp_widths_from_a_state_dict_with_any_names(digits, tmp_path):
+    source = mlp(64, (20, 7), 10)
+    named = dict(
+        zip(
+            ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.w", "out.b"],
+            source.state_dict().values(),
+        )
+    )
+    torch.save(named, tmp_path / "sd.pt")
+    model = read_model(tmp_path / "sd.pt", "mlp", digits)
+    widths = [m.out_features for m in model if isinstance(m, nn.Linear)]
+    assert widths == [20, 7, 10]
+    x = torch.as_tensor(digits.x_test[:5])
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+
+
+def test_read_model_loads_files_of_save_model_without_arch(trained, digits, tmp_path):
+    oamip.save_model(trained, tmp_path / "m.pt")
+    model = read_model(tmp_path / "m.pt", None, digits)
+    assert describe_arch(model) == "mlp"
+    assert evaluate(model, digits.x_test, digits.y_test) == evaluate(
+        trained, digits.x_test, digits.y_test
+    )
+
+
+def _write(path, content):
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, arch, message",
+    [
+        (lambda p: p / "missing.pt", "mlp", "does not exist"),
+        (lambda p: _write(p / "bad.pt", b"not a torch file"), "mlp", "cannot read"),
+        (lambda p: _save(p, mlp(64, (20,), 10).state_dict()), None, "--arch"),
+        (lambda p: _save(p, mlp(64, (20,), 10).state_dict()), "lenet5", "does not fit"),
+        (lambda p: _save(p, mlp(100, (20,), 10).state_dict()), "mlp", "does not take inputs"),
+        (lambda p: _save(p, mlp(64, (20,), 3).state_dict()), "mlp", "classes"),
+        (lambda p: _save(p, mlp(64, (20,), 10)), "mlp", "cannot read"),
+        (lambda p: _save(p, [1, 2]), "mlp", "no state dict"),
+    ],
+)
+def test_read_model_refuses_files_that_do_not_fit(digits, tmp_path, make, arch, message):
+    with pytest.raises(InvalidInputError, match=message):
+        read_model(make(tmp_path), arch, digits)
+
+
+def _save(folder, obj):
+    path = folder / "weights.pt"
+    torch.save(obj, path)
+    return path
+
+
+def test_describe_arch_names_the_papers_architectures(digits):
+    assert describe_arch(build("lenet5", digits)) == "lenet5"
+    assert describe_arch(mlp(4, (3,), 2)) == "mlp"
+    custom = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 10))
+    assert describe_arch(custom) == "custom"
+    assert count_params(custom) == (2 * 9 + 2) + (72 * 10 + 10)
