@@ -62,7 +62,12 @@ def _apply(matrix: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
 def interval_bounds(network: Network, x: np.ndarray) -> NetworkBounds:
     """Bounds valid for every score vector, propagated from the fixed batch ``x``."""
     h = x.reshape(x.shape[0], -1).astype(float)
-    lower, upper = h, h
+    return box_bounds(network, h, h)
+
+
+def box_bounds(network: Network, lower: np.ndarray, upper: np.ndarray) -> NetworkBounds:
+    """Bounds valid for every score vector and every input in ``[lower, upper]`` (flat inputs,
+    one row per sample). With the whole input domain this is what a generic encoder uses."""
     layers: list[LayerBounds] = []
     for i, layer in enumerate(network.layers):
         if isinstance(layer, AffineLayer):

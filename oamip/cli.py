@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from oamip import __version__, backends
 from oamip.data import DATA_SPECS, load_data
@@ -43,7 +44,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """An argument parser that raises instead of printing usage and exiting."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 

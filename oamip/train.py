@@ -57,9 +57,15 @@ def train(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    shift: int = 0,
 ) -> nn.Module:
-    """Train ``model`` in place on the training split; returns it on ``device``, in eval mode."""
-    return _fit(model, dataset, epochs, lr, batch_size, seed, device, progress, "train", None)
+    """Train ``model`` in place on the training split; returns it on ``device``, in eval mode.
+
+    ``shift > 0`` augments image batches by random translations of up to ``shift`` pixels.
+    """
+    return _fit(
+        model, dataset, epochs, lr, batch_size, seed, device, progress, "train", None, shift
+    )
 
 
 def finetune(
@@ -135,6 +141,7 @@ def _fit(
     progress: bool,
     desc: str,
     after_step: Callable[[], None] | None,
+    shift: int = 0,
 ) -> nn.Module:
     _check_settings(epochs, lr, batch_size)
     target = resolve_device(device)
@@ -152,7 +159,8 @@ def _fit(
                 for batch in torch.randperm(len(x), generator=order).split(batch_size):
                     batch = batch.to(target)
                     optimizer.zero_grad()
-                    loss = F.cross_entropy(model(x[batch]), y[batch])
+                    inputs = _translate(x[batch], shift, order) if shift else x[batch]
+                    loss = F.cross_entropy(model(inputs), y[batch])
                     loss.backward()
                     optimizer.step()
                     if after_step is not None:
@@ -162,6 +170,14 @@ def _fit(
                         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     model.eval()
     return model
+
+
+def _translate(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """The batch rolled by one random (dy, dx) in ``[-shift, shift]`` (images only)."""
+    if images.dim() != 4:
+        raise InvalidInputError("shift augmentation needs image inputs (N, C, H, W)")
+    dy, dx = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
+    return torch.roll(images, (dy, dx), (2, 3))
 
 
 def _check_settings(epochs: int, lr: float, batch_size: int) -> None:

@@ -31,6 +31,7 @@ class Recipe:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    shift: int = 0
 
     def key(self, dataset: Dataset) -> str:
         text = json.dumps({"data": dataset.name, "n": len(dataset.y_train), **asdict(self)})
@@ -57,7 +58,17 @@ def trained(
         return Trained(model, recipe, evaluate(model, dataset.x_test, dataset.y_test), None)
     model = build(recipe.arch, dataset, hidden=_hidden(recipe.hidden), seed=recipe.seed)
     start = time.perf_counter()
-    train(model, dataset, recipe.epochs, recipe.lr, recipe.batch_size, recipe.seed, "cpu", progress)
+    train(
+        model,
+        dataset,
+        recipe.epochs,
+        recipe.lr,
+        recipe.batch_size,
+        recipe.seed,
+        "cpu",
+        progress,
+        shift=recipe.shift,
+    )
     seconds = time.perf_counter() - start
     if path is not None:
         save_model(model, path)

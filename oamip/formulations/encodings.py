@@ -43,26 +43,35 @@ class ReluEncoding:
 
 
 def encode_scored_relu(
-    table: VarTable, rows: RowBlock, entries: ReluEntries, binary_scores: bool, name: str
+    table: VarTable,
+    rows: RowBlock,
+    entries: ReluEntries,
+    binary_scores: bool,
+    name: str,
+    tight: bool = True,
 ) -> ReluEncoding:
     """``h = ReLU(pre - (1 - s) M)`` for every entry.
 
-    The ReLU's argument lies in ``[lower - M, upper]``. Three cases, all exact:
+    The ReLU's argument lies in ``[lower - M, upper]``. With ``tight`` (the default), three
+    cases, all exact:
     a constant pre-activation with a binary score gives ``h = pre * s`` (no binary); an argument
     that can never be negative gives an equality; everything else takes the big-M encoding
-    with one binary ``v`` per entry.
+    with one binary ``v`` per entry plus two facets of the unit's convex hull. Without ``tight``
+    every entry takes the textbook big-M encoding (the baseline that benchmarks compare with).
     """
     e = entries
     h = table.add(f"{name}_h", np.zeros_like(e.upper), e.upper)
     arg_lower = e.lower - e.big_m
     constant = e.pre_id < 0
-    linear = constant & binary_scores
-    active = ~linear & (arg_lower >= 0)
+    linear = constant & (e.pre_const > 0) & binary_scores & tight
+    active = ~linear & (arg_lower >= 0) & tight
     bigm = ~linear & ~active
     _linear_rows(rows, h[linear], e.pre_const[linear], e.score_id[linear])
     _argument_rows(rows, h[active], e, active, rhs_shift=np.zeros(active.sum()), equality=True)
     v = table.add(f"{name}_v", np.zeros(bigm.sum()), np.ones(bigm.sum()), binary=True)
     _bigm_rows(rows, h[bigm], v, e, bigm, arg_lower[bigm])
+    if tight:
+        _ideal_rows(rows, h[bigm], v, e, bigm)
 
     def set_values(arg: np.ndarray, out: np.ndarray) -> None:
         table.set_values(h, out)
@@ -105,7 +114,6 @@ def _bigm_rows(rows: RowBlock, h, v, e: ReluEntries, pick, arg_lower) -> None:
     r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
     rows.terms(r, h, 1.0)
     rows.terms(r, v, -e.upper[pick])
-    _ideal_rows(rows, h, v, e, pick)
 
 
 def _ideal_rows(rows: RowBlock, h, v, e: ReluEntries, pick) -> None:

@@ -33,6 +33,7 @@ from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_
 from oamip.network import AffineLayer, MaxPoolLayer, Network, Trace
 
 SCORE_MODES = ("continuous", "binary")
+ENCODINGS = ("tight", "big-m")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ImportanceSettings:
     lam: float = 5.0
     scores: str = "continuous"
     min_keep: int = 1
+    encoding: str = "tight"
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -54,6 +56,10 @@ class ImportanceSettings:
             raise InvalidInputError(f"lam must be a finite number >= 0, got {self.lam}")
         if not np.isfinite(self.margin) or self.margin < 0:
             raise InvalidInputError(f"margin must be a finite number >= 0, got {self.margin}")
+        if self.encoding not in ENCODINGS:
+            raise InvalidInputError(
+                f"unknown encoding '{self.encoding}'; choose one of {ENCODINGS}"
+            )
         if int(self.min_keep) != self.min_keep or self.min_keep < 0:
             raise InvalidInputError(f"min_keep must be a whole number >= 0, got {self.min_keep}")
 
@@ -287,7 +293,8 @@ class _Builder:
             score_id=scores[layer.unit_of[j]],
         )
         self._record_values(i, pre_var, "pre")
-        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}")
+        tight = self.im.settings.encoding == "tight"
+        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", tight)
         self.im.setters.append(lambda trace: enc.set_values(trace[i].arg[k, j], trace[i].out[k, j]))
         self._cut_site(layer, state, entries, enc, k, j)
         out_var = np.full(needed.shape, -1, dtype=np.int64)

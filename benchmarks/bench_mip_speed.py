@@ -1,0 +1,217 @@
+"""Issue 5's benchmark: how fast the exact importance MIP solves with HiGHS, side by side with
+the textbook encoding a generic network-to-MIP encoder produces.
+
+* ``oamip``: per-sample bounds valid for every score vector, no variable for stably-off units,
+  no binary where the ReLU's sign is fixed (binary scores, first layer), the two ideal facets per
+  unit, and optionally rounds of ideal cuts at the root (``--root-cuts``).
+* ``input-box``: the same problem (same constants M) encoded with bounds propagated from the
+  whole input domain [0, 1]^d and a big-M binary on every unit.
+
+Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of ``../shared/data``
+(fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly classified training images
+per class. Results go to ``benchmarks/results/mip-speed-<date>.{json,md}`` with date and machine.
+
+    python benchmarks/bench_mip_speed.py --time-limit 300            # the issue's full matrix
+    python benchmarks/bench_mip_speed.py --nets mlp --time-limit 60  # what the README quotes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import highspy
+import numpy as np
+import pyomo
+import torch
+
+from oamip import backends
+from oamip.adapters import extract
+from oamip.bounds import NetworkBounds, box_bounds, interval_bounds
+from oamip.data import load_npz, mip_batch
+from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.root_cuts import add_root_cuts
+from oamip.zoo import Recipe, trained
+
+HERE = Path(__file__).resolve().parent
+RECIPES = {
+    "mlp": Recipe("mlp", (100, 100), epochs=20, lr=3e-3, batch_size=128, shift=2),
+    "lenet5": Recipe("lenet5", (), epochs=10, lr=2e-3, batch_size=128, shift=2),
+}
+TARGET_SECONDS = {"mlp": 10.0, "lenet5": 60.0}
+
+
+@dataclass
+class Row:
+    net: str
+    samples: int
+    scores: str
+    loss: str
+    lam: float
+    formulation: str
+    status: str
+    seconds: float
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    nodes: int | None
+    binaries: int
+    rows: int
+    columns: int
+    build_seconds: float
+    cut_seconds: float
+    cuts: int
+
+
+def _bounds(formulation: str, network, x) -> NetworkBounds:
+    tight = interval_bounds(network, x)
+    if formulation == "oamip":
+        return tight
+    flat = x.reshape(len(x), -1)
+    box = box_bounds(network, np.zeros_like(flat), np.ones_like(flat))
+    return NetworkBounds(box.layers, tight.big_m)
+
+
+def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Row:
+    start = time.perf_counter()
+    settings = ImportanceSettings(
+        loss, lam=lam, scores=scores, encoding="tight" if formulation == "oamip" else "big-m"
+    )
+    bounds = _bounds(formulation, extracted.network, batch.x)
+    im = build_importance_model(extracted.network, batch.x, batch.y, settings, bounds)
+    build = time.perf_counter() - start
+    solver = backends.get("highs")
+    cuts = add_root_cuts(im, solver, args.root_cuts) if formulation == "oamip" else None
+    im.assign(im.all_ones())
+    form = backends.compile_model(im.model)
+    options = backends.SolveOptions(time_limit=args.time_limit, threads=args.threads)
+    result = solver.solve(form, options, warm_start=True)
+    return Row(
+        net=net,
+        samples=len(batch.y),
+        scores=scores,
+        loss=loss,
+        lam=lam,
+        formulation=formulation,
+        status=str(result.status),
+        seconds=result.seconds,
+        objective=result.objective,
+        bound=result.bound,
+        gap=result.gap,
+        nodes=result.nodes,
+        binaries=int(form.integer.sum()),
+        rows=form.num_rows,
+        columns=form.num_cols,
+        build_seconds=build,
+        cut_seconds=cuts.seconds if cuts else 0.0,
+        cuts=cuts.cuts if cuts else 0,
+    )
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "highspy": getattr(highspy, "__version__", "unknown"),
+        "pyomo": pyomo.version.version,
+        "torch": torch.__version__,
+    }
+
+
+def markdown(rows: list[Row], meta: dict, command: str) -> str:
+    lines = [
+        f"# MIP speed, {meta['date']}",
+        "",
+        f"Machine: {meta['platform']}, {meta['cpu_count']} CPUs, Python {meta['python']}, "
+        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}.",
+        f"Command: `{command}`",
+        "",
+        "| net | N | scores | loss | lam | formulation | status | s | gap | nodes | binaries "
+        "| rows | cuts (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gap = "-" if r.gap is None else f"{100 * r.gap:.1f}%"
+        lines.append(
+            f"| {r.net} | {r.samples} | {r.scores} | {r.loss} | {r.lam:g} | {r.formulation} "
+            f"| {r.status} | {r.seconds:.1f} | {gap} | {r.nodes} | {r.binaries} | {r.rows} "
+            f"| {r.cuts} ({r.cut_seconds:.1f}) |"
+        )
+    lines += ["", *_targets(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(rows: list[Row]) -> list[str]:
+    """The issue's targets, met or missed and by how much."""
+    out = ["## Targets", ""]
+    for r in rows:
+        if r.formulation != "oamip" or r.samples != 10:
+            continue
+        target = TARGET_SECONDS[r.net]
+        met = r.status == "optimal" and r.seconds <= target
+        verdict = (
+            "met"
+            if met
+            else (f"missed: {r.status} after {r.seconds:.0f} s, gap {100 * (r.gap or 1):.1f}%")
+        )
+        out.append(
+            f"- {r.net}, {r.scores}, {r.loss}, lam {r.lam:g}: proven optimal in <= {target:g} s: "
+            f"{verdict}"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared/data/mnist-10k.npz"))
+    parser.add_argument("--nets", default="mlp,lenet5")
+    parser.add_argument("--samples-per-class", default="1,3")
+    parser.add_argument("--scores", default="binary,continuous")
+    parser.add_argument("--losses", default="hinge,ce")
+    parser.add_argument("--lams", default="1,5")
+    parser.add_argument("--formulations", default="oamip,input-box")
+    parser.add_argument("--time-limit", type=float, default=300.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root-cuts", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    dataset = load_npz(args.data, name="mnist")
+    meta = machine()
+    stamp = meta["date"][:10]
+    rows: list[Row] = []
+    for net in args.nets.split(","):
+        model = trained(dataset, RECIPES[net], HERE / ".cache").model
+        for k in (int(v) for v in args.samples_per_class.split(",")):
+            batch = mip_batch(model, dataset, k, seed=0)
+            extracted = extract(model, batch.x)
+            grid = itertools.product(
+                args.scores.split(","),
+                args.losses.split(","),
+                (float(v) for v in args.lams.split(",")),
+                args.formulations.split(","),
+            )
+            for scores, loss, lam, formulation in grid:
+                row = solve_one(net, extracted, batch, scores, loss, lam, formulation, args)
+                rows.append(row)
+                print(json.dumps(asdict(row)), flush=True)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    command = "python benchmarks/bench_mip_speed.py " + " ".join(argv)
+    payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
+    (out / f"mip-speed-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"mip-speed-{stamp}.md").write_text(markdown(rows, meta, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,564 @@
+"""Benchmark the solver backends on importance MIPs of trained networks (``oamip bench``).
+
+Instances are importance MIPs (DESIGN.md §4, default loss and weights) built from reference
+networks trained reproducibly by :mod:`oamip.zoo`: an MLP on digits always, an MLP and LeNet-5 on
+MNIST when ``--data mnist:PATH`` is given, at several batch sizes (samples per class) and both
+score modes. An instance is named ``{data}-{arch}-k{samples per class}-{scores}``, e.g.
+``digits-mlp-k1-binary``; ``oamip export`` writes any of them as MPS or LP.
+
+Each instance is compiled once to its standard form and handed to every backend with the same
+time limit, threads and seed. Two plots come with the table:
+
+* a Dolan-More performance profile on the load + solve time of the runs that ended optimal;
+* the primal-dual gap over time. Backends do not share a progress callback, so each point comes
+  from an *independent run* stopped at a shorter time limit (a geometric grid below the full
+  limit); a run that already ended optimal within a grid time is not repeated. The curve shows
+  what a user would get with that limit, not the trace of a single run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from oamip import backends
+from oamip.adapters import extract
+from oamip.backends import Backend, SolveOptions, StandardForm, compile_model
+from oamip.data import Dataset, load_data, load_digits, mip_batch
+from oamip.errors import CapabilityError, InvalidInputError, SolverError
+from oamip.formulations.importance import (
+    SCORE_MODES,
+    ImportanceModel,
+    ImportanceSettings,
+    build_importance_model,
+)
+from oamip.outputs import staged_output, write_json
+from oamip.zoo import Recipe, trained
+
+DEFAULT_SIZES = (1, 2)
+DEFAULT_TIME_LIMIT = 60.0
+DEFAULT_REPEATS = 1
+DEFAULT_THREADS = 1
+DEFAULT_GAP_POINTS = 3
+DEFAULT_OUT = "oamip-bench"
+EXPORT_FORMATS = ("mps", "lp")
+RECIPES = {
+    ("digits", "mlp"): Recipe("mlp", hidden=(16, 16), epochs=40, lr=1e-2),
+    ("mnist", "mlp"): Recipe("mlp", hidden=(64, 32), epochs=5),
+    ("mnist", "lenet5"): Recipe("lenet5", epochs=3),
+}
+"""The reference network of each (data set, architecture) pair."""
+_NAME = re.compile(r"^(digits|mnist)-(mlp|lenet5)-k([1-9][0-9]*)-(continuous|binary)$")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything that defines an instance; its name says it all."""
+
+    data: str
+    arch: str
+    samples_per_class: int
+    scores: str
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.data}-{self.arch}-k{self.samples_per_class}-{self.scores}"
+
+
+@dataclass
+class Instance:
+    """A built instance: the importance MIP, its standard form and how long each took."""
+
+    spec: InstanceSpec
+    importance: ImportanceModel
+    form: StandardForm
+    build_seconds: float
+    compile_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class BenchRow:
+    """One solve of one instance by one backend."""
+
+    instance: str
+    backend: str
+    repeat: int
+    status: str
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    seconds: float
+    nodes: int | None
+    load_seconds: float
+    build_seconds: float
+    compile_seconds: float
+    variables: int
+    constraints: int
+    time_limit: float
+    message: str = ""
+
+
+@dataclass
+class GapPoint:
+    """The gap reached by a run of ``backend`` on ``instance`` stopped at ``time_limit``."""
+
+    instance: str
+    backend: str
+    time_limit: float
+    status: str
+    objective: float | None
+    bound: float | None
+    gap: float | None
+
+
+def parse_instance(name: str, seed: int = 0) -> InstanceSpec:
+    """The spec of an instance name such as ``mnist-lenet5-k2-binary``."""
+    match = _NAME.match(name)
+    if match is None:
+        raise InvalidInputError(
+            f"cannot read instance name '{name}'; use DATA-ARCH-kK-SCORES with DATA digits or "
+            "mnist, ARCH mlp or lenet5 (lenet5 on mnist only), K >= 1, SCORES continuous or binary"
+        )
+    data, arch, k, scores = match.groups()
+    if (data, arch) not in RECIPES:
+        raise InvalidInputError(f"there is no {arch} reference network on {data}")
+    return InstanceSpec(data, arch, int(k), scores, seed)
+
+
+def instance_specs(
+    with_mnist: bool,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    scores: Sequence[str] = SCORE_MODES,
+    seed: int = 0,
+) -> list[InstanceSpec]:
+    """The instance set: every reference network at every size and score mode."""
+    if not sizes or any(int(k) != k or k < 1 for k in sizes):
+        raise InvalidInputError(f"sizes must be whole numbers >= 1, got {list(sizes)}")
+    unknown = [mode for mode in scores if mode not in SCORE_MODES]
+    if unknown or not scores:
+        raise InvalidInputError(f"unknown score modes {unknown}; choose from {SCORE_MODES}")
+    pairs = [pair for pair in RECIPES if with_mnist or pair[0] == "digits"]
+    return [
+        InstanceSpec(data, arch, int(k), mode, seed)
+        for data, arch in pairs
+        for k in sizes
+        for mode in scores
+    ]
+
+
+def build_instance(spec: InstanceSpec, dataset: Dataset, cache_dir: str | Path) -> Instance:
+    """Train (or load from ``cache_dir``) the reference network and build the instance."""
+    if dataset.name != spec.data:
+        raise InvalidInputError(f"instance '{spec.name}' needs the {spec.data} data set")
+    model = trained(dataset, RECIPES[(spec.data, spec.arch)], cache_dir).model
+    batch = mip_batch(model, dataset, spec.samples_per_class, spec.seed)
+    network = extract(model, batch.x).network
+    start = time.perf_counter()
+    importance = build_importance_model(
+        network, batch.x, batch.y, ImportanceSettings(scores=spec.scores)
+    )
+    built = time.perf_counter()
+    form = compile_model(importance.model)
+    compiled = time.perf_counter()
+    return Instance(spec, importance, form, built - start, compiled - built)
+
+
+def build_instances(
+    specs: Sequence[InstanceSpec], mnist: str | None, cache_dir: str | Path
+) -> list[Instance]:
+    """Build every instance of ``specs``; ``mnist`` is the data spec MNIST instances need."""
+    datasets: dict[str, Dataset] = {}
+    instances = []
+    for spec in specs:
+        if spec.data not in datasets:
+            datasets[spec.data] = _dataset(spec, mnist)
+        instances.append(build_instance(spec, datasets[spec.data], cache_dir))
+    return instances
+
+
+def _dataset(spec: InstanceSpec, mnist: str | None) -> Dataset:
+    if spec.data == "digits":
+        return load_digits()
+    if not mnist:
+        raise InvalidInputError(f"instance '{spec.name}' needs MNIST: pass --data mnist:PATH")
+    return load_data(mnist)
+
+
+def run_benchmark(
+    instances: Sequence[Instance],
+    backend_names: Sequence[str],
+    time_limit: float,
+    repeats: int = DEFAULT_REPEATS,
+    threads: int = DEFAULT_THREADS,
+) -> list[BenchRow]:
+    """Solve every instance with every backend ``repeats`` times; one row per solve."""
+    _check_run(time_limit, repeats, threads)
+    solvers = [backends.get(name) for name in backend_names]
+    return [
+        _row(instance, backend, repeat, _options(time_limit, threads))
+        for instance in instances
+        for backend in solvers
+        for repeat in range(repeats)
+    ]
+
+
+def _check_run(time_limit: float, repeats: int, threads: int) -> None:
+    if not (time_limit > 0 and math.isfinite(time_limit)):
+        raise InvalidInputError(f"the time limit must be positive seconds, got {time_limit}")
+    if repeats < 1 or threads < 1:
+        raise InvalidInputError(f"repeats and threads must be >= 1, got {repeats} and {threads}")
+
+
+def _options(time_limit: float, threads: int) -> SolveOptions:
+    return SolveOptions(time_limit=time_limit, threads=threads, seed=0)
+
+
+def _row(instance: Instance, backend: Backend, repeat: int, options: SolveOptions) -> BenchRow:
+    base = {
+        "instance": instance.name,
+        "backend": backend.name,
+        "repeat": repeat,
+        "build_seconds": instance.build_seconds,
+        "compile_seconds": instance.compile_seconds,
+        "variables": instance.form.num_cols,
+        "constraints": instance.form.num_rows,
+        "time_limit": options.time_limit,
+    }
+    start = time.perf_counter()
+    try:
+        result = backend.solve(instance.form, options)
+    except (SolverError, CapabilityError) as exc:
+        failed = time.perf_counter() - start
+        return BenchRow(
+            **base,
+            status="error",
+            objective=None,
+            bound=None,
+            gap=None,
+            seconds=failed,
+            nodes=None,
+            load_seconds=0.0,
+            message=" ".join(str(exc).split()),
+        )
+    return BenchRow(
+        **base,
+        status=str(result.status),
+        objective=result.objective,
+        bound=result.bound,
+        gap=result.gap,
+        seconds=result.seconds,
+        nodes=result.nodes,
+        load_seconds=result.load_seconds,
+    )
+
+
+def gap_limits(time_limit: float, points: int = DEFAULT_GAP_POINTS) -> list[float]:
+    """The shorter time limits of the gap curve: ``time_limit / 2^points, ..., time_limit / 2``."""
+    return [time_limit / 2**i for i in range(points, 0, -1)]
+
+
+def gap_over_time(
+    instances: Sequence[Instance],
+    rows: Sequence[BenchRow],
+    limits: Sequence[float],
+    threads: int = DEFAULT_THREADS,
+) -> list[GapPoint]:
+    """The gap of each (instance, backend) of ``rows`` at each of ``limits`` and at the full limit.
+
+    A limit above the time a full run needed to end optimal reuses that run's result; every
+    other point is an independent run stopped at that limit.
+    """
+    by_name = {instance.name: instance for instance in instances}
+    points = []
+    for row in (r for r in rows if r.repeat == 0):
+        points.append(_point(row, row.time_limit))
+        if row.status == "error":
+            continue
+        backend = backends.get(row.backend)
+        for limit in sorted(limits):
+            done = row.status == "optimal" and row.load_seconds + row.seconds <= limit
+            again = row if done else _row(by_name[row.instance], backend, 0, _options(limit, threads))
+            points.append(_point(again, limit))
+    return points
+
+
+def _point(row: BenchRow, limit: float) -> GapPoint:
+    return GapPoint(row.instance, row.backend, limit, row.status, row.objective, row.bound, row.gap)
+
+
+def performance_ratios(rows: Sequence[BenchRow]) -> dict[str, list[float]]:
+    """Dolan-More ratios: per backend and instance, its median load + solve time over the best
+    backend's (``inf`` where a repeat did not end optimal)."""
+    times: dict[tuple[str, str], list[float]] = {}
+    failed: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row.instance, row.backend)
+        times.setdefault(key, []).append(row.load_seconds + row.seconds)
+        if row.status != "optimal":
+            failed.add(key)
+    median = {key: math.inf if key in failed else statistics.median(t) for key, t in times.items()}
+    instances = sorted({key[0] for key in median})
+    names = sorted({key[1] for key in median})
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for instance in instances:
+        best = min(median.get((instance, name), math.inf) for name in names)
+        for name in names:
+            value = median.get((instance, name), math.inf)
+            ratios[name].append(value / best if math.isfinite(value) else math.inf)
+    return ratios
+
+
+def plot_profile(rows: Sequence[BenchRow], path: Path) -> Path:
+    """The performance profile: share of instances solved within ``tau`` times the best time."""
+    ratios = performance_ratios(rows)
+    finite = [r for values in ratios.values() for r in values if math.isfinite(r)]
+    top = max([2.0, *finite]) * 1.5
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for name, values in ratios.items():
+        taus = np.sort(np.asarray(values))
+        shares = np.arange(1, len(taus) + 1) / len(taus)
+        solved = np.isfinite(taus)
+        x = np.concatenate([[1.0], taus[solved], [top]])
+        y = np.concatenate([[0.0], shares[solved], [shares[solved][-1] if solved.any() else 0.0]])
+        axes.step(x, y, where="post", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xlim(1.0, top)
+    axes.set_ylim(0.0, 1.02)
+    axes.set_xlabel("tau: time within a factor tau of the best backend (load + solve)")
+    axes.set_ylabel("share of instances solved to optimality")
+    axes.set_title("Performance profile (Dolan-More)")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def plot_gap(points: Sequence[GapPoint], path: Path) -> Path:
+    """Gap against time limit, one panel per instance (no solution or bound: drawn at 100%)."""
+    names = sorted({p.instance for p in points})
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    figure = Figure(figsize=(4.5 * cols, 3.2 * rows))
+    grid = figure.subplots(rows, cols, squeeze=False)
+    for axes, name in zip(grid.flat, names, strict=False):
+        for backend in sorted({p.backend for p in points if p.instance == name}):
+            mine = sorted(
+                (p for p in points if p.instance == name and p.backend == backend),
+                key=lambda p: p.time_limit,
+            )
+            gaps = [1.0 if p.gap is None else min(p.gap, 1.0) for p in mine]
+            axes.plot([p.time_limit for p in mine], gaps, marker="o", label=backend)
+        axes.set_xscale("log")
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_title(name, fontsize=9)
+        axes.set_xlabel("time limit (s)")
+        axes.set_ylabel("relative gap")
+        axes.legend(fontsize=7)
+    for axes in list(grid.flat)[len(names) :]:
+        axes.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def write_csv(path: Path, rows: Sequence) -> Path:
+    """Rows of one dataclass type as CSV, a header of its field names, empty cells for None."""
+    names = [f.name for f in fields(rows[0])] if rows else [f.name for f in fields(BenchRow)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in asdict(r).items()} for r in rows)
+    return path
+
+
+def write_results(
+    folder: Path, rows: Sequence[BenchRow], points: Sequence[GapPoint], meta: dict
+) -> list[Path]:
+    """``results.csv``, ``gap.csv``, ``results.json`` and both plots, in ``folder``."""
+    json_path = folder / "results.json"
+    write_json(json_path, {**meta, "rows": list(rows), "gap_over_time": list(points)})
+    return [
+        write_csv(folder / "results.csv", rows),
+        write_csv(folder / "gap.csv", points),
+        json_path,
+        plot_profile(rows, folder / "profile.png"),
+        plot_gap(points, folder / "gap.png"),
+    ]
+
+
+def machine() -> dict:
+    """Where the benchmark ran: platform, CPUs, Python and solver versions."""
+    import highspy
+    import pyomo
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyomo": pyomo.__version__,
+        "highspy": _version("highspy", highspy),
+        "backends": backends.available(),
+    }
+
+
+def _version(name: str, module) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return str(getattr(module, "__version__", "unknown"))
+
+
+def default_cache_dir() -> Path:
+    """Where reference networks are cached: ``$XDG_CACHE_HOME/oamip/zoo`` or ``~/.cache/...``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "oamip" / "zoo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip bench``."""
+    _add_instance_arguments(parser)
+    add = parser.add_argument
+    add("--backends", type=_names, help="comma-separated backends (default: every installed one)")
+    add("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="S", help="(default 60)")
+    add("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N", help="(default 1)")
+    add("--threads", type=int, default=DEFAULT_THREADS, metavar="N", help="(default 1)")
+    add(
+        "--gap-points",
+        type=int,
+        default=DEFAULT_GAP_POINTS,
+        metavar="P",
+        help="shorter time limits (halving) for the gap curve; 0 for none (default 3)",
+    )
+    add("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip export``."""
+    _add_instance_arguments(parser)
+    add = parser.add_argument
+    add("--instance", action="append", metavar="NAME", help="instance to write (repeatable)")
+    add("--format", choices=EXPORT_FORMATS, default="mps", help="(default mps)")
+    add("--out", default="oamip-instances", metavar="DIR", help="output folder")
+
+
+def _add_instance_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--data", metavar="mnist:PATH", help="add MNIST instances (MLP and LeNet-5) from PATH")
+    add("--sizes", type=_sizes, default=DEFAULT_SIZES, help="samples per class (default 1,2)")
+    add("--scores", type=_names, default=SCORE_MODES, help="score modes (default both)")
+    add("--seed", type=int, default=0, help="seed of the samples chosen (default 0)")
+    add("--cache-dir", type=Path, default=None, help="trained networks (default ~/.cache/oamip)")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers like 1,2 got '{text}'") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """``oamip bench``: build the instances, solve them with every backend, write the results."""
+    names = list(args.backends or backends.available())
+    for name in names:
+        backends.get(name)
+    _check_run(args.time_limit, args.repeats, args.threads)
+    if args.gap_points < 0:
+        raise InvalidInputError(f"--gap-points must be 0 or more, got {args.gap_points}")
+    instances = _instances_of(args)
+    rows = run_benchmark(instances, names, args.time_limit, args.repeats, args.threads)
+    limits = gap_limits(args.time_limit, args.gap_points)
+    points = gap_over_time(instances, rows, limits, args.threads)
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "command": "oamip " + shlex.join(sys.argv[1:]),
+        "machine": machine(),
+        "instances": [_describe(instance) for instance in instances],
+        "gap_over_time_method": "independent runs stopped at each time limit",
+    }
+    with staged_output(args.out) as folder:
+        written = write_results(folder, rows, points, meta)
+    print(_summary(rows))
+    print(f"wrote {', '.join(str(Path(args.out) / path.name) for path in written)}")
+    return 0
+
+
+def _instances_of(args: argparse.Namespace) -> list[Instance]:
+    mnist = _mnist_spec(args.data)
+    specs = instance_specs(mnist is not None, args.sizes, args.scores, args.seed)
+    return build_instances(specs, mnist, args.cache_dir or default_cache_dir())
+
+
+def _mnist_spec(data: str | None) -> str | None:
+    if data is not None and not data.startswith("mnist:"):
+        raise InvalidInputError(f"--data takes mnist:PATH, got '{data}'")
+    return data
+
+
+def _describe(instance: Instance) -> dict:
+    return {
+        **asdict(instance.spec),
+        "name": instance.name,
+        "variables": instance.form.num_cols,
+        "integer_variables": int(instance.form.integer.sum()),
+        "constraints": instance.form.num_rows,
+        "nonzeros": int(instance.form.A.nnz),
+        "build_seconds": instance.build_seconds,
+        "compile_seconds": instance.compile_seconds,
+    }
+
+
+def _summary(rows: Sequence[BenchRow]) -> str:
+    lines = [f"{'instance':32} {'backend':8} {'status':10} {'objective':>11} {'gap':>8} {'s':>8}"]
+    for r in rows:
+        objective = "-" if r.objective is None else f"{r.objective:.5g}"
+        gap = "-" if r.gap is None else f"{r.gap:.2%}"
+        total = r.load_seconds + r.seconds
+        lines.append(
+            f"{r.instance:32} {r.backend:8} {r.status:10} {objective:>11} {gap:>8} {total:8.2f}"
+        )
+        if r.message:
+            lines.append(f"    {r.message}")
+    return "\n".join(lines)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``oamip export``: write instances as MPS or LP files, named after the instance."""
+    mnist = _mnist_spec(args.data)
+    if args.instance:
+        specs = [parse_instance(name, args.seed) for name in args.instance]
+    else:
+        specs = instance_specs(mnist is not None, args.sizes, args.scores, args.seed)
+    instances = build_instances(specs, mnist, args.cache_dir or default_cache_dir())
+    writer = backends.write_mps if args.format == "mps" else backends.write_lp
+    with staged_output(args.out) as folder:
+        written = [writer(i.form, folder / f"{i.name}.{args.format}") for i in instances]
+    print(f"wrote {', '.join(str(Path(args.out) / path.name) for path in written)}")
+    return 0
