@@ -58,7 +58,7 @@ DEFAULT_GAP_POINTS = 3
 DEFAULT_OUT = "oamip-bench"
 EXPORT_FORMATS = ("mps", "lp")
 RECIPES = {
-    ("digits", "mlp"): Recipe("mlp", hidden=(16, 16), epochs=40, lr=1e-2),
+    ("digits", "mlp"): Recipe("mlp", hidden=(8, 8), epochs=15, lr=1e-2),
     ("mnist", "mlp"): Recipe("mlp", hidden=(64, 32), epochs=5),
     ("mnist", "lenet5"): Recipe("lenet5", epochs=3),
 }
@@ -297,7 +297,9 @@ def gap_over_time(
         backend = backends.get(row.backend)
         for limit in sorted(limits):
             done = row.status == "optimal" and row.load_seconds + row.seconds <= limit
-            again = row if done else _row(by_name[row.instance], backend, 0, _options(limit, threads))
+            again = (
+                row if done else _row(by_name[row.instance], backend, 0, _options(limit, threads))
+            )
             points.append(_point(again, limit))
     return points
 

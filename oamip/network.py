@@ -151,16 +151,20 @@ class Network:
         x: np.ndarray,
         scores: dict[int, np.ndarray] | None = None,
         big_m: dict[int, np.ndarray] | None = None,
+        first_pre: np.ndarray | None = None,
     ) -> list[Trace]:
-        """Every layer's values on a batch ``x``; with scores, scored units follow DESIGN.md (1)."""
+        """Every layer's values on a batch ``x``; with scores, scored units follow DESIGN.md (1).
+
+        A layer's scores are one value per unit or one row per sample of ``x``; ``first_pre``
+        replaces the first layer's output (already known when only scores change)."""
         h = x.reshape(x.shape[0], -1).astype(float)
         record = []
         for i, layer in enumerate(self.layers):
-            pre = layer.forward(h)
+            pre = first_pre if i == 0 and first_pre is not None else layer.forward(h)
             arg = pre
             if _is_scored(layer):
                 if scores is not None:
-                    arg = pre - ((1.0 - scores[i]) * big_m[i])[layer.unit_of]
+                    arg = pre - ((1.0 - scores[i]) * big_m[i])[..., layer.unit_of]
                 h = np.maximum(arg, 0.0)
             else:
                 h = pre

@@ -20,6 +20,7 @@ from oamip.backends import SolveOptions, SolveResult, Status
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
+from oamip.formulations.warm_start import greedy_scores
 from oamip.root_cuts import add_root_cuts
 
 CE_CUT_TOL = 1e-6
@@ -30,6 +31,13 @@ VERIFY_RTOL = 1e-6
 """The solver's logits must match PyTorch's within ``VERIFY_ATOL + VERIFY_RTOL * max|z|``."""
 
 DEFAULT_THRESHOLD = 0.1
+
+GREEDY_SECONDS = 10.0
+GREEDY_SHARE = 0.25
+"""The greedy warm start gets at most GREEDY_SECONDS, and at most this share of a time limit."""
+
+MIN_SOLVE_SECONDS = 0.01
+"""The solver always gets at least this long, even when building used up the time limit."""
 
 
 @dataclass
@@ -49,6 +57,7 @@ class ScoreResult:
     cut_rounds: int
     nodes: int | None
     formulation: ImportanceModel = field(repr=False)
+    start_objective: float | None = None
 
     @property
     def model(self) -> pyo.ConcreteModel:
@@ -98,7 +107,8 @@ def score_neurons(
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
     ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.root_cuts`) tighten the relaxation
-    before branching; they never change the optimum.
+    before branching; they never change the optimum. The solver starts from a greedy incumbent
+    (:mod:`oamip.formulations.warm_start`). ``time_limit`` covers the whole call.
     """
     solver = backends.get(backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
@@ -110,9 +120,11 @@ def score_neurons(
     im = build_importance_model(extracted.network, x, y, settings)
     if root_cuts:
         add_root_cuts(im, solver, max_rounds=root_cuts, time_budget=time_limit)
+    start_scores = greedy_scores(im, _greedy_budget(time_limit))
     build_seconds = time.perf_counter() - start
+    remaining = None if time_limit is None else max(time_limit - build_seconds, MIN_SOLVE_SECONDS)
     options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
-    result, rounds, solve_seconds = _solve_with_cuts(solver, im, options, time_limit)
+    result, rounds, solve_seconds = _solve_with_cuts(solver, im, options, remaining, start_scores)
     found = im.score_values()
     by_name = extracted.scores_by_name(found)
     torch_logits = scored_logits(extracted, x, by_name, im.big_m)
@@ -132,6 +144,7 @@ def score_neurons(
         cut_rounds=rounds,
         nodes=result.nodes,
         formulation=im,
+        start_objective=im.objective_at(start_scores),
     )
 
 
@@ -146,9 +159,16 @@ def _as_numpy(values, what: str) -> np.ndarray:
     return values
 
 
-def _solve_with_cuts(solver, im: ImportanceModel, options: SolveOptions, time_limit):
-    """Solve; for cross-entropy add violated tangent planes and solve again until converged."""
-    im.assign(im.all_ones())
+def _greedy_budget(time_limit: float | None) -> float:
+    if time_limit is None:
+        return GREEDY_SECONDS
+    return min(GREEDY_SECONDS, GREEDY_SHARE * time_limit)
+
+
+def _solve_with_cuts(solver, im: ImportanceModel, options: SolveOptions, time_limit, start):
+    """Solve from ``start``; for cross-entropy add violated tangent planes and solve again
+    until every sample's loss is approximated to ``CE_CUT_TOL``."""
+    im.assign(start)
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     started = time.perf_counter()
     rounds = 0

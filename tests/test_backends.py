@@ -426,3 +426,14 @@ def test_gurobi_licence_limit_is_explained_in_plain_words():
     assert "2000 variables" in message
     assert "2500 variables and 1 constraints" in message
     assert "highs" in message and "scip" in message
+
+
+def test_highs_accepts_a_new_thread_count_after_earlier_solves():
+    """HiGHS keeps a global scheduler; a later solve asking for other threads must still run."""
+    model = pyo.ConcreteModel()
+    model.x = pyo.Var(domain=pyo.Binary)
+    model.c = pyo.Constraint(expr=model.x >= 0.5)
+    model.o = pyo.Objective(expr=model.x)
+    highs = backends.get("highs")
+    statuses = [highs.solve(model, SolveOptions(threads=t)).status for t in (None, 2, 1, None)]
+    assert statuses == ["optimal"] * 4

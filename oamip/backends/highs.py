@@ -68,6 +68,7 @@ def _set_options(h, options: SolveOptions) -> None:
     if options.time_limit is not None:
         h.setOptionValue("time_limit", float(options.time_limit))
     if options.threads is not None:
+        h.resetGlobalScheduler(True)
         h.setOptionValue("threads", int(options.threads))
     if options.seed is not None:
         h.setOptionValue("random_seed", int(options.seed))

@@ -116,8 +116,12 @@ class ImportanceModel:
         )
 
     def losses_at(self, logits: np.ndarray) -> np.ndarray:
+        """The exact per-sample loss of logits computed on the batch."""
+        return self.losses_at_labels(logits, self.y)
+
+    def losses_at_labels(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         s = self.settings
-        return loss_values(s.loss, logits, self.y, s.margin)
+        return loss_values(s.loss, logits, labels, s.margin)
 
     def assign(self, scores: dict[int, np.ndarray]) -> None:
         """Set every variable to its value when the network runs with ``scores``."""
