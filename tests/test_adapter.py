@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -86,6 +87,13 @@ def test_saved_model_loads_back_identical_without_pickled_code(tmp_path):
     x = np.random.default_rng(2).uniform(size=(2, 1, 8, 8))
     np.testing.assert_allclose(_forward(loaded, x), _forward(model, x), atol=0)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["pruned.pt"]
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_load_model_refuses_missing_corrupt_and_foreign_files(tmp_path):

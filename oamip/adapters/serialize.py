@@ -60,11 +60,19 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process's file-creation mask (mkstemp creates files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_model(path: str | os.PathLike) -> nn.Sequential:
