@@ -41,10 +41,45 @@ def penalty(w: np.ndarray | torch.Tensor, a: float, b: float, M: float) -> float
 def _group_penalty(w, params: SPRParams):
     if isinstance(w, torch.Tensor):
         _check_groups(tuple(w.shape))
-        return _from_norms((w * w).sum(dim=1), w.abs().amax(dim=1), params, torch)
+        return _TorchPenalty.apply(w, params)
     w = np.asarray(w, dtype=float)
     _check_groups(w.shape)
     return _from_norms((w * w).sum(axis=1), np.abs(w).max(axis=1), params, np)
+
+
+class _TorchPenalty(torch.autograd.Function):
+    """``R`` per row with a hand-written backward: one pass over the weights each way, where
+    autograd through the case analysis would take many (training speed, issue 6)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, params: SPRParams) -> torch.Tensor:
+        ni, arg = w.detach().abs().max(dim=1)
+        sq = (w.detach() * w.detach()).sum(dim=1)
+        coef, extra = _slopes(sq, ni, params)
+        ctx.save_for_backward(w, coef, extra, arg)
+        return _from_norms(sq, ni, params, torch)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, coef, extra, arg = ctx.saved_tensors
+        out = w * (grad * coef)[:, None]
+        rows = torch.arange(len(arg), device=w.device)
+        out[rows, arg] += grad * extra * torch.sign(w[rows, arg])
+        return out, None
+
+
+def _slopes(sq: torch.Tensor, ni: torch.Tensor, p: SPRParams):
+    """``dR/dw = coef * w + extra * sign(w_k) e_k`` with ``k`` the entry of largest magnitude."""
+    nonzero, n2, ni_safe, z_is_one, interior = _cases(sq, ni, p, torch)
+    n2_safe = torch.where(nonzero, n2, 1.0)
+    coef = torch.where(
+        z_is_one,
+        2.0 * p.a,
+        torch.where(interior, 2.0 * math.sqrt(p.a * p.b) / n2_safe, 2.0 * p.a * p.M / ni_safe),
+    )
+    at_bound = ~z_is_one & ~interior
+    extra = torch.where(at_bound, p.b / p.M - p.a * p.M * sq / (ni_safe * ni_safe), 0.0)
+    return torch.where(nonzero, coef, 0.0), torch.where(nonzero, extra, 0.0)
 
 
 def _check_groups(shape: tuple[int, ...]) -> None:
@@ -55,22 +90,28 @@ def _check_groups(shape: tuple[int, ...]) -> None:
         )
 
 
-def _from_norms(sq, ni, p: SPRParams, xp):
-    """The three cases of DESIGN.md §5 from ``sq = ||w||_2^2`` and ``ni = ||w||_inf``.
+def _cases(sq, ni, p: SPRParams, xp):
+    """Which case of DESIGN.md §5 each group is in, from ``sq = ||w||_2^2``, ``ni = ||w||_inf``.
 
     The case tests are multiplied through by ``sqrt(b)`` so that ``b = 0`` needs no division,
-    and every branch uses a safe denominator: ``torch.where`` would otherwise pass the NaN
+    and every quantity uses a safe denominator: ``torch.where`` would otherwise pass the NaN
     gradient of a masked-out branch on to ``w``.
     """
     nonzero = sq > 0
     n2 = xp.where(nonzero, xp.sqrt(xp.where(nonzero, sq, 1.0)), 0.0)
     ni_safe = xp.where(ni > 0, ni, 1.0)
     ra, rb = math.sqrt(p.a), math.sqrt(p.b)
-    keep_all = p.a * sq + p.b
-    group_lasso = 2.0 * ra * rb * n2
-    at_bound = p.a * p.M * sq / ni_safe + p.b * ni / p.M
     z_is_one = (ni >= p.M) | (ra * n2 >= rb)
     interior = ra * p.M * n2 >= rb * ni
+    return nonzero, n2, ni_safe, z_is_one, interior
+
+
+def _from_norms(sq, ni, p: SPRParams, xp):
+    """``R`` per group from its squared 2-norm and its inf-norm (the table of DESIGN.md §5)."""
+    nonzero, n2, ni_safe, z_is_one, interior = _cases(sq, ni, p, xp)
+    keep_all = p.a * sq + p.b
+    group_lasso = 2.0 * math.sqrt(p.a * p.b) * n2
+    at_bound = p.a * p.M * sq / ni_safe + p.b * ni / p.M
     value = xp.where(z_is_one, keep_all, xp.where(interior, group_lasso, at_bound))
     return xp.where(nonzero, value, 0.0)
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.standard_form import StandardForm
-from oamip.errors import BackendUnavailableError
+from oamip.errors import BackendUnavailableError, SolverError
 
 _INF = 1e30
 
@@ -43,7 +43,7 @@ class HighsBackend(Backend):
         start = time.perf_counter()
         h = highspy.Highs()
         _set_options(h, options)
-        h.passModel(_highs_model(highspy, form))
+        pass_model(highspy, h, form)
         if warm_start:
             _offer_start(highspy, h, form)
         load_seconds = time.perf_counter() - start
@@ -80,47 +80,54 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return np.clip(values, -_INF, _INF)
 
 
-def _highs_model(highspy, form: StandardForm):
+def pass_model(highspy, h, form: StandardForm) -> None:
+    """Hand the standard form to ``h`` through highspy's array ``passModel`` (no per-column
+    Python objects: integrality goes over as an int32 array)."""
     sign = -1.0 if form.maximize else 1.0
-    lp = highspy.HighsLp()
-    lp.num_col_ = form.num_cols
-    lp.num_row_ = form.A.shape[0]
-    lp.col_cost_ = sign * form.c
-    lp.offset_ = sign * form.c0
-    lp.col_lower_ = _finite(form.col_lower)
-    lp.col_upper_ = _finite(form.col_upper)
-    lp.row_lower_ = _finite(form.row_lower)
-    lp.row_upper_ = _finite(form.row_upper)
     A = form.A.tocsc()
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-    lp.a_matrix_.index_ = A.indices.astype(np.int32)
-    lp.a_matrix_.value_ = A.data
-    if form.integer.any():
-        lp.integrality_ = [
-            highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
-            for flag in form.integer.tolist()
-        ]
-    model = highspy.HighsModel()
-    model.lp_ = lp
-    if form.has_quadratic_objective:
-        model.hessian_ = _hessian(highspy, form, sign)
-    return model
+    lp = (
+        form.num_cols,
+        A.shape[0],
+        A.nnz,
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        sign * form.c0,
+        sign * form.c,
+        _finite(form.col_lower),
+        _finite(form.col_upper),
+        _finite(form.row_lower),
+        _finite(form.row_upper),
+    )
+    matrix = (A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data.astype(float))
+    integrality = form.integer.astype(np.int32)
+    if not form.has_quadratic_objective:
+        status = h.passModel(*lp, *matrix, integrality)
+    else:
+        q = _hessian(form, sign)
+        status = h.passModel(
+            *lp[:3],
+            q.nnz,
+            lp[3],
+            int(highspy.HessianFormat.kTriangular),
+            *lp[4:],
+            *matrix,
+            q.indptr.astype(np.int32),
+            q.indices.astype(np.int32),
+            q.data.astype(float),
+            integrality,
+        )
+    if status == highspy.HighsStatus.kError:
+        raise SolverError("HiGHS refused the model (passModel failed)")
 
 
-def _hessian(highspy, form: StandardForm, sign: float):
+def _hessian(form: StandardForm, sign: float) -> sp.csc_matrix:
     """HiGHS minimises c x + 1/2 x'Qx with Q given as its lower triangle, column-wise."""
     n = form.num_cols
-    q = sp.coo_matrix((sign * form.q_coef, (form.q_i, form.q_j)), shape=(n, n)).toarray()
-    full = q + q.T
-    lower = sp.csc_matrix(np.tril(full))
-    hess = highspy.HighsHessian()
-    hess.dim_ = n
-    hess.format_ = highspy.HessianFormat.kTriangular
-    hess.start_ = lower.indptr.astype(np.int32)
-    hess.index_ = lower.indices.astype(np.int32)
-    hess.value_ = lower.data
-    return hess
+    q = sp.coo_matrix((sign * form.q_coef, (form.q_i, form.q_j)), shape=(n, n)).tocsr()
+    lower = sp.tril(q + q.T).tocsc()
+    lower.eliminate_zeros()
+    lower.sort_indices()
+    return lower
 
 
 def _offer_start(highspy, h, form: StandardForm) -> None:

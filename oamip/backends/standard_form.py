@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyomo.environ as pyo
 import scipy.sparse as sp
+from pyomo.common.gc_manager import PauseGC
 from pyomo.core.base.matrix_constraint import MatrixConstraint
 from pyomo.repn.standard_repn import generate_standard_repn
 
@@ -203,7 +204,16 @@ def _objective(model: pyo.ConcreteModel):
 
 
 def compile_model(model: pyo.ConcreteModel) -> StandardForm:
-    """Translate ``model`` into a :class:`StandardForm` (linear and quadratic parts only)."""
+    """Translate ``model`` into a :class:`StandardForm` (linear and quadratic parts only).
+
+    The garbage collector is paused meanwhile: the walk creates many small objects and the
+    collector's passes over a large model would otherwise cost more than the walk itself.
+    """
+    with PauseGC():
+        return _compile(model)
+
+
+def _compile(model: pyo.ConcreteModel) -> StandardForm:
     cols = _Columns()
     rows = _RowBuilder()
     obj = _objective(model)

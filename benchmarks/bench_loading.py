@@ -1,0 +1,475 @@
+"""Fast loading: the Pyomo path into HiGHS against the same matrix built with numpy and highspy.
+
+Two timings per network, taken in alternating rounds in one run (median reported):
+
+* Pyomo path: ``build_importance_model`` (interval bounds included) + ``compile_model`` (standard
+  form) + the HiGHS backend's model translation and ``passModel``. No solve.
+* direct path: the same interval bounds and the same rows and columns built with numpy, handed to
+  highspy's array ``passModel``. It reuses the formulation's numpy encoders
+  (``encode_scored_relu``, ``encode_max_pool``, ``RowBlock`` triplets) with a numpy column table in
+  place of Pyomo variables, and writes the layer walk, the cross-entropy tangent rows and the
+  objective itself, vectorised. So the two paths differ exactly by Pyomo and the compilation.
+
+Before timing, the direct matrix is checked against the compiled Pyomo one (same sizes, nonzeros,
+bounds, costs and per-column coefficients once columns are matched). Networks: LeNet-5 on MNIST
+with 10 samples (one per class) and an MLP 784-256-256-10 with 16 samples, both trained by
+:mod:`oamip.zoo`. Writes ``benchmarks/results/loading-<date>.json`` and ``.md``.
+
+    python benchmarks/bench_loading.py [--data PATH] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import highspy
+import numpy as np
+import pyomo
+import scipy.sparse as sp
+import torch
+from scipy.special import logsumexp, softmax
+
+from oamip.adapters import extract
+from oamip.backends import compile_model
+from oamip.backends.highs import pass_model
+from oamip.bounds import NetworkBounds, interval_bounds
+from oamip.data import Dataset, load_data, mip_batch
+from oamip.formulations.blocks import RowBlock
+from oamip.formulations.encodings import (
+    PoolEntries,
+    ReluEntries,
+    encode_max_pool,
+    encode_scored_relu,
+)
+from oamip.formulations.importance import ImportanceSettings, build_importance_model
+from oamip.network import AffineLayer, MaxPoolLayer, Network
+from oamip.outputs import write_json
+from oamip.zoo import Recipe, trained
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
+TARGET_RATIO = 3.0
+CASES = {
+    "lenet5, 10 samples": (Recipe("lenet5", epochs=3), 10),
+    "mlp 784-256-256-10, 16 samples": (Recipe("mlp", hidden=(256, 256), epochs=3), 16),
+}
+_COLWISE = 1
+_MINIMIZE = 1
+_INF = 1e30
+
+
+@dataclass
+class Case:
+    """One network with its batch, and the two paths' timings in seconds."""
+
+    name: str
+    network: Network
+    x: np.ndarray
+    y: np.ndarray
+    pyomo_seconds: list[float]
+    direct_seconds: list[float]
+    pyomo_parts: dict[str, list[float]]
+    size: dict[str, int]
+
+
+# --- the direct path -------------------------------------------------------------------------
+
+
+class _Columns:
+    """Numpy stand-in for the formulation's variable table: bounds and integrality only."""
+
+    def __init__(self) -> None:
+        self.lower: list[np.ndarray] = []
+        self.upper: list[np.ndarray] = []
+        self.integer: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, _name: str, lower, upper, binary: bool = False) -> np.ndarray:
+        lower = np.asarray(lower, dtype=float).ravel()
+        upper = np.asarray(upper, dtype=float).ravel()
+        self.lower.append(lower)
+        self.upper.append(upper)
+        self.integer.append(np.full(len(lower), binary))
+        ids = np.arange(self.count, self.count + len(lower), dtype=np.int64)
+        self.count += len(lower)
+        return ids
+
+    def set_values(self, ids, values) -> None:
+        """Never called while building (the encoders only capture it for warm starts)."""
+
+
+@dataclass
+class _State:
+    var: np.ndarray
+    const: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class DirectModel:
+    """The importance MIP as arrays: columns, CSC matrix, row bounds, costs."""
+
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    integer: np.ndarray
+    cost: np.ndarray
+    A: sp.csc_matrix
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+
+
+def direct_build(
+    network: Network, x: np.ndarray, y: np.ndarray, settings: ImportanceSettings
+) -> DirectModel:
+    """The importance MIP of ``network`` on ``(x, y)`` built with numpy only (CE loss)."""
+    bounds = interval_bounds(network, x)
+    cols, rows = _Columns(), RowBlock()
+    binary = settings.scores == "binary"
+    flat = x.reshape(len(x), -1).astype(float)
+    state = _State(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
+    scores: dict[int, np.ndarray] = {}
+    last = len(network.layers) - 1
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, MaxPoolLayer):
+            state = _pool(cols, rows, i, layer, state)
+        else:
+            state = _affine(cols, rows, bounds, i, layer, state, i == last, binary, scores)
+    for ids in scores.values():
+        r = rows.new_rows([settings.min_keep], np.inf)
+        rows.terms(np.repeat(r, len(ids)), ids, 1.0)
+    loss = cols.add("loss", np.zeros(len(y)), np.full(len(y), np.inf))
+    trained_logits = network.forward(x)
+    for point in (trained_logits, np.zeros_like(trained_logits)):
+        _ce_rows(rows, loss, state.var, y, point)
+    return _assemble(cols, rows, network, scores, loss, settings.lam / len(y))
+
+
+def _affine(
+    cols, rows, bounds: NetworkBounds, i, layer: AffineLayer, state, is_output, binary, scores
+):
+    b = bounds.layers[i]
+    needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
+    if (state.var < 0).all() and not is_output:
+        pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+        pre_const = layer.forward(state.const)
+    else:
+        pre_var = _pre_rows(cols, rows, b, layer, state, needed)
+        pre_const = np.zeros(b.upper.shape)
+    if not layer.relu:
+        return _State(pre_var, pre_const, b.lower, b.upper)
+    score = cols.add(f"L{i}_score", np.zeros(layer.n_units), np.ones(layer.n_units), binary)
+    scores[i] = score
+    k, j = np.nonzero(needed)
+    entries = ReluEntries(
+        pre_id=pre_var[k, j],
+        pre_const=pre_const[k, j],
+        lower=b.lower[k, j],
+        upper=b.upper[k, j],
+        big_m=bounds.big_m[i][layer.unit_of][j],
+        score_id=score[layer.unit_of[j]],
+    )
+    enc = encode_scored_relu(cols, rows, entries, binary, f"L{i}")
+    out = np.full(needed.shape, -1, dtype=np.int64)
+    out[k, j] = enc.h
+    zeros = np.zeros(needed.shape)
+    return _State(out, zeros, zeros, np.maximum(b.upper, 0.0))
+
+
+def _pre_rows(cols, rows, b, layer: AffineLayer, state: _State, needed) -> np.ndarray:
+    """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki``, all samples at once."""
+    pre_var = np.full(needed.shape, -1, dtype=np.int64)
+    pre_var[needed] = cols.add("pre", b.lower[needed], b.upper[needed])
+    rhs = layer.forward(state.const)[needed]
+    r = rows.new_rows(rhs, rhs)
+    row_of = np.full(needed.shape, -1, dtype=np.int64)
+    row_of[needed] = r
+    rows.terms(r, pre_var[needed], 1.0)
+    matrix = layer.matrix.tocoo()
+    for k in range(needed.shape[0]):
+        use = needed[k, matrix.row] & (state.var[k, matrix.col] >= 0)
+        rows.terms(row_of[k, matrix.row[use]], state.var[k, matrix.col[use]], -matrix.data[use])
+    return pre_var
+
+
+def _pool(cols, rows, i: int, layer: MaxPoolLayer, state: _State) -> _State:
+    pad = layer.windows < 0
+    safe = np.where(pad, 0, layer.windows)
+    outs = []
+    for k in range(state.var.shape[0]):
+        entries = PoolEntries(
+            var=np.where(pad, -1, state.var[k][safe]),
+            const=np.where(pad, 0.0, state.const[k][safe]),
+            lower=np.where(pad, -np.inf, state.lower[k][safe]),
+            upper=np.where(pad, -np.inf, state.upper[k][safe]),
+        )
+        outs.append(encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0])
+    return _State(
+        *(np.stack([getattr(o, f) for o in outs]) for f in ("var", "const", "lower", "upper"))
+    )
+
+
+def _ce_rows(rows: RowBlock, loss, logit_ids, y, points) -> None:
+    """Tangent planes of ``logsumexp`` at ``points``: ``t_k + (e_y - p) . z_k >= lse - p . z0``."""
+    p = softmax(points, axis=1)
+    coefs = -p
+    coefs[np.arange(len(y)), y] += 1.0
+    rhs = logsumexp(points, axis=1) - np.sum(p * points, axis=1)
+    r = rows.new_rows(rhs, np.inf)
+    rows.terms(r, loss, 1.0)
+    rows.terms(r[:, None], logit_ids, coefs)
+
+
+def _assemble(cols: _Columns, rows: RowBlock, network, scores, loss, loss_weight) -> DirectModel:
+    cost = np.zeros(cols.count)
+    for i, ids in scores.items():
+        cost[ids] = 1.0 / network.layers[i].n_units
+    cost[loss] = loss_weight
+    A = sp.csc_matrix(
+        (np.concatenate(rows.vals), (np.concatenate(rows.rows), np.concatenate(rows.cols))),
+        shape=(rows.count, cols.count),
+    )
+    A.sum_duplicates()
+    return DirectModel(
+        np.concatenate(cols.lower),
+        np.concatenate(cols.upper),
+        np.concatenate(cols.integer),
+        cost,
+        A,
+        np.concatenate(rows.lower),
+        np.concatenate(rows.upper),
+    )
+
+
+def direct_load(model: DirectModel) -> highspy.Highs:
+    """Hand the arrays to HiGHS (no solve)."""
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    A = model.A
+    h.passModel(
+        A.shape[1],
+        A.shape[0],
+        A.nnz,
+        _COLWISE,
+        _MINIMIZE,
+        0.0,
+        model.cost,
+        np.clip(model.col_lower, -_INF, _INF),
+        np.clip(model.col_upper, -_INF, _INF),
+        np.clip(model.row_lower, -_INF, _INF),
+        np.clip(model.row_upper, -_INF, _INF),
+        A.indptr.astype(np.int32),
+        A.indices.astype(np.int32),
+        A.data,
+        model.integer.astype(np.int32),
+    )
+    return h
+
+
+# --- the Pyomo path --------------------------------------------------------------------------
+
+
+def pyomo_load(network, x, y, settings, parts: dict[str, float] | None = None) -> highspy.Highs:
+    """Build the Pyomo model, compile it and pass it to HiGHS as the HiGHS backend does."""
+    t0 = time.perf_counter()
+    im = build_importance_model(network, x, y, settings)
+    t1 = time.perf_counter()
+    form = compile_model(im.model)
+    t2 = time.perf_counter()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    pass_model(highspy, h, form)
+    t3 = time.perf_counter()
+    if parts is not None:
+        parts.update(build=t1 - t0, compile=t2 - t1, load=t3 - t2)
+    return h
+
+
+# --- checks and timing -----------------------------------------------------------------------
+
+
+def same_matrix(network, x, y, settings) -> dict[str, int]:
+    """Check that both paths give one model up to the order of rows and columns; its sizes."""
+    im = build_importance_model(network, x, y, settings)
+    form = compile_model(im.model)
+    direct = direct_build(network, x, y, settings)
+    ids = {id(v): j for j, v in enumerate(im.table.variables)}
+    order = np.array([ids[id(v)] for v in form.variables])
+    pyomo_A = form.A.tocsc()
+    direct_A = direct.A[:, order].tocsc()
+    checks = {
+        "shape": pyomo_A.shape == direct_A.shape,
+        "nonzeros": pyomo_A.nnz == direct_A.nnz,
+        "costs": np.allclose(form.c, direct.cost[order]),
+        "column bounds": np.array_equal(form.col_lower, direct.col_lower[order])
+        and np.array_equal(form.col_upper, direct.col_upper[order]),
+        "integrality": np.array_equal(form.integer, direct.integer[order]),
+        "row bounds": _same_sorted(form.row_lower, direct.row_lower)
+        and _same_sorted(form.row_upper, direct.row_upper),
+        "columns": _same_columns(pyomo_A, direct_A),
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise SystemExit(f"the direct build differs from the Pyomo model in: {', '.join(failed)}")
+    return {
+        "columns": form.num_cols,
+        "rows": form.num_rows,
+        "nonzeros": int(form.A.nnz),
+        "integer": int(form.integer.sum()),
+    }
+
+
+def _same_sorted(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.allclose(np.sort(a), np.sort(b), rtol=1e-12, atol=1e-12)
+
+
+def _same_columns(a: sp.csc_matrix, b: sp.csc_matrix) -> bool:
+    """Each column holds the same multiset of coefficients (rows may come in another order)."""
+    if not np.array_equal(np.diff(a.indptr), np.diff(b.indptr)):
+        return False
+    owner = np.repeat(np.arange(a.shape[1]), np.diff(a.indptr))
+    sa = np.lexsort((a.data, owner))
+    sb = np.lexsort((b.data, owner))
+    return np.allclose(a.data[sa], b.data[sb], rtol=1e-12, atol=1e-12)
+
+
+def measure(case: Case, settings: ImportanceSettings, rounds: int) -> None:
+    """Alternate the two paths ``rounds`` times (after one warm-up each)."""
+    net, x, y = case.network, case.x, case.y
+    pyomo_load(net, x, y, settings)
+    direct_load(direct_build(net, x, y, settings))
+    for _ in range(rounds):
+        parts: dict[str, float] = {}
+        start = time.perf_counter()
+        pyomo_load(net, x, y, settings, parts)
+        middle = time.perf_counter()
+        direct_load(direct_build(net, x, y, settings))
+        case.direct_seconds.append(time.perf_counter() - middle)
+        case.pyomo_seconds.append(middle - start)
+        for key, value in parts.items():
+            case.pyomo_parts.setdefault(key, []).append(value)
+
+
+def make_case(name: str, recipe: Recipe, samples: int, dataset: Dataset) -> Case:
+    model = trained(dataset, recipe, CACHE).model
+    batch = mip_batch(model, dataset, samples_per_class=-(-samples // dataset.num_classes))
+    rank = np.arange(len(batch.y)) % (len(batch.y) // dataset.num_classes)
+    pick = np.lexsort((batch.y, rank))[:samples]
+    x, y = batch.x[pick], batch.y[pick]
+    network = extract(model, x).network
+    return Case(name, network, x, y, [], [], {}, {})
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def summary(case: Case) -> dict:
+    pyomo_s = statistics.median(case.pyomo_seconds)
+    direct_s = statistics.median(case.direct_seconds)
+    return {
+        "case": case.name,
+        "size": case.size,
+        "pyomo_seconds": pyomo_s,
+        "direct_seconds": direct_s,
+        "ratio": pyomo_s / direct_s,
+        "target_met": pyomo_s / direct_s <= TARGET_RATIO,
+        "pyomo_parts": {k: statistics.median(v) for k, v in case.pyomo_parts.items()},
+        "pyomo_all": case.pyomo_seconds,
+        "direct_all": case.direct_seconds,
+    }
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyomo": pyomo.__version__,
+        "highspy": highspy.__version__ if hasattr(highspy, "__version__") else _dist("highspy"),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def _dist(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [
+        f"# Fast loading into HiGHS, {record['date']}",
+        "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, Pyomo {m['pyomo']}, "
+        f"highspy {m['highspy']}, numpy {m['numpy']}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Median of {record['rounds']} alternating rounds; no solve. Target: Pyomo path <= "
+        f"{TARGET_RATIO:g}x the direct path. Both paths give the same matrix (checked).",
+        "",
+        "| network | columns | rows | nonzeros | Pyomo build | compile | HiGHS load "
+        "| Pyomo path (s) | direct (s) | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        s, p = r["size"], r["pyomo_parts"]
+        mark = "met" if r["target_met"] else "MISSED"
+        lines.append(
+            f"| {r['case']} | {s['columns']} | {s['rows']} | {s['nonzeros']} | {p['build']:.2f} "
+            f"| {p['compile']:.2f} | {p['load']:.2f} | {r['pyomo_seconds']:.2f} "
+            f"| {r['direct_seconds']:.2f} | {r['ratio']:.2f}x ({mark}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = _parse()
+    torch.set_num_threads(1)
+    dataset = load_data(f"mnist:{args.data}")
+    settings = ImportanceSettings()
+    results = []
+    for name, (recipe, samples) in CASES.items():
+        case = make_case(name, recipe, samples, dataset)
+        case.size = same_matrix(case.network, case.x, case.y, settings)
+        measure(case, settings, args.rounds)
+        results.append(summary(case))
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": "python " + shlex.join(sys.argv),
+        "rounds": args.rounds,
+        "settings": settings,
+        "target_ratio": TARGET_RATIO,
+        "results": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"loading-{record['date']}"
+    write_json(stem.with_suffix(".json"), record)
+    table = markdown(record)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz or IDX folder")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
