@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from oamip.adapters import apply_masks, load_model, read_chain, remove_pruned, save_model
+from oamip.adapters import apply_masks, read_chain, remove_pruned, save_model
 from oamip.adapters.masks import check_masks
-from oamip.adapters.serialize import FORMAT
 from oamip.data import DATA_SPECS, Dataset, load_data
 from oamip.errors import InvalidInputError
 from oamip.formulations.spr import SPRParams
 from oamip.models import ARCHITECTURES, build
 from oamip.outputs import staged_output, write_json
+from oamip.pipeline import count_params, read_model
 from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
 from oamip.train import DEFAULT_BATCH_SIZE, evaluate, finetune, resolve_device, train
 
@@ -353,11 +353,6 @@ def zero_group_masks(reg: SPRRegularizer, tol: float = ZERO_GROUP_TOL) -> dict[s
     return masks
 
 
-def count_params(model: nn.Module) -> int:
-    """The number of parameter values of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def _group_lasso(
     dense: nn.Module, dataset: Dataset, s: _Settings, scales: tuple[float, ...], target: float
 ) -> GroupLassoReport | None:
@@ -416,35 +411,6 @@ def _report(
     )
 
 
-def load_checkpoint(path: str | os.PathLike, arch: str, dataset: Dataset) -> nn.Module:
-    """A model saved by ``oamip.save_model``, or a state dict loaded into a fresh ``arch`` model."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise InvalidInputError(f"model file '{file}' does not exist; give a saved model")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"'{file}' is not a readable model file ({type(exc).__name__}); save models with "
-            "oamip.save_model or torch.save(model.state_dict(), path)"
-        ) from exc
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return load_model(file)
-    if not (isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values())):
-        raise InvalidInputError(
-            f"'{file}' holds neither a model saved by oamip.save_model nor a state dict"
-        )
-    model = build(arch, dataset)
-    try:
-        model.load_state_dict(payload)
-    except RuntimeError as exc:
-        raise InvalidInputError(
-            f"the state dict in '{file}' does not fit --arch {arch} on '{dataset.name}'; pass the "
-            "architecture it was trained with, or save the model with oamip.save_model"
-        ) from exc
-    return model.eval()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``oamip spr``."""
     add = parser.add_argument
@@ -470,7 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``oamip spr`` with parsed ``args``: prune, write ``--out``, print a summary."""
     dataset = load_data(args.data)
-    model = load_checkpoint(args.model, args.arch, dataset) if args.model else None
+    model = read_model(args.model, args.arch, dataset) if args.model else None
     report = spr_prune(
         model,
         dataset,

@@ -14,11 +14,11 @@ from oamip.adapters import apply_masks
 from oamip.data import Dataset, load_digits
 from oamip.errors import OamipError
 from oamip.models import build
+from oamip.pipeline import count_params
 from oamip.spr import SPRRegularizer
 from oamip.spr_pipeline import (
     SPRReport,
     add_arguments,
-    count_params,
     run,
     spr_prune,
     train_penalised,
@@ -231,6 +231,6 @@ def test_command_refuses_a_missing_or_corrupt_model_file(tmp_path, content):
 
 
 def test_command_refuses_a_state_dict_of_another_architecture(tmp_path):
-    torch.save(build("mlp", load_digits(), hidden=(5, 5)).state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(OamipError, match="does not fit --arch mlp"):
+    torch.save(build("lenet5", load_digits()).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(OamipError, match="mlp"):
         run(_args(tmp_path, "--model", str(tmp_path / "sd.pt")))

@@ -8,6 +8,7 @@ hands those matrices to its solver.
 from __future__ import annotations
 
 import abc
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -93,10 +94,13 @@ class Backend(abc.ABC):
     capabilities: Capabilities = Capabilities()
     install_hint: str = ""
 
+    python_module: str = ""
+
     @classmethod
-    @abc.abstractmethod
     def is_installed(cls) -> bool:
-        """Whether the solver can be used on this machine."""
+        """Whether the solver can be used on this machine: by default, whether the Python module
+        named ``python_module`` can be found."""
+        return bool(cls.python_module) and importlib.util.find_spec(cls.python_module) is not None
 
     def solve(
         self,

@@ -33,14 +33,7 @@ class GurobiBackend(Backend):
         warm_start=True,
     )
     install_hint = INSTALL_HINT
-
-    @classmethod
-    def is_installed(cls) -> bool:
-        try:
-            import gurobipy  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    python_module = "gurobipy"
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool

@@ -27,14 +27,7 @@ class HighsBackend(Backend):
         warm_start=True,
     )
     install_hint = "pip install highspy"
-
-    @classmethod
-    def is_installed(cls) -> bool:
-        try:
-            import highspy  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    python_module = "highspy"
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool

@@ -30,14 +30,7 @@ class ScipBackend(Backend):
         warm_start=True,
     )
     install_hint = INSTALL_HINT
-
-    @classmethod
-    def is_installed(cls) -> bool:
-        try:
-            import pyscipopt  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    python_module = "pyscipopt"
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
