@@ -7,14 +7,12 @@ on stderr and exit status 2; results reach ``--out`` only when the whole run suc
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
-from oamip import __version__, backends
+from oamip import __version__, backends, bench, spr_pipeline
 from oamip.data import DATA_SPECS, load_data
 from oamip.errors import InvalidInputError, OamipError
 from oamip.models import ARCHITECTURES
@@ -33,8 +31,6 @@ USAGE_ERROR = 2
 INTERRUPTED = 130
 DEFAULT_OUT = "oamip-out"
 DEFAULT_THREADS = 1
-OPTIONAL_COMMANDS = {"spr": "oamip.spr_pipeline", "bench": "oamip.bench"}
-"""Subcommands whose modules provide ``add_arguments(parser)`` and ``run(args) -> int``."""
 
 
 class UsageError(Exception):
@@ -75,13 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_prune_arguments(prune_parser)
     prune_parser.set_defaults(handler=run_prune)
-    for name, module_name in OPTIONAL_COMMANDS.items():
-        module = _optional_module(module_name)
-        if module is not None:
-            sub = commands.add_parser(name, help=_first_line(module.__doc__))
-            module.add_arguments(sub)
-            sub.set_defaults(handler=module.run)
+    _command(
+        commands,
+        "spr",
+        "train with the SPR regulariser, remove zero units, fine-tune",
+        spr_pipeline.add_arguments,
+        spr_pipeline.run,
+    )
+    _command(
+        commands,
+        "bench",
+        "benchmark solver backends on importance MIPs",
+        bench.add_arguments,
+        bench.run,
+    )
+    _command(
+        commands,
+        "export",
+        "write an importance MIP instance as MPS or LP",
+        bench.add_export_arguments,
+        bench.run_export,
+    )
     return parser
+
+
+def _command(commands, name: str, help_text: str, add_arguments, handler) -> None:
+    sub = commands.add_parser(name, help=help_text)
+    add_arguments(sub)
+    sub.set_defaults(handler=handler)
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,20 +175,6 @@ def _checked_out(path: str) -> Path:
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out '{out}' exists and is not a folder; name a folder")
     return out
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    """The module ``name``, or None when it does not exist (other import errors propagate)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().split("\n")[0]
 
 
 def _positive_int(text: str) -> int:
