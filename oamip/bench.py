@@ -374,7 +374,7 @@ def plot_gap(points: Sequence[GapPoint], path: Path) -> Path:
         axes.set_xscale("log")
         axes.set_ylim(-0.02, 1.02)
         axes.set_title(name, fontsize=9)
-        axes.set_xlabel("time limit (s)")
+        axes.set_xlabel("time limit (s), an independent run each")
         axes.set_ylabel("relative gap")
         axes.legend(fontsize=7)
     for axes in list(grid.flat)[len(names) :]:

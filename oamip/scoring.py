@@ -16,7 +16,7 @@ import pyomo.environ as pyo
 
 from oamip import backends
 from oamip.adapters import extract, scored_logits
-from oamip.backends import SolveOptions, SolveResult, Status
+from oamip.backends import SolveOptions, Status
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
@@ -191,14 +191,7 @@ def _solve_with_cuts(solver, im: ImportanceModel, options: SolveOptions, time_li
             break
         im.add_cuts(logits, violated)
         im.assign(found)
-    if result.status == Status.OPTIMAL and deadline is not None and time.perf_counter() > deadline:
-        result = _with_status(result, Status.TIME_LIMIT)
     return result, rounds, time.perf_counter() - started
-
-
-def _with_status(result: SolveResult, status: Status) -> SolveResult:
-    result.status = status
-    return result
 
 
 def _verify(mip_logits: np.ndarray, torch_logits: np.ndarray) -> float:
