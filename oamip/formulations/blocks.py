@@ -21,18 +21,19 @@ class VarTable:
         self.variables: list = []
 
     def add(self, name: str, lower, upper, binary: bool = False) -> np.ndarray:
-        """Add ``len(lower)`` variables called ``name[i]``; return their global ids."""
-        lower = np.asarray(lower, dtype=float).ravel().tolist()
-        upper = np.asarray(upper, dtype=float).ravel().tolist()
+        """Add ``len(lower)`` variables called ``name[i]``; return their global ids.
+
+        Bounds are written straight into the variables: Pyomo's bounds rule costs several
+        microseconds per variable, which dominates building large models."""
+        lower = _none_if_infinite(np.asarray(lower, dtype=float).ravel())
+        upper = _none_if_infinite(np.asarray(upper, dtype=float).ravel())
         domain = pyo.Binary if binary else pyo.Reals
-        var = pyo.Var(
-            range(len(lower)),
-            domain=domain,
-            bounds=lambda _m, i: (_finite_or_none(lower[i]), _finite_or_none(upper[i])),
-            dense=True,
-        )
+        var = pyo.Var(range(len(lower)), domain=domain, dense=True)
         self.model.add_component(name, var)
         start = len(self.variables)
+        for data, lo, hi in zip(var.values(), lower, upper):
+            data._lb = lo
+            data._ub = hi
         self.variables.extend(var.values())
         return np.arange(start, len(self.variables), dtype=np.int64)
 
@@ -44,8 +45,10 @@ class VarTable:
         return np.array([self.variables[i].value for i in np.asarray(ids).ravel()], dtype=float)
 
 
-def _finite_or_none(value: float):
-    return value if np.isfinite(value) else None
+def _none_if_infinite(values: np.ndarray) -> list:
+    """Row bounds as Pyomo wants them: floats, with None for an infinite bound."""
+    out = np.where(np.isfinite(values), values, None)
+    return out.tolist()
 
 
 class RowBlock:
@@ -86,8 +89,8 @@ class RowBlock:
         used, local = np.unique(cols, return_inverse=True)
         matrix = sp.csr_matrix((vals, (rows, local)), shape=(self.count, len(used)))
         matrix.sum_duplicates()
-        lower = [None if not np.isfinite(v) else v for v in np.concatenate(self.lower).tolist()]
-        upper = [None if not np.isfinite(v) else v for v in np.concatenate(self.upper).tolist()]
+        lower = _none_if_infinite(np.concatenate(self.lower))
+        upper = _none_if_infinite(np.concatenate(self.upper))
         block = MatrixConstraint(
             matrix.data,
             matrix.indices,
