@@ -86,8 +86,8 @@ class RowBlock:
         rows = np.concatenate(self.rows)
         cols = np.concatenate(self.cols)
         vals = np.concatenate(self.vals)
-        used, local = np.unique(cols, return_inverse=True)
-        matrix = sp.csr_matrix((vals, (rows, local)), shape=(self.count, len(used)))
+        columns = table.variables[: cols.max() + 1] if len(cols) else []
+        matrix = sp.csr_matrix((vals, (rows, cols)), shape=(self.count, len(columns)))
         matrix.sum_duplicates()
         lower = _none_if_infinite(np.concatenate(self.lower))
         upper = _none_if_infinite(np.concatenate(self.upper))
@@ -97,6 +97,6 @@ class RowBlock:
             matrix.indptr,
             lower,
             upper,
-            [table.variables[i] for i in used.tolist()],
+            columns,
         )
         table.model.add_component(name, block)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyomo.environ as pyo
+from pyomo.common.gc_manager import PauseGC
 from pyomo.core.expr.numeric_expr import LinearExpression
 
 from oamip.bounds import NetworkBounds, interval_bounds
@@ -188,7 +189,8 @@ def build_importance_model(
     bounds = bounds or interval_bounds(network, x)
     model = pyo.ConcreteModel(name="neuron_importance")
     im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
-    _Builder(im).build()
+    with PauseGC():
+        _Builder(im).build()
     return im
 
 
