@@ -120,14 +120,7 @@ class ScipyMilpBackend(Backend):
     name = "scipy"
     capabilities = Capabilities(integer=True)
     install_hint = "pip install 'scipy>=1.9'"
-
-    @classmethod
-    def is_installed(cls) -> bool:
-        try:
-            from scipy.optimize import milp  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    python_module = "scipy"
 
     def solve_form(self, form, options: SolveOptions, warm_start: bool) -> SolveResult:
         from scipy.optimize import Bounds, LinearConstraint, milp
