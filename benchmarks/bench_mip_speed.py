@@ -11,7 +11,7 @@ the textbook encoding a generic network-to-MIP encoder produces.
 
 Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of ``../shared/data``
 (fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly classified training images
-per class. Results go to ``benchmarks/results/mip-speed-<date>.{json,md}`` with date and machine.
+per class. Results go to ``benchmarks/results/mip-speed-<nets>-<date>.{json,md}`` with date and machine.
 
     python benchmarks/bench_mip_speed.py --time-limit 300            # the full matrix
     python benchmarks/bench_mip_speed.py --nets mlp --time-limit 60  # what the README quotes
@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(exist_ok=True)
     command = "python benchmarks/bench_mip_speed.py " + " ".join(argv)
     payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
-    (out / f"mip-speed-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"mip-speed-{stamp}.md").write_text(markdown(rows, meta, command))
+    name = f"mip-speed-{args.nets.replace(',', '-')}-{stamp}"
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(rows, meta, command))
 
 
 if __name__ == "__main__":
