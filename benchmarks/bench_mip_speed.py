@@ -11,7 +11,8 @@ the textbook encoding a generic network-to-MIP encoder produces.
 
 Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of ``../shared/data``
 (fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly classified training images
-per class. Results go to ``benchmarks/results/mip-speed-<nets>-<date>.{json,md}`` with date and machine.
+per class. Results go to ``benchmarks/results/mip-speed-<nets>-<date>.{json,md}``, with date
+and machine.
 
     python benchmarks/bench_mip_speed.py --time-limit 300            # the full matrix
     python benchmarks/bench_mip_speed.py --nets mlp --time-limit 60  # what the README quotes
