@@ -95,17 +95,17 @@ class _Columns:
         self.index: dict[int, int] = {}
         self.variables: list = []
 
-    def of(self, var) -> int:
-        key = id(var)
-        col = self.index.get(key)
-        if col is None:
-            col = len(self.variables)
-            self.index[key] = col
-            self.variables.append(var)
-        return col
-
     def of_many(self, variables) -> np.ndarray:
-        return np.fromiter((self.of(v) for v in variables), dtype=np.int64, count=len(variables))
+        """The columns of ``variables``, new ones numbered in order of first appearance."""
+        variables = list(variables)
+        ids = list(map(id, variables))
+        new = dict.fromkeys(i for i in ids if i not in self.index)
+        if new:
+            by_id = dict(zip(ids, variables))
+            start = len(self.variables)
+            self.index.update(zip(new, range(start, start + len(new))))
+            self.variables.extend(map(by_id.__getitem__, new))
+        return np.fromiter(map(self.index.__getitem__, ids), dtype=np.int64, count=len(ids))
 
 
 def _bound(value, default: float) -> float:
@@ -264,9 +264,26 @@ def _column_data(variables: list):
     for j, var in enumerate(variables):
         if var.fixed:
             lower[j] = upper[j] = float(var.value)
-        else:
-            lb, ub = var.bounds
-            lower[j] = -np.inf if lb is None else lb
-            upper[j] = np.inf if ub is None else ub
-        integer[j] = var.is_integer()
+            integer[j] = var.is_integer()
+            continue
+        lb, ub, integer[j] = _plain_bounds(var)
+        lower[j] = -np.inf if lb is None else lb
+        upper[j] = np.inf if ub is None else ub
     return lower, upper, integer
+
+
+_NUMBER = (float, int)
+
+
+def _plain_bounds(var):
+    """``(lb, ub, is_integer)`` of a variable; a real variable with numeric bounds (what the
+    formulations build, by the hundred thousand) is read directly, anything else through
+    Pyomo's own ``bounds`` and ``is_integer``, which cost microseconds each."""
+    lb, ub = getattr(var, "_lb", False), getattr(var, "_ub", False)
+    plain = (lb is None or type(lb) in _NUMBER) and (ub is None or type(ub) in _NUMBER)
+    if plain and var.domain is pyo.Reals:
+        return lb, ub, False
+    if plain and var.domain is pyo.Binary:
+        return max(0.0, 0.0 if lb is None else lb), min(1.0, 1.0 if ub is None else ub), True
+    lb, ub = var.bounds
+    return lb, ub, var.is_integer()
