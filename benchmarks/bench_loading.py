@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -33,7 +31,6 @@ from pathlib import Path
 
 import highspy
 import numpy as np
-import pyomo
 import scipy.sparse as sp
 import torch
 from scipy.special import logsumexp, softmax
@@ -41,6 +38,7 @@ from scipy.special import logsumexp, softmax
 from oamip.adapters import extract
 from oamip.backends import compile_model
 from oamip.backends.highs import pass_model
+from oamip.bench import machine
 from oamip.bounds import NetworkBounds, interval_bounds
 from oamip.data import Dataset, load_data, mip_batch
 from oamip.formulations.blocks import RowBlock
@@ -392,24 +390,6 @@ def summary(case: Case) -> dict:
         "pyomo_all": case.pyomo_seconds,
         "direct_all": case.direct_seconds,
     }
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "pyomo": pyomo.__version__,
-        "highspy": highspy.__version__ if hasattr(highspy, "__version__") else _dist("highspy"),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-    }
-
-
-def _dist(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 def markdown(record: dict) -> str:

@@ -21,23 +21,18 @@ and machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import highspy
 import numpy as np
-import pyomo
-import torch
 
 from oamip import backends
 from oamip.adapters import extract
+from oamip.bench import machine
 from oamip.bounds import NetworkBounds, box_bounds, interval_bounds
 from oamip.data import load_npz, mip_batch
 from oamip.formulations import ImportanceSettings, build_importance_model
@@ -121,24 +116,11 @@ def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Ro
     )
 
 
-def machine() -> dict:
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "highspy": getattr(highspy, "__version__", "unknown"),
-        "pyomo": pyomo.version.version,
-        "torch": torch.__version__,
-    }
-
-
 def markdown(rows: list[Row], meta: dict, command: str) -> str:
     lines = [
         f"# MIP speed, {meta['date']}",
         "",
-        f"Machine: {meta['platform']}, {meta['cpu_count']} CPUs, Python {meta['python']}, "
+        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
         f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}.",
         f"Command: `{command}`",
         "",

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from oamip.bench import machine
 from oamip.data import Dataset, load_data
 from oamip.models import build, mlp
 from oamip.outputs import write_json
@@ -54,7 +53,7 @@ def main() -> None:
     results = {arch: _bench_arch(arch, dataset, args.epochs) for arch in ("mlp", "lenet5")}
     record = {
         "date": datetime.date.today().isoformat(),
-        "machine": _machine(args.threads),
+        "machine": machine() | {"torch_threads": args.threads},
         "command": "python " + shlex.join(sys.argv),
         "data": str(args.data),
         "epochs": args.epochs,
@@ -160,22 +159,12 @@ def _step_times(dense: torch.nn.Module, dataset: Dataset) -> dict:
     }
 
 
-def _machine(threads: int) -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-    }
-
-
 def _markdown(record: dict) -> str:
     m = record["machine"]
     lines = [
         f"# SPR benchmark, {record['date']}",
         "",
-        f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), "
+        f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
         f"torch {m['torch']}. Data: {Path(record['data']).name}; {record['epochs']} epochs of "
         f"dense and of penalised training, alpha {record['alpha']}, 1 fine-tuning epoch; "
         f"{record['seconds'] / 60:.1f} min in all.",

@@ -410,16 +410,22 @@ def write_results(
 
 
 def machine() -> dict:
-    """Where the benchmark ran: platform, CPUs, Python and solver versions."""
+    """Where a benchmark ran: date, platform, CPUs, Python, library and solver versions."""
     import highspy
+    import numpy
     import pyomo
+    import torch
 
     return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "pyomo": pyomo.__version__,
         "highspy": _version("highspy", highspy),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
         "backends": backends.available(),
     }
 
