@@ -123,7 +123,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         type=_time_limit,
         default=DEFAULT_TIME_LIMIT,
         metavar="S",
-        help=f"solver seconds, or 'none' (default {DEFAULT_TIME_LIMIT:g})",
+        help=f"seconds to build and solve the MIP, or 'none' (default {DEFAULT_TIME_LIMIT:g})",
     )
     add("--device", default="cpu", help="cpu or cuda (default cpu)")
     add("--seed", type=int, default=0, metavar="N", help="(default 0)")
