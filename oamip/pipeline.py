@@ -26,6 +26,7 @@ from oamip.adapters.serialize import FORMAT
 from oamip.baselines import magnitude_scores, masks_like, random_scores, snip_scores, taylor_scores
 from oamip.data import Dataset, load_data, mip_batch
 from oamip.errors import InvalidInputError
+from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
 from oamip.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
 from oamip.train import evaluate, finetune, resolve_device, train
@@ -38,8 +39,6 @@ DEFAULT_TIME_LIMIT = 20.0
 SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
 BASELINES = ("random", "magnitude", "snip", "taylor")
-LOSSES = ("ce", "hinge")
-SCORE_MODES = ("continuous", "binary")
 LIVE_LINE_INTERVAL = 0.25
 """Seconds between two updates of the line shown while the solver runs."""
 
