@@ -68,3 +68,22 @@ def _random_bn(bn: nn.Module) -> nn.Module:
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.3, 0.3)
     return bn
+
+
+class PoolFirstNet(nn.Module):
+    """Convolution, BatchNorm, max pooling, then ReLU, as in PyTorch's own MNIST example
+    (8x8 inputs)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = _random_bn(nn.BatchNorm2d(3))
+        self.conv2 = nn.Conv2d(3, 2, 3)
+        self.fc = nn.Linear(2 * 1 * 1, 3)
+        self.eval()
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.bn(self.conv1(x)), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        return self.fc(torch.flatten(x, 1))

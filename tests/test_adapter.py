@@ -12,7 +12,7 @@ from torch import nn
 
 import oamip
 from oamip.adapters import extract, read_chain
-from tests.nets import FunctionalNet, convnet, mlp
+from tests.nets import FunctionalNet, PoolFirstNet, convnet, mlp
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
@@ -75,6 +75,19 @@ def test_remove_pruned_handles_functional_models():
     masks = {"conv": np.array([False, True]), "fc1": np.array([True, True, False, True])}
     small = oamip.remove_pruned(model, masks)
     x = np.random.default_rng(1).uniform(size=(3, 1, 6, 6))
+    np.testing.assert_allclose(
+        _forward(small, x), _forward(oamip.apply_masks(model, masks), x), atol=1e-10
+    )
+
+
+def test_max_pooling_before_the_relu_keeps_its_convolution_scored():
+    model = PoolFirstNet(5)
+    extracted = extract(model, np.zeros((1, 1, 8, 8)))
+    assert list(extracted.units) == ["conv1", "conv2"]
+    assert extracted.units["conv1"].batchnorm == "bn"
+    masks = {"conv1": np.array([True, False, True]), "conv2": np.array([False, True])}
+    small = oamip.remove_pruned(model, masks)
+    x = np.random.default_rng(5).uniform(size=(3, 1, 8, 8))
     np.testing.assert_allclose(
         _forward(small, x), _forward(oamip.apply_masks(model, masks), x), atol=1e-10
     )

@@ -14,7 +14,7 @@ from oamip.adapters import apply_masks, extract, scored_logits
 from oamip.bounds import interval_bounds
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer
-from tests.nets import FunctionalNet, convnet, mlp
+from tests.nets import FunctionalNet, PoolFirstNet, convnet, mlp
 
 SOLVE_ATOL = 1e-6
 
@@ -24,6 +24,7 @@ MODELS = {
     "conv_max": (lambda seed: convnet(seed, pool="max"), (1, 8, 8)),
     "conv_avg": (lambda seed: convnet(seed, pool="avg"), (1, 8, 8)),
     "functional": (FunctionalNet, (1, 6, 6)),
+    "pool_first": (PoolFirstNet, (1, 8, 8)),
 }
 slow = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,6 +55,16 @@ def _random_scores(extracted, rng, binary: bool) -> dict[int, np.ndarray]:
     loss=st.sampled_from(["hinge", "ce"]),
 )
 def test_fixed_scores_reproduce_masked_torch_logits(kind, seed, n, binary, loss):
+    _check_fixed_scores(kind, seed, n, binary, loss)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_layer_kind_is_encoded_exactly(kind, binary):
+    _check_fixed_scores(kind, 1, 2, binary, "hinge")
+
+
+def _check_fixed_scores(kind, seed, n, binary, loss):
     model, x, extracted = _setup(kind, seed, n)
     y = np.random.default_rng(seed + 1).integers(0, 3, n)
     mode = "binary" if binary else "continuous"

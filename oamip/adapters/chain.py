@@ -145,3 +145,29 @@ def _module_for_call(kind: str, node: fx.Node) -> nn.Module:
     params = dict(zip(names, args[: len(names)]))
     params.update({k: v for k, v in kwargs.items() if k in (*names, "ceil_mode")})
     return nn.MaxPool2d(**params) if kind == "maxpool" else nn.AvgPool2d(**params)
+
+
+SCORED_PATTERNS = (
+    ("relu",),
+    ("bn", "relu"),
+    ("dropout", "relu"),
+    ("maxpool", "relu"),
+    ("bn", "maxpool", "relu"),
+)
+"""What may follow a Linear or Conv2d for its units to be scored. A max pooling may come before
+the ReLU: with the score term constant per channel, ``ReLU(maxpool(a) - c)`` equals
+``maxpool(ReLU(a - c))``, so the unit is encoded as if the ReLU came first."""
+
+
+def scored_steps(steps: list[Step]) -> dict[int, Step]:
+    """For each ReLU that makes a Linear or Conv2d scored: its position -> that layer's step."""
+    owners = {}
+    for pos, step in enumerate(steps):
+        if step.kind not in ("linear", "conv"):
+            continue
+        for pattern in SCORED_PATTERNS:
+            after = tuple(s.kind for s in steps[pos + 1 : pos + 1 + len(pattern)])
+            if after == pattern:
+                owners[pos + len(pattern)] = step
+                break
+    return owners

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, read_chain
+from oamip.adapters.chain import Step, read_chain, scored_steps
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.network import AffineLayer, Conv, MaxPoolLayer, Network, max_pool_windows
 
@@ -57,6 +57,7 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
     ref = reference_copy(model)
     _check_finite(ref)
     steps = read_chain(ref)
+    owners = scored_steps(steps)
     shape = tuple(np.asarray(x).shape[1:])
     network = Network(input_shape=shape)
     units: dict[str, ScoredUnit] = {}
@@ -72,8 +73,8 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
             _fold_batchnorm(step, prev, pending)
             batchnorm_of[pending.name] = step.name
         elif step.kind == "relu":
-            _mark_relu(step, prev, pending)
-            index = len(network.layers) - 1
+            _mark_relu(step, owners.get(pos), pending)
+            index = next(i for i, layer in enumerate(network.layers) if layer is pending)
             units[pending.name] = ScoredUnit(pending.name, batchnorm_of.get(pending.name), index)
         elif step.kind == "maxpool":
             layer = _max_pool(step, shape, len(network.layers))
@@ -175,14 +176,14 @@ def _fold_batchnorm(step: Step, prev: str | None, layer: AffineLayer | None) -> 
     layer.bias = (layer.bias - _np(bn.running_mean)) * factor + shift
 
 
-def _mark_relu(step: Step, prev: str | None, layer: AffineLayer | None) -> None:
-    if prev not in ("linear", "conv", "bn", "dropout") or layer is None or layer.relu:
+def _mark_relu(step: Step, owner: Step | None, layer: AffineLayer | None) -> None:
+    """Make ``layer`` scored, if this ReLU closes one of the chain's scored patterns for it."""
+    if owner is None or layer is None or owner.name != layer.name:
         raise UnsupportedLayerError(
-            f"ReLU '{step.name}' must follow a Linear or Conv2d layer (optionally with BatchNorm); "
-            "a ReLU after pooling or another ReLU is not supported"
+            f"ReLU '{step.name}' must follow a Linear or Conv2d layer (optionally with BatchNorm, "
+            "dropout or a max pooling in between); a ReLU after average pooling, after another "
+            "ReLU or at the start is not supported"
         )
-    if layer.kind == "avgpool":
-        raise UnsupportedLayerError(f"ReLU '{step.name}' follows an average pooling; not supported")
     layer.relu = True
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, read_chain
+from oamip.adapters.chain import Step, read_chain, scored_steps
 from oamip.adapters.extract import Extracted
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
@@ -57,7 +57,7 @@ def _shift_hook(shift: torch.Tensor):
 
 def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
     """Masks as bool arrays keyed by scored module names, with sizes checked."""
-    scored = _scored_steps(steps)
+    scored = {step.name: step for step in scored_steps(steps).values()}
     clean = {}
     for name, mask in masks.items():
         if name not in scored:
@@ -72,18 +72,6 @@ def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, 
             )
         clean[name] = mask.astype(bool)
     return clean
-
-
-def _scored_steps(steps: list[Step]) -> dict[str, Step]:
-    """Linear/Conv2d steps followed (after an optional BatchNorm or dropout) by a ReLU."""
-    scored = {}
-    for pos, step in enumerate(steps):
-        if step.kind not in ("linear", "conv"):
-            continue
-        after = [s.kind for s in steps[pos + 1 : pos + 3]]
-        if after[:1] == ["relu"] or (after[:1] in (["bn"], ["dropout"]) and after[1:] == ["relu"]):
-            scored[step.name] = step
-    return scored
 
 
 def _out_units(module: nn.Module) -> int:
