@@ -16,7 +16,7 @@ from oamip.errors import (
     VerificationError,
 )
 from oamip.pipeline import PruneReport, prune
-from oamip.scoring import ScoreResult, score_neurons
+from oamip.scoring import ScoreResult, score_neurons, score_sweep
 from oamip.spr_pipeline import SPRReport, spr_prune
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "remove_pruned",
     "save_model",
     "score_neurons",
+    "score_sweep",
     "prune",
     "PruneReport",
     "spr_prune",

@@ -111,34 +111,86 @@ def score_neurons(
     (:mod:`oamip.formulations.warm_start`). ``time_limit`` covers the whole call.
     """
     solver = backends.get(backend)
+    start = time.perf_counter()
+    settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
+    extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
+    start_scores = greedy_scores(im, _greedy_budget(time_limit))
+    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
+    return _solve(extracted, im, x, solver, options, time_limit, start, start_scores)
+
+
+def score_sweep(
+    model,
+    x,
+    y,
+    lams,
+    *,
+    backend: str = "highs",
+    loss: str = "ce",
+    margin: float = 1.0,
+    scores: str = "continuous",
+    min_keep: int = 1,
+    time_limit: float | None = None,
+    mip_gap: float = DEFAULT_MIP_GAP,
+    threads: int | None = None,
+    verbose: bool = False,
+    root_cuts: int = 0,
+) -> list[ScoreResult]:
+    """``score_neurons`` for each loss weight in ``lams``, building the model once.
+
+    Each solve starts from the better of its greedy incumbent and the previous solution, and
+    keeps the cross-entropy cuts found so far. ``time_limit`` applies to each solve. The results
+    share one Pyomo model, which holds the last ``lam``.
+    """
+    lams = [float(v) for v in lams]
+    if not lams:
+        raise InvalidInputError("lams is empty: give at least one loss weight")
+    solver = backends.get(backend)
+    settings = ImportanceSettings(loss, margin, lams[0], scores, min_keep)
+    extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
+    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
+    results: list[ScoreResult] = []
+    for lam in lams:
+        start = time.perf_counter()
+        im.set_lam(lam)
+        candidates = [greedy_scores(im, _greedy_budget(time_limit))]
+        if results:
+            candidates.append(extracted.scores_by_layer(results[-1].scores))
+        best = min(candidates, key=im.objective_at)
+        results.append(_solve(extracted, im, x, solver, options, time_limit, start, best))
+    return results
+
+
+def _prepare(model, x, y, settings, solver, root_cuts: int, time_limit):
+    """Extract the network and build (and optionally strengthen) its importance MIP."""
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
     if time_limit is not None and time_limit <= 0:
         raise InvalidInputError(f"time_limit must be positive seconds, got {time_limit}")
-    start = time.perf_counter()
     extracted = extract(model, x)
-    settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
     im = build_importance_model(extracted.network, x, y, settings)
     if root_cuts:
         add_root_cuts(im, solver, max_rounds=root_cuts, time_budget=time_limit)
-    start_scores = greedy_scores(im, _greedy_budget(time_limit))
+    return extracted, im, x
+
+
+def _solve(extracted, im, x, solver, options, time_limit, start: float, start_scores):
+    """Solve from ``start_scores``, check against PyTorch and wrap up the result."""
     build_seconds = time.perf_counter() - start
     remaining = None if time_limit is None else max(time_limit - build_seconds, MIN_SOLVE_SECONDS)
-    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
     result, rounds, solve_seconds = _solve_with_cuts(solver, im, options, remaining, start_scores)
     found = im.score_values()
     by_name = extracted.scores_by_name(found)
     torch_logits = scored_logits(extracted, x, by_name, im.big_m)
     error = _verify(im.logit_values(), torch_logits)
-    objective = im.objective_at(found)
     return ScoreResult(
         scores=by_name,
-        objective=objective,
+        objective=im.objective_at(found),
         bound=result.bound,
         status=str(result.status),
         solve_seconds=solve_seconds,
         build_seconds=build_seconds,
         backend=solver.name,
-        min_keep=min_keep,
+        min_keep=im.settings.min_keep,
         big_m=extracted.scores_by_name(im.big_m),
         logit_error=error,
         cut_rounds=rounds,

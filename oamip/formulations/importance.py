@@ -13,7 +13,7 @@ cross-entropy cuts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyomo.environ as pyo
@@ -148,6 +148,13 @@ class ImportanceModel:
         """The trained network's scores: every unit kept (always feasible)."""
         return {i: np.ones(len(ids)) for i, ids in self.score_ids.items()}
 
+    def set_lam(self, lam: float) -> None:
+        """Change the loss weight in place: the network encoding and every cut stay valid, so a
+        sweep over ``lam`` reuses one model (and the last solution as a warm start)."""
+        replace(self.settings, lam=lam).validate()
+        self.settings.lam = lam
+        _set_objective(self)
+
     def add_ideal_cuts(self, values: np.ndarray) -> int:
         """Separate ideal ReLU cuts at ``values`` (every variable's value, by global id) and add
         the violated ones as a new constraint block; returns how many were added."""
@@ -228,7 +235,7 @@ class _Builder:
         self._score_rows()
         self._loss()
         self.rows.attach(self.table, "network")
-        self._objective()
+        _set_objective(self.im)
 
     def _affine(self, i: int, layer: AffineLayer, state: _State, is_output: bool) -> _State:
         b = self.im.bounds.layers[i]
@@ -356,19 +363,21 @@ class _Builder:
         im.add_cuts(trained, np.arange(n))
         im.add_cuts(np.zeros_like(trained), np.arange(n))
 
-    def _objective(self) -> None:
-        im = self.im
-        coefs, ids = [], []
-        for i, score in im.score_ids.items():
-            coefs += [1.0 / im.network.layers[i].n_units] * len(score)
-            ids += score.tolist()
-        coefs += [im.settings.lam / len(im.y)] * len(im.loss_ids)
-        ids += im.loss_ids.tolist()
-        variables = [self.table.variables[j] for j in ids]
-        im.model.objective = pyo.Objective(
-            expr=LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables),
-            sense=pyo.minimize,
-        )
+def _set_objective(im: ImportanceModel) -> None:
+    """``sum_l (1/n_l) sum_i s_i + lam/N sum_k t_k``, replacing any objective there was."""
+    coefs, ids = [], []
+    for i, score in im.score_ids.items():
+        coefs += [1.0 / im.network.layers[i].n_units] * len(score)
+        ids += score.tolist()
+    coefs += [im.settings.lam / len(im.y)] * len(im.loss_ids)
+    ids += im.loss_ids.tolist()
+    variables = [im.table.variables[j] for j in ids]
+    if hasattr(im.model, "objective"):
+        im.model.del_component(im.model.objective)
+    im.model.objective = pyo.Objective(
+        expr=LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables),
+        sense=pyo.minimize,
+    )
 
 
 _POOL_FIELDS = ("var", "const", "lower", "upper")
