@@ -196,10 +196,21 @@ class SPRRegularizer:
 
     def __call__(self) -> torch.Tensor:
         """The penalty ``sum`` over grouped layers of ``sum_j R(w_j)``, differentiable."""
+        groups = [layer.groups() for layer in self._layers]
+        if all(g.device.type == "cpu" for g in groups):
+            return _CpuTotalPenalty.apply(self._stacked_params(groups), *groups)
         terms = [
-            _group_penalty(layer.groups(), self.params[layer.name]).sum() for layer in self._layers
+            _group_penalty(g, self.params[layer.name]).sum()
+            for layer, g in zip(self._layers, groups)
         ]
         return torch.stack(terms).sum()
+
+    def _stacked_params(self, groups: list[torch.Tensor]) -> _RowParams:
+        """``a``, ``b`` and, row by row, the ``M`` of the row's layer."""
+        first = self.params[self._layers[0].name]
+        rows = [len(g) for g in groups]
+        big_m = np.repeat([self.params[layer.name].M for layer in self._layers], rows)
+        return _RowParams(first.a, first.b, big_m)
 
     def groups(self) -> dict[str, torch.Tensor]:
         """The group matrix (one row per unit) of every regularised layer, by module name."""
@@ -212,6 +223,62 @@ class SPRRegularizer:
                 layer.name: (layer.groups().abs().amax(dim=1) > tol).cpu().numpy()
                 for layer in self._layers
             }
+
+
+@dataclass(frozen=True)
+class _RowParams:
+    """``a`` and ``b`` (shared by every layer) and one ``M`` per row of the stacked groups."""
+
+    a: float
+    b: float
+    M: np.ndarray
+
+
+class _CpuTotalPenalty(torch.autograd.Function):
+    """The whole regulariser in one call on the CPU: every layer's row norms in numpy, one case
+    analysis over all rows, one backward. Per-layer calls cost a fixed overhead each, which
+    dominates for the small layers of convolutional networks (training speed, issue 6)."""
+
+    @staticmethod
+    def forward(ctx, params: _RowParams, *groups: torch.Tensor) -> torch.Tensor:
+        arrays = [g.detach().numpy() for g in groups]
+        norms = [_row_norms(w) for w in arrays]
+        sq = np.concatenate([n[0] for n in norms])
+        ni = np.concatenate([n[1] for n in norms])
+        coef, extra = _slopes(sq, ni, params, np)
+        ctx.args = [n[2] for n in norms]
+        ctx.coef, ctx.extra = coef, extra
+        ctx.save_for_backward(*groups)
+        total = float(_from_norms(sq, ni, params, np).sum())
+        return torch.tensor(total, dtype=groups[0].dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scale = float(grad)
+        out, start = [], 0
+        for w, arg in zip(ctx.saved_tensors, ctx.args):
+            stop = start + len(w)
+            coef = scale * ctx.coef[start:stop]
+            extra = scale * ctx.extra[start:stop]
+            out.append(torch.from_numpy(_row_backward(w.detach().numpy(), coef, extra, arg)))
+            start = stop
+        return (None, *out)
+
+
+def _row_norms(w: np.ndarray):
+    """``||w_j||^2``, ``||w_j||_inf`` and where the largest magnitude is, per row."""
+    magnitude = np.abs(w)
+    arg = magnitude.argmax(axis=1)
+    ni = magnitude[np.arange(len(w)), arg].astype(float)
+    return np.einsum("ij,ij->i", w, w).astype(float), ni, arg
+
+
+def _row_backward(w: np.ndarray, coef: np.ndarray, extra: np.ndarray, arg) -> np.ndarray:
+    """``coef_j w_j + extra_j sign(w_jk) e_k`` per row, ``k`` the largest entry."""
+    out = w * coef[:, None].astype(w.dtype)
+    rows = np.arange(len(arg))
+    out[rows, arg] += (extra * np.sign(w[rows, arg])).astype(w.dtype)
+    return out
 
 
 def _grouped_layers(model: nn.Module) -> list[_Layer]:

@@ -251,3 +251,39 @@ def test_regularizer_rejects_unusable_models():
     nn.init.zeros_(zero[0].bias)
     with pytest.raises(InvalidInputError, match="only zero parameters"):
         SPRRegularizer(zero, lam=1.0, alpha=0.5)
+
+
+def test_regularizer_gradient_equals_the_per_layer_penalty_gradient():
+    """The one-call CPU path of the regulariser and the per-layer penalty agree, gradients too."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.ReLU(),
+        nn.Linear(6, 2),
+    ).double()
+    with torch.no_grad():
+        model[4].weight[0] = 0.0
+        model[4].bias[0] = 0.0
+    reg = SPRRegularizer(model, lam=0.5, alpha=0.3, M_scale=0.7)
+    total = reg()
+    total.backward()
+    fast = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    layers = reg._layers
+    slow = sum(group_penalty(layer.groups(), **_abm(reg, layer)).sum() for layer in layers)
+    slow.backward()
+    assert total.item() == pytest.approx(slow.item(), rel=1e-12)
+    slow_grads = [p.grad for p in model.parameters()]
+    assert [g is None for g in fast] == [g is None for g in slow_grads]
+    for a, b in zip(fast, slow_grads):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _abm(reg, layer) -> dict:
+    p = reg.params[layer.name]
+    return {"a": p.a, "b": p.b, "M": p.M}
