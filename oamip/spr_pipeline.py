@@ -13,7 +13,6 @@ import argparse
 import copy
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -22,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from oamip.adapters import apply_masks, read_chain, remove_pruned, save_model
 from oamip.adapters.masks import check_masks
@@ -35,7 +32,13 @@ from oamip.models import ARCHITECTURES, build
 from oamip.outputs import staged_output, write_json
 from oamip.pipeline import count_params, read_model
 from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
-from oamip.train import DEFAULT_BATCH_SIZE, evaluate, finetune, resolve_device, train
+from oamip.train import (
+    evaluate,
+    finetune,
+    resolve_device,
+    train,
+    train_penalised,
+)
 
 DEFAULT_LAM = 0.03
 DEFAULT_ALPHA = 0.5
@@ -301,46 +304,6 @@ def _finetune(
         progress=s.progress,
     )
     return evaluate(masked, dataset.x_test, dataset.y_test)
-
-
-def train_penalised(
-    model: nn.Module,
-    dataset: Dataset,
-    penalty: Penalty,
-    epochs: int,
-    lr: float,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "train+penalty",
-) -> float:
-    """Adam on cross-entropy plus ``penalty()``, ``lr`` cosine-decayed to 0; returns seconds.
-
-    The model trains on its own device and ends in eval mode. The decay lets groups that the
-    penalty pulls to zero settle there instead of oscillating at the step size.
-    """
-    device = next(model.parameters()).device
-    x = torch.as_tensor(dataset.x_train, device=device)
-    y = torch.as_tensor(dataset.y_train, device=device)
-    steps = epochs * math.ceil(len(x) / DEFAULT_BATCH_SIZE)
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        torch.manual_seed(seed)
-        order = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-        model.train()
-        with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
-            for _ in range(epochs):
-                for batch in torch.randperm(len(x), generator=order).split(DEFAULT_BATCH_SIZE):
-                    batch = batch.to(device)
-                    optimizer.zero_grad()
-                    loss = F.cross_entropy(model(x[batch]), y[batch]) + penalty()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    bar.update()
-    model.eval()
-    return time.perf_counter() - start
 
 
 def zero_group_masks(reg: SPRRegularizer, tol: float = ZERO_GROUP_TOL) -> dict[str, np.ndarray]:

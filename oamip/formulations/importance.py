@@ -363,6 +363,7 @@ class _Builder:
         im.add_cuts(trained, np.arange(n))
         im.add_cuts(np.zeros_like(trained), np.arange(n))
 
+
 def _set_objective(im: ImportanceModel) -> None:
     """``sum_l (1/n_l) sum_i s_i + lam/N sum_k t_k``, replacing any objective there was."""
     coefs, ids = [], []
