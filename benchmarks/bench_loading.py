@@ -47,6 +47,7 @@ from oamip.formulations.encodings import (
     ReluEntries,
     encode_max_pool,
     encode_scored_relu,
+    kept_taps,
 )
 from oamip.formulations.importance import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer, MaxPoolLayer, Network
@@ -138,12 +139,20 @@ def direct_build(
     flat = x.reshape(len(x), -1).astype(float)
     state = _State(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
     scores: dict[int, np.ndarray] = {}
-    last = len(network.layers) - 1
-    for i, layer in enumerate(network.layers):
+    layers = network.layers
+    i = 0
+    while i < len(layers):
+        layer, pool = layers[i], layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(layer, MaxPoolLayer):
-            state = _pool(cols, rows, i, layer, state)
+            raise ValueError("the direct path pools only right after a ReLU layer")
+        if layer.relu and isinstance(pool, MaxPoolLayer):
+            state = _pooled_relu(cols, rows, bounds, i, layer, pool, state, binary, scores)
+            i += 1
         else:
-            state = _affine(cols, rows, bounds, i, layer, state, i == last, binary, scores)
+            state = _affine(
+                cols, rows, bounds, i, layer, state, i == len(layers) - 1, binary, scores
+            )
+        i += 1
     for ids in scores.values():
         r = rows.new_rows([settings.min_keep], np.inf)
         rows.terms(np.repeat(r, len(ids)), ids, 1.0)
@@ -167,22 +176,68 @@ def _affine(
         pre_const = np.zeros(b.upper.shape)
     if not layer.relu:
         return _State(pre_var, pre_const, b.lower, b.upper)
+    pre = _State(pre_var, pre_const, b.lower, b.upper)
+    return _relu(cols, rows, bounds.big_m[i], i, layer, pre, needed, layer.unit_of, binary, scores)
+
+
+def _relu(cols, rows, big_m, i, layer, pre: _State, live, unit, binary, scores) -> _State:
+    """Scored ReLUs on the ``live`` entries of ``pre``; ``unit`` maps an entry to its unit."""
     score = cols.add(f"L{i}_score", np.zeros(layer.n_units), np.ones(layer.n_units), binary)
     scores[i] = score
-    k, j = np.nonzero(needed)
+    k, j = np.nonzero(live)
     entries = ReluEntries(
-        pre_id=pre_var[k, j],
-        pre_const=pre_const[k, j],
-        lower=b.lower[k, j],
-        upper=b.upper[k, j],
-        big_m=bounds.big_m[i][layer.unit_of][j],
-        score_id=score[layer.unit_of[j]],
+        pre_id=pre.var[k, j],
+        pre_const=pre.const[k, j],
+        lower=pre.lower[k, j],
+        upper=pre.upper[k, j],
+        big_m=big_m[unit[j]],
+        score_id=score[unit[j]],
     )
     enc = encode_scored_relu(cols, rows, entries, binary, f"L{i}")
-    out = np.full(needed.shape, -1, dtype=np.int64)
+    out = np.full(live.shape, -1, dtype=np.int64)
     out[k, j] = enc.h
-    zeros = np.zeros(needed.shape)
-    return _State(out, zeros, zeros, np.maximum(b.upper, 0.0))
+    zeros = np.zeros(live.shape)
+    return _State(out, zeros, zeros, np.maximum(pre.upper, 0.0))
+
+
+def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary, scores):
+    """Max pooling of the pre-activations, then one scored ReLU per pooled output."""
+    b = bounds.layers[i]
+    pad = pool.windows < 0
+    safe = np.where(pad, 0, pool.windows)
+    lower = np.where(pad, -np.inf, b.lower[:, safe])
+    upper = np.where(pad, -np.inf, b.upper[:, safe])
+    live = upper.max(axis=2) > 0
+    taps = kept_taps(lower.reshape(-1, pad.shape[1]), upper.reshape(-1, pad.shape[1]))
+    taps = taps.reshape(lower.shape) & live[..., None] & ~pad
+    needed = np.zeros(b.upper.shape, dtype=bool)
+    sample, window, tap = np.nonzero(taps)
+    needed[sample, safe[window, tap]] = True
+    if (state.var < 0).all():
+        pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+        pre_const = layer.forward(state.const)
+    else:
+        pre_var = _pre_rows(cols, rows, b, layer, state, needed)
+        pre_const = np.zeros(b.upper.shape)
+    pooled = _State(
+        np.full(live.shape, -1, dtype=np.int64),
+        np.zeros(live.shape),
+        np.where(live, lower.max(axis=2), 0.0),
+        np.where(live, upper.max(axis=2), 0.0),
+    )
+    for k in range(live.shape[0]):
+        w = np.flatnonzero(live[k])
+        entries = PoolEntries(
+            var=np.where(pad[w], -1, pre_var[k][safe[w]]),
+            const=np.where(pad[w], 0.0, pre_const[k][safe[w]]),
+            lower=lower[k, w],
+            upper=upper[k, w],
+        )
+        out = encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0]
+        for name in ("var", "const", "lower", "upper"):
+            getattr(pooled, name)[k, w] = getattr(out, name)
+    unit = layer.unit_of[pool.windows[np.arange(len(pad)), np.argmax(~pad, axis=1)]]
+    return _relu(cols, rows, bounds.big_m[i], i, layer, pooled, live, unit, binary, scores)
 
 
 def _pre_rows(cols, rows, b, layer: AffineLayer, state: _State, needed) -> np.ndarray:
@@ -199,23 +254,6 @@ def _pre_rows(cols, rows, b, layer: AffineLayer, state: _State, needed) -> np.nd
         use = needed[k, matrix.row] & (state.var[k, matrix.col] >= 0)
         rows.terms(row_of[k, matrix.row[use]], state.var[k, matrix.col[use]], -matrix.data[use])
     return pre_var
-
-
-def _pool(cols, rows, i: int, layer: MaxPoolLayer, state: _State) -> _State:
-    pad = layer.windows < 0
-    safe = np.where(pad, 0, layer.windows)
-    outs = []
-    for k in range(state.var.shape[0]):
-        entries = PoolEntries(
-            var=np.where(pad, -1, state.var[k][safe]),
-            const=np.where(pad, 0.0, state.const[k][safe]),
-            lower=np.where(pad, -np.inf, state.lower[k][safe]),
-            upper=np.where(pad, -np.inf, state.upper[k][safe]),
-        )
-        outs.append(encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0])
-    return _State(
-        *(np.stack([getattr(o, f) for o in outs]) for f in ("var", "const", "lower", "upper"))
-    )
 
 
 def _ce_rows(rows: RowBlock, loss, logit_ids, y, points) -> None:

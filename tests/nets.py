@@ -87,3 +87,18 @@ class PoolFirstNet(nn.Module):
         x = F.relu(F.max_pool2d(self.bn(self.conv1(x)), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc(torch.flatten(x, 1))
+
+
+def deep_pool_net(seed: int) -> nn.Sequential:
+    """Two convolutions, the second max-pooled with overlapping, padded windows (6x6 inputs):
+    the pooled pre-activations are variables, not constants."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 3, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 3),
+    ).eval()

@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 import oamip
 from oamip.adapters import extract, scored_logits
 from oamip.bounds import interval_bounds
-from tests.nets import convnet, mlp
+from tests.nets import convnet, deep_pool_net, mlp
 
 
 def _pruned_logits(model, x, masks) -> np.ndarray:
@@ -66,6 +66,8 @@ CASES = [
     ("mlp_bn", "hinge", 3.0, 3),
     ("conv", "ce", 1.0, 4),
     ("conv", "hinge", 0.5, 5),
+    ("deep_pool", "ce", 1.0, 6),
+    ("deep_pool", "hinge", 2.0, 7),
 ]
 
 
@@ -75,6 +77,9 @@ def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed,
     rng = np.random.default_rng(seed)
     if kind == "conv":
         model = convnet(seed, channels=(1, 2, 2), size=6)
+        x = rng.uniform(0, 1, size=(3, 1, 6, 6))
+    elif kind == "deep_pool":
+        model = deep_pool_net(seed)
         x = rng.uniform(0, 1, size=(3, 1, 6, 6))
     else:
         model = mlp(seed, (5, 4, 3, 3), batchnorm=kind == "mlp_bn")

@@ -14,7 +14,7 @@ from oamip.adapters import apply_masks, extract, scored_logits
 from oamip.bounds import interval_bounds
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer
-from tests.nets import FunctionalNet, PoolFirstNet, convnet, mlp
+from tests.nets import FunctionalNet, PoolFirstNet, convnet, deep_pool_net, mlp
 
 SOLVE_ATOL = 1e-6
 
@@ -25,6 +25,7 @@ MODELS = {
     "conv_avg": (lambda seed: convnet(seed, pool="avg"), (1, 8, 8)),
     "functional": (FunctionalNet, (1, 6, 6)),
     "pool_first": (PoolFirstNet, (1, 8, 8)),
+    "deep_pool": (deep_pool_net, (1, 6, 6)),
 }
 slow = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

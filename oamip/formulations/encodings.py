@@ -162,10 +162,9 @@ def encode_max_pool(
     dropped; a window left with one entry passes it on unchanged; the others take one binary
     per remaining entry, exactly one of which marks the maximum."""
     e = entries
-    taps = np.arange(e.lower.shape[1])
     best_lower = e.lower.max(axis=1)
     leader = e.lower.argmax(axis=1)
-    kept = (e.upper > best_lower[:, None]) | (taps[None, :] == leader[:, None])
+    kept = kept_taps(e.lower, e.upper)
     single = kept.sum(axis=1) == 1
     rowsel = np.arange(len(leader))
     out = PoolOutputs(
@@ -188,6 +187,15 @@ def encode_max_pool(
         table.set_values(d, (tap == picked.argmax(axis=1)[win]).astype(float))
 
     return out, set_values
+
+
+def kept_taps(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Which entries of each window (rows of ``lower``/``upper``) can be its maximum: those whose
+    upper bound beats the window's largest lower bound, and the entry holding that bound."""
+    taps = np.arange(lower.shape[1])
+    return (upper > lower.max(axis=1, keepdims=True)) | (
+        taps[None, :] == lower.argmax(axis=1)[:, None]
+    )
 
 
 def _pool_rows(rows: RowBlock, e: PoolEntries, multi, y, win, tap, d, top) -> None:

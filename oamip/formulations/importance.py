@@ -28,6 +28,7 @@ from oamip.formulations.encodings import (
     ReluEntries,
     encode_max_pool,
     encode_scored_relu,
+    kept_taps,
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
 from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_values
@@ -225,12 +226,19 @@ class _Builder:
     def build(self) -> None:
         x = self.im.x.reshape(len(self.im.x), -1)
         state = _State(np.full(x.shape, -1, dtype=np.int64), x, x, x)
-        last = len(self.im.network.layers) - 1
-        for i, layer in enumerate(self.im.network.layers):
+        layers = self.im.network.layers
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            pool = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, MaxPoolLayer):
                 state = self._max_pool(i, layer, state)
+            elif layer.relu and isinstance(pool, MaxPoolLayer):
+                state = self._pooled_relu(i, layer, pool, state)
+                i += 1
             else:
-                state = self._affine(i, layer, state, is_output=i == last)
+                state = self._affine(i, layer, state, is_output=i == len(layers) - 1)
+            i += 1
         self.im.logit_ids = state.var
         self._score_rows()
         self._loss()
@@ -289,12 +297,17 @@ class _Builder:
         )
         self.im.cut_sites.append(site)
 
+    def _scores(self, i: int, layer: AffineLayer) -> np.ndarray:
+        n_units = layer.n_units
+        scores = self.table.add(
+            f"L{i}_score", np.zeros(n_units), np.ones(n_units), binary=self.binary
+        )
+        self.im.score_ids[i] = scores
+        return scores
+
     def _scored_relu(self, i, layer: AffineLayer, state: _State, pre_var, pre_const, needed):
         b = self.im.bounds.layers[i]
-        n_units = layer.n_units
-        upper_s = np.ones(n_units)
-        scores = self.table.add(f"L{i}_score", np.zeros(n_units), upper_s, binary=self.binary)
-        self.im.score_ids[i] = scores
+        scores = self._scores(i, layer)
         big_m = self.im.big_m[i][layer.unit_of]
         k, j = np.nonzero(needed)
         entries = ReluEntries(
@@ -314,6 +327,81 @@ class _Builder:
         out_var[k, j] = enc.h
         zeros = np.zeros(needed.shape)
         return _State(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
+
+    def _pooled_relu(self, i: int, layer: AffineLayer, pool: MaxPoolLayer, state: _State):
+        """A scored ReLU followed by max pooling, encoded pooling first. A window lies in one
+        channel, so its units share the shift ``(1 - s) M`` and
+        ``max_t ReLU(a_t - (1 - s) M) = ReLU(max_t a_t - (1 - s) M)``: one ReLU (and at most
+        one binary) per pooled output instead of one per tap, and a first layer, whose
+        pre-activations are constants, pools them for free."""
+        b = self.im.bounds.layers[i]
+        pad = pool.windows < 0
+        safe = np.where(pad, 0, pool.windows)
+        lower = np.where(pad, -np.inf, b.lower[:, safe])
+        upper = np.where(pad, -np.inf, b.upper[:, safe])
+        live = upper.max(axis=2) > 0
+        taps = kept_taps(lower.reshape(-1, pad.shape[1]), upper.reshape(-1, pad.shape[1]))
+        taps = taps.reshape(lower.shape) & live[..., None] & ~pad
+        needed = np.zeros(b.upper.shape, dtype=bool)
+        sample, window, tap = np.nonzero(taps)
+        needed[sample, safe[window, tap]] = True
+        if (state.var < 0).all():
+            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+            pre_const = layer.forward(state.const)
+        else:
+            pre_var = self._pre_activation_rows(i, layer, state, needed)
+            pre_const = np.zeros(b.upper.shape)
+        self._record_values(i, pre_var, "pre")
+        pooled = _State(
+            np.full(live.shape, -1, dtype=np.int64),
+            np.zeros(live.shape),
+            np.where(live, lower.max(axis=2), 0.0),
+            np.where(live, upper.max(axis=2), 0.0),
+        )
+        for k in range(live.shape[0]):
+            self._pool_sample(i, k, np.flatnonzero(live[k]), pad, safe, pre_var, pre_const, pooled)
+        return self._relu_of_pooled(i, layer, pool, live, pooled)
+
+    def _pool_sample(self, i, k, windows, pad, safe, pre_var, pre_const, pooled: _State) -> None:
+        """Max pooling of sample ``k``'s pre-activations over its live ``windows``."""
+        b = self.im.bounds.layers[i]
+        pad, safe = pad[windows], safe[windows]
+        entries = PoolEntries(
+            var=np.where(pad, -1, pre_var[k][safe]),
+            const=np.where(pad, 0.0, pre_const[k][safe]),
+            lower=np.where(pad, -np.inf, b.lower[k][safe]),
+            upper=np.where(pad, -np.inf, b.upper[k][safe]),
+        )
+        out, set_pool = encode_max_pool(self.table, self.rows, entries, f"L{i}_k{k}")
+        for name in _POOL_FIELDS:
+            getattr(pooled, name)[k, windows] = getattr(out, name)
+        self.im.setters.append(
+            lambda trace: set_pool(np.where(pad, -np.inf, trace[i].pre[k][safe]))
+        )
+
+    def _relu_of_pooled(self, i, layer: AffineLayer, pool: MaxPoolLayer, live, pooled: _State):
+        scores = self._scores(i, layer)
+        pad = pool.windows < 0
+        first_tap = pool.windows[np.arange(len(pad)), np.argmax(~pad, axis=1)]
+        unit = layer.unit_of[first_tap]
+        k, o = np.nonzero(live)
+        entries = ReluEntries(
+            pre_id=pooled.var[k, o],
+            pre_const=pooled.const[k, o],
+            lower=pooled.lower[k, o],
+            upper=pooled.upper[k, o],
+            big_m=self.im.big_m[i][unit[o]],
+            score_id=scores[unit[o]],
+        )
+        tight = self.im.settings.encoding == "tight"
+        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", tight)
+        self.im.setters.append(
+            lambda trace: enc.set_values(pool.forward(trace[i].arg)[k, o], trace[i + 1].out[k, o])
+        )
+        out_var = np.full(live.shape, -1, dtype=np.int64)
+        out_var[k, o] = enc.h
+        zeros = np.zeros(live.shape)
+        return _State(out_var, zeros, zeros, np.maximum(pooled.upper, 0.0))
 
     def _max_pool(self, i: int, layer: MaxPoolLayer, state: _State) -> _State:
         windows = layer.windows
