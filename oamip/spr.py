@@ -63,8 +63,7 @@ class _TorchPenalty(torch.autograd.Function):
         else:
             ni, arg = data.abs().max(dim=1)
             sq = torch.linalg.vector_norm(data, 2, dim=1) ** 2
-            value = _from_norms(sq, ni, params, torch)
-            coef, extra = _slopes(sq, ni, params, torch)
+            value, coef, extra = _value_and_slopes(sq, ni, params, torch)
         ctx.save_for_backward(w, coef, extra, arg)
         return value
 
@@ -88,7 +87,7 @@ def _numpy_forward(w: np.ndarray, p: SPRParams):
     arg = magnitude.argmax(axis=1)
     ni = magnitude[np.arange(len(w)), arg].astype(float)
     sq = np.einsum("ij,ij->i", w, w).astype(float)
-    return (_from_norms(sq, ni, p, np), *_slopes(sq, ni, p, np), arg)
+    return (*_value_and_slopes(sq, ni, p, np), arg)
 
 
 def _numpy_backward(w: np.ndarray, grad, coef, extra, arg) -> np.ndarray:
@@ -100,18 +99,31 @@ def _numpy_backward(w: np.ndarray, grad, coef, extra, arg) -> np.ndarray:
     return out
 
 
-def _slopes(sq, ni, p: SPRParams, xp):
-    """``dR/dw = coef * w + extra * sign(w_k) e_k`` with ``k`` the entry of largest magnitude."""
-    nonzero, n2, ni_safe, z_is_one, interior = _cases(sq, ni, p, xp)
-    n2_safe = xp.where(nonzero, n2, 1.0)
-    coef = xp.where(
-        z_is_one,
-        2.0 * p.a,
-        xp.where(interior, 2.0 * math.sqrt(p.a * p.b) / n2_safe, 2.0 * p.a * p.M / ni_safe),
-    )
-    at_bound = ~z_is_one & ~interior
-    extra = xp.where(at_bound, p.b / p.M - p.a * p.M * sq / (ni_safe * ni_safe), 0.0)
-    return xp.where(nonzero, coef, 0.0), xp.where(nonzero, extra, 0.0)
+def _value_and_slopes(sq, ni, p: SPRParams, xp):
+    """``R`` per group (DESIGN.md §5) and its slopes ``coef`` and ``extra``.
+
+    All three cases of the table are ``R = a ||w||^2 / z + b z`` at the minimiser
+    ``z = min(1, max(ni / M, sqrt(a/b) n2))``, so one formula needs no case analysis; its
+    gradient is ``(2a / z) w`` plus, where ``z = ni / M < 1``, ``(b - a n2^2 / z^2) / M`` at the
+    entry of largest magnitude (where ``z = sqrt(a/b) n2`` that term vanishes, where ``z = 1``
+    ``z`` is constant). A zero group has ``z = 0`` and ``R = 0``; the denominators are made
+    safe, so no branch produces an infinity or a NaN. Few array operations: this runs at
+    every training step (issue 6).
+    """
+    by_inf = ni / p.M
+    if p.b == 0:
+        z = xp.where(sq > 0, 1.0, 0.0)
+        at_bound = by_inf < 0
+    else:
+        by_two = math.sqrt(p.a / p.b) * xp.sqrt(sq)
+        z = xp.maximum(by_inf, by_two)
+        at_bound = (by_inf > by_two) & (z < 1.0)
+        z = xp.where(z < 1.0, z, 1.0)
+    z_safe = xp.where(z > 0, z, 1.0)
+    value = p.a * sq / z_safe + p.b * z
+    coef = (2.0 * p.a) / z_safe
+    extra = xp.where(at_bound, (p.b - p.a * (sq / z_safe) / z_safe) / p.M, 0.0)
+    return value, coef, extra
 
 
 def _check_groups(shape: tuple[int, ...]) -> None:
@@ -122,30 +134,9 @@ def _check_groups(shape: tuple[int, ...]) -> None:
         )
 
 
-def _cases(sq, ni, p: SPRParams, xp):
-    """Which case of DESIGN.md §5 each group is in, from ``sq = ||w||_2^2``, ``ni = ||w||_inf``.
-
-    The case tests are multiplied through by ``sqrt(b)`` so that ``b = 0`` needs no division,
-    and every quantity uses a safe denominator: ``torch.where`` would otherwise pass the NaN
-    gradient of a masked-out branch on to ``w``.
-    """
-    nonzero = sq > 0
-    n2 = xp.where(nonzero, xp.sqrt(xp.where(nonzero, sq, 1.0)), 0.0)
-    ni_safe = xp.where(ni > 0, ni, 1.0)
-    ra, rb = math.sqrt(p.a), math.sqrt(p.b)
-    z_is_one = (ni >= p.M) | (ra * n2 >= rb)
-    interior = ra * p.M * n2 >= rb * ni
-    return nonzero, n2, ni_safe, z_is_one, interior
-
-
 def _from_norms(sq, ni, p: SPRParams, xp):
     """``R`` per group from its squared 2-norm and its inf-norm (the table of DESIGN.md §5)."""
-    nonzero, n2, ni_safe, z_is_one, interior = _cases(sq, ni, p, xp)
-    keep_all = p.a * sq + p.b
-    group_lasso = 2.0 * math.sqrt(p.a * p.b) * n2
-    at_bound = p.a * p.M * sq / ni_safe + p.b * ni / p.M
-    value = xp.where(z_is_one, keep_all, xp.where(interior, group_lasso, at_bound))
-    return xp.where(nonzero, value, 0.0)
+    return _value_and_slopes(sq, ni, p, xp)[0]
 
 
 @dataclass
@@ -235,50 +226,56 @@ class _RowParams:
 
 
 class _CpuTotalPenalty(torch.autograd.Function):
-    """The whole regulariser in one call on the CPU: every layer's row norms in numpy, one case
-    analysis over all rows, one backward. Per-layer calls cost a fixed overhead each, which
-    dominates for the small layers of convolutional networks (training speed, issue 6)."""
+    """The whole regulariser in one call on the CPU: every layer's row norms, one evaluation of
+    ``R`` and its slopes over all rows, one backward. Per-layer calls cost a fixed overhead
+    each, which dominates for the small layers of convolutional networks, and every small
+    array operation counts at this size (training speed, issue 6): each step below is the
+    cheaper of numpy and torch on the CPU, and rows without an inf-norm term are skipped."""
 
     @staticmethod
     def forward(ctx, params: _RowParams, *groups: torch.Tensor) -> torch.Tensor:
-        arrays = [g.detach().numpy() for g in groups]
-        norms = [_row_norms(w) for w in arrays]
+        norms = [_row_norms(g.detach()) for g in groups]
         sq = np.concatenate([n[0] for n in norms])
         ni = np.concatenate([n[1] for n in norms])
-        coef, extra = _slopes(sq, ni, params, np)
-        ctx.args = [n[2] for n in norms]
-        ctx.coef, ctx.extra = coef, extra
+        value, coef, extra = _value_and_slopes(sq, ni, params, np)
+        ctx.coef = torch.from_numpy(coef.astype(_NUMPY_DTYPE[groups[0].dtype]))
+        ctx.args, ctx.extra = [n[2] for n in norms], extra
         ctx.save_for_backward(*groups)
-        total = float(_from_norms(sq, ni, params, np).sum())
-        return torch.tensor(total, dtype=groups[0].dtype)
+        return torch.tensor(float(value.sum()), dtype=groups[0].dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         scale = float(grad)
+        coef = ctx.coef if scale == 1.0 else ctx.coef * scale
         out, start = [], 0
         for w, arg in zip(ctx.saved_tensors, ctx.args):
             stop = start + len(w)
-            coef = scale * ctx.coef[start:stop]
-            extra = scale * ctx.extra[start:stop]
-            out.append(torch.from_numpy(_row_backward(w.detach().numpy(), coef, extra, arg)))
+            g = w.detach() * coef[start:stop, None]
+            _add_inf_norm_slope(g, w.detach(), scale * ctx.extra[start:stop], arg)
+            out.append(g)
             start = stop
         return (None, *out)
 
 
-def _row_norms(w: np.ndarray):
-    """``||w_j||^2``, ``||w_j||_inf`` and where the largest magnitude is, per row."""
-    magnitude = np.abs(w)
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _row_norms(w: torch.Tensor):
+    """``||w_j||^2``, ``||w_j||_inf`` and where the largest magnitude is, per row (the 2-norm
+    in torch, the largest magnitude in numpy: each the faster of the two)."""
+    sq = torch.linalg.vector_norm(w, dim=1).numpy().astype(float) ** 2
+    magnitude = np.abs(w.numpy())
     arg = magnitude.argmax(axis=1)
-    ni = magnitude[np.arange(len(w)), arg].astype(float)
-    return np.einsum("ij,ij->i", w, w).astype(float), ni, arg
+    return sq, magnitude[np.arange(len(arg)), arg].astype(float), arg
 
 
-def _row_backward(w: np.ndarray, coef: np.ndarray, extra: np.ndarray, arg) -> np.ndarray:
-    """``coef_j w_j + extra_j sign(w_jk) e_k`` per row, ``k`` the largest entry."""
-    out = w * coef[:, None].astype(w.dtype)
-    rows = np.arange(len(arg))
-    out[rows, arg] += (extra * np.sign(w[rows, arg])).astype(w.dtype)
-    return out
+def _add_inf_norm_slope(g: torch.Tensor, w: torch.Tensor, extra: np.ndarray, arg) -> None:
+    """``g_jk += extra_j sign(w_jk)`` at each row's largest entry ``k``, where ``extra_j != 0``."""
+    rows = np.flatnonzero(extra)
+    if len(rows):
+        cols = arg[rows]
+        target = g.numpy()
+        target[rows, cols] += (extra[rows] * np.sign(w.numpy()[rows, cols])).astype(target.dtype)
 
 
 def _grouped_layers(model: nn.Module) -> list[_Layer]:
