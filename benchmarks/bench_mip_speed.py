@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root-cuts", type=int, default=0)
+    parser.add_argument("--tag", default="", help="appended to the results' file name")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     dataset = load_npz(args.data, name="mnist")
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(exist_ok=True)
     command = "python benchmarks/bench_mip_speed.py " + " ".join(argv)
     payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
-    name = f"mip-speed-{args.nets.replace(',', '-')}-{stamp}"
+    tag = f"-{args.tag}" if args.tag else ""
+    name = f"mip-speed-{args.nets.replace(',', '-')}{tag}-{stamp}"
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(rows, meta, command))
 

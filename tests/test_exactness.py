@@ -59,18 +59,24 @@ def test_fixed_scores_reproduce_masked_torch_logits(kind, seed, n, binary, loss)
     _check_fixed_scores(kind, seed, n, binary, loss)
 
 
+@pytest.mark.parametrize("encoding", ["tight", "big-m"])
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("kind", sorted(MODELS))
-def test_every_layer_kind_is_encoded_exactly(kind, binary):
-    _check_fixed_scores(kind, 1, 2, binary, "hinge")
+def test_every_layer_kind_is_encoded_exactly(kind, binary, encoding):
+    """Both encodings: ours, and the textbook big-M one the benchmarks compare with (a ReLU
+    binary on every unit, max pooling over the ReLUs' outputs)."""
+    _check_fixed_scores(kind, 1, 2, binary, "hinge", encoding)
 
 
-def _check_fixed_scores(kind, seed, n, binary, loss):
+def _check_fixed_scores(kind, seed, n, binary, loss, encoding="tight"):
     model, x, extracted = _setup(kind, seed, n)
     y = np.random.default_rng(seed + 1).integers(0, 3, n)
     mode = "binary" if binary else "continuous"
     im = build_importance_model(
-        extracted.network, x, y, ImportanceSettings(loss, scores=mode, min_keep=0)
+        extracted.network,
+        x,
+        y,
+        ImportanceSettings(loss, scores=mode, min_keep=0, encoding=encoding),
     )
     scores = _random_scores(extracted, np.random.default_rng(seed + 2), binary)
     im.fix_scores(scores)

@@ -222,6 +222,7 @@ class _Builder:
         self.rows = RowBlock()
         self.table = im.table
         self.binary = im.settings.scores == "binary"
+        self.tight = im.settings.encoding == "tight"
 
     def build(self) -> None:
         x = self.im.x.reshape(len(self.im.x), -1)
@@ -233,7 +234,7 @@ class _Builder:
             pool = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, MaxPoolLayer):
                 state = self._max_pool(i, layer, state)
-            elif layer.relu and isinstance(pool, MaxPoolLayer):
+            elif self.tight and layer.relu and isinstance(pool, MaxPoolLayer):
                 state = self._pooled_relu(i, layer, pool, state)
                 i += 1
             else:
@@ -319,8 +320,7 @@ class _Builder:
             score_id=scores[layer.unit_of[j]],
         )
         self._record_values(i, pre_var, "pre")
-        tight = self.im.settings.encoding == "tight"
-        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", tight)
+        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", self.tight)
         self.im.setters.append(lambda trace: enc.set_values(trace[i].arg[k, j], trace[i].out[k, j]))
         self._cut_site(layer, state, entries, enc, k, j)
         out_var = np.full(needed.shape, -1, dtype=np.int64)
@@ -393,8 +393,7 @@ class _Builder:
             big_m=self.im.big_m[i][unit[o]],
             score_id=scores[unit[o]],
         )
-        tight = self.im.settings.encoding == "tight"
-        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", tight)
+        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", self.tight)
         self.im.setters.append(
             lambda trace: enc.set_values(pool.forward(trace[i].arg)[k, o], trace[i + 1].out[k, o])
         )
