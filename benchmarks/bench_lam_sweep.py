@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         "independent_seconds": alone_s,
         "ratio": sweep_s / single_s,
         "statuses": [r.status for r in sweep],
+        "by_concavity": [r.by_concavity for r in sweep],
         "objectives": [r.objective for r in sweep],
         "units_kept": [int(sum(m.sum() for m in r.masks().values())) for r in sweep],
     }
@@ -95,6 +96,8 @@ def _markdown(r: dict, loss: str) -> str:
             f"(**{r['ratio']:.2f}x** one solve; target <= {TARGET:g}x: {verdict})",
             f"- the same values solved independently: {r['independent_seconds']:.2f} s",
             f"- statuses: {', '.join(r['statuses'])}",
+            f"- proven from their neighbours by concavity, with no solve of their own: "
+            f"{sum(r['by_concavity'])} of {len(r['lams'])}",
             f"- units kept per lam ({', '.join(f'{v:g}' for v in r['lams'])}): "
             f"{', '.join(str(k) for k in r['units_kept'])}",
             "",

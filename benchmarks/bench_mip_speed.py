@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root-cuts", type=int, default=0)
     parser.add_argument("--tag", default="", help="appended to the results' file name")
+    parser.add_argument(
+        "--first", type=int, default=0, help="keep only the batch's first N samples (scaling)"
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     dataset = load_npz(args.data, name="mnist")
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         model = trained(dataset, RECIPES[net], HERE / ".cache").model
         for k in (int(v) for v in args.samples_per_class.split(",")):
             batch = mip_batch(model, dataset, k, seed=0)
+            if args.first:
+                batch = batch._replace(x=batch.x[: args.first], y=batch.y[: args.first])
             extracted = extract(model, batch.x)
             grid = itertools.product(
                 args.scores.split(","),

@@ -8,6 +8,7 @@ by adding tangent planes of ``logsumexp`` until every sample's loss is approxima
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from oamip.backends import SolveOptions, Status
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
+from oamip.formulations.importance import sparsity_term
 from oamip.formulations.warm_start import greedy_scores
 from oamip.root_cuts import add_root_cuts
 
@@ -58,6 +60,8 @@ class ScoreResult:
     nodes: int | None
     formulation: ImportanceModel = field(repr=False)
     start_objective: float | None = None
+    by_concavity: bool = False
+    """True for a ``score_sweep`` weight proven without a solve of its own (see there)."""
 
     @property
     def model(self) -> pyo.ConcreteModel:
@@ -136,29 +140,120 @@ def score_sweep(
     verbose: bool = False,
     root_cuts: int = 0,
 ) -> list[ScoreResult]:
-    """``score_neurons`` for each loss weight in ``lams``, building the model once.
+    """``score_neurons`` for each loss weight in ``lams`` (results in that order), on one model.
 
-    Each solve starts from the better of its greedy incumbent and the previous solution, and
-    keeps the cross-entropy cuts found so far. ``time_limit`` applies to each solve. The results
-    share one Pyomo model, which holds the last ``lam``.
+    The optimal value ``V(lam) = min_s sparsity(s) + lam * loss(s)`` is a minimum of functions
+    linear in ``lam``, hence concave: between two solved weights the chord of their proven
+    bounds is a lower bound, and every solution found is an upper bound at every weight. A
+    weight where the best solution meets that chord within ``mip_gap`` is proven optimal with
+    no solve of its own (``by_concavity``; typically weights that share their optimal mask
+    with both neighbours). The smallest and largest weights are solved first, then always
+    the weight with the largest gap left. Each solve starts from the better of the greedy
+    incumbent and the best solution known at its weight, and keeps the cross-entropy cuts
+    found so far; ``time_limit`` applies to each solve. The results share one Pyomo model,
+    which holds the last weight solved.
     """
     lams = [float(v) for v in lams]
     if not lams:
         raise InvalidInputError("lams is empty: give at least one loss weight")
     solver = backends.get(backend)
-    settings = ImportanceSettings(loss, margin, lams[0], scores, min_keep)
+    settings = ImportanceSettings(loss, margin, min(lams), scores, min_keep)
     extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
     options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
-    results: list[ScoreResult] = []
-    for lam in lams:
+    sweep = _Sweep(sorted(set(lams)), mip_gap)
+    while (lam := sweep.next_to_solve()) is not None:
         start = time.perf_counter()
         im.set_lam(lam)
         candidates = [greedy_scores(im, _greedy_budget(time_limit))]
-        if results:
-            candidates.append(extracted.scores_by_layer(results[-1].scores))
+        candidates += [sweep.best_at(lam).scores] if sweep.lines else []
         best = min(candidates, key=im.objective_at)
-        results.append(_solve(extracted, im, x, solver, options, time_limit, start, best))
-    return results
+        result = _solve(extracted, im, x, solver, options, time_limit, start, best)
+        sweep.add_solved(lam, result, _line(im, extracted.scores_by_layer(result.scores)))
+    return [sweep.result(lam, extracted, im, x, solver.name) for lam in lams]
+
+
+@dataclass
+class _Line:
+    """A solution's objective as a function of ``lam``: ``sparsity + lam * loss``."""
+
+    sparsity: float
+    loss: float
+    scores: dict[int, np.ndarray]
+
+    def at(self, lam: float) -> float:
+        return self.sparsity + lam * self.loss
+
+
+def _line(im: ImportanceModel, scores: dict[int, np.ndarray]) -> _Line:
+    loss = float(np.mean(im.losses_at(im.forward(scores))))
+    return _Line(sparsity_term(im.network, scores), loss, scores)
+
+
+class _Sweep:
+    """Which weights are solved, which are proven by concavity, and what is known."""
+
+    def __init__(self, lams: list[float], mip_gap: float) -> None:
+        self.lams = lams
+        self.mip_gap = mip_gap
+        self.lines: list[_Line] = []
+        self.solved: dict[float, ScoreResult] = {}
+
+    def add_solved(self, lam: float, result: ScoreResult, line: _Line) -> None:
+        self.solved[lam] = result
+        self.lines.append(line)
+
+    def best_at(self, lam: float) -> _Line:
+        return min(self.lines, key=lambda line: line.at(lam))
+
+    def lower_bound(self, lam: float) -> float:
+        """The best bound at ``lam`` from the solved weights: ``V`` is nondecreasing (losses
+        are >= 0) and concave, so a bound to the left and chords across ``lam`` hold."""
+        bounds = {v: r.bound for v, r in self.solved.items() if r.bound is not None}
+        left = [(v, b) for v, b in bounds.items() if v <= lam]
+        right = [(v, b) for v, b in bounds.items() if v > lam]
+        best = max((b for _, b in left), default=-np.inf)
+        for (va, ba), (vb, bb) in itertools.product(left, right):
+            best = max(best, ba + (lam - va) * (bb - ba) / (vb - va))
+        return best
+
+    def gap(self, lam: float) -> float:
+        upper = self.best_at(lam).at(lam)
+        return (upper - self.lower_bound(lam)) / max(abs(upper), 1e-12)
+
+    def next_to_solve(self) -> float | None:
+        """The smallest weight, then the largest, then the open weight with the largest gap;
+        None once every weight is solved or proven."""
+        for end in (self.lams[0], self.lams[-1]):
+            if end not in self.solved:
+                return end
+        open_gaps = {v: self.gap(v) for v in self.lams if v not in self.solved}
+        open_gaps = {v: g for v, g in open_gaps.items() if g > self.mip_gap}
+        return max(open_gaps, key=open_gaps.get) if open_gaps else None
+
+    def result(self, lam: float, extracted, im: ImportanceModel, x, backend: str) -> ScoreResult:
+        """The solve at ``lam``, or the best known solution with its concavity bound."""
+        if lam in self.solved:
+            return self.solved[lam]
+        line = self.best_at(lam)
+        by_name = extracted.scores_by_name(line.scores)
+        torch_logits = scored_logits(extracted, x, by_name, im.big_m)
+        return ScoreResult(
+            scores=by_name,
+            objective=line.at(lam),
+            bound=self.lower_bound(lam),
+            status=str(Status.OPTIMAL),
+            solve_seconds=0.0,
+            build_seconds=0.0,
+            backend=backend,
+            min_keep=im.settings.min_keep,
+            big_m=extracted.scores_by_name(im.big_m),
+            logit_error=_verify(im.forward(line.scores), torch_logits),
+            cut_rounds=0,
+            nodes=0,
+            formulation=im,
+            start_objective=line.at(lam),
+            by_concavity=True,
+        )
 
 
 def _prepare(model, x, y, settings, solver, root_cuts: int, time_limit):
