@@ -124,19 +124,26 @@ def markdown(rows: list[Row], meta: dict, command: str) -> str:
         f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}.",
         f"Command: `{command}`",
         "",
-        "| net | N | scores | loss | lam | formulation | status | s | gap | nodes | binaries "
-        "| rows | cuts (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "gap = (objective - bound) / max(1, |objective|), as `SolveResult.gap` defines it; with "
+        "objectives below 1 it is the absolute difference.",
+        "",
+        "| net | N | scores | loss | lam | formulation | status | s | objective | bound | gap "
+        "| nodes | binaries | rows | cuts (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gap = "-" if r.gap is None else f"{100 * r.gap:.1f}%"
         lines.append(
             f"| {r.net} | {r.samples} | {r.scores} | {r.loss} | {r.lam:g} | {r.formulation} "
-            f"| {r.status} | {r.seconds:.1f} | {gap} | {r.nodes} | {r.binaries} | {r.rows} "
-            f"| {r.cuts} ({r.cut_seconds:.1f}) |"
+            f"| {r.status} | {r.seconds:.1f} | {_number(r.objective)} | {_number(r.bound)} "
+            f"| {gap} | {r.nodes} | {r.binaries} | {r.rows} | {r.cuts} ({r.cut_seconds:.1f}) |"
         )
     lines += ["", *_targets(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _targets(rows: list[Row]) -> list[str]:
