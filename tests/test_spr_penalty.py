@@ -266,9 +266,19 @@ def test_regularizer_gradient_equals_the_per_layer_penalty_gradient():
         nn.Linear(6, 2),
     ).double()
     with torch.no_grad():
-        model[4].weight[0] = 0.0
+        model[4].weight[0] = 0.0  # a zero group
         model[4].bias[0] = 0.0
+        model[4].weight[1] *= 8.0  # kept by its 2-norm alone: its inf-norm is never read
+        model[4].weight[2] = 0.0  # one large entry: z* = ||w||_inf / M
+        model[4].bias[2] = 0.0
+        model[4].weight[2, 5] = 0.4
     reg = SPRRegularizer(model, lam=0.5, alpha=0.3, M_scale=0.7)
+    p = reg.params["4"]
+    rows = reg.groups()["4"].detach().numpy()
+    n2, ni = np.linalg.norm(rows, axis=1), np.abs(rows).max(axis=1)
+    ratio = np.sqrt(p.a / p.b)
+    assert (ratio * n2 >= 1).any() and ((ni / p.M > ratio * n2) & (ni < p.M)).any()
+    assert ((ratio * n2 < 1) & (ni / p.M < ratio * n2)).any() and (n2 == 0).any()
     total = reg()
     total.backward()
     fast = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
