@@ -380,6 +380,7 @@ class _Builder:
         )
 
     def _relu_of_pooled(self, i, layer: AffineLayer, pool: MaxPoolLayer, live, pooled: _State):
+        """The scored ReLU of every live pooled output, with its window's unit (channel)."""
         scores = self._scores(i, layer)
         pad = pool.windows < 0
         first_tap = pool.windows[np.arange(len(pad)), np.argmax(~pad, axis=1)]
