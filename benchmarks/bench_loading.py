@@ -47,7 +47,7 @@ from oamip.formulations.encodings import (
     ReluEntries,
     encode_max_pool,
     encode_scored_relu,
-    kept_taps,
+    plan_pooling,
 )
 from oamip.formulations.importance import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer, MaxPoolLayer, Network
@@ -203,40 +203,29 @@ def _relu(cols, rows, big_m, i, layer, pre: _State, live, unit, binary, scores) 
 def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary, scores):
     """Max pooling of the pre-activations, then one scored ReLU per pooled output."""
     b = bounds.layers[i]
-    pad = pool.windows < 0
-    safe = np.where(pad, 0, pool.windows)
-    lower = np.where(pad, -np.inf, b.lower[:, safe])
-    upper = np.where(pad, -np.inf, b.upper[:, safe])
-    live = upper.max(axis=2) > 0
-    taps = kept_taps(lower.reshape(-1, pad.shape[1]), upper.reshape(-1, pad.shape[1]))
-    taps = taps.reshape(lower.shape) & live[..., None] & ~pad
-    needed = np.zeros(b.upper.shape, dtype=bool)
-    sample, window, tap = np.nonzero(taps)
-    needed[sample, safe[window, tap]] = True
+    plan = plan_pooling(pool.windows, b.lower, b.upper)
+    pad, safe, live = plan.pad, plan.safe, plan.live
     if (state.var < 0).all():
         pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
         pre_const = layer.forward(state.const)
     else:
-        pre_var = _pre_rows(cols, rows, b, layer, state, needed)
+        pre_var = _pre_rows(cols, rows, b, layer, state, plan.needed)
         pre_const = np.zeros(b.upper.shape)
     pooled = _State(
-        np.full(live.shape, -1, dtype=np.int64),
-        np.zeros(live.shape),
-        np.where(live, lower.max(axis=2), 0.0),
-        np.where(live, upper.max(axis=2), 0.0),
+        np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
     )
     for k in range(live.shape[0]):
         w = np.flatnonzero(live[k])
         entries = PoolEntries(
             var=np.where(pad[w], -1, pre_var[k][safe[w]]),
             const=np.where(pad[w], 0.0, pre_const[k][safe[w]]),
-            lower=lower[k, w],
-            upper=upper[k, w],
+            lower=plan.lower[k, w],
+            upper=plan.upper[k, w],
         )
         out = encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0]
         for name in ("var", "const", "lower", "upper"):
             getattr(pooled, name)[k, w] = getattr(out, name)
-    unit = layer.unit_of[pool.windows[np.arange(len(pad)), np.argmax(~pad, axis=1)]]
+    unit = layer.unit_of[plan.first_tap]
     return _relu(cols, rows, bounds.big_m[i], i, layer, pooled, live, unit, binary, scores)
 
 

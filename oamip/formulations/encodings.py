@@ -189,6 +189,49 @@ def encode_max_pool(
     return out, set_values
 
 
+@dataclass
+class PoolPlan:
+    """Max pooling of a batch's pre-activations, before any variable exists: per sample and
+    window, the taps' bounds (padding: ``-inf``) and whether the window can be positive
+    (``live``), and per sample and input position whether it needs a variable (``needed``:
+    it can be the maximum of a live window)."""
+
+    pad: np.ndarray
+    safe: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    live: np.ndarray
+    needed: np.ndarray
+
+    @property
+    def first_tap(self) -> np.ndarray:
+        """Each window's first input position that is not padding (its channel's witness)."""
+        return self.safe[np.arange(len(self.pad)), np.argmax(~self.pad, axis=1)]
+
+    def pooled_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of each window's maximum (0 for windows that are never positive)."""
+        return (
+            np.where(self.live, self.lower.max(axis=2), 0.0),
+            np.where(self.live, self.upper.max(axis=2), 0.0),
+        )
+
+
+def plan_pooling(windows: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> PoolPlan:
+    """The :class:`PoolPlan` of pooling ``windows`` (outputs x taps, -1: padding) over inputs
+    with bounds ``lower``/``upper`` (samples x positions)."""
+    pad = windows < 0
+    safe = np.where(pad, 0, windows)
+    tap_lower = np.where(pad, -np.inf, lower[:, safe])
+    tap_upper = np.where(pad, -np.inf, upper[:, safe])
+    live = tap_upper.max(axis=2) > 0
+    taps = kept_taps(tap_lower.reshape(-1, pad.shape[1]), tap_upper.reshape(-1, pad.shape[1]))
+    taps = taps.reshape(tap_lower.shape) & live[..., None] & ~pad
+    needed = np.zeros(upper.shape, dtype=bool)
+    sample, window, tap = np.nonzero(taps)
+    needed[sample, safe[window, tap]] = True
+    return PoolPlan(pad, safe, tap_lower, tap_upper, live, needed)
+
+
 def kept_taps(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Which entries of each window (rows of ``lower``/``upper``) can be its maximum: those whose
     upper bound beats the window's largest lower bound, and the entry holding that bound."""

@@ -25,10 +25,11 @@ from oamip.errors import InvalidInputError
 from oamip.formulations.blocks import RowBlock, VarTable
 from oamip.formulations.encodings import (
     PoolEntries,
+    PoolPlan,
     ReluEntries,
     encode_max_pool,
     encode_scored_relu,
-    kept_taps,
+    plan_pooling,
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
 from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_values
@@ -335,42 +336,30 @@ class _Builder:
         one binary) per pooled output instead of one per tap, and a first layer, whose
         pre-activations are constants, pools them for free."""
         b = self.im.bounds.layers[i]
-        pad = pool.windows < 0
-        safe = np.where(pad, 0, pool.windows)
-        lower = np.where(pad, -np.inf, b.lower[:, safe])
-        upper = np.where(pad, -np.inf, b.upper[:, safe])
-        live = upper.max(axis=2) > 0
-        taps = kept_taps(lower.reshape(-1, pad.shape[1]), upper.reshape(-1, pad.shape[1]))
-        taps = taps.reshape(lower.shape) & live[..., None] & ~pad
-        needed = np.zeros(b.upper.shape, dtype=bool)
-        sample, window, tap = np.nonzero(taps)
-        needed[sample, safe[window, tap]] = True
+        plan = plan_pooling(pool.windows, b.lower, b.upper)
         if (state.var < 0).all():
             pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
             pre_const = layer.forward(state.const)
         else:
-            pre_var = self._pre_activation_rows(i, layer, state, needed)
+            pre_var = self._pre_activation_rows(i, layer, state, plan.needed)
             pre_const = np.zeros(b.upper.shape)
         self._record_values(i, pre_var, "pre")
+        live = plan.live
         pooled = _State(
-            np.full(live.shape, -1, dtype=np.int64),
-            np.zeros(live.shape),
-            np.where(live, lower.max(axis=2), 0.0),
-            np.where(live, upper.max(axis=2), 0.0),
+            np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
         )
         for k in range(live.shape[0]):
-            self._pool_sample(i, k, np.flatnonzero(live[k]), pad, safe, pre_var, pre_const, pooled)
-        return self._relu_of_pooled(i, layer, pool, live, pooled)
+            self._pool_sample(i, k, plan, np.flatnonzero(live[k]), pre_var, pre_const, pooled)
+        return self._relu_of_pooled(i, layer, pool, plan, pooled)
 
-    def _pool_sample(self, i, k, windows, pad, safe, pre_var, pre_const, pooled: _State) -> None:
+    def _pool_sample(self, i, k, plan: PoolPlan, windows, pre_var, pre_const, pooled) -> None:
         """Max pooling of sample ``k``'s pre-activations over its live ``windows``."""
-        b = self.im.bounds.layers[i]
-        pad, safe = pad[windows], safe[windows]
+        pad, safe = plan.pad[windows], plan.safe[windows]
         entries = PoolEntries(
             var=np.where(pad, -1, pre_var[k][safe]),
             const=np.where(pad, 0.0, pre_const[k][safe]),
-            lower=np.where(pad, -np.inf, b.lower[k][safe]),
-            upper=np.where(pad, -np.inf, b.upper[k][safe]),
+            lower=plan.lower[k, windows],
+            upper=plan.upper[k, windows],
         )
         out, set_pool = encode_max_pool(self.table, self.rows, entries, f"L{i}_k{k}")
         for name in _POOL_FIELDS:
@@ -379,13 +368,11 @@ class _Builder:
             lambda trace: set_pool(np.where(pad, -np.inf, trace[i].pre[k][safe]))
         )
 
-    def _relu_of_pooled(self, i, layer: AffineLayer, pool: MaxPoolLayer, live, pooled: _State):
+    def _relu_of_pooled(self, i, layer: AffineLayer, pool: MaxPoolLayer, plan: PoolPlan, pooled):
         """The scored ReLU of every live pooled output, with its window's unit (channel)."""
         scores = self._scores(i, layer)
-        pad = pool.windows < 0
-        first_tap = pool.windows[np.arange(len(pad)), np.argmax(~pad, axis=1)]
-        unit = layer.unit_of[first_tap]
-        k, o = np.nonzero(live)
+        unit = layer.unit_of[plan.first_tap]
+        k, o = np.nonzero(plan.live)
         entries = ReluEntries(
             pre_id=pooled.var[k, o],
             pre_const=pooled.const[k, o],
@@ -398,9 +385,9 @@ class _Builder:
         self.im.setters.append(
             lambda trace: enc.set_values(pool.forward(trace[i].arg)[k, o], trace[i + 1].out[k, o])
         )
-        out_var = np.full(live.shape, -1, dtype=np.int64)
+        out_var = np.full(plan.live.shape, -1, dtype=np.int64)
         out_var[k, o] = enc.h
-        zeros = np.zeros(live.shape)
+        zeros = np.zeros(plan.live.shape)
         return _State(out_var, zeros, zeros, np.maximum(pooled.upper, 0.0))
 
     def _max_pool(self, i: int, layer: MaxPoolLayer, state: _State) -> _State:
