@@ -16,6 +16,10 @@ and machine.
 
     python benchmarks/bench_mip_speed.py --time-limit 300            # the issue's full matrix
     python benchmarks/bench_mip_speed.py --nets mlp --time-limit 60  # what the README quotes
+    python benchmarks/bench_mip_speed.py --nets mlp --samples-per-class 1 --first 2 --tag first2
+
+``--first N`` keeps the batch's first N samples (scaling runs); ``--tag`` names the results
+files apart. Root-cut rounds (``--root-cuts``) are timed separately, outside the time limit.
 """
 
 from __future__ import annotations
