@@ -14,7 +14,8 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from oamip.errors import InvalidInputError
-from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer, group_penalty, penalty
+from oamip.formulations.spr import SPRParams
+from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer, _value_and_slopes, group_penalty, penalty
 
 
 def brute_force(row: np.ndarray, a: float, b: float, M: float) -> float:
@@ -100,6 +101,19 @@ def test_numpy_and_torch_agree():
     assert isinstance(via_torch, torch.Tensor)
     np.testing.assert_allclose(via_torch.numpy(), group_penalty(rows, A, B, M), rtol=1e-12)
     assert float(penalty(torch.tensor(rows), A, B, M)) == pytest.approx(penalty(rows, A, B, M))
+
+
+@pytest.mark.parametrize(("a", "b"), [(A, B), (0.0, B), (A, 0.0)])
+def test_torch_arithmetic_of_the_accelerator_path_matches_numpy(a, b):
+    """Off the CPU the penalty and its slopes are computed with torch operations; the same
+    function runs here on CPU tensors, so that path is checked without a GPU."""
+    rows = mixed_rows(np.random.default_rng(4))
+    sq, ni = (rows * rows).sum(axis=1), np.abs(rows).max(axis=1)
+    params = SPRParams(a, b, M)
+    expected = _value_and_slopes(sq, ni, params, np)
+    got = _value_and_slopes(torch.tensor(sq), torch.tensor(ni), params, torch)
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have.numpy(), want, rtol=1e-12, atol=1e-15)
 
 
 def smooth_rows(rng: np.random.Generator) -> np.ndarray:
