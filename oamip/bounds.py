@@ -80,6 +80,25 @@ def box_bounds(network: Network, lower: np.ndarray, upper: np.ndarray) -> Networ
     return NetworkBounds(layers, score_constants(network, layers))
 
 
+def propagate_after(network: Network, bounds: NetworkBounds, index: int) -> NetworkBounds:
+    """``bounds`` with every layer after ``index`` re-propagated by interval arithmetic from
+    layer ``index`` (tightened, say) and intersected with what it had; ``M`` is kept."""
+    layers = list(bounds.layers)
+    out = bounds.output_bounds(network, index)
+    lower, upper = out.lower, out.upper
+    for i in range(index + 1, len(network.layers)):
+        layer = network.layers[i]
+        if isinstance(layer, AffineLayer):
+            b = affine_bounds(layer, lower, upper)
+        else:
+            b = maxpool_bounds(layer, lower, upper)
+        old = layers[i]
+        layers[i] = LayerBounds(np.maximum(b.lower, old.lower), np.minimum(b.upper, old.upper))
+        out = NetworkBounds(layers, bounds.big_m).output_bounds(network, i)
+        lower, upper = out.lower, out.upper
+    return NetworkBounds(layers, bounds.big_m)
+
+
 def score_constants(network: Network, layers: list[LayerBounds]) -> dict[int, np.ndarray]:
     """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored layer."""
     big_m = {}

@@ -10,14 +10,15 @@ from __future__ import annotations
 import abc
 import importlib.util
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import pyomo.environ as pyo
 
-from oamip.backends.standard_form import StandardForm, compile_model
+from oamip.backends.standard_form import StandardForm, compile_model, lp_relaxation
 from oamip.errors import CapabilityError
 
 DEFAULT_MIP_GAP = 1e-4
@@ -137,6 +138,29 @@ class Backend(abc.ABC):
                 f"backend '{self.name}' cannot solve this model: it needs {', '.join(missing)}. "
                 f"Choose a backend with these capabilities (see oamip.backends.available())."
             )
+
+    def column_ranges(
+        self, form: StandardForm, columns: np.ndarray, options: SolveOptions, deadline: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest and largest value of each of ``columns`` over the continuous relaxation
+        of ``form`` (integrality dropped, objective ignored): two LPs per column, for bound
+        tightening. Stops at ``deadline`` (a ``time.perf_counter()`` value); columns not done,
+        or whose LP did not end optimal, get ``-inf``/``inf``. This default solves each LP
+        from scratch; backends that can re-solve with a changed objective override it."""
+        lower = np.full(len(columns), -np.inf)
+        upper = np.full(len(columns), np.inf)
+        relaxed = lp_relaxation(form)
+        self.check(relaxed)
+        for n, column in enumerate(columns):
+            for sign, out in ((1.0, lower), (-1.0, upper)):
+                if time.perf_counter() >= deadline:
+                    return lower, upper
+                cost = np.zeros(form.num_cols)
+                cost[column] = sign
+                result = self.solve_form(replace(relaxed, c=cost), options, False)
+                if result.status == Status.OPTIMAL and result.objective is not None:
+                    out[n] = sign * result.objective
+        return lower, upper
 
     @abc.abstractmethod
     def solve_form(

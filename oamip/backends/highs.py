@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
-from oamip.backends.standard_form import StandardForm
+from oamip.backends.standard_form import StandardForm, lp_relaxation
 from oamip.errors import BackendUnavailableError, SolverError
 
 _INF = 1e30
@@ -43,6 +43,29 @@ class HighsBackend(Backend):
         h.run()
         seconds = time.perf_counter() - start - load_seconds
         return _result(highspy, h, form, seconds, load_seconds)
+
+    def column_ranges(
+        self, form: StandardForm, columns: np.ndarray, options: SolveOptions, deadline: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Loads the relaxation once and re-solves it with one changed cost at a time, each LP
+        starting from the previous basis (see :meth:`Backend.column_ranges`)."""
+        highspy = _import()
+        h = highspy.Highs()
+        _set_options(h, options)
+        pass_model(highspy, h, lp_relaxation(form))
+        lower = np.full(len(columns), -np.inf)
+        upper = np.full(len(columns), np.inf)
+        for n, column in enumerate(np.asarray(columns).tolist()):
+            for sign, out in ((1.0, lower), (-1.0, upper)):
+                if time.perf_counter() >= deadline:
+                    return lower, upper
+                h.changeColCost(column, sign)
+                h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 1e-3))
+                h.run()
+                if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                    out[n] = sign * h.getInfo().objective_function_value
+            h.changeColCost(column, 0.0)
+        return lower, upper
 
 
 def _import():

@@ -13,7 +13,7 @@ Pyomo's expression system; every other constraint goes through Pyomo's standard 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import compress
 from operator import attrgetter
@@ -90,6 +90,19 @@ class StandardForm:
         for var, val in zip(self.variables, x.tolist()):
             if not var.fixed:
                 var.set_value(val, skip_validation=True)
+
+
+def lp_relaxation(form: StandardForm) -> StandardForm:
+    """``form`` with integrality dropped and a zero objective (bound tightening's LPs)."""
+    if form.has_quadratic_objective or form.quadratic_rows:
+        raise CapabilityError("the LP relaxation of a model with quadratic terms is not an LP")
+    return replace(
+        form,
+        integer=np.zeros_like(form.integer),
+        c=np.zeros(form.num_cols),
+        c0=0.0,
+        maximize=False,
+    )
 
 
 class _Columns:

@@ -93,6 +93,9 @@ class ImportanceModel:
     logit_ids: np.ndarray | None = None
     loss_ids: np.ndarray | None = None
     setters: list[Callable[[list[Trace]], None]] = field(default_factory=list)
+    pre_ids: dict[int, np.ndarray] = field(default_factory=dict)
+    """Per affine layer fed by variables: the variable of each (sample, output)'s
+    pre-activation, -1 where there is none (bound tightening optimises over these)."""
     cut_sites: list[CutSite] = field(default_factory=list)
     cut_blocks: int = 0
 
@@ -266,6 +269,7 @@ class _Builder:
         b = self.im.bounds.layers[i]
         pre_var = np.full(needed.shape, -1, dtype=np.int64)
         pre_var[needed] = self.table.add(f"L{i}_pre", b.lower[needed], b.upper[needed])
+        self.im.pre_ids[i] = pre_var
         matrix = layer.matrix
         for k in range(needed.shape[0]):
             outs = np.flatnonzero(needed[k])
