@@ -49,16 +49,16 @@ def _group_penalty(w, params: SPRParams):
 
 class _TorchPenalty(torch.autograd.Function):
     """``R`` per row with a hand-written backward: one pass over the weights each way, where
-    autograd through the case analysis would take many (training speed, issue 6). On the CPU
-    the case analysis of the per-row norms runs in numpy, which is much cheaper for short
-    vectors than a dozen small torch operations."""
+    autograd through the formula would take many (training speed, issue 6). On the CPU the
+    row norms and the slopes go through the same helpers as :class:`_CpuTotalPenalty`."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, params: SPRParams) -> torch.Tensor:
         data = w.detach()
         if data.device.type == "cpu":
-            value, coef, extra, arg = _numpy_forward(data.numpy(), params)
-            value, coef, extra = (torch.from_numpy(v).to(data.dtype) for v in (value, coef, extra))
+            sq, ni, arg = _row_norms(data)
+            slopes = _value_and_slopes(sq, ni, params, np)
+            value, coef, extra = (torch.from_numpy(v).to(data.dtype) for v in slopes)
             arg = torch.from_numpy(arg)
         else:
             ni, arg = data.abs().max(dim=1)
@@ -70,33 +70,14 @@ class _TorchPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, coef, extra, arg = ctx.saved_tensors
-        if w.device.type == "cpu":
-            return torch.from_numpy(
-                _numpy_backward(w.detach().numpy(), grad, coef, extra, arg)
-            ), None
+        w = w.detach()
         out = w * (grad * coef)[:, None]
+        if w.device.type == "cpu":
+            _add_inf_norm_slope(out, w, (grad * extra).numpy(), arg.numpy())
+            return out, None
         rows = torch.arange(len(arg), device=w.device)
         out[rows, arg] += grad * extra * torch.sign(w[rows, arg])
         return out, None
-
-
-def _numpy_forward(w: np.ndarray, p: SPRParams):
-    """Values, slopes and the largest entry of each row, in numpy: torch's row-wise max with
-    indices is several times slower on the CPU than numpy's argmax."""
-    magnitude = np.abs(w)
-    arg = magnitude.argmax(axis=1)
-    ni = magnitude[np.arange(len(w)), arg].astype(float)
-    sq = np.einsum("ij,ij->i", w, w).astype(float)
-    return (*_value_and_slopes(sq, ni, p, np), arg)
-
-
-def _numpy_backward(w: np.ndarray, grad, coef, extra, arg) -> np.ndarray:
-    """``grad * dR/dw`` in numpy (small index operations cost far less there than in torch)."""
-    grad, coef, extra, arg = (t.numpy() for t in (grad, coef, extra, arg))
-    out = w * (grad * coef)[:, None]
-    rows = np.arange(len(arg))
-    out[rows, arg] += grad * extra * np.sign(w[rows, arg])
-    return out
 
 
 def _value_and_slopes(sq, ni, p: SPRParams, xp):

@@ -11,6 +11,7 @@ import abc
 import importlib.util
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -145,22 +146,37 @@ class Backend(abc.ABC):
         """The smallest and largest value of each of ``columns`` over the continuous relaxation
         of ``form`` (integrality dropped, objective ignored): two LPs per column, for bound
         tightening. Stops at ``deadline`` (a ``time.perf_counter()`` value); columns not done,
-        or whose LP did not end optimal, get ``-inf``/``inf``. This default solves each LP
-        from scratch; backends that can re-solve with a changed objective override it."""
+        or whose LP did not end optimal, get ``-inf``/``inf``."""
         lower = np.full(len(columns), -np.inf)
         upper = np.full(len(columns), np.inf)
-        relaxed = lp_relaxation(form)
-        self.check(relaxed)
-        for n, column in enumerate(columns):
+        minimise = self.lp_minimiser(lp_relaxation(form), options, deadline)
+        for n, column in enumerate(np.asarray(columns).tolist()):
             for sign, out in ((1.0, lower), (-1.0, upper)):
                 if time.perf_counter() >= deadline:
                     return lower, upper
-                cost = np.zeros(form.num_cols)
-                cost[column] = sign
-                result = self.solve_form(replace(relaxed, c=cost), options, False)
-                if result.status == Status.OPTIMAL and result.objective is not None:
-                    out[n] = sign * result.objective
+                value = minimise(column, sign)
+                if value is not None:
+                    out[n] = sign * value
         return lower, upper
+
+    def lp_minimiser(
+        self, relaxed: StandardForm, options: SolveOptions, deadline: float
+    ) -> Callable[[int, float], float | None]:
+        """A function giving ``min sign * x[column]`` over the LP ``relaxed`` (None unless
+        solved to optimality) within ``deadline``. This default solves each LP from scratch;
+        backends that can re-solve with a changed objective override it."""
+        self.check(relaxed)
+
+        def minimise(column: int, sign: float) -> float | None:
+            cost = np.zeros(relaxed.num_cols)
+            cost[column] = sign
+            left = max(deadline - time.perf_counter(), 1e-3)
+            result = self.solve_form(
+                replace(relaxed, c=cost), replace(options, time_limit=left), False
+            )
+            return result.objective if result.status == Status.OPTIMAL else None
+
+        return minimise
 
     @abc.abstractmethod
     def solve_form(

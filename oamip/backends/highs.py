@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
-from oamip.backends.standard_form import StandardForm, lp_relaxation
+from oamip.backends.standard_form import StandardForm
 from oamip.errors import BackendUnavailableError, SolverError
 
 _INF = 1e30
@@ -44,29 +45,27 @@ class HighsBackend(Backend):
         seconds = time.perf_counter() - start - load_seconds
         return _result(highspy, h, form, seconds, load_seconds)
 
-    def column_ranges(
-        self, form: StandardForm, columns: np.ndarray, options: SolveOptions, deadline: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Loads the relaxation once and re-solves it with one changed cost at a time, each LP
-        starting from the previous basis (see :meth:`Backend.column_ranges`)."""
+    def lp_minimiser(
+        self, relaxed: StandardForm, options: SolveOptions, deadline: float
+    ) -> Callable[[int, float], float | None]:
+        """Loads the LP once; each call changes one cost and re-solves from the previous basis
+        (see :meth:`Backend.lp_minimiser`)."""
         highspy = _import()
         h = highspy.Highs()
         _set_options(h, options)
-        pass_model(highspy, h, lp_relaxation(form))
-        lower = np.full(len(columns), -np.inf)
-        upper = np.full(len(columns), np.inf)
-        for n, column in enumerate(np.asarray(columns).tolist()):
-            for sign, out in ((1.0, lower), (-1.0, upper)):
-                if time.perf_counter() >= deadline:
-                    return lower, upper
-                h.changeColCost(column, sign)
-                left = max(deadline - time.perf_counter(), 1e-3)
-                h.setOptionValue("time_limit", h.getRunTime() + left)  # HiGHS's clock adds up
-                h.run()
-                if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
-                    out[n] = sign * h.getInfo().objective_function_value
-            h.changeColCost(column, 0.0)
-        return lower, upper
+        pass_model(highspy, h, relaxed)
+
+        def minimise(column: int, sign: float) -> float | None:
+            h.changeColCost(column, sign)
+            left = max(deadline - time.perf_counter(), 1e-3)
+            h.setOptionValue("time_limit", h.getRunTime() + left)  # HiGHS's clock adds up
+            h.run()
+            solved = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+            value = h.getInfo().objective_function_value
+            h.changeColCost(column, 0.0)  # after reading: a change resets the status
+            return value if solved else None
+
+        return minimise
 
 
 def _import():

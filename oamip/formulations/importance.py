@@ -253,16 +253,20 @@ class _Builder:
     def _affine(self, i: int, layer: AffineLayer, state: _State, is_output: bool) -> _State:
         b = self.im.bounds.layers[i]
         needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
-        if (state.var < 0).all() and not is_output:
-            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
-            pre_const = layer.forward(state.const)
-        else:
-            pre_var = self._pre_activation_rows(i, layer, state, needed)
-            pre_const = np.zeros(b.upper.shape)
+        pre_var, pre_const = self._pre_activations(i, layer, state, needed, is_output)
         if not layer.relu:
             self._record_values(i, pre_var, "pre")
             return _State(pre_var, pre_const, b.lower, b.upper)
         return self._scored_relu(i, layer, state, pre_var, pre_const, needed)
+
+    def _pre_activations(self, i, layer: AffineLayer, state: _State, needed, is_output=False):
+        """The layer's pre-activations as (variable ids, constants): constants when every
+        input is a constant (the logits always get variables), else one variable per
+        ``needed`` entry."""
+        shape = needed.shape
+        if (state.var < 0).all() and not is_output:
+            return np.full(shape, -1, dtype=np.int64), layer.forward(state.const)
+        return self._pre_activation_rows(i, layer, state, needed), np.zeros(shape)
 
     def _pre_activation_rows(self, i, layer: AffineLayer, state: _State, needed) -> np.ndarray:
         """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki`` for every needed (k, j)."""
@@ -341,12 +345,7 @@ class _Builder:
         pre-activations are constants, pools them for free."""
         b = self.im.bounds.layers[i]
         plan = plan_pooling(pool.windows, b.lower, b.upper)
-        if (state.var < 0).all():
-            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
-            pre_const = layer.forward(state.const)
-        else:
-            pre_var = self._pre_activation_rows(i, layer, state, plan.needed)
-            pre_const = np.zeros(b.upper.shape)
+        pre_var, pre_const = self._pre_activations(i, layer, state, plan.needed)
         self._record_values(i, pre_var, "pre")
         live = plan.live
         pooled = _State(
