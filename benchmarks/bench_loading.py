@@ -43,7 +43,7 @@ from oamip.bounds import NetworkBounds, interval_bounds
 from oamip.data import Dataset, load_data, mip_batch
 from oamip.formulations.blocks import RowBlock
 from oamip.formulations.encodings import (
-    PoolEntries,
+    Operand,
     ReluEntries,
     encode_max_pool,
     encode_scored_relu,
@@ -109,14 +109,6 @@ class _Columns:
 
 
 @dataclass
-class _State:
-    var: np.ndarray
-    const: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-
-
-@dataclass
 class DirectModel:
     """The importance MIP as arrays: columns, CSC matrix, row bounds, costs."""
 
@@ -137,7 +129,7 @@ def direct_build(
     cols, rows = _Columns(), RowBlock()
     binary = settings.scores == "binary"
     flat = x.reshape(len(x), -1).astype(float)
-    state = _State(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
+    state = Operand(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
     scores: dict[int, np.ndarray] = {}
     layers = network.layers
     i = 0
@@ -175,12 +167,12 @@ def _affine(
         pre_var = _pre_rows(cols, rows, b, layer, state, needed)
         pre_const = np.zeros(b.upper.shape)
     if not layer.relu:
-        return _State(pre_var, pre_const, b.lower, b.upper)
-    pre = _State(pre_var, pre_const, b.lower, b.upper)
+        return Operand(pre_var, pre_const, b.lower, b.upper)
+    pre = Operand(pre_var, pre_const, b.lower, b.upper)
     return _relu(cols, rows, bounds.big_m[i], i, layer, pre, needed, layer.unit_of, binary, scores)
 
 
-def _relu(cols, rows, big_m, i, layer, pre: _State, live, unit, binary, scores) -> _State:
+def _relu(cols, rows, big_m, i, layer, pre: Operand, live, unit, binary, scores) -> Operand:
     """Scored ReLUs on the ``live`` entries of ``pre``; ``unit`` maps an entry to its unit."""
     score = cols.add(f"L{i}_score", np.zeros(layer.n_units), np.ones(layer.n_units), binary)
     scores[i] = score
@@ -197,7 +189,7 @@ def _relu(cols, rows, big_m, i, layer, pre: _State, live, unit, binary, scores) 
     out = np.full(live.shape, -1, dtype=np.int64)
     out[k, j] = enc.h
     zeros = np.zeros(live.shape)
-    return _State(out, zeros, zeros, np.maximum(pre.upper, 0.0))
+    return Operand(out, zeros, zeros, np.maximum(pre.upper, 0.0))
 
 
 def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary, scores):
@@ -211,25 +203,25 @@ def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary
     else:
         pre_var = _pre_rows(cols, rows, b, layer, state, plan.needed)
         pre_const = np.zeros(b.upper.shape)
-    pooled = _State(
+    pooled = Operand(
         np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
     )
     for k in range(live.shape[0]):
         w = np.flatnonzero(live[k])
-        entries = PoolEntries(
+        entries = Operand(
             var=np.where(pad[w], -1, pre_var[k][safe[w]]),
             const=np.where(pad[w], 0.0, pre_const[k][safe[w]]),
             lower=plan.lower[k, w],
             upper=plan.upper[k, w],
         )
         out = encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0]
-        for name in ("var", "const", "lower", "upper"):
+        for name in Operand.FIELDS:
             getattr(pooled, name)[k, w] = getattr(out, name)
     unit = layer.unit_of[plan.first_tap]
     return _relu(cols, rows, bounds.big_m[i], i, layer, pooled, live, unit, binary, scores)
 
 
-def _pre_rows(cols, rows, b, layer: AffineLayer, state: _State, needed) -> np.ndarray:
+def _pre_rows(cols, rows, b, layer: AffineLayer, state: Operand, needed) -> np.ndarray:
     """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki``, all samples at once."""
     pre_var = np.full(needed.shape, -1, dtype=np.int64)
     pre_var[needed] = cols.add("pre", b.lower[needed], b.upper[needed])

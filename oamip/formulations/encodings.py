@@ -135,29 +135,23 @@ def _ideal_rows(rows: RowBlock, h, v, e: ReluEntries, pick) -> None:
 
 
 @dataclass
-class PoolEntries:
-    """Window entries of a max pooling, shape ``(outputs, taps)``: a variable id or -1 with a
-    constant, and bounds; padding taps have ``upper = lower = -inf``."""
+class Operand:
+    """Values a layer takes in or hands on, element by element: a variable id, or -1 with a
+    constant, and bounds valid for every score vector. Max pooling takes its windows with
+    shape ``(outputs, taps)`` (padding taps have ``upper = lower = -inf``) and hands back one
+    value per output."""
 
     var: np.ndarray
     const: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
 
-
-@dataclass
-class PoolOutputs:
-    """What a max pooling hands on: a variable id or -1 with a constant, and bounds."""
-
-    var: np.ndarray
-    const: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
+    FIELDS = ("var", "const", "lower", "upper")
 
 
 def encode_max_pool(
-    table: VarTable, rows: RowBlock, entries: PoolEntries, name: str
-) -> tuple[PoolOutputs, Callable[[np.ndarray], None]]:
+    table: VarTable, rows: RowBlock, entries: Operand, name: str
+) -> tuple[Operand, Callable[[np.ndarray], None]]:
     """``y = max(window)``. Entries whose upper bound cannot beat the largest lower bound are
     dropped; a window left with one entry passes it on unchanged; the others take one binary
     per remaining entry, exactly one of which marks the maximum."""
@@ -167,7 +161,7 @@ def encode_max_pool(
     kept = kept_taps(e.lower, e.upper)
     single = kept.sum(axis=1) == 1
     rowsel = np.arange(len(leader))
-    out = PoolOutputs(
+    out = Operand(
         var=e.var[rowsel, leader].copy(),
         const=e.const[rowsel, leader].copy(),
         lower=best_lower,
@@ -241,7 +235,7 @@ def kept_taps(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     )
 
 
-def _pool_rows(rows: RowBlock, e: PoolEntries, multi, y, win, tap, d, top) -> None:
+def _pool_rows(rows: RowBlock, e: Operand, multi, y, win, tap, d, top) -> None:
     """``y >= h_i``; ``y <= h_i + (top - lower_i)(1 - d_i)``; ``sum_i d_i = 1``."""
     src_var = e.var[multi][win, tap]
     src_const = e.const[multi][win, tap]

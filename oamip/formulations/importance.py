@@ -24,7 +24,7 @@ from oamip.bounds import NetworkBounds, interval_bounds
 from oamip.errors import InvalidInputError
 from oamip.formulations.blocks import RowBlock, VarTable
 from oamip.formulations.encodings import (
-    PoolEntries,
+    Operand,
     PoolPlan,
     ReluEntries,
     encode_max_pool,
@@ -65,17 +65,6 @@ class ImportanceSettings:
             )
         if int(self.min_keep) != self.min_keep or self.min_keep < 0:
             raise InvalidInputError(f"min_keep must be a whole number >= 0, got {self.min_keep}")
-
-
-@dataclass
-class _State:
-    """What a layer hands to the next, per sample and flat output: a variable id (or -1 with a
-    constant) and bounds valid for every score vector."""
-
-    var: np.ndarray
-    const: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
 
 
 @dataclass
@@ -230,7 +219,7 @@ class _Builder:
 
     def build(self) -> None:
         x = self.im.x.reshape(len(self.im.x), -1)
-        state = _State(np.full(x.shape, -1, dtype=np.int64), x, x, x)
+        state = Operand(np.full(x.shape, -1, dtype=np.int64), x, x, x)
         layers = self.im.network.layers
         i = 0
         while i < len(layers):
@@ -250,16 +239,16 @@ class _Builder:
         self.rows.attach(self.table, "network")
         _set_objective(self.im)
 
-    def _affine(self, i: int, layer: AffineLayer, state: _State, is_output: bool) -> _State:
+    def _affine(self, i: int, layer: AffineLayer, state: Operand, is_output: bool) -> Operand:
         b = self.im.bounds.layers[i]
         needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
         pre_var, pre_const = self._pre_activations(i, layer, state, needed, is_output)
         if not layer.relu:
             self._record_values(i, pre_var, "pre")
-            return _State(pre_var, pre_const, b.lower, b.upper)
+            return Operand(pre_var, pre_const, b.lower, b.upper)
         return self._scored_relu(i, layer, state, pre_var, pre_const, needed)
 
-    def _pre_activations(self, i, layer: AffineLayer, state: _State, needed, is_output=False):
+    def _pre_activations(self, i, layer: AffineLayer, state: Operand, needed, is_output=False):
         """The layer's pre-activations as (variable ids, constants): constants when every
         input is a constant (the logits always get variables), else one variable per
         ``needed`` entry."""
@@ -268,7 +257,7 @@ class _Builder:
             return np.full(shape, -1, dtype=np.int64), layer.forward(state.const)
         return self._pre_activation_rows(i, layer, state, needed), np.zeros(shape)
 
-    def _pre_activation_rows(self, i, layer: AffineLayer, state: _State, needed) -> np.ndarray:
+    def _pre_activation_rows(self, i, layer: AffineLayer, state: Operand, needed) -> np.ndarray:
         """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki`` for every needed (k, j)."""
         b = self.im.bounds.layers[i]
         pre_var = np.full(needed.shape, -1, dtype=np.int64)
@@ -285,7 +274,7 @@ class _Builder:
             self.rows.terms(r[sub.row], state.var[k, inputs][sub.col], -sub.data)
         return pre_var
 
-    def _cut_site(self, layer, state: _State, entries: ReluEntries, enc, k, j) -> None:
+    def _cut_site(self, layer, state: Operand, entries: ReluEntries, enc, k, j) -> None:
         """Remember the big-M units fed by variables, where ideal cuts can be separated."""
         pick = (enc.v >= 0) & (entries.pre_id >= 0)
         if not pick.any():
@@ -315,7 +304,7 @@ class _Builder:
         self.im.score_ids[i] = scores
         return scores
 
-    def _scored_relu(self, i, layer: AffineLayer, state: _State, pre_var, pre_const, needed):
+    def _scored_relu(self, i, layer: AffineLayer, state: Operand, pre_var, pre_const, needed):
         b = self.im.bounds.layers[i]
         scores = self._scores(i, layer)
         big_m = self.im.big_m[i][layer.unit_of]
@@ -335,9 +324,9 @@ class _Builder:
         out_var = np.full(needed.shape, -1, dtype=np.int64)
         out_var[k, j] = enc.h
         zeros = np.zeros(needed.shape)
-        return _State(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
+        return Operand(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
 
-    def _pooled_relu(self, i: int, layer: AffineLayer, pool: MaxPoolLayer, state: _State):
+    def _pooled_relu(self, i: int, layer: AffineLayer, pool: MaxPoolLayer, state: Operand):
         """A scored ReLU followed by max pooling, encoded pooling first. A window lies in one
         channel, so its units share the shift ``(1 - s) M`` and
         ``max_t ReLU(a_t - (1 - s) M) = ReLU(max_t a_t - (1 - s) M)``: one ReLU (and at most
@@ -348,7 +337,7 @@ class _Builder:
         pre_var, pre_const = self._pre_activations(i, layer, state, plan.needed)
         self._record_values(i, pre_var, "pre")
         live = plan.live
-        pooled = _State(
+        pooled = Operand(
             np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
         )
         for k in range(live.shape[0]):
@@ -358,14 +347,14 @@ class _Builder:
     def _pool_sample(self, i, k, plan: PoolPlan, windows, pre_var, pre_const, pooled) -> None:
         """Max pooling of sample ``k``'s pre-activations over its live ``windows``."""
         pad, safe = plan.pad[windows], plan.safe[windows]
-        entries = PoolEntries(
+        entries = Operand(
             var=np.where(pad, -1, pre_var[k][safe]),
             const=np.where(pad, 0.0, pre_const[k][safe]),
             lower=plan.lower[k, windows],
             upper=plan.upper[k, windows],
         )
         out, set_pool = encode_max_pool(self.table, self.rows, entries, f"L{i}_k{k}")
-        for name in _POOL_FIELDS:
+        for name in Operand.FIELDS:
             getattr(pooled, name)[k, windows] = getattr(out, name)
         self.im.setters.append(
             lambda trace: set_pool(np.where(pad, -np.inf, trace[i].pre[k][safe]))
@@ -391,16 +380,16 @@ class _Builder:
         out_var = np.full(plan.live.shape, -1, dtype=np.int64)
         out_var[k, o] = enc.h
         zeros = np.zeros(plan.live.shape)
-        return _State(out_var, zeros, zeros, np.maximum(pooled.upper, 0.0))
+        return Operand(out_var, zeros, zeros, np.maximum(pooled.upper, 0.0))
 
-    def _max_pool(self, i: int, layer: MaxPoolLayer, state: _State) -> _State:
+    def _max_pool(self, i: int, layer: MaxPoolLayer, state: Operand) -> Operand:
         windows = layer.windows
         pad = windows < 0
         safe = np.where(pad, 0, windows)
         n = state.var.shape[0]
         outs = []
         for k in range(n):
-            entries = PoolEntries(
+            entries = Operand(
                 var=np.where(pad, -1, state.var[k][safe]),
                 const=np.where(pad, 0.0, state.const[k][safe]),
                 lower=np.where(pad, -np.inf, state.lower[k][safe]),
@@ -410,7 +399,7 @@ class _Builder:
             x = self.im.x.reshape(n, -1)
             self.im.setters.append(_pool_setter(set_pool, i, k, safe, pad, x))
             outs.append(out)
-        return _State(*(np.stack([getattr(o, f) for o in outs]) for f in _POOL_FIELDS))
+        return Operand(*(np.stack([getattr(o, f) for o in outs]) for f in Operand.FIELDS))
 
     def _record_values(self, i: int, ids: np.ndarray, field_name: str) -> None:
         mask = ids >= 0
@@ -457,9 +446,6 @@ def _set_objective(im: ImportanceModel) -> None:
         expr=LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables),
         sense=pyo.minimize,
     )
-
-
-_POOL_FIELDS = ("var", "const", "lower", "upper")
 
 
 def _pool_setter(set_pool, i: int, k: int, safe: np.ndarray, pad: np.ndarray, x: np.ndarray):
