@@ -3,8 +3,8 @@ the textbook encoding a generic network-to-MIP encoder produces.
 
 * ``oamip``: per-sample bounds valid for every score vector, no variable for stably-off units,
   no binary where the ReLU's sign is fixed (binary scores, first layer), the two ideal facets per
-  unit, a greedy incumbent as warm start, and optionally rounds of ideal cuts at the root
-  (``--root-cuts``).
+  unit, an incumbent from greedy removal and local search as warm start (``--warm-start``
+  seconds), and optionally rounds of ideal cuts at the root (``--root-cuts``).
 * ``input-box``: the same problem (same constants M) encoded with bounds propagated from the
   whole input domain [0, 1]^d and a big-M binary on every unit, started from the trained
   network (every score 1).
@@ -19,8 +19,9 @@ and machine.
     python benchmarks/bench_mip_speed.py --nets mlp --samples-per-class 1 --first 2 --tag first2
 
 ``--first N`` keeps the batch's first N samples (scaling runs); ``--tag`` names the results
-files apart. Root-cut rounds (``--root-cuts``) and LP bound tightening (``--obbt SECONDS``,
-:mod:`oamip.tightening`) are timed separately, outside the time limit.
+files apart; ``--solver`` runs another backend on the same instances. The warm start, root-cut
+rounds (``--root-cuts``) and LP bound tightening (``--obbt SECONDS``, :mod:`oamip.tightening`)
+are timed separately, outside the solver's time limit; a target counts them all.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from oamip.bench import machine
 from oamip.bounds import NetworkBounds, box_bounds, interval_bounds
 from oamip.data import load_npz, mip_batch
 from oamip.formulations import ImportanceSettings, build_importance_model
-from oamip.formulations.warm_start import greedy_scores
+from oamip.formulations.warm_start import warm_start_scores
 from oamip.root_cuts import add_root_cuts
 from oamip.tightening import tighten_bounds
 from oamip.zoo import Recipe, trained
@@ -74,7 +75,15 @@ class Row:
     build_seconds: float
     cut_seconds: float
     cuts: int
-    obbt_seconds: float = 0.0
+    obbt_seconds: float
+    start_objective: float
+    start_seconds: float
+    solver: str
+
+    @property
+    def total_seconds(self) -> float:
+        """Solve, cuts, bound tightening and warm start: what a target is measured on."""
+        return self.seconds + self.cut_seconds + self.obbt_seconds + self.start_seconds
 
 
 def _bounds(formulation: str, network, x, y, settings, args) -> tuple[NetworkBounds, float]:
@@ -100,10 +109,13 @@ def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Ro
     bounds, obbt = _bounds(formulation, extracted.network, batch.x, batch.y, settings, args)
     im = build_importance_model(extracted.network, batch.x, batch.y, settings, bounds)
     build = time.perf_counter() - start - obbt
-    solver = backends.get("highs")
+    solver = backends.get(args.solver)
     ours = formulation == "oamip"
     cuts = add_root_cuts(im, solver, args.root_cuts) if ours else None
-    im.assign(greedy_scores(im) if ours else im.all_ones())
+    warm = time.perf_counter()
+    start_scores = warm_start_scores(im, args.warm_start) if ours else im.all_ones()
+    warm = time.perf_counter() - warm
+    im.assign(start_scores)
     form = backends.compile_model(im.model)
     options = backends.SolveOptions(time_limit=args.time_limit, threads=args.threads)
     result = solver.solve(form, options, warm_start=True)
@@ -127,6 +139,9 @@ def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Ro
         cut_seconds=cuts.seconds if cuts else 0.0,
         cuts=cuts.cuts if cuts else 0,
         obbt_seconds=obbt,
+        start_objective=im.objective_at(start_scores),
+        start_seconds=warm,
+        solver=args.solver,
     )
 
 
@@ -141,15 +156,19 @@ def markdown(rows: list[Row], meta: dict, command: str) -> str:
         "gap = (objective - bound) / max(1, |objective|), as `SolveResult.gap` defines it; with "
         "objectives below 1 it is the absolute difference.",
         "",
-        "| net | N | scores | loss | lam | formulation | status | s | objective | bound | gap "
-        "| nodes | binaries | rows | cuts (s) | OBBT (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "start: the warm start's objective (its seconds); s: the solver's seconds.",
+        "",
+        "| net | N | scores | loss | lam | formulation | solver | status | s | start (s) "
+        "| objective | bound | gap | nodes | binaries | rows | cuts (s) | OBBT (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gap = "-" if r.gap is None else f"{100 * r.gap:.1f}%"
         lines.append(
             f"| {r.net} | {r.samples} | {r.scores} | {r.loss} | {r.lam:g} | {r.formulation} "
-            f"| {r.status} | {r.seconds:.1f} | {_number(r.objective)} | {_number(r.bound)} "
+            f"| {r.solver} | {r.status} | {r.seconds:.1f} "
+            f"| {_number(r.start_objective)} ({r.start_seconds:.1f}) "
+            f"| {_number(r.objective)} | {_number(r.bound)} "
             f"| {gap} | {r.nodes} | {r.binaries} | {r.rows} | {r.cuts} ({r.cut_seconds:.1f}) "
             f"| {r.obbt_seconds:.1f} |"
         )
@@ -168,11 +187,14 @@ def _targets(rows: list[Row]) -> list[str]:
         if r.formulation != "oamip" or r.samples != 10:
             continue
         target = TARGET_SECONDS[r.net]
-        met = r.status == "optimal" and r.seconds <= target
+        met = r.status == "optimal" and r.total_seconds <= target
         verdict = (
-            "met"
+            f"met ({r.total_seconds:.1f} s)"
             if met
-            else (f"missed: {r.status} after {r.seconds:.0f} s, gap {100 * (r.gap or 1):.1f}%")
+            else (
+                f"missed: {r.status} after {r.total_seconds:.0f} s in all, "
+                f"gap {100 * (r.gap or 1):.1f}%"
+            )
         )
         out.append(
             f"- {r.net}, {r.scores}, {r.loss}, lam {r.lam:g}: proven optimal in <= {target:g} s: "
@@ -193,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root-cuts", type=int, default=0)
+    parser.add_argument("--solver", default="highs", help="the backend to time")
+    parser.add_argument(
+        "--warm-start", type=float, default=10.0, help="seconds of greedy and local search"
+    )
     parser.add_argument("--tag", default="", help="appended to the results' file name")
     parser.add_argument(
         "--obbt", type=float, default=0.0, help="seconds of LP bound tightening (ours only)"

@@ -151,16 +151,27 @@ class Network:
         x: np.ndarray,
         scores: dict[int, np.ndarray] | None = None,
         big_m: dict[int, np.ndarray] | None = None,
-        first_pre: np.ndarray | None = None,
     ) -> list[Trace]:
         """Every layer's values on a batch ``x``; with scores, scored units follow DESIGN.md (1).
 
-        A layer's scores are one value per unit or one row per sample of ``x``; ``first_pre``
-        replaces the first layer's output (already known when only scores change)."""
+        A layer's scores are one value per unit or one row per sample of ``x``."""
         h = x.reshape(x.shape[0], -1).astype(float)
+        return self.resume(0, self.layers[0].forward(h), scores, big_m)
+
+    def resume(
+        self,
+        start: int,
+        pre: np.ndarray,
+        scores: dict[int, np.ndarray] | None = None,
+        big_m: dict[int, np.ndarray] | None = None,
+    ) -> list[Trace]:
+        """The trace of layers ``start`` onward from layer ``start``'s output before its ReLU,
+        which stays fixed while only the scores of that layer and later ones change."""
         record = []
-        for i, layer in enumerate(self.layers):
-            pre = first_pre if i == 0 and first_pre is not None else layer.forward(h)
+        for i in range(start, len(self.layers)):
+            layer = self.layers[i]
+            if i > start:
+                pre = layer.forward(record[-1].out)
             arg = pre
             if _is_scored(layer):
                 if scores is not None:

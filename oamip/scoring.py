@@ -22,7 +22,7 @@ from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
 from oamip.formulations.importance import sparsity_term
-from oamip.formulations.warm_start import greedy_scores
+from oamip.formulations.warm_start import warm_start_scores
 from oamip.root_cuts import add_root_cuts
 
 CE_CUT_TOL = 1e-6
@@ -34,9 +34,10 @@ VERIFY_RTOL = 1e-6
 
 DEFAULT_THRESHOLD = 0.1
 
-GREEDY_SECONDS = 10.0
-GREEDY_SHARE = 0.25
-"""The greedy warm start gets at most GREEDY_SECONDS, and at most this share of a time limit."""
+WARM_START_SECONDS = 10.0
+WARM_START_SHARE = 0.25
+"""The warm start (greedy removal, then local search) gets at most WARM_START_SECONDS, and at
+most this share of a time limit."""
 
 MIN_SOLVE_SECONDS = 0.01
 """The solver always gets at least this long, even when building used up the time limit."""
@@ -111,14 +112,15 @@ def score_neurons(
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
     ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.root_cuts`) tighten the relaxation
-    before branching; they never change the optimum. The solver starts from a greedy incumbent
-    (:mod:`oamip.formulations.warm_start`). ``time_limit`` covers the whole call.
+    before branching; they never change the optimum. The solver starts from an incumbent found
+    by greedy removal and local search (:mod:`oamip.formulations.warm_start`). ``time_limit``
+    covers the whole call.
     """
     solver = backends.get(backend)
     start = time.perf_counter()
     settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
     extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
-    start_scores = greedy_scores(im, _greedy_budget(time_limit))
+    start_scores = warm_start_scores(im, _warm_start_budget(time_limit))
     options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
     return _solve(extracted, im, x, solver, options, time_limit, start, start_scores)
 
@@ -148,10 +150,10 @@ def score_sweep(
     weight where the best solution meets that chord within ``mip_gap`` is proven optimal with
     no solve of its own (``by_concavity``; typically weights that share their optimal mask
     with both neighbours). The smallest and largest weights are solved first, then always
-    the weight with the largest gap left. Each solve starts from the better of the greedy
-    incumbent and the best solution known at its weight, and keeps the cross-entropy cuts
-    found so far; ``time_limit`` applies to each solve. The results share one Pyomo model,
-    which holds the last weight solved.
+    the weight with the largest gap left. Each solve starts from the better of the warm
+    start (greedy removal, local search) and the best solution known at its weight, and keeps
+    the cross-entropy cuts found so far; ``time_limit`` applies to each solve. The results
+    share one Pyomo model, which holds the last weight solved.
     """
     lams = [float(v) for v in lams]
     if not lams:
@@ -164,7 +166,7 @@ def score_sweep(
     while (lam := sweep.next_to_solve()) is not None:
         start = time.perf_counter()
         im.set_lam(lam)
-        candidates = [greedy_scores(im, _greedy_budget(time_limit))]
+        candidates = [warm_start_scores(im, _warm_start_budget(time_limit))]
         candidates += [sweep.best_at(lam).scores] if sweep.lines else []
         best = min(candidates, key=im.objective_at)
         result = _solve(extracted, im, x, solver, options, time_limit, start, best)
@@ -306,10 +308,10 @@ def _as_numpy(values, what: str) -> np.ndarray:
     return values
 
 
-def _greedy_budget(time_limit: float | None) -> float:
+def _warm_start_budget(time_limit: float | None) -> float:
     if time_limit is None:
-        return GREEDY_SECONDS
-    return min(GREEDY_SECONDS, GREEDY_SHARE * time_limit)
+        return WARM_START_SECONDS
+    return min(WARM_START_SECONDS, WARM_START_SHARE * time_limit)
 
 
 def _solve_with_cuts(solver, im: ImportanceModel, options: SolveOptions, time_limit, start):
