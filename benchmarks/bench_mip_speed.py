@@ -4,10 +4,11 @@ the textbook encoding a generic network-to-MIP encoder produces.
 * ``oamip``: per-sample bounds valid for every score vector, no variable for stably-off units,
   no binary where the ReLU's sign is fixed (binary scores, first layer), the two ideal facets per
   unit, an incumbent from greedy removal and local search as warm start (``--warm-start``
-  seconds), and optionally rounds of ideal cuts at the root (``--root-cuts``).
+  seconds) with the solver's own heuristics off, as ``score_neurons`` does, and optionally
+  rounds of ideal cuts at the root (``--root-cuts``).
 * ``input-box``: the same problem (same constants M) encoded with bounds propagated from the
   whole input domain [0, 1]^d and a big-M binary on every unit, started from the trained
-  network (every score 1).
+  network (every score 1), the solver's settings left at their defaults.
 
 Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of ``../shared/data``
 (fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly classified training images
@@ -117,7 +118,9 @@ def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Ro
     warm = time.perf_counter() - warm
     im.assign(start_scores)
     form = backends.compile_model(im.model)
-    options = backends.SolveOptions(time_limit=args.time_limit, threads=args.threads)
+    options = backends.SolveOptions(
+        time_limit=args.time_limit, threads=args.threads, heuristics=not ours
+    )
     result = solver.solve(form, options, warm_start=True)
     return Row(
         net=net,

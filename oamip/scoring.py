@@ -107,21 +107,25 @@ def score_neurons(
     threads: int | None = None,
     verbose: bool = False,
     root_cuts: int = 0,
+    solver_heuristics: bool = False,
 ) -> ScoreResult:
     """Solve the neuron-importance MIP of ``model`` on the batch ``(x, y)``.
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
     ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.root_cuts`) tighten the relaxation
     before branching; they never change the optimum. The solver starts from an incumbent found
-    by greedy removal and local search (:mod:`oamip.formulations.warm_start`). ``time_limit``
-    covers the whole call.
+    by greedy removal and local search (:mod:`oamip.formulations.warm_start`), with its own
+    primal heuristics off unless ``solver_heuristics`` (they mostly repeat that search, and
+    cost small problems most of their solve time). ``time_limit`` covers the whole call.
     """
     solver = backends.get(backend)
     start = time.perf_counter()
     settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
     extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
     start_scores = warm_start_scores(im, _warm_start_budget(time_limit))
-    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
+    options = SolveOptions(
+        mip_gap=mip_gap, threads=threads, verbose=verbose, heuristics=solver_heuristics
+    )
     return _solve(extracted, im, x, solver, options, time_limit, start, start_scores)
 
 
@@ -141,6 +145,7 @@ def score_sweep(
     threads: int | None = None,
     verbose: bool = False,
     root_cuts: int = 0,
+    solver_heuristics: bool = False,
 ) -> list[ScoreResult]:
     """``score_neurons`` for each loss weight in ``lams`` (results in that order), on one model.
 
@@ -161,7 +166,9 @@ def score_sweep(
     solver = backends.get(backend)
     settings = ImportanceSettings(loss, margin, min(lams), scores, min_keep)
     extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
-    options = SolveOptions(mip_gap=mip_gap, threads=threads, verbose=verbose)
+    options = SolveOptions(
+        mip_gap=mip_gap, threads=threads, verbose=verbose, heuristics=solver_heuristics
+    )
     sweep = _Sweep(sorted(set(lams)), mip_gap)
     while (lam := sweep.next_to_solve()) is not None:
         start = time.perf_counter()

@@ -306,6 +306,30 @@ def test_common_options_are_accepted_and_verbose_streams_the_log(backend, verbos
     assert bool(logged.strip()) == verbose
 
 
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_heuristics_switched_off_leave_the_optimum(backend):
+    model, expected = knapsack_model()
+    options = SolveOptions(mip_gap=0.0, threads=1, heuristics=False)
+    result = backends.get(backend).solve(model, options)
+    assert result.status == Status.OPTIMAL
+    assert result.objective == pytest.approx(expected)
+
+
+def test_highs_heuristics_off_sets_every_switch_and_solver_options_come_last():
+    import highspy
+
+    from oamip.backends.highs import HEURISTICS_OFF, _set_options
+
+    h = highspy.Highs()
+    _set_options(h, SolveOptions(heuristics=False, solver_options={"mip_heuristic_run_rins": True}))
+    for key, value in HEURISTICS_OFF.items():
+        expected = True if key == "mip_heuristic_run_rins" else value
+        assert h.getOptionValue(key)[1] == expected
+    default = highspy.Highs()
+    _set_options(default, SolveOptions())
+    assert default.getOptionValue("mip_heuristic_run_rens")[1] is True
+
+
 VALID_OPTIONS = {
     "highs": {"presolve": "off"},
     "scip": {"presolving/maxrounds": 0},

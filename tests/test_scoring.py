@@ -143,3 +143,23 @@ def test_models_kept_on_a_gpu_work_and_stay_there(small):
     assert res.objective == pytest.approx(cpu.objective, rel=1e-6)
     pruned = oamip.apply_masks(gpu, res.masks())
     assert next(pruned.parameters()).is_cuda
+
+
+@pytest.mark.parametrize("solver_heuristics", [False, True])
+def test_solver_heuristics_reach_the_backend_and_leave_the_optimum(
+    small, monkeypatch, solver_heuristics
+):
+    seen = []
+    highs = backends.get("highs")
+    real = type(highs).solve_form
+
+    def recording(self, form, options, warm_start):
+        seen.append(options.heuristics)
+        return real(self, form, options, warm_start)
+
+    monkeypatch.setattr(type(highs), "solve_form", recording)
+    found = oamip.score_neurons(*small, scores="binary", solver_heuristics=solver_heuristics)
+    assert seen and set(seen) == {solver_heuristics}
+    monkeypatch.setattr(type(highs), "solve_form", real)
+    other = oamip.score_neurons(*small, scores="binary", solver_heuristics=not solver_heuristics)
+    assert found.objective == pytest.approx(other.objective, abs=1e-6)

@@ -59,6 +59,10 @@ class SolveOptions:
     threads: int | None = None
     seed: int | None = None
     verbose: bool = False
+    heuristics: bool = True
+    """False: the solver runs none of the primal heuristics it lets us switch off (sub-MIPs
+    such as RINS and RENS among them), so its time goes to the proof; for when the start it is
+    given is already good. ``solver_options`` are applied after this and may override it."""
     solver_options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -93,6 +93,8 @@ def _command(
         command += ["-threads", str(int(options.threads))]
     if options.seed is not None:
         command += ["-randomSeed", str(int(options.seed))]
+    if not options.heuristics:
+        command += ["-heuristicsOnOff", "off"]
     for key, value in options.solver_options.items():
         command += [f"-{key}", str(value)]
     if mipstart is not None:

@@ -83,6 +83,9 @@ def _set_options(gp, model, options: SolveOptions) -> None:
         model.setParam("Threads", int(options.threads))
     if options.seed is not None:
         model.setParam("Seed", int(options.seed))
+    if not options.heuristics:
+        model.setParam("Heuristics", 0.0)
+        model.setParam("RINS", 0)
     for key, value in options.solver_options.items():
         try:
             model.setParam(key, value)

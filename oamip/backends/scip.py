@@ -69,6 +69,8 @@ def _set_options(model, options: SolveOptions) -> None:
         model.setParam("lp/threads", int(options.threads))
     if options.seed is not None:
         model.setParam("randomization/randomseedshift", int(options.seed))
+    if not options.heuristics:
+        model.setHeuristics(_import().SCIP_PARAMSETTING.OFF)
     for key, value in options.solver_options.items():
         _set_solver_option(model, key, value)
 
