@@ -4,10 +4,11 @@ where they start and never below the optimum; the batched evaluation of moves is
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import oamip
 from oamip.adapters import extract
-from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.formulations import ImportanceSettings, build_importance_model, warm_start
 from oamip.formulations.warm_start import (
     _evaluate,
     _flips,
@@ -66,9 +67,12 @@ def _one_at_a_time(im, scores, moves):
     return np.array(values)
 
 
-def test_batched_move_values_equal_one_forward_per_move():
+@pytest.mark.parametrize("max_values", [warm_start.MAX_VALUES, 1])
+def test_batched_move_values_equal_one_forward_per_move(max_values, monkeypatch):
     """Moves are valued many at a time, each layer's from the current trace: the values must
-    be those of the full forward pass of each changed score vector (MLP and conv layers)."""
+    be those of the full forward pass of each changed score vector (MLP and conv layers; in
+    one batch, and one move per batch)."""
+    monkeypatch.setattr(warm_start, "MAX_VALUES", max_values)
     rng = np.random.default_rng(3)
     for model, x in (
         (mlp(23, (6, 5, 4, 3)), rng.uniform(size=(4, 6))),

@@ -23,8 +23,9 @@ import numpy as np
 
 from oamip.formulations.importance import ImportanceModel, sparsity_term
 
-MAX_ROWS = 20_000
-"""Rows (candidates times samples) evaluated in one batched forward pass."""
+MAX_VALUES = 20_000_000
+"""Values held by the widest layer of one batched forward pass (rows are candidates times
+samples), about 160 MB."""
 
 STALL_KICKS = 30
 """Local search stops after this many kicks in a row that do not improve the incumbent."""
@@ -145,9 +146,10 @@ def _evaluate(im: ImportanceModel, scores: Scores, moves: list[Move], deadline) 
     layers = np.array([m[0] for m in moves], dtype=int)
     trace = im.network.trace(im.x, scores, im.big_m)
     base = sparsity_term(im.network, scores)
-    chunk = max(1, MAX_ROWS // len(im.x))
     for layer in np.unique(layers).tolist():
         where = np.flatnonzero(layers == layer)
+        widest = max(other.n_out for other in im.network.layers[layer:])
+        chunk = max(1, MAX_VALUES // (len(im.x) * widest))
         for start in range(0, len(where), chunk):
             if time.perf_counter() > deadline and np.isfinite(values).any():
                 return values
