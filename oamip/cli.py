@@ -134,6 +134,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"CPU threads for PyTorch and the solver (default {DEFAULT_THREADS})",
     )
+    add(
+        "--solver-heuristics",
+        action="store_true",
+        help="let the solver run its own primal heuristics (default: off, the warm start's "
+        "local search does that work)",
+    )
     add("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
 
 
@@ -166,6 +172,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "seed": args.seed,
         "threads": args.threads,
+        "solver_heuristics": args.solver_heuristics,
         "progress": True,
     }
 

@@ -48,7 +48,8 @@ class PruneSettings:
     """Every choice of ``oamip prune``; the defaults are the authors' settings.
 
     ``arch`` is the architecture trained when no model is given; ``threads`` limits PyTorch's
-    and the solver's CPU threads (None: their own defaults).
+    and the solver's CPU threads (None: their own defaults); ``solver_heuristics`` lets the
+    solver run its own primal heuristics (``score_neurons`` switches them off by default).
     """
 
     arch: str = "mlp"
@@ -63,6 +64,7 @@ class PruneSettings:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
+    solver_heuristics: bool = False
     progress: bool = False
 
     def check(self) -> None:
@@ -137,6 +139,7 @@ class PruneReport:
     n_mip_samples: int
     seed: int
     time_limit: float | None
+    solver_heuristics: bool
     objective: float
     bound: float | None
     gap: float | None
@@ -206,6 +209,7 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
         n_mip_samples=len(batch.y),
         seed=settings.seed,
         time_limit=settings.time_limit,
+        solver_heuristics=settings.solver_heuristics,
         objective=result.objective,
         bound=result.bound,
         gap=result.gap,
@@ -304,6 +308,7 @@ def _score(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettin
             scores=settings.scores,
             time_limit=settings.time_limit,
             threads=settings.threads,
+            solver_heuristics=settings.solver_heuristics,
         )
 
 

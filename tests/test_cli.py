@@ -155,3 +155,23 @@ def test_every_command_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([name, "--help"])
     assert "usage: oamip " + name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--solver-heuristics"], True)])
+def test_solver_heuristics_flag_reaches_score_neurons(flag, expected, monkeypatch):
+    """``--solver-heuristics`` goes through the settings to the solve (off by default)."""
+    from oamip import pipeline
+
+    seen = {}
+
+    def recording(model, x, y, **options):
+        seen.update(options)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "score_neurons", recording)
+    parser = cli.build_parser()
+    args = parser.parse_args(["prune", *flag])
+    settings = pipeline.PruneSettings(**cli._prune_options(args))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._score(mlp(4, (3,), 2), torch.zeros(1, 4).numpy(), [0], settings)
+    assert seen["solver_heuristics"] is expected

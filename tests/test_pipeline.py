@@ -83,6 +83,7 @@ def test_report_records_settings_batch_and_solve(result):
         0.1,
     )
     assert report.n_mip_samples == 10 and report.samples_per_class == 1
+    assert report.solver_heuristics is False
     assert report.status in ("optimal", "time_limit")
     assert report.solve_seconds > 0 and report.build_seconds > 0
     assert report.train_seconds is None
