@@ -11,8 +11,8 @@ from oamip.adapters import extract
 from oamip.formulations import ImportanceSettings, build_importance_model, warm_start
 from oamip.formulations.warm_start import (
     _evaluate,
-    _kick,
     _flips,
+    _kick,
     _swaps,
     greedy_scores,
     local_search,

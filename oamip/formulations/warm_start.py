@@ -12,8 +12,9 @@ layer whose scores change. Three neighbourhoods, best move first:
 off a few random units that are on) and descends again, keeping the best (iterated local
 search), until ``STALL_KICKS`` kicks in a row bring nothing or the time is up. Random flips
 would mostly switch units on (most are off), which the next descent merely undoes; on the
-benchmark's MNIST MLP removals gave equal or better incumbents on five instances. A better start than the trained
-network lets the solver prune far more of its tree, and is a good mask in its own right.
+benchmark's MNIST MLP removals gave equal or better incumbents on five instances. A better
+start than the trained network lets the solver prune far more of its tree, and is a good mask
+in its own right.
 """
 
 from __future__ import annotations
