@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         "by_concavity": [r.by_concavity for r in sweep],
         "objectives": [r.objective for r in sweep],
         "units_kept": [int(sum(m.sum() for m in r.masks().values())) for r in sweep],
+        "sweep_solve_seconds": [r.solve_seconds for r in sweep],
+        "start_is_optimal": [
+            abs(r.start_objective - r.objective) <= 1e-9 * max(1.0, abs(r.objective))
+            for r in sweep
+        ],
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -100,6 +105,11 @@ def _markdown(r: dict, loss: str) -> str:
             f"{sum(r['by_concavity'])} of {len(r['lams'])}",
             f"- units kept per lam ({', '.join(f'{v:g}' for v in r['lams'])}): "
             f"{', '.join(str(k) for k in r['units_kept'])}",
+            f"- solver seconds per lam in the sweep (0: proven by concavity): "
+            f"{', '.join(f'{v:.2f}' for v in r['sweep_solve_seconds'])}",
+            f"- weights solved whose warm start was already optimal: "
+            f"{sum(s and not c for s, c in zip(r['start_is_optimal'], r['by_concavity']))} of "
+            f"{len(r['lams']) - sum(r['by_concavity'])}",
             "",
         ]
     )
