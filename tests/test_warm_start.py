@@ -116,12 +116,12 @@ def test_warm_start_is_reproducible_and_never_below_the_optimum():
     assert best.start_objective == im.objective_at(warm_start_scores(im, 10.0))
 
 
-def test_a_kick_only_switches_units_off_and_keeps_min_keep():
+def test_a_kick_flips_at_most_three_units_and_keeps_min_keep():
     rng = np.random.default_rng(0)
     for _ in range(50):
         scores = {0: rng.integers(0, 2, size=6).astype(float), 2: np.array([1.0, 1.0, 0.0])}
         scores[0][:2] = 1.0
         kicked = _kick(scores, rng, keep=2)
-        assert all((kicked[i] <= scores[i]).all() and kicked[i].sum() >= 2 for i in scores)
-        assert sum(scores[i].sum() - kicked[i].sum() for i in scores) <= 2
-        assert np.array_equal(scores[2], [1.0, 1.0, 0.0])
+        assert all(kicked[i].sum() >= 2 for i in scores)
+        assert sum(int((kicked[i] != scores[i]).sum()) for i in scores) <= 3
+        assert all(set(np.unique(kicked[i])) <= {0.0, 1.0} for i in scores)
