@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         "units_kept": [int(sum(m.sum() for m in r.masks().values())) for r in sweep],
         "sweep_solve_seconds": [r.solve_seconds for r in sweep],
         "start_is_optimal": [
-            abs(r.start_objective - r.objective) <= 1e-9 * max(1.0, abs(r.objective))
-            for r in sweep
+            abs(r.start_objective - r.objective) <= 1e-9 * max(1.0, abs(r.objective)) for r in sweep
         ],
     }
     out = HERE / "results"

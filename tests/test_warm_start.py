@@ -125,3 +125,11 @@ def test_a_kick_flips_at_most_three_units_and_keeps_min_keep():
         assert all(kicked[i].sum() >= 2 for i in scores)
         assert sum(int((kicked[i] != scores[i]).sum()) for i in scores) <= 3
         assert all(set(np.unique(kicked[i])) <= {0.0, 1.0} for i in scores)
+
+
+def test_local_search_refuses_fractional_scores():
+    im = _problem(mlp(27, (5, 4, 3)), np.random.default_rng(27).uniform(size=(3, 5)), [0, 1, 2])
+    scores = im.all_ones()
+    scores[0][0] = 0.5
+    with pytest.raises(oamip.InvalidInputError, match="binary scores"):
+        local_search(im, scores)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from oamip.errors import InvalidInputError
 from oamip.formulations.importance import ImportanceModel, sparsity_term
 
 MAX_VALUES = 20_000_000
@@ -61,6 +62,10 @@ def local_search(
     """Binary scores at least as good as ``scores`` (which must be binary): iterated local
     search over flips and swaps within ``time_budget`` seconds, reproducible for a ``seed``
     when it ends by stalling rather than by the clock."""
+    if not all(np.isin(s, (0.0, 1.0)).all() for s in scores.values()):
+        raise InvalidInputError(
+            "local search starts from binary scores (every score 0 or 1); round them first"
+        )
     deadline = time.perf_counter() + time_budget
     rng = np.random.default_rng(seed)
     neighbourhoods = [_flips, _swaps]
