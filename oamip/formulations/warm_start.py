@@ -170,11 +170,8 @@ def _objectives(im: ImportanceModel, scores: Scores, trace, base: float, moves: 
     n = len(im.x)
     layer = moves[0][0]
     rows = np.repeat(scores[layer][None, :], len(moves), axis=0)
-    for c, (_, off, on) in enumerate(moves):
-        if off >= 0:
-            rows[c, off] = 0.0
-        if on >= 0:
-            rows[c, on] = 1.0
+    for row, move in zip(rows, moves):
+        _apply({layer: row}, move)
     per_row = dict(scores)
     per_row[layer] = np.repeat(rows, n, axis=0)
     pre = np.tile(trace[layer].pre, (len(moves), 1))
