@@ -22,7 +22,7 @@ from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
 from oamip.formulations.importance import sparsity_term
-from oamip.formulations.warm_start import warm_start_scores
+from oamip.formulations.warm_start import local_search, warm_start_scores
 from oamip.root_cuts import add_root_cuts
 
 CE_CUT_TOL = 1e-6
@@ -118,15 +118,23 @@ def score_neurons(
     primal heuristics off unless ``solver_heuristics`` (they mostly repeat that search, and
     cost small problems most of their solve time). ``time_limit`` covers the whole call.
     """
-    solver = backends.get(backend)
-    start = time.perf_counter()
-    settings = ImportanceSettings(loss, margin, lam, scores, min_keep)
-    extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
-    start_scores = warm_start_scores(im, _warm_start_budget(time_limit))
-    options = SolveOptions(
-        mip_gap=mip_gap, threads=threads, verbose=verbose, heuristics=solver_heuristics
-    )
-    return _solve(extracted, im, x, solver, options, time_limit, start, start_scores)
+    return score_sweep(
+        model,
+        x,
+        y,
+        [lam],
+        backend=backend,
+        loss=loss,
+        margin=margin,
+        scores=scores,
+        min_keep=min_keep,
+        time_limit=time_limit,
+        mip_gap=mip_gap,
+        threads=threads,
+        verbose=verbose,
+        root_cuts=root_cuts,
+        solver_heuristics=solver_heuristics,
+    )[0]
 
 
 def score_sweep(
@@ -155,11 +163,13 @@ def score_sweep(
     weight where the best solution meets that chord within ``mip_gap`` is proven optimal with
     no solve of its own (``by_concavity``; typically weights that share their optimal mask
     with both neighbours). The smallest and largest weights are solved first, then always
-    the weight with the largest gap left. Each solve starts from the better of the warm
-    start (greedy removal, local search) and the best solution known at its weight, and keeps
-    the cross-entropy cuts found so far; ``time_limit`` applies to each solve. The results
-    share one Pyomo model, which holds the last weight solved.
+    the weight with the largest gap left. The first solve starts from greedy removal and local
+    search (:mod:`oamip.formulations.warm_start`), every later one from local search around the
+    best solution known at its weight; each keeps the cross-entropy cuts found so far.
+    ``time_limit`` applies to each solve, the first one's including building the model. The
+    results share one Pyomo model, which holds the last weight solved.
     """
+    start = time.perf_counter()
     lams = [float(v) for v in lams]
     if not lams:
         raise InvalidInputError("lams is empty: give at least one loss weight")
@@ -169,15 +179,16 @@ def score_sweep(
     options = SolveOptions(
         mip_gap=mip_gap, threads=threads, verbose=verbose, heuristics=solver_heuristics
     )
+    budget = _warm_start_budget(time_limit)
     sweep = _Sweep(sorted(set(lams)), mip_gap)
     while (lam := sweep.next_to_solve()) is not None:
-        start = time.perf_counter()
         im.set_lam(lam)
-        candidates = [warm_start_scores(im, _warm_start_budget(time_limit))]
-        candidates += [sweep.best_at(lam).scores] if sweep.lines else []
-        best = min(candidates, key=im.objective_at)
-        result = _solve(extracted, im, x, solver, options, time_limit, start, best)
-        sweep.add_solved(lam, result, _line(im, extracted.scores_by_layer(result.scores)))
+        if sweep.solved:
+            start = time.perf_counter()
+        start_scores = _start(im, sweep, lam, budget)
+        result = _solve(extracted, im, x, solver, options, time_limit, start, start_scores)
+        found = extracted.scores_by_layer(result.scores)
+        sweep.add_solved(lam, result, [_line(im, start_scores), _line(im, found)])
     return [sweep.result(lam, extracted, im, x, solver.name) for lam in lams]
 
 
@@ -191,6 +202,21 @@ class _Line:
 
     def at(self, lam: float) -> float:
         return self.sparsity + lam * self.loss
+
+    @property
+    def binary(self) -> bool:
+        return all(np.isin(s, (0.0, 1.0)).all() for s in self.scores.values())
+
+
+def _start(im: ImportanceModel, sweep: _Sweep, lam: float, budget: float) -> dict:
+    """Greedy removal and local search for the first solve; after that, local search around
+    the best binary solution known at ``lam`` (every start is one), or the best solution known
+    if that is better (with continuous scores it may be fractional)."""
+    if not sweep.lines:
+        return warm_start_scores(im, budget)
+    binary = [line for line in sweep.lines if line.binary]
+    found = local_search(im, min(binary, key=lambda line: line.at(lam)).scores, budget)
+    return min([found, sweep.best_at(lam).scores], key=im.objective_at)
 
 
 def _line(im: ImportanceModel, scores: dict[int, np.ndarray]) -> _Line:
@@ -207,9 +233,10 @@ class _Sweep:
         self.lines: list[_Line] = []
         self.solved: dict[float, ScoreResult] = {}
 
-    def add_solved(self, lam: float, result: ScoreResult, line: _Line) -> None:
+    def add_solved(self, lam: float, result: ScoreResult, lines: list[_Line]) -> None:
+        """A solve at ``lam``, with the solutions it saw (each an upper bound everywhere)."""
         self.solved[lam] = result
-        self.lines.append(line)
+        self.lines += lines
 
     def best_at(self, lam: float) -> _Line:
         return min(self.lines, key=lambda line: line.at(lam))

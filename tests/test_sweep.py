@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import oamip
+from oamip import scoring
+from oamip.adapters import extract
+from oamip.formulations import ImportanceSettings, build_importance_model
 from tests.nets import mlp
 
 
@@ -47,3 +50,62 @@ def test_weights_between_solves_with_one_optimal_mask_are_proven_without_a_solve
         assert res.objective - res.bound <= 1e-9 * abs(res.objective) + 1e-12
     for res in proven:
         assert res.solve_seconds == 0.0 and res.logit_error < 1e-9
+
+
+def _net(seed: int):
+    model = mlp(seed, (6, 6, 5, 3))
+    x = np.random.default_rng(seed).uniform(size=(6, 6))
+    return model, x, np.array([0, 1, 2, 0, 1, 2])
+
+
+def test_later_solves_start_from_local_search_around_the_best_solution_known(monkeypatch):
+    """Greedy removal from the trained network runs once; every later solve starts from local
+    search around the best binary solution known at its weight, never from anything worse."""
+    model, x, y = _net(31)
+    greedy, searched = [], []
+    warm_start_scores, local_search = scoring.warm_start_scores, scoring.local_search
+
+    def counting(im, budget):
+        greedy.append(im.settings.lam)
+        return warm_start_scores(im, budget)
+
+    def recording(im, scores, budget):
+        searched.append((im.settings.lam, im.objective_at(scores)))
+        return local_search(im, scores, budget)
+
+    monkeypatch.setattr(scoring, "warm_start_scores", counting)
+    monkeypatch.setattr(scoring, "local_search", recording)
+    lams = [0.2, 1.0, 5.0]
+    sweep = oamip.score_sweep(model, x, y, lams, loss="hinge", scores="binary", mip_gap=1e-9)
+    assert greedy == [0.2]
+    solved = [lam for lam, r in zip(lams, sweep) if not r.by_concavity]
+    assert sorted(lam for lam, _ in searched) == solved[1:]
+    first = sweep[0]
+    im = build_importance_model(
+        extract(model, x).network, x, y, ImportanceSettings("hinge", scores="binary")
+    )
+    by_layer = extract(model, x).scores_by_layer(first.scores)
+    for lam, searched_from in searched:
+        im.set_lam(lam)
+        assert searched_from <= im.objective_at(by_layer) + 1e-12
+        assert sweep[lams.index(lam)].start_objective <= searched_from + 1e-12
+
+
+def test_a_fractional_solution_known_is_kept_as_start_when_local_search_cannot_beat_it():
+    """With continuous scores a solved weight may leave a fractional solution better than
+    every binary one; local search needs binary scores, so the start is the better of both."""
+    model, x, y = _net(3)
+    common = dict(loss="hinge", lam=1.0, mip_gap=1e-9)
+    fractional = oamip.score_neurons(model, x, y, **common)
+    binary = oamip.score_neurons(model, x, y, scores="binary", **common)
+    assert fractional.objective < binary.objective - 1e-4
+    extracted = extract(model, x)
+    im = build_importance_model(extracted.network, x, y, ImportanceSettings("hinge", lam=1.0))
+    sweep = scoring._Sweep([1.0], 1e-9)
+    binary_line = scoring._line(im, extracted.scores_by_layer(binary.scores))
+    sweep.add_solved(0.5, binary, [binary_line])
+    assert im.objective_at(scoring._start(im, sweep, 1.0, 1.0)) <= binary.objective + 1e-9
+    fractional_line = scoring._line(im, extracted.scores_by_layer(fractional.scores))
+    sweep.add_solved(2.0, fractional, [fractional_line])
+    start = scoring._start(im, sweep, 1.0, 1.0)
+    assert im.objective_at(start) == pytest.approx(fractional.objective, abs=1e-9)
