@@ -165,7 +165,8 @@ def score_sweep(
     with both neighbours). The smallest and largest weights are solved first, then always
     the weight with the largest gap left. The first solve starts from greedy removal and local
     search (:mod:`oamip.formulations.warm_start`), every later one from local search around the
-    best solution known at its weight; each keeps the cross-entropy cuts found so far.
+    solutions known (or the best of them at its weight); each keeps the cross-entropy cuts found
+    so far.
     ``time_limit`` applies to each solve, the first one's including building the model. The
     results share one Pyomo model, which holds the last weight solved.
     """
@@ -203,6 +204,9 @@ class _Line:
     def at(self, lam: float) -> float:
         return self.sparsity + lam * self.loss
 
+    def same(self, other: _Line) -> bool:
+        return all(np.array_equal(s, other.scores[i]) for i, s in self.scores.items())
+
     @property
     def binary(self) -> bool:
         return all(np.isin(s, (0.0, 1.0)).all() for s in self.scores.values())
@@ -210,13 +214,15 @@ class _Line:
 
 def _start(im: ImportanceModel, sweep: _Sweep, lam: float, budget: float) -> dict:
     """Greedy removal and local search for the first solve; after that, local search around
-    the best binary solution known at ``lam`` (every start is one), or the best solution known
-    if that is better (with continuous scores it may be fractional)."""
+    every binary solution known (every start is one), the budget shared, or the best solution
+    known at ``lam`` if that is better (with continuous scores it may be fractional). Local
+    search from the best solution at ``lam`` alone can stay far from the optimum: masks much
+    smaller than the optimal one, found at small weights, are local optima at larger ones."""
     if not sweep.lines:
         return warm_start_scores(im, budget)
-    binary = [line for line in sweep.lines if line.binary]
-    found = local_search(im, min(binary, key=lambda line: line.at(lam)).scores, budget)
-    return min([found, sweep.best_at(lam).scores], key=im.objective_at)
+    binary = [line.scores for line in sweep.lines if line.binary]
+    found = [local_search(im, s, budget / len(binary)) for s in binary]
+    return min([*found, sweep.best_at(lam).scores], key=im.objective_at)
 
 
 def _line(im: ImportanceModel, scores: dict[int, np.ndarray]) -> _Line:
@@ -236,7 +242,9 @@ class _Sweep:
     def add_solved(self, lam: float, result: ScoreResult, lines: list[_Line]) -> None:
         """A solve at ``lam``, with the solutions it saw (each an upper bound everywhere)."""
         self.solved[lam] = result
-        self.lines += lines
+        for line in lines:
+            if not any(line.same(other) for other in self.lines):
+                self.lines.append(line)
 
     def best_at(self, lam: float) -> _Line:
         return min(self.lines, key=lambda line: line.at(lam))

@@ -58,11 +58,11 @@ def _net(seed: int):
     return model, x, np.array([0, 1, 2, 0, 1, 2])
 
 
-def test_later_solves_start_from_local_search_around_the_best_solution_known(monkeypatch):
+def test_later_solves_start_from_local_search_around_the_solutions_known(monkeypatch):
     """Greedy removal from the trained network runs once; every later solve starts from local
-    search around the best binary solution known at its weight, never from anything worse."""
+    search around each solution known (deduplicated), never from anything worse than them."""
     model, x, y = _net(31)
-    greedy, searched = [], []
+    greedy, searched = [], {}
     warm_start_scores, local_search = scoring.warm_start_scores, scoring.local_search
 
     def counting(im, budget):
@@ -70,7 +70,7 @@ def test_later_solves_start_from_local_search_around_the_best_solution_known(mon
         return warm_start_scores(im, budget)
 
     def recording(im, scores, budget):
-        searched.append((im.settings.lam, im.objective_at(scores)))
+        searched.setdefault(im.settings.lam, []).append(scores)
         return local_search(im, scores, budget)
 
     monkeypatch.setattr(scoring, "warm_start_scores", counting)
@@ -79,16 +79,19 @@ def test_later_solves_start_from_local_search_around_the_best_solution_known(mon
     sweep = oamip.score_sweep(model, x, y, lams, loss="hinge", scores="binary", mip_gap=1e-9)
     assert greedy == [0.2]
     solved = [lam for lam, r in zip(lams, sweep) if not r.by_concavity]
-    assert sorted(lam for lam, _ in searched) == solved[1:]
-    first = sweep[0]
+    assert sorted(searched) == solved[1:]
+    extracted = extract(model, x)
+    first = extracted.scores_by_layer(sweep[0].scores)
     im = build_importance_model(
-        extract(model, x).network, x, y, ImportanceSettings("hinge", scores="binary")
+        extracted.network, x, y, ImportanceSettings("hinge", scores="binary")
     )
-    by_layer = extract(model, x).scores_by_layer(first.scores)
-    for lam, searched_from in searched:
+    for lam, starts in searched.items():
         im.set_lam(lam)
-        assert searched_from <= im.objective_at(by_layer) + 1e-12
-        assert sweep[lams.index(lam)].start_objective <= searched_from + 1e-12
+        keys = [tuple(np.concatenate(list(s.values()))) for s in starts]
+        assert len(set(keys)) == len(keys), "each solution known is searched from once"
+        assert any(all(np.array_equal(s[i], first[i]) for i in s) for s in starts)
+        best = min(im.objective_at(s) for s in starts)
+        assert sweep[lams.index(lam)].start_objective <= best + 1e-12
 
 
 def test_a_fractional_solution_known_is_kept_as_start_when_local_search_cannot_beat_it():
