@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyomo.environ as pyo
 
-from oamip import backends
+from oamip import backends, checks
 from oamip.adapters import extract, scored_logits
 from oamip.backends import SolveOptions, Status
 from oamip.backends.base import DEFAULT_MIP_GAP
@@ -78,8 +79,7 @@ class ScoreResult:
 
     def masks(self, threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
         """True = keep (score >= threshold); at least ``min_keep`` units per layer, the best."""
-        if not 0.0 <= threshold <= 1.0:
-            raise InvalidInputError(f"threshold must lie in [0, 1], got {threshold}")
+        threshold = checks.real("threshold", threshold, 0.0, 1.0)
         return {name: _keep(s, threshold, self.min_keep) for name, s in self.scores.items()}
 
 
@@ -122,7 +122,7 @@ def score_neurons(
         model,
         x,
         y,
-        [lam],
+        [checks.real("lam", lam, 0.0)],
         backend=backend,
         loss=loss,
         margin=margin,
@@ -171,11 +171,11 @@ def score_sweep(
     results share one Pyomo model, which holds the last weight solved.
     """
     start = time.perf_counter()
-    lams = [float(v) for v in lams]
-    if not lams:
-        raise InvalidInputError("lams is empty: give at least one loss weight")
+    lams = _weights(lams)
+    _check_options(time_limit, mip_gap, threads, root_cuts)
     solver = backends.get(backend)
     settings = ImportanceSettings(loss, margin, min(lams), scores, min_keep)
+    settings.validate()
     extracted, im, x = _prepare(model, x, y, settings, solver, root_cuts, time_limit)
     options = SolveOptions(
         mip_gap=mip_gap, threads=threads, verbose=verbose, heuristics=solver_heuristics
@@ -303,8 +303,6 @@ class _Sweep:
 def _prepare(model, x, y, settings, solver, root_cuts: int, time_limit):
     """Extract the network and build (and optionally strengthen) its importance MIP."""
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
-    if time_limit is not None and time_limit <= 0:
-        raise InvalidInputError(f"time_limit must be positive seconds, got {time_limit}")
     extracted = extract(model, x)
     im = build_importance_model(extracted.network, x, y, settings)
     if root_cuts:
@@ -339,12 +337,40 @@ def _solve(extracted, im, x, solver, options, time_limit, start: float, start_sc
     )
 
 
+def _weights(lams) -> list[float]:
+    """The loss weights as floats, or a clear error (a string is not a list of weights)."""
+    if hasattr(lams, "tolist"):
+        lams = lams.tolist()
+    if isinstance(lams, str | bytes) or not isinstance(lams, Iterable):
+        raise InvalidInputError(f"lams must be a list of loss weights, got {lams!r}")
+    weights = [checks.real("every loss weight in lams", v, 0.0) for v in lams]
+    if not weights:
+        raise InvalidInputError("lams is empty: give at least one loss weight")
+    return weights
+
+
+def _check_options(time_limit, mip_gap, threads, root_cuts) -> None:
+    if time_limit is not None:
+        checks.real("time_limit (seconds)", time_limit, 0.0, open_low=True)
+    checks.real("mip_gap", mip_gap, 0.0, 1.0)
+    if threads is not None:
+        checks.whole("threads", threads, 1)
+    checks.whole("root_cuts", root_cuts, 0)
+
+
 def _as_numpy(values, what: str) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
-    values = np.asarray(values)
-    if values.dtype == object:
-        raise InvalidInputError(f"{what} must be a numeric array or tensor")
+    try:
+        values = np.asarray(values)
+    except ValueError:
+        raise InvalidInputError(
+            f"{what} is ragged: give one array whose samples all have the same shape"
+        ) from None
+    if values.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"{what} must be a real numeric array or tensor, got dtype {values.dtype}"
+        )
     if values.size and np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise InvalidInputError(f"{what} contains NaN or infinite values")
     return values

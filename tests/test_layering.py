@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "oamip"
 SOLVERS = {"highspy", "pyscipopt", "gurobipy"}
 
 FORBIDDEN = {
+    "checks.py": {"torch", "pyomo", *SOLVERS, "oamip.formulations", "oamip.backends"},
     "network.py": {"torch", "pyomo", *SOLVERS, "oamip.formulations", "oamip.backends"},
     "bounds.py": {"torch", "pyomo", *SOLVERS, "oamip.formulations", "oamip.backends"},
     "formulations": {"torch", *SOLVERS, "oamip.backends", "oamip.adapters", "oamip.scoring"},

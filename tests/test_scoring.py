@@ -89,12 +89,79 @@ def test_time_limit_returns_the_best_solution_with_its_status():
         (lambda m, x, y: (m, x, y[:3]), "labels have shape"),
         (lambda m, x, y: (m, x, y + 5), r"labels must lie in 0..2"),
         (lambda m, x, y: (_poisoned(m), x, y), "parameter '1.weight' contains NaN"),
+        (lambda m, x, y: (m, x[0], y[:1]), r"x has shape \(6,\): give a batch"),
+        (lambda m, x, y: (m, [[0.0] * 6, [0.0] * 5], y[:2]), "x is ragged"),
+        (lambda m, x, y: (m, x.astype(complex), y), "x must be a real numeric array"),
+        (lambda m, x, y: (m, x, y.astype(str)), "y must be a real numeric array"),
+        (lambda m, x, y: (m, x, y.astype(bool)), "labels must be whole class indices"),
+        (lambda m, x, y: (m, x, y + 0.5), "labels must be whole class indices"),
+        (lambda m, x, y: (mlp(0, (6, 0, 3)), x, y), "has output shape \\(0,\\), with no units"),
+        (lambda m, x, y: (copy.deepcopy(m).to("meta"), x, y), "tensors on the meta device"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_bad_input_gets_a_clear_error(small, change, message):
     model, x, y = change(*small)
     with pytest.raises(oamip.InvalidInputError, match=message):
         oamip.score_neurons(model, x, y)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"lam": "5"}, "lam must be a finite number, got '5'"),
+        ({"lam": -1.0}, r"lam must lie in \[0, inf\]"),
+        ({"margin": float("nan")}, "margin must be a finite number"),
+        ({"min_keep": None}, "min_keep must be a whole number, got None"),
+        ({"min_keep": 1.5}, "min_keep must be a whole number"),
+        ({"loss": 3}, "unknown loss 3"),
+        ({"mip_gap": float("nan")}, "mip_gap must be a finite number"),
+        ({"mip_gap": -1.0}, r"mip_gap must lie in \[0, 1\]"),
+        ({"mip_gap": 2.0}, r"mip_gap must lie in \[0, 1\]"),
+        ({"threads": 0}, r"threads must lie in \[1, inf\]"),
+        ({"threads": 1.5}, "threads must be a whole number"),
+        ({"threads": True}, "threads must be a whole number"),
+        ({"root_cuts": -1}, r"root_cuts must lie in \[0, inf\]"),
+        ({"time_limit": float("nan")}, r"time_limit \(seconds\) must be a finite number"),
+        ({"time_limit": 0}, r"time_limit \(seconds\) must lie in \(0, inf\]"),
+        ({"time_limit": "5"}, r"time_limit \(seconds\) must be a finite number"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(small, option, message, monkeypatch):
+    monkeypatch.setattr(scoring, "extract", _never)
+    with pytest.raises(oamip.InvalidInputError, match=message):
+        oamip.score_neurons(*small, **{"loss": "hinge", **option})
+
+
+@pytest.mark.parametrize(
+    ("lams", "message"),
+    [
+        ("15", "lams must be a list of loss weights, got '15'"),
+        (5.0, "lams must be a list of loss weights, got 5.0"),
+        ([1.0, float("inf")], "every loss weight in lams must be a finite number"),
+        ([1.0, -2.0], r"every loss weight in lams must lie in \[0, inf\]"),
+        ([], "lams is empty"),
+    ],
+)
+def test_bad_loss_weights_of_a_sweep_are_refused(small, lams, message):
+    with pytest.raises(oamip.InvalidInputError, match=message):
+        oamip.score_sweep(*small, lams)
+
+
+def test_loss_weights_may_come_as_an_array(small):
+    results = oamip.score_sweep(*small, np.array([1.0, 2.0]), loss="hinge", scores="binary")
+    assert [r.status for r in results] == ["optimal", "optimal"]
+
+
+def test_a_threshold_must_be_a_number_in_0_1(small):
+    res = oamip.score_neurons(*small, loss="hinge", scores="binary")
+    for bad in ("0.1", float("nan"), 1.5):
+        with pytest.raises(oamip.InvalidInputError, match="threshold must"):
+            res.masks(bad)
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the options should have been refused before extracting the model")
 
 
 def _poisoned(model):

@@ -48,6 +48,11 @@ def reference_copy(model: nn.Module) -> nn.Module:
     """A float64 CPU copy in eval mode; the user's model is left exactly as it was."""
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise InvalidInputError(
+            "the model has tensors on the meta device, which hold no values; load its "
+            "weights (e.g. load_state_dict(..., assign=True)) before scoring it"
+        )
     clone = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
     return clone.eval()
 
@@ -58,7 +63,7 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
     _check_finite(ref)
     steps = read_chain(ref)
     owners = scored_steps(steps)
-    shape = tuple(np.asarray(x).shape[1:])
+    shape = _sample_shape(x)
     network = Network(input_shape=shape)
     units: dict[str, ScoredUnit] = {}
     batchnorm_of: dict[str, str] = {}
@@ -67,6 +72,7 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
         prev = steps[pos - 1].kind if pos else None
         if step.kind in ("linear", "conv", "avgpool"):
             pending = _affine(step, shape)
+            _check_units(pending)
             network.layers.append(pending)
             shape = pending.out_shape
         elif step.kind == "bn":
@@ -84,6 +90,24 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
             shape = (int(np.prod(shape)),)
     _check_output(network)
     return Extracted(network, units, ref)
+
+
+def _sample_shape(x) -> tuple[int, ...]:
+    shape = tuple(np.shape(x))
+    if len(shape) < 2:
+        raise InvalidInputError(
+            f"x has shape {shape}: give a batch, samples along the first axis "
+            "(x[None] for a single sample)"
+        )
+    return shape[1:]
+
+
+def _check_units(layer: AffineLayer) -> None:
+    if 0 in layer.out_shape:
+        raise InvalidInputError(
+            f"layer '{layer.name}' has output shape {layer.out_shape}, with no units; "
+            "remove it from the model"
+        )
 
 
 def _check_finite(model: nn.Module) -> None:

@@ -20,6 +20,7 @@ import pyomo.environ as pyo
 from pyomo.common.gc_manager import PauseGC
 from pyomo.core.expr.numeric_expr import LinearExpression
 
+from oamip import checks
 from oamip.bounds import NetworkBounds, interval_bounds
 from oamip.errors import InvalidInputError
 from oamip.formulations.blocks import RowBlock, VarTable
@@ -51,20 +52,12 @@ class ImportanceSettings:
     encoding: str = "tight"
 
     def validate(self) -> None:
-        if self.loss not in LOSSES:
-            raise InvalidInputError(f"unknown loss '{self.loss}'; choose one of {LOSSES}")
-        if self.scores not in SCORE_MODES:
-            raise InvalidInputError(f"unknown scores '{self.scores}'; choose one of {SCORE_MODES}")
-        if not np.isfinite(self.lam) or self.lam < 0:
-            raise InvalidInputError(f"lam must be a finite number >= 0, got {self.lam}")
-        if not np.isfinite(self.margin) or self.margin < 0:
-            raise InvalidInputError(f"margin must be a finite number >= 0, got {self.margin}")
-        if self.encoding not in ENCODINGS:
-            raise InvalidInputError(
-                f"unknown encoding '{self.encoding}'; choose one of {ENCODINGS}"
-            )
-        if int(self.min_keep) != self.min_keep or self.min_keep < 0:
-            raise InvalidInputError(f"min_keep must be a whole number >= 0, got {self.min_keep}")
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("scores", self.scores, SCORE_MODES)
+        _check_choice("encoding", self.encoding, ENCODINGS)
+        checks.real("lam", self.lam, 0.0)
+        checks.real("margin", self.margin, 0.0)
+        checks.whole("min_keep", self.min_keep, 0)
 
 
 @dataclass
@@ -195,12 +188,18 @@ def build_importance_model(
     return im
 
 
+def _check_choice(what: str, value, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"unknown {what} {value!r}; choose one of {choices}")
+
+
 def _check_labels(y, n: int, classes: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape != (n,):
         raise InvalidInputError(f"labels have shape {y.shape}; expected ({n},), one per sample")
-    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
-        raise InvalidInputError("labels must be whole class indices")
+    whole = y.dtype.kind in "iu" or (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0))
+    if not whole:
+        raise InvalidInputError(f"labels must be whole class indices, got dtype {y.dtype}")
     y = y.astype(np.int64)
     if y.min() < 0 or y.max() >= classes:
         raise InvalidInputError(f"labels must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
