@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,73 @@ def test_load_model_refuses_missing_corrupt_and_foreign_files(tmp_path):
         oamip.load_model(tmp_path / "other.pt")
 
 
+def test_save_model_refuses_a_folder_or_a_file_in_the_way_and_writes_nothing(tmp_path):
+    model = mlp(0)
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(oamip.InvalidInputError, match="it is a folder"):
+        oamip.save_model(model, tmp_path / "somedir")
+    with pytest.raises(oamip.InvalidInputError, match="'.*afile' is a file, not a folder"):
+        oamip.save_model(model, tmp_path / "afile" / "x.pt")
+    with pytest.raises(oamip.InvalidInputError, match="must be a str or os.PathLike"):
+        oamip.save_model(model, None)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["afile", "somedir"]
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = oamip.save_model(mlp(0), tmp_path / "model.pt")
+    before = path.read_bytes()
+
+    def fail(_payload, target):
+        Path(target).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(oamip.InvalidInputError, match="No space left on device"):
+        oamip.save_model(mlp(1), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert path.read_bytes() == before
+
+
+def _linear_args(payload, **args):
+    payload["layers"][1][1]["args"].update(args)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda p: p.pop("layers"), "has no list of layers"),
+        (lambda p: p.pop("state_dict"), "has no state dict"),
+        (lambda p: p.update(version="1"), "format version '1' is not a positive integer"),
+        (lambda p: p["layers"].append("x"), "layer entry is not"),
+        (lambda p: p["layers"].append(("9", {"type": "Tanh", "args": {}})), "unknown layer"),
+        (lambda p: _linear_args(p, foo=1), "layer '1' .* unexpected keyword argument 'foo'"),
+        (lambda p: _linear_args(p, in_features=-1), "layer '1' .* negative dimension"),
+        (lambda p: p["layers"].append(("9", {"type": "Dropout", "args": {"p": 2}})), "'9'"),
+        (lambda p: p["layers"].append(("a.b", {"type": "ReLU", "args": {}})), "'a.b'"),
+        (lambda p: p["state_dict"].update({"1.weight": 3}), "weights do not fit"),
+    ],
+)
+def test_load_model_refuses_tampered_files_with_the_fault_named(tmp_path, tamper, message):
+    path = oamip.save_model(mlp(0), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    tamper(payload)
+    torch.save(payload, path)
+    with pytest.raises(oamip.InvalidInputError, match=f"{message}.*written by oamip.save_model"):
+        oamip.load_model(path)
+
+
+def test_load_model_refuses_newer_versions_and_non_paths(tmp_path):
+    path = oamip.save_model(mlp(0), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(oamip.InvalidInputError, match="newer oamip .* version 99.*upgrade oamip"):
+        oamip.load_model(path)
+    with pytest.raises(oamip.InvalidInputError, match="must be a str or os.PathLike"):
+        oamip.load_model(None)
+
+
 class _Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -153,3 +221,32 @@ def test_masks_of_wrong_layers_or_sizes_are_refused():
         oamip.apply_masks(model, {"1": np.ones(4, dtype=bool)})
     with pytest.raises(oamip.InvalidInputError, match="removes every unit"):
         oamip.remove_pruned(model, {"1": np.zeros(5, dtype=bool)})
+
+
+@pytest.mark.parametrize("prune", [oamip.apply_masks, oamip.remove_pruned])
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (np.array([0.05, 0.5, 0, 0, 1]), "values other than 0 and 1"),
+        (np.array([np.nan, 1, 1, 1, 1]), "values other than 0 and 1"),
+        (np.array(list("11011")), "dtype <U1"),
+        (np.array([True, None, True, True, True]), "dtype object"),
+    ],
+)
+def test_masks_that_are_not_boolean_are_refused(prune, mask, message):
+    with pytest.raises(oamip.InvalidInputError, match=f"{message}.*use res.masks"):
+        prune(mlp(0), {"1": mask})
+
+
+@pytest.mark.parametrize("masks", [None, [np.ones(5, dtype=bool)]])
+def test_masks_must_be_a_dict(masks):
+    with pytest.raises(oamip.InvalidInputError, match="masks must be a dict.*use res.masks"):
+        oamip.apply_masks(mlp(0), masks)
+
+
+def test_zero_one_arrays_and_bool_tensors_are_read_as_keep_masks():
+    model = mlp(0)
+    expected = oamip.apply_masks(model, {"1": np.array([True, False, True, True, False])})
+    keep = [True, False, True, True, False]
+    for mask in (np.array(keep, dtype=int), torch.tensor(keep), torch.tensor(keep).double()):
+        assert _same_state(oamip.apply_masks(model, {"1": mask}), expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from oamip.adapters.chain import Step, read_chain, scored_steps
 from oamip.adapters.extract import Extracted
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
-Masks = dict[str, np.ndarray]
+Masks = Mapping[str, np.ndarray | torch.Tensor]
+_FROM_SCORES = "from a ScoreResult use res.masks(threshold)"
 
 
 def scored_logits(
@@ -56,7 +58,12 @@ def _shift_hook(shift: torch.Tensor):
 
 
 def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
-    """Masks as bool arrays keyed by scored module names, with sizes checked."""
+    """Masks as bool arrays keyed by scored module names, with types and sizes checked."""
+    if not isinstance(masks, Mapping):
+        raise InvalidInputError(
+            f"masks must be a dict {{layer name: boolean keep-mask}}, got {type(masks).__name__}; "
+            f"{_FROM_SCORES}"
+        )
     scored = {step.name: step for step in scored_steps(steps).values()}
     clean = {}
     for name, mask in masks.items():
@@ -64,14 +71,30 @@ def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, 
             raise InvalidInputError(
                 f"mask for '{name}', which is not a scored layer; scored layers: {sorted(scored)}"
             )
-        mask = np.asarray(mask)
+        mask = _as_bool(name, mask)
         units = _out_units(scored[name].module)
         if mask.shape != (units,):
             raise InvalidInputError(
                 f"mask for '{name}' has shape {mask.shape}; the layer has {units} units"
             )
-        clean[name] = mask.astype(bool)
+        clean[name] = mask
     return clean
+
+
+def _as_bool(name: str, mask) -> np.ndarray:
+    """A new bool array from a bool mask or one of only 0s and 1s; anything else (scores, NaN,
+    strings) is refused rather than read as "keep if non-zero"."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    numeric = mask.dtype.kind in "biuf"
+    if not numeric or not np.isin(mask, (0, 1)).all():
+        what = "values other than 0 and 1" if numeric else f"dtype {mask.dtype}"
+        raise InvalidInputError(
+            f"mask for '{name}' is not boolean ({what}); masks must be boolean keep-masks "
+            f"(True = keep); {_FROM_SCORES}"
+        )
+    return mask.astype(bool)
 
 
 def _out_units(module: nn.Module) -> int:

@@ -49,12 +49,43 @@ def _plain(value):
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (a chain of supported layers) to ``path`` atomically; returns the path."""
+    """Write ``model`` (a chain of supported layers) to ``path`` atomically; returns the path.
+
+    The file is written under a temporary name in the same folder and renamed into place, so a
+    failed save leaves no partial file."""
+    path = _as_path(path)
     sequential = remove_pruned(model, {})
     layers = [(name, _spec(module)) for name, module in sequential.named_children()]
     state = {k: v.detach().cpu() for k, v in sequential.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "layers": layers, "state_dict": state}
-    path = Path(path)
+    _check_target(path)
+    try:
+        _write_atomically(payload, path)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot save the model to '{path}': {exc.strerror or exc}; give a file path in a "
+            "folder you can write to"
+        ) from exc
+    return path
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a folder as the file, or a file where a parent folder should be, before writing."""
+    if path.is_dir():
+        raise InvalidInputError(
+            f"cannot save the model to '{path}': it is a folder; give a file path such as "
+            f"'{path / 'model.pt'}'"
+        )
+    blocker = next(parent for parent in path.parents if parent.exists())
+    if not blocker.is_dir():
+        raise InvalidInputError(
+            f"cannot save the model to '{path}': '{blocker}' is a file, not a folder; "
+            "choose another path"
+        )
+
+
+def _write_atomically(payload: dict, path: Path) -> None:
+    """Save to a temporary file beside ``path`` and rename it into place (removed on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -65,7 +96,15 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def _as_path(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(
+            f"a model file path must be a str or os.PathLike, got {type(path).__name__}; "
+            "give the file's path, e.g. 'pruned.pt'"
+        )
+    return Path(path)
 
 
 def _umask() -> int:
@@ -76,29 +115,74 @@ def _umask() -> int:
 
 
 def load_model(path: str | os.PathLike) -> nn.Sequential:
-    """Rebuild a model written by :func:`save_model` (CPU, eval mode)."""
-    path = Path(path)
+    """Rebuild a model written by :func:`save_model` (CPU, eval mode).
+
+    Only plain data and tensors are unpickled (``weights_only=True``) and layers are built from
+    the supported types by name, so a file can never run code; a malformed file is refused."""
+    path = _as_path(path)
+    payload = _read_payload(path)
+    _check_header(payload, path)
+    model = nn.Sequential()
+    for entry in payload["layers"]:
+        _add_layer(model, entry, path)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise _malformed(path, f"its weights do not fit its layers: {detail}") from exc
+    return model.eval()
+
+
+def _read_payload(path: Path):
+    """The unpickled file, plain data and tensors only (``weights_only``)."""
     if not path.is_file():
         raise InvalidInputError(f"model file '{path}' does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InvalidInputError(
             f"'{path}' is not a readable model file ({type(exc).__name__}); "
             "save models with oamip.save_model"
         ) from exc
+
+
+def _check_header(payload, path: Path) -> None:
+    """The format tag, a version this code reads, and the two parts a model file holds."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InvalidInputError(f"'{path}' was not written by oamip.save_model")
-    model = nn.Sequential()
-    for name, spec in payload["layers"]:
-        cls = _BY_NAME.get(spec["type"])
-        if cls is None:
-            raise InvalidInputError(f"'{path}' names an unknown layer type {spec['type']}")
-        model.add_module(name, cls(**spec["args"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
+    version = payload.get("version")
+    if type(version) is not int or version < 1:
+        raise _malformed(path, f"its format version {version!r} is not a positive integer")
+    if version > VERSION:
         raise InvalidInputError(
-            f"'{path}' holds weights that do not fit its layers: {exc}"
+            f"'{path}' was written by a newer oamip (file format version {version}; this oamip "
+            f"reads version {VERSION}); upgrade oamip to load it"
+        )
+    if not isinstance(payload.get("layers"), (list, tuple)):
+        raise _malformed(path, "it has no list of layers")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise _malformed(path, "it has no state dict")
+
+
+def _add_layer(model: nn.Sequential, entry, path: Path) -> None:
+    """Build one saved ``(name, {"type", "args"})`` entry from the supported layer types."""
+    try:
+        name, spec = entry
+        kind, args = spec["type"], spec["args"]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _malformed(
+            path, f"a layer entry is not (name, {{type, args}}): {entry!r:.80}"
         ) from exc
-    return model.eval()
+    cls = _BY_NAME.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise _malformed(path, f"it names an unknown layer type {kind!r}")
+    try:
+        model.add_module(name, cls(**args))
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise _malformed(path, f"layer {name!r} ({kind}) cannot be rebuilt: {exc}") from exc
+
+
+def _malformed(path: Path, what: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"'{path}' is not a valid oamip model file: {what}; was it written by oamip.save_model?"
+    )
