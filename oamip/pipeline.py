@@ -11,7 +11,7 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -20,16 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oamip import backends
-from oamip.adapters import apply_masks, load_model, remove_pruned
+from oamip import backends, checks
+from oamip.adapters import apply_masks, extract, load_model, remove_pruned
 from oamip.adapters.serialize import FORMAT
 from oamip.baselines import magnitude_scores, masks_like, random_scores, snip_scores, taylor_scores
-from oamip.data import Dataset, load_data, mip_batch
+from oamip.data import DATA_SPECS, Dataset, load_data, mip_batch
 from oamip.errors import InvalidInputError
 from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
 from oamip.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
-from oamip.train import evaluate, finetune, resolve_device, train
+from oamip.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
 
 DEFAULT_TRAIN_EPOCHS = 10
 DEFAULT_TRAIN_LR = 1e-2
@@ -41,6 +41,13 @@ SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 BASELINES = ("random", "magnitude", "snip", "taylor")
 LIVE_LINE_INTERVAL = 0.25
 """Seconds between two updates of the line shown while the solver runs."""
+LAM_MAX = 1e6
+"""Largest loss weight: beyond it the sparsity term (at most 1 per scored layer) is lost in the
+solver's tolerances next to the loss term, and weights near 1e20 make the solvers fail."""
+SEED_MAX = 2**32 - 1
+"""Largest seed: the seeds of numpy's and torch's generators that every platform takes."""
+MAX_THREADS = 1024
+"""Most CPU threads accepted; far more than any machine has, far less than overflows torch."""
 
 
 @dataclass
@@ -68,29 +75,28 @@ class PruneSettings:
     progress: bool = False
 
     def check(self) -> None:
-        """Raise InvalidInputError for a setting no run could use; the backend must be installed."""
+        """Raise InvalidInputError, before any work, for a setting of the wrong type, out of
+        range or not finite; numbers become plain ints and floats. The backend must be installed.
+        """
+        check_choice("backend", self.backend, backends.known())
         backends.get(self.backend)
         resolve_device(self.device)
-        _check_choice("architecture", self.arch, ARCHITECTURES)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("scores", self.scores, SCORE_MODES)
-        _check_range("threshold", self.threshold, 0.0, 1.0)
-        if self.samples_per_class < 1:
-            raise InvalidInputError(
-                f"samples per class must be at least 1, got {self.samples_per_class}"
+        check_choice("architecture", self.arch, ARCHITECTURES)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("scores", self.scores, SCORE_MODES)
+        self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
+        self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
+        self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
+        self.lam = _checked_lam(self.lam)
+        self.seed = checked_seed(self.seed)
+        if self.threads is not None:
+            self.threads = checks.whole("threads", self.threads, 1, MAX_THREADS)
+        if self.time_limit is not None:
+            self.time_limit = checks.real(
+                "the time limit in seconds (None: no limit)", self.time_limit, 0.0, open_low=True
             )
-        if self.finetune_epochs < 0:
-            raise InvalidInputError(
-                f"fine-tuning epochs must be 0 or more, got {self.finetune_epochs}"
-            )
-        if not self.lam >= 0:
-            raise InvalidInputError(f"lambda must be 0 or more, got {self.lam}")
-        if self.threads is not None and self.threads < 1:
-            raise InvalidInputError(f"threads must be at least 1, got {self.threads}")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise InvalidInputError(
-                f"the time limit must be positive seconds, got {self.time_limit}"
-            )
+        check_flag("solver_heuristics", self.solver_heuristics)
+        check_flag("progress", self.progress)
 
 
 @dataclass
@@ -173,12 +179,16 @@ def prune(model: nn.Module | None = None, data: Dataset | str = "digits", **opti
     """Prune ``model`` (None: train the default MLP) on ``data`` (a Dataset or a spec such as
     ``"digits"`` or ``"npz:PATH"``); ``options`` are fields of :class:`PruneSettings`.
 
-    The model given is never modified; the report holds the pruned, physically smaller model.
+    The model given is never modified, nor the caller's torch random state; bad settings, data
+    or models are refused before any work. The report holds the pruned, smaller model.
     """
     settings = PruneSettings(**options)
     settings.check()
-    dataset = load_data(data) if isinstance(data, str) else data
-    with _torch_threads(settings.threads):
+    dataset = dataset_of(data)
+    _check_classes(dataset, settings.samples_per_class)
+    if model is not None:
+        _check_model(model, dataset)
+    with kept_rng_state(), _torch_threads(settings.threads):
         return _prune(model, dataset, settings)
 
 
@@ -240,13 +250,13 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
     """
     path = Path(path).expanduser()
     if arch is not None:
-        _check_choice("architecture", arch, ARCHITECTURES)
+        check_choice("architecture", arch, ARCHITECTURES)
     payload = _load_weights(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         model = load_model(path)
     else:
         model = _from_state_dict(path, _state_dict(path, payload), arch, dataset)
-    _check_fits(model, path, dataset)
+    check_fits(model, dataset, f"the model in '{path}'")
     return model
 
 
@@ -266,14 +276,102 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidInputError(f"unknown {what} '{value}'; use one of {', '.join(choices)}")
+def dataset_of(data: Dataset | str) -> Dataset:
+    """``data`` itself, or the data set its spec names; anything else is refused."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str):
+        return load_data(data)
+    raise InvalidInputError(
+        f"data must be an oamip Dataset or a spec ({DATA_SPECS}), got {type(data).__name__}"
+    )
 
 
-def _check_range(what: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise InvalidInputError(f"the {what} must lie in [{low:g}, {high:g}], got {value}")
+def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> None:
+    """Refuse a model that is no module, does not take the data's inputs, or gives fewer logits
+    than the data has classes: checked on one sample, in eval mode, the model left as it was."""
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(
+            f"{name} must be a torch.nn.Module (or None to train one), got "
+            f"{type(model).__name__}; load a saved model with oamip.load_model(path)"
+        )
+    sample = torch.as_tensor(dataset.x_train[:1], device=model_device(model))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(sample)
+    except RuntimeError as exc:
+        raise InvalidInputError(
+            f"{name} does not take inputs of shape {dataset.input_shape} from "
+            f"'{dataset.name}' ({str(exc).splitlines()[0]}); use a model made for this data"
+        ) from exc
+    if logits.dim() != 2 or logits.shape[1] < dataset.num_classes:
+        raise InvalidInputError(
+            f"{name} gives outputs of shape {tuple(logits.shape[1:])} but "
+            f"'{dataset.name}' has {dataset.num_classes} classes"
+        )
+
+
+def checked_seed(seed: int) -> int:
+    """``seed`` as an int, refused unless a whole number in 0..SEED_MAX."""
+    seed = checks.whole("seed", seed, 0)
+    if seed > SEED_MAX:
+        raise InvalidInputError(f"seed must be at most {SEED_MAX} (2**32 - 1), got {seed}")
+    return seed
+
+
+def check_flag(what: str, value: bool) -> None:
+    """Refuse a switch that is not True or False (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse ``value`` unless it is one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+
+
+def kept_rng_state() -> AbstractContextManager:
+    """A block after which torch's CPU and CUDA random states are the caller's again, whatever
+    happened: building and training models draws from them."""
+    return torch.random.fork_rng(devices=range(torch.cuda.device_count()))
+
+
+def _checked_lam(lam: float) -> float:
+    lam = checks.real("lambda", lam, 0.0)
+    if lam > LAM_MAX:
+        raise InvalidInputError(
+            f"lambda must be at most {LAM_MAX:g}, got {lam:g}: beyond that the loss term swamps "
+            "the sparsity term within the solver's tolerances (nothing more to gain), and huge "
+            "weights make the solver fail"
+        )
+    return lam
+
+
+def _check_classes(dataset: Dataset, samples_per_class: int) -> None:
+    """Every class ``0..K-1`` needs ``samples_per_class`` training samples for the MIP batch."""
+    counts = np.bincount(dataset.y_train, minlength=dataset.num_classes)[: dataset.num_classes]
+    absent = np.flatnonzero(counts == 0).tolist()
+    if absent:
+        classes = f"class {absent[0]} has" if len(absent) == 1 else f"classes {absent} have"
+        raise InvalidInputError(
+            f"{classes} no training samples in '{dataset.name}'; labels must number the classes "
+            f"0..{dataset.num_classes - 1}, each with training samples (renumber labels 1..K as "
+            "0..K-1)"
+        )
+    few = np.flatnonzero(counts < samples_per_class).tolist()
+    if few:
+        raise InvalidInputError(
+            f"class {few[0]} of '{dataset.name}' has {counts[few[0]]} training samples, fewer "
+            f"than the {samples_per_class} samples per class asked for; ask for fewer"
+        )
+
+
+def _check_model(model: nn.Module, dataset: Dataset) -> None:
+    """Refuse, before any work, a model that does not fit the data or that the MIP cannot
+    encode (an unsupported layer); reading the network from one sample is cheap."""
+    check_fits(model, dataset)
+    extract(model, dataset.x_train[:1])
 
 
 def _dense_model(
@@ -508,21 +606,3 @@ def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
                 f"{tuple(expected.shape)}"
             )
     model.load_state_dict(dict(zip(target, given, strict=True)))
-
-
-def _check_fits(model: nn.Module, path: Path, dataset: Dataset) -> None:
-    """The model must take the data's inputs and give one logit per class at least."""
-    sample = torch.as_tensor(dataset.x_train[:1])
-    try:
-        with torch.no_grad():
-            logits = model.eval()(sample)
-    except RuntimeError as exc:
-        raise InvalidInputError(
-            f"the model in '{path}' does not take inputs of shape {dataset.input_shape} "
-            f"from '{dataset.name}' ({str(exc).splitlines()[0]})"
-        ) from exc
-    if logits.dim() != 2 or logits.shape[1] < dataset.num_classes:
-        raise InvalidInputError(
-            f"the model in '{path}' gives outputs of shape {tuple(logits.shape[1:])} but "
-            f"'{dataset.name}' has {dataset.num_classes} classes"
-        )

@@ -23,14 +23,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from oamip import checks
 from oamip.adapters import apply_masks, read_chain, remove_pruned, save_model
 from oamip.adapters.masks import check_masks
 from oamip.data import DATA_SPECS, Dataset, load_data
 from oamip.errors import InvalidInputError
-from oamip.formulations.spr import SPRParams
 from oamip.models import ARCHITECTURES, build
 from oamip.outputs import staged_output, write_json
-from oamip.pipeline import count_params, read_model
+from oamip.pipeline import (
+    check_choice,
+    check_fits,
+    check_flag,
+    checked_seed,
+    count_params,
+    dataset_of,
+    describe_arch,
+    kept_rng_state,
+    read_model,
+)
 from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
 from oamip.train import (
     evaluate,
@@ -124,6 +134,7 @@ class SPRReport:
 
 @dataclass(frozen=True)
 class _Settings:
+    arch: str
     lam: float
     alpha: float
     M_scale: float
@@ -181,21 +192,27 @@ def spr_prune(
     """Train with SPR, remove the units whose groups are (near) zero, fine-tune, report.
 
     ``model`` None trains a fresh ``arch`` model for ``epochs`` epochs first; a given model is
-    the dense starting point (not modified). The SPR phase then runs ``epochs`` epochs of Adam
+    the dense starting point (not modified; the report names its own architecture). The caller's
+    random state is left as it was. The SPR phase then runs ``epochs`` epochs of Adam
     at ``lr`` decayed to zero on a cosine. ``group_lasso_scales`` (multiples of ``2 sqrt(ab)``,
     empty for none) sets the group-lasso baseline. With ``out``, ``pruned.pt`` and
     ``report.json`` are written there, all or nothing.
     """
-    settings = _settings(lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress)
+    settings = _settings(
+        arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
+    )
     scales = _check_scales(group_lasso_scales)
-    dataset = data if isinstance(data, Dataset) else load_data(data)
-    with staged_output(out) if out is not None else nullcontext() as folder:
-        dense = _dense_model(model, dataset, arch, settings)
-        accuracy_before = _accuracy(dense, dataset)
+    dataset = dataset_of(data)
+    if model is not None:
+        check_fits(model, dataset)
+    output = staged_output(out) if out is not None else nullcontext()
+    with kept_rng_state(), output as folder:
+        dense = _dense_model(model, dataset, settings)
+        accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
         _check_prunable(dense, settings)
         spr = _penalised_run(dense, dataset, settings, lambda reg: reg, "SPR")
         group_lasso = _group_lasso(dense, dataset, settings, scales, spr.outcome.final_accuracy)
-        report = _report(dataset.name, arch, settings, dense, accuracy_before, spr, group_lasso)
+        report = _report(dataset.name, settings, dense, accuracy_before, spr, group_lasso)
         if folder is not None:
             save_model(spr.pruned, Path(folder) / "pruned.pt")
             write_json(Path(folder) / "report.json", report)
@@ -203,52 +220,40 @@ def spr_prune(
 
 
 def _settings(
-    lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
+    arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
 ) -> _Settings:
-    SPRParams.from_lam_alpha(lam, alpha, M_scale)
-    if not (math.isfinite(M_scale) and M_scale > 0):
-        raise InvalidInputError(f"SPR needs M_scale > 0, got {M_scale}")
-    for name, value in (("epochs", epochs), ("finetune epochs", finetune_epochs)):
-        if not float(value).is_integer() or value < 0:
-            raise InvalidInputError(f"{name} must be a whole number >= 0, got {value}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise InvalidInputError(f"the learning rate must be positive, got {lr}")
+    """The settings checked for type, range and finiteness before any work."""
+    check_choice("architecture", arch, ARCHITECTURES)
+    check_flag("progress", progress)
     return _Settings(
-        float(lam),
-        float(alpha),
-        float(M_scale),
-        int(epochs),
-        int(finetune_epochs),
-        float(lr),
-        int(seed),
+        arch,
+        checks.real("SPR's lam", lam, 0.0),
+        checks.real("SPR's alpha", alpha, 0.0, 1.0),
+        checks.real("SPR's M_scale", M_scale, 0.0, open_low=True),
+        checks.whole("epochs", epochs, 0),
+        checks.whole("fine-tuning epochs", finetune_epochs, 0),
+        checks.real("the learning rate", lr, 0.0, open_low=True),
+        checked_seed(seed),
         resolve_device(device),
         progress,
     )
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    scales = tuple(float(s) for s in scales)
-    if any(not (math.isfinite(s) and s > 0) for s in scales):
-        raise InvalidInputError(f"group-lasso scales must be positive, got {scales}")
-    return scales
+    if not isinstance(scales, Sequence):
+        raise InvalidInputError(
+            f"group_lasso_scales must be a sequence of positive numbers (empty for none), got "
+            f"{scales!r}"
+        )
+    return tuple(checks.real("every group-lasso scale", s, 0.0, open_low=True) for s in scales)
 
 
-def _dense_model(model: nn.Module | None, dataset: Dataset, arch: str, s: _Settings) -> nn.Module:
-    """A copy of ``model`` on the device, or a fresh ``arch`` model trained for ``s.epochs``."""
+def _dense_model(model: nn.Module | None, dataset: Dataset, s: _Settings) -> nn.Module:
+    """A copy of ``model`` on the device, or a fresh ``s.arch`` model trained for ``s.epochs``."""
     if model is not None:
         return copy.deepcopy(model).to(s.device).eval()
-    fresh = build(arch, dataset, seed=s.seed)
+    fresh = build(s.arch, dataset, seed=s.seed)
     return train(fresh, dataset, s.epochs, s.lr, seed=s.seed, device=s.device, progress=s.progress)
-
-
-def _accuracy(model: nn.Module, dataset: Dataset) -> float:
-    try:
-        return evaluate(model, dataset.x_test, dataset.y_test)
-    except RuntimeError as exc:
-        raise InvalidInputError(
-            f"the model does not accept the inputs of '{dataset.name}' (shape "
-            f"{dataset.input_shape}): {str(exc).splitlines()[0]}; use a model made for this data"
-        ) from exc
 
 
 def _check_prunable(model: nn.Module, s: _Settings) -> None:
@@ -346,7 +351,6 @@ def _fields(obj) -> dict:
 
 def _report(
     dataset: str,
-    arch: str,
     s: _Settings,
     dense: nn.Module,
     accuracy_before: float,
@@ -356,7 +360,7 @@ def _report(
     o = spr.outcome
     return SPRReport(
         dataset=dataset,
-        arch=arch,
+        arch=describe_arch(dense),
         lam=s.lam,
         alpha=s.alpha,
         M_scale=s.M_scale,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import oamip
-from oamip.data import load_digits
-from oamip.errors import InvalidInputError
+from oamip import cli, pipeline
+from oamip.data import load_digits, make_dataset
+from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.models import build, mlp
-from oamip.pipeline import BASELINES, count_params, describe_arch, read_model
+from oamip.pipeline import BASELINES, PruneSettings, count_params, describe_arch, read_model
 from oamip.report import summary_table, write_report
 from oamip.train import evaluate, train
 
@@ -147,21 +149,113 @@ def test_without_fine_tuning_the_accuracy_after_fine_tuning_is_none(trained, dig
     )
 
 
+def test_prune_leaves_the_callers_random_state_alone(trained, digits):
+    state = torch.get_rng_state()
+    oamip.prune(trained, digits, finetune_epochs=0, time_limit=1.0, threads=1)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make the pipeline's work (training, scoring) fail the test: refusals must come first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the pipeline started working on bad input")
+
+    monkeypatch.setattr(pipeline, "_prune", fail)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": -0.1}, "threshold"),
+        ({"threshold": "0.1"}, "threshold"),
         ({"samples_per_class": 0}, "samples per class"),
+        ({"samples_per_class": 1.5}, "samples per class"),
+        ({"finetune_epochs": 1.5}, "fine-tuning epochs"),
+        ({"threads": 1.5}, "threads"),
+        ({"threads": 0}, "threads"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"lam": float("inf")}, "lambda"),
+        ({"lam": float("nan")}, "lambda"),
+        ({"lam": 1e308}, "lambda must be at most"),
         ({"loss": "mse"}, "loss"),
         ({"backend": "nope"}, "unknown backend"),
+        ({"backend": ["highs"]}, "unknown backend"),
         ({"time_limit": 0}, "time limit"),
+        ({"time_limit": float("inf")}, "time limit"),
         ({"arch": "resnet"}, "architecture"),
+        ({"solver_heuristics": "no"}, "solver_heuristics"),
     ],
 )
-def test_bad_settings_are_refused_before_any_work(options, message):
-    with pytest.raises(oamip.OamipError, match=message):
+def test_bad_settings_are_refused_before_any_work(no_work, options, message):
+    with pytest.raises(InvalidInputError, match=message):
         oamip.prune(None, "digits", **options)
+
+
+def test_settings_check_makes_whole_floats_and_numpy_numbers_plain():
+    settings = PruneSettings(
+        samples_per_class=2.0, seed=np.int64(3), lam=np.float32(2), threads=2.0
+    )
+    settings.check()
+    assert (settings.samples_per_class, settings.seed, settings.threads) == (2, 3, 2)
+    assert type(settings.seed) is int and type(settings.lam) is float
+
+
+def _sigmoid_net() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Sigmoid(), nn.Linear(10, 10))
+
+
+def _shifted(digits):
+    return make_dataset(
+        "shifted", digits.x_train, digits.y_train + 1, digits.x_test, digits.y_test + 1
+    )
+
+
+def _one_sample(digits):
+    return make_dataset("one", digits.x_train[:1], digits.y_train[:1], digits.x_test, digits.y_test)
+
+
+@pytest.mark.parametrize(
+    "make_model, make_data, options, error, message",
+    [
+        (None, lambda d: 5, {}, InvalidInputError, "data must be"),
+        (lambda: "/path/model.pt", None, {}, InvalidInputError, "oamip.load_model"),
+        (lambda: mlp(4, (3,), 10), None, {}, InvalidInputError, "does not take inputs"),
+        (lambda: mlp(64, (3,), 4), None, {}, InvalidInputError, "has 10 classes"),
+        (_sigmoid_net, None, {}, UnsupportedLayerError, "Sigmoid"),
+        (None, _shifted, {}, InvalidInputError, "class 0 has no training samples"),
+        (None, _one_sample, {}, InvalidInputError, r"classes \[.*\] have no training samples"),
+        (None, None, {"samples_per_class": 1000}, InvalidInputError, "samples per class"),
+    ],
+)
+def test_bad_models_and_data_are_refused_before_any_work(
+    no_work, digits, make_model, make_data, options, error, message
+):
+    model = make_model() if make_model else None
+    data = make_data(digits) if make_data else digits
+    with pytest.raises(error, match=message):
+        oamip.prune(model, data, **options)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--seed", "-1"],
+        ["--seed", "99999999999999999999999"],
+        ["--lam", "inf"],
+        ["--lam", "1e400"],
+        ["--lam", "1e308"],
+    ],
+)
+def test_the_command_refuses_bad_seeds_and_weights_before_training(no_work, args, tmp_path, capsys):
+    assert cli.main(["prune", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("seed" in err or "lambda" in err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_options_are_refused():

@@ -12,7 +12,7 @@ import torch
 from oamip import load_model, remove_pruned, save_model
 from oamip.adapters import apply_masks
 from oamip.data import Dataset, load_digits
-from oamip.errors import OamipError
+from oamip.errors import InvalidInputError, OamipError
 from oamip.models import build
 from oamip.pipeline import count_params
 from oamip.spr import SPRRegularizer
@@ -143,9 +143,11 @@ def test_a_layer_with_every_group_zero_keeps_its_largest_unit(dense):
     assert masks["1"].all()
 
 
-def test_starting_from_a_checkpoint_leaves_it_unchanged(dense, digits):
+def test_starting_from_a_checkpoint_leaves_it_and_the_random_state_unchanged(dense, digits):
     before = {k: v.clone() for k, v in dense.state_dict().items()}
+    rng_state = torch.get_rng_state()
     report = spr_prune(dense, digits, group_lasso_scales=(), **FAST)
+    assert torch.equal(torch.get_rng_state(), rng_state)
     assert report.accuracy_before == evaluate(dense, digits.x_test, digits.y_test)
     assert report.units_total == 24 + 16 and report.group_lasso is None
     for key, value in dense.state_dict().items():
@@ -162,8 +164,17 @@ def test_starting_from_a_checkpoint_leaves_it_unchanged(dense, digits):
         {"epochs": float("nan")},
         {"finetune_epochs": 1.5},
         {"lr": 0.0},
+        {"lr": True},
+        {"lam": "0.1"},
+        {"lam": float("inf")},
+        {"epochs": 1.5},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"progress": "no"},
+        {"arch": "resnet"},
         {"device": "tpu"},
         {"group_lasso_scales": (1.0, -2.0)},
+        {"group_lasso_scales": 1.0},
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(bad, dense, digits, tmp_path):
@@ -183,7 +194,7 @@ def test_a_model_that_does_not_fit_the_data_fails_and_writes_nothing(digits, tmp
         "tiny",
         10,
     )
-    with pytest.raises(OamipError, match="does not accept the inputs"):
+    with pytest.raises(OamipError, match="does not take inputs"):
         spr_prune(wrong, other, out=tmp_path / "out", **FAST)
     assert list(tmp_path.iterdir()) == []
 
@@ -200,6 +211,14 @@ def test_a_model_that_cannot_be_pruned_unit_by_unit_is_refused_before_training(d
 def test_bad_data_spec_is_refused(tmp_path):
     with pytest.raises(OamipError):
         spr_prune(None, f"npz:{tmp_path / 'missing.npz'}", **FAST)
+
+
+@pytest.mark.parametrize(
+    "model, data, message", [(None, 5, "data must be"), ("m.pt", "digits", "oamip.load_model")]
+)
+def test_data_and_models_of_the_wrong_type_are_refused(model, data, message):
+    with pytest.raises(InvalidInputError, match=message):
+        spr_prune(model, data, **FAST)
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:
@@ -228,6 +247,14 @@ def test_command_refuses_a_missing_or_corrupt_model_file(tmp_path, content):
     with pytest.raises(OamipError):
         run(_args(tmp_path, "--model", str(path)))
     assert not (tmp_path / "out").exists()
+
+
+def test_command_reports_the_architecture_of_the_model_given(tmp_path, capsys):
+    save_model(build("lenet5", load_digits()), tmp_path / "lenet.pt")
+    args = ["--model", str(tmp_path / "lenet.pt"), "--epochs", "0", "--finetune-epochs", "0"]
+    assert run(_args(tmp_path, *args)) == 0
+    assert "SPR on lenet5 / digits" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["arch"] == "lenet5"
 
 
 def test_command_refuses_a_state_dict_of_another_architecture(tmp_path):
