@@ -55,6 +55,7 @@ DEFAULT_TIME_LIMIT = 60.0
 DEFAULT_REPEATS = 1
 DEFAULT_THREADS = 1
 DEFAULT_GAP_POINTS = 3
+MAX_GAP_POINTS = 10
 DEFAULT_OUT = "oamip-bench"
 EXPORT_FORMATS = ("mps", "lp")
 RECIPES = {
@@ -458,7 +459,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_GAP_POINTS,
         metavar="P",
-        help="shorter time limits (halving) for the gap curve; 0 for none (default 3)",
+        help=f"shorter time limits (halving) for the gap curve, 0 to {MAX_GAP_POINTS} "
+        f"(default {DEFAULT_GAP_POINTS})",
     )
     add("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
 
@@ -478,17 +480,31 @@ def _add_instance_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sizes", type=_sizes, default=DEFAULT_SIZES, help="samples per class (default 1,2)")
     add("--scores", type=_names, default=SCORE_MODES, help="score modes (default both)")
     add("--seed", type=int, default=0, help="seed of the samples chosen (default 0)")
-    add("--cache-dir", type=Path, default=None, help="trained networks (default ~/.cache/oamip)")
+    add(
+        "--cache-dir",
+        type=_folder,
+        default=None,
+        help="trained networks (default $XDG_CACHE_HOME/oamip/zoo, else ~/.cache/oamip/zoo)",
+    )
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"expected one or more comma-separated names, got '{text}'"
+        )
+    return names
+
+
+def _folder(text: str) -> Path:
+    return Path(text).expanduser()
 
 
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in _names(text))
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"expected whole numbers like 1,2 got '{text}'") from None
 
 
@@ -498,8 +514,11 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         backends.get(name)
     _check_run(args.time_limit, args.repeats, args.threads)
-    if args.gap_points < 0:
-        raise InvalidInputError(f"--gap-points must be 0 or more, got {args.gap_points}")
+    if not 0 <= args.gap_points <= MAX_GAP_POINTS:
+        raise InvalidInputError(
+            f"--gap-points must be a whole number from 0 to {MAX_GAP_POINTS}, got "
+            f"{args.gap_points}; each point halves the time limit once more"
+        )
     instances = _instances_of(args)
     rows = run_benchmark(instances, names, args.time_limit, args.repeats, args.threads)
     limits = gap_limits(args.time_limit, args.gap_points)

@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from oamip import __version__, backends, bench, spr_pipeline
 from oamip.data import DATA_SPECS, load_data
-from oamip.errors import InvalidInputError, OamipError
+from oamip.errors import OamipError
 from oamip.models import ARCHITECTURES
-from oamip.outputs import staged_output
+from oamip.outputs import check_output_folder, staged_output
 from oamip.pipeline import (
     DEFAULT_TIME_LIMIT,
     LOSSES,
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.handler is None:
             raise UsageError("choose a command; see oamip --help")
+        _check_folders(args)
         return args.handler(args)
     except (UsageError, OamipError) as exc:
         _fail(str(exc))
@@ -58,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written")
         return INTERRUPTED
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """Refuse an unwritable ``--out`` or ``--cache-dir`` before the command does any work."""
+    check_output_folder(args.out, "--out")
+    if "cache_dir" in args:
+        check_output_folder(args.cache_dir or bench.default_cache_dir(), "--cache-dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +155,7 @@ def run_prune(args: argparse.Namespace) -> int:
     """``oamip prune``: check everything, run the pipeline, write ``--out``, print a summary."""
     options = _prune_options(args)
     PruneSettings(**options).check()
-    out = _checked_out(args.out)
+    out = Path(args.out).expanduser()
     dataset = load_data(args.data)
     model = read_model(args.model, args.arch, dataset) if args.model else None
     report = prune(model, dataset, **options)
@@ -175,13 +183,6 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "solver_heuristics": args.solver_heuristics,
         "progress": True,
     }
-
-
-def _checked_out(path: str) -> Path:
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out '{out}' exists and is not a folder; name a folder")
-    return out
 
 
 def _positive_int(text: str) -> int:

@@ -1,7 +1,9 @@
 """Output folders that are written completely or not at all.
 
-Commands stage every file in a hidden folder beside the destination and move them into place
-only when everything succeeded, so a failure never leaves half-written results behind.
+Commands check the destination before any work, stage every file in a hidden folder inside the
+nearest folder that already exists on the way to it, and create the destination and move the
+files into place only when everything succeeded: a failed or interrupted run leaves neither
+half-written results nor new, empty folders behind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -19,18 +22,44 @@ from typing import Any
 from oamip.errors import InvalidInputError
 
 
+def check_output_folder(path: str | os.PathLike, option: str = "output folder") -> Path:
+    """``path`` (user expanded) if it is, or can be created as, a folder this process can write;
+    creates nothing, so a command can refuse a bad ``--out`` before it starts working."""
+    folder = Path(path).expanduser()
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise InvalidInputError(
+            f"{option} '{folder}' cannot be a folder: '{existing}' exists and is not a folder; "
+            "name another folder"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"{option} '{folder}': cannot write in '{existing}' ({exc.strerror}); "
+            "name a folder you can write to"
+        ) from None
+    return folder
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (a dangling link counts as existing)."""
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
 @contextmanager
-def staged_output(out_dir: str | os.PathLike):
+def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging folder; on success its files replace those of the same name in
-    ``out_dir``, on any error the staging folder is removed and ``out_dir`` is untouched."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"output path '{out}' exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    ``out_dir`` (created with its parents), on any error or interrupt the staging folder is
+    removed and ``out_dir`` and its parents are neither created nor touched."""
+    out = check_output_folder(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_nearest_existing(out)))
     try:
         yield staging
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             os.replace(item, out / item.name)
     finally:

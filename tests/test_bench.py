@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import highspy
 import numpy as np
@@ -160,3 +161,27 @@ def test_data_other_than_mnist_is_refused(tmp_path):
     args = parse(bench.add_arguments, ["--data", "digits", "--out", str(tmp_path)])
     with pytest.raises(InvalidInputError, match="mnist:PATH"):
         bench.run(args)
+
+
+@pytest.mark.parametrize("points", ["-1", "2000"])
+def test_gap_points_out_of_range_are_refused_before_any_work(points, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_instances_of", lambda args: pytest.fail("instances were built"))
+    args = parse(bench.add_arguments, ["--gap-points", points, "--out", str(tmp_path / "out")])
+    with pytest.raises(InvalidInputError, match=f"--gap-points .* 0 to 10, got {points}"):
+        bench.run(args)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--backends", "--scores", "--sizes"])
+def test_an_empty_list_is_refused(option, capsys):
+    with pytest.raises(SystemExit):
+        parse(bench.add_arguments, [option, ","])
+    assert f"argument {option}: expected" in capsys.readouterr().err
+
+
+def test_the_cache_dir_help_names_the_default(monkeypatch):
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    default = bench.default_cache_dir().relative_to(Path.home())
+    assert f"~/{default.as_posix()}" in " ".join(parser.format_help().split())

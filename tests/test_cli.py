@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from oamip import cli
+from oamip import bench, cli, spr_pipeline
 from oamip.models import mlp
 
 PLOTS = ("scores_per_layer.png", "units_kept_per_layer.png", "accuracy_vs_units_removed.png")
@@ -145,12 +145,65 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert not (tmp_path / "oamip-out").exists()
 
 
+COMMANDS = ("prune", "spr", "bench", "export")
+FILES = ("afile", "afile/sub")
+
+
+def _refuse_work(monkeypatch) -> None:
+    def started(args):
+        raise AssertionError("the command started working")
+
+    monkeypatch.setattr(cli, "run_prune", started)
+    monkeypatch.setattr(spr_pipeline, "run", started)
+    monkeypatch.setattr(bench, "run", started)
+    monkeypatch.setattr(bench, "run_export", started)
+
+
+BAD_FOLDERS = [
+    *((command, "--out", path) for command in COMMANDS for path in FILES),
+    *((command, "--cache-dir", path) for command in ("bench", "export") for path in FILES),
+]
+"""Each command and folder option, with a path that is a file or lies below one."""
+
+
+@pytest.mark.parametrize(("command", "option", "path"), BAD_FOLDERS)
+def test_an_unusable_folder_is_refused_before_any_work(
+    command, option, path, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    _refuse_work(monkeypatch)
+    assert cli.main([command, option, path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{option} '{path}' cannot be a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_out_below_a_file_is_refused_by_a_real_process_without_traceback(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    done = _run("prune", "--time-limit", "1", "--out", "afile/sub", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "'afile' exists and is not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_interrupted_run_leaves_no_new_folder(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spr_pipeline, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["spr", "--out", "newparent/s-int"]) == cli.INTERRUPTED
+    assert "nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_command_is_a_usage_error(capsys):
     assert cli.main([]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["prune", "spr", "bench", "export"])
+@pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([name, "--help"])

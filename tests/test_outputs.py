@@ -1,0 +1,71 @@
+"""Output folders: checked before any work, written all or nothing, no new folders on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import oamip
+from oamip.errors import InvalidInputError
+from oamip.outputs import check_output_folder, staged_output
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_success_creates_missing_parents_and_replaces_same_named_files(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    with staged_output(out) as folder:
+        (folder / "x.txt").write_text("first")
+    with staged_output(out) as folder:
+        (folder / "x.txt").write_text("second")
+    assert (out / "x.txt").read_text() == "second"
+    assert _tree(tmp_path) == ["a", "a/b", "a/b/out", "a/b/out/x.txt"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_or_interrupted_run_leaves_no_new_folders(tmp_path, error):
+    with pytest.raises(error), staged_output(tmp_path / "np1" / "np2" / "out") as folder:
+        (folder / "x.txt").write_text("half")
+        raise error
+    assert _tree(tmp_path) == []
+
+
+def test_a_failed_run_leaves_an_existing_folder_untouched(tmp_path):
+    (tmp_path / "x.txt").write_text("kept")
+    with pytest.raises(RuntimeError), staged_output(tmp_path) as folder:
+        (folder / "x.txt").write_text("half")
+        raise RuntimeError
+    assert _tree(tmp_path) == ["x.txt"]
+    assert (tmp_path / "x.txt").read_text() == "kept"
+
+
+def test_a_failing_spr_prune_leaves_no_new_folders(tmp_path):
+    no_hidden_layer = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(InvalidInputError, match="SPR needs"):
+        oamip.spr_prune(no_hidden_layer, "digits", out=tmp_path / "np1" / "np2" / "out")
+    assert _tree(tmp_path) == []
+
+
+def test_a_missing_nested_folder_passes_the_check_and_is_not_created(tmp_path):
+    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert _tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/sub", "afile/sub/deeper"])
+def test_a_file_on_the_way_is_refused(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidInputError, match="'.*afile' exists and is not a folder"):
+        check_output_folder(tmp_path / where, "--out")
+    with pytest.raises(InvalidInputError, match="not a folder"), staged_output(tmp_path / where):
+        pytest.fail("staged_output must refuse before the run starts")
+    assert _tree(tmp_path) == ["afile"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc file system")
+def test_a_folder_that_cannot_be_written_is_refused():
+    with pytest.raises(InvalidInputError, match="--out '/proc/x': cannot write in '/proc'"):
+        check_output_folder("/proc/x", "--out")
