@@ -27,5 +27,20 @@ def whole(what: str, value, low: int = 0, high: float = math.inf) -> int:
     if isinstance(value, bool) or not integral:
         raise InvalidInputError(f"{what} must be a whole number, got {value!r}")
     if not low <= value <= high:
-        raise InvalidInputError(f"{what} must lie in [{low}, {high:g}], got {value!r}")
+        top = "inf" if high == math.inf else int(high)
+        raise InvalidInputError(f"{what} must lie in [{low}, {top}], got {value!r}")
     return int(value)
+
+
+def choice(what: str, value, choices) -> str:
+    """``value`` if it is one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
+def flag(what: str, value) -> bool:
+    """``value`` if it is True or False (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
+    return value

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from oamip import backends, checks
 from oamip.adapters import apply_masks, extract, load_model, remove_pruned
-from oamip.adapters.serialize import FORMAT
+from oamip.adapters.serialize import FORMAT, read_payload
 from oamip.baselines import magnitude_scores, masks_like, random_scores, snip_scores, taylor_scores
 from oamip.data import DATA_SPECS, Dataset, load_data, mip_batch
 from oamip.errors import InvalidInputError
@@ -78,12 +78,12 @@ class PruneSettings:
         """Raise InvalidInputError, before any work, for a setting of the wrong type, out of
         range or not finite; numbers become plain ints and floats. The backend must be installed.
         """
-        check_choice("backend", self.backend, backends.known())
+        checks.choice("backend", self.backend, backends.known())
         backends.get(self.backend)
         resolve_device(self.device)
-        check_choice("architecture", self.arch, ARCHITECTURES)
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("scores", self.scores, SCORE_MODES)
+        checks.choice("architecture", self.arch, ARCHITECTURES)
+        checks.choice("loss", self.loss, LOSSES)
+        checks.choice("scores", self.scores, SCORE_MODES)
         self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
         self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
@@ -95,8 +95,8 @@ class PruneSettings:
             self.time_limit = checks.real(
                 "the time limit in seconds (None: no limit)", self.time_limit, 0.0, open_low=True
             )
-        check_flag("solver_heuristics", self.solver_heuristics)
-        check_flag("progress", self.progress)
+        checks.flag("solver_heuristics", self.solver_heuristics)
+        checks.flag("progress", self.progress)
 
 
 @dataclass
@@ -250,8 +250,8 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
     """
     path = Path(path).expanduser()
     if arch is not None:
-        check_choice("architecture", arch, ARCHITECTURES)
-    payload = _load_weights(path)
+        checks.choice("architecture", arch, ARCHITECTURES)
+    payload = read_payload(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         model = load_model(path)
     else:
@@ -313,22 +313,7 @@ def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> N
 
 def checked_seed(seed: int) -> int:
     """``seed`` as an int, refused unless a whole number in 0..SEED_MAX."""
-    seed = checks.whole("seed", seed, 0)
-    if seed > SEED_MAX:
-        raise InvalidInputError(f"seed must be at most {SEED_MAX} (2**32 - 1), got {seed}")
-    return seed
-
-
-def check_flag(what: str, value: bool) -> None:
-    """Refuse a switch that is not True or False (a string such as "no" would read as True)."""
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
-
-
-def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    """Refuse ``value`` unless it is one of the strings ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidInputError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+    return checks.whole("seed", seed, 0, SEED_MAX)
 
 
 def kept_rng_state() -> AbstractContextManager:
@@ -539,18 +524,6 @@ def _curve(
         layers = {name: int((~m).sum()) for name, m in masks.items()}
         points[pruned] = CurvePoint(threshold, pruned, layers, accuracy)
     return sorted(points.values(), key=lambda p: p.units_pruned)
-
-
-def _load_weights(path: Path):
-    if not path.is_file():
-        raise InvalidInputError(f"model file '{path}' does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"cannot read '{path}' as weights ({type(exc).__name__}); give a file written by "
-            "oamip.save_model or torch.save(model.state_dict(), path)"
-        ) from exc
 
 
 def _state_dict(path: Path, payload) -> dict[str, torch.Tensor]:

@@ -31,9 +31,7 @@ from oamip.errors import InvalidInputError
 from oamip.models import ARCHITECTURES, build
 from oamip.outputs import staged_output, write_json
 from oamip.pipeline import (
-    check_choice,
     check_fits,
-    check_flag,
     checked_seed,
     count_params,
     dataset_of,
@@ -223,8 +221,8 @@ def _settings(
     arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
 ) -> _Settings:
     """The settings checked for type, range and finiteness before any work."""
-    check_choice("architecture", arch, ARCHITECTURES)
-    check_flag("progress", progress)
+    checks.choice("architecture", arch, ARCHITECTURES)
+    checks.flag("progress", progress)
     return _Settings(
         arch,
         checks.real("SPR's lam", lam, 0.0),

@@ -114,8 +114,10 @@ def test_load_model_refuses_missing_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(oamip.InvalidInputError, match="does not exist"):
         oamip.load_model(tmp_path / "nope.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    with pytest.raises(oamip.InvalidInputError, match="not a readable model file"):
+    with pytest.raises(oamip.InvalidInputError, match="cannot read .* as a model file"):
         oamip.load_model(tmp_path / "bad.pt")
+    with pytest.raises(oamip.InvalidInputError, match="is a folder, not a model file"):
+        oamip.load_model(tmp_path)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(oamip.InvalidInputError, match="not written by oamip.save_model"):
         oamip.load_model(tmp_path / "other.pt")

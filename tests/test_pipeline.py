@@ -298,6 +298,7 @@ def _write(path, content):
     "make, arch, message",
     [
         (lambda p: p / "missing.pt", "mlp", "does not exist"),
+        (lambda p: p, "mlp", "is a folder, not a model file"),
         (lambda p: _write(p / "bad.pt", b"not a torch file"), "mlp", "cannot read"),
         (lambda p: _save(p, mlp(64, (20,), 10).state_dict()), None, "--arch"),
         (lambda p: _save(p, mlp(64, (20,), 10).state_dict()), "lenet5", "does not fit"),

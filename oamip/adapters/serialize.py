@@ -19,6 +19,7 @@ from oamip.errors import InvalidInputError
 
 FORMAT = "oamip.sequential"
 VERSION = 1
+_WRITE_ONE = "give a file written by oamip.save_model or torch.save(model.state_dict(), path)"
 
 _LAYER_ARGS: dict[type, tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
@@ -120,7 +121,7 @@ def load_model(path: str | os.PathLike) -> nn.Sequential:
     Only plain data and tensors are unpickled (``weights_only=True``) and layers are built from
     the supported types by name, so a file can never run code; a malformed file is refused."""
     path = _as_path(path)
-    payload = _read_payload(path)
+    payload = read_payload(path)
     _check_header(payload, path)
     model = nn.Sequential()
     for entry in payload["layers"]:
@@ -133,16 +134,18 @@ def load_model(path: str | os.PathLike) -> nn.Sequential:
     return model.eval()
 
 
-def _read_payload(path: Path):
-    """The unpickled file, plain data and tensors only (``weights_only``)."""
+def read_payload(path: Path):
+    """The unpickled file at ``path``, plain data and tensors only (``weights_only``): a model
+    written by :func:`save_model` or a state dict written by ``torch.save``."""
+    if path.is_dir():
+        raise InvalidInputError(f"'{path}' is a folder, not a model file; {_WRITE_ONE}")
     if not path.is_file():
         raise InvalidInputError(f"model file '{path}' does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InvalidInputError(
-            f"'{path}' is not a readable model file ({type(exc).__name__}); "
-            "save models with oamip.save_model"
+            f"cannot read '{path}' as a model file ({type(exc).__name__}); {_WRITE_ONE}"
         ) from exc
 
 

@@ -52,9 +52,9 @@ class ImportanceSettings:
     encoding: str = "tight"
 
     def validate(self) -> None:
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("scores", self.scores, SCORE_MODES)
-        _check_choice("encoding", self.encoding, ENCODINGS)
+        checks.choice("loss", self.loss, LOSSES)
+        checks.choice("scores", self.scores, SCORE_MODES)
+        checks.choice("encoding", self.encoding, ENCODINGS)
         checks.real("lam", self.lam, 0.0)
         checks.real("margin", self.margin, 0.0)
         checks.whole("min_keep", self.min_keep, 0)
@@ -186,11 +186,6 @@ def build_importance_model(
     with PauseGC():
         _Builder(im).build()
     return im
-
-
-def _check_choice(what: str, value, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidInputError(f"unknown {what} {value!r}; choose one of {choices}")
 
 
 def _check_labels(y, n: int, classes: int) -> np.ndarray:
