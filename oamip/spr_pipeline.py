@@ -118,6 +118,10 @@ class SPRReport:
     alpha: float
     M_scale: float
     M: dict[str, float]
+    epochs: int
+    finetune_epochs: int
+    lr: float
+    seed: int
     units_total: int
     units_pruned: int
     params_total: int
@@ -363,6 +367,10 @@ def _report(
         alpha=s.alpha,
         M_scale=s.M_scale,
         M=spr.M,
+        epochs=s.epochs,
+        finetune_epochs=s.finetune_epochs,
+        lr=s.lr,
+        seed=s.seed,
         units_total=sum(layer.units for layer in o.layers),
         units_pruned=o.units_pruned,
         params_total=count_params(dense),

@@ -34,6 +34,10 @@ REPORT_KEYS = {
     "alpha",
     "M_scale",
     "M",
+    "epochs",
+    "finetune_epochs",
+    "lr",
+    "seed",
     "units_total",
     "units_pruned",
     "params_total",
@@ -78,6 +82,8 @@ def test_report_json_has_the_prune_keys_plus_spr_settings(pruned_run):
     saved = json.loads((out / "report.json").read_text())
     assert set(saved) == REPORT_KEYS
     assert saved["lam"] == 0.3 and saved["dataset"] == "digits" and saved["arch"] == "mlp"
+    settings = (saved["epochs"], saved["finetune_epochs"], saved["lr"], saved["seed"])
+    assert settings == (3, 1, 1e-2, 0)
     assert [layer["name"] for layer in saved["layers"]] == ["1", "3"]
     assert saved["units_total"] == 64 + 32 == sum(layer["units"] for layer in saved["layers"])
     assert set(saved["M"]) == {"1", "3"} and all(m > 0 for m in saved["M"].values())
