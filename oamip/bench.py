@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from oamip import backends
+from oamip import backends, checks
 from oamip.adapters import extract
 from oamip.backends import Backend, SolveOptions, StandardForm, compile_model
 from oamip.data import Dataset, load_data, load_digits, mip_batch
@@ -224,10 +224,9 @@ def run_benchmark(
 
 
 def _check_run(time_limit: float, repeats: int, threads: int) -> None:
-    if not (time_limit > 0 and math.isfinite(time_limit)):
-        raise InvalidInputError(f"the time limit must be positive seconds, got {time_limit}")
-    if repeats < 1 or threads < 1:
-        raise InvalidInputError(f"repeats and threads must be >= 1, got {repeats} and {threads}")
+    checks.real("the time limit in seconds", time_limit, 0.0, open_low=True)
+    checks.whole("repeats", repeats, 1)
+    checks.whole("threads", threads, 1)
 
 
 def _options(time_limit: float, threads: int) -> SolveOptions:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from oamip import checks
 from oamip.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -225,12 +226,9 @@ def _translate(images: torch.Tensor, shift: int, generator: torch.Generator) -> 
 
 
 def _check_settings(epochs: int, lr: float, batch_size: int) -> None:
-    if epochs < 0:
-        raise InvalidInputError(f"epochs must be 0 or more, got {epochs}")
-    if not lr > 0:
-        raise InvalidInputError(f"the learning rate must be positive, got {lr}")
-    if batch_size < 1:
-        raise InvalidInputError(f"the batch size must be at least 1, got {batch_size}")
+    checks.whole("epochs", epochs, 0)
+    checks.real("the learning rate", lr, 0.0, open_low=True)
+    checks.whole("the batch size", batch_size, 1)
 
 
 def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_PrunedRows]:

@@ -141,6 +141,9 @@ def test_export_reads_back_into_highs_with_the_same_optimum(instance, cache, tmp
         (lambda: bench.instance_specs(False, scores=("fuzzy",)), InvalidInputError),
         (lambda: bench.run_benchmark([], ["highs"], time_limit=0), InvalidInputError),
         (lambda: bench.run_benchmark([], ["highs"], time_limit=1, repeats=0), InvalidInputError),
+        (lambda: bench.run_benchmark([], ["highs"], time_limit=math.nan), InvalidInputError),
+        (lambda: bench.run_benchmark([], ["highs"], time_limit=1, repeats=1.5), InvalidInputError),
+        (lambda: bench.run_benchmark([], ["highs"], time_limit=1, threads=0), InvalidInputError),
         (lambda: bench.run_benchmark([], ["nosuch"], time_limit=1), BackendUnavailableError),
     ],
 )

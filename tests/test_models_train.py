@@ -147,3 +147,18 @@ def test_training_and_finetuning_run_on_a_gpu(digits):
     keep = np.arange(6) >= 2
     finetune(model, digits, {"0": keep}, epochs=1, device="cuda", progress=False)
     assert torch.all(model[0].weight[torch.as_tensor(~keep)] == 0)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"epochs": -1}, r"epochs must lie in \[0, inf\]"),
+        ({"epochs": 1.5}, "epochs must be a whole number"),
+        ({"lr": 0.0}, r"the learning rate must lie in \(0, inf\]"),
+        ({"lr": float("nan")}, "the learning rate must be a finite number"),
+        ({"batch_size": 0}, r"the batch size must lie in \[1, inf\]"),
+    ],
+)
+def test_bad_training_settings_are_refused(digits, option, message):
+    with pytest.raises(InvalidInputError, match=message):
+        train(_small_mlp(digits), digits, progress=False, **option)
