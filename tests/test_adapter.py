@@ -57,11 +57,13 @@ def test_apply_masks_zeroes_pruned_units_and_leaves_the_input_untouched():
     assert torch.all(hidden[:, [1, 2]] == 0)
 
 
-def test_remove_pruned_is_smaller_and_computes_the_same_logits():
+def test_remove_pruned_is_smaller_computes_the_same_logits_and_draws_nothing():
     model = convnet(2)
     masks = {"0": np.array([True, False, True]), "4": np.array([1, 1, 0, 1], dtype=bool)}
     masks["7"] = np.array([1, 0, 1, 1, 0], dtype=bool)
+    state = torch.get_rng_state()
     small = oamip.remove_pruned(model, masks)
+    assert torch.equal(torch.get_rng_state(), state), "new layers must not draw random weights"
     x = np.random.default_rng(0).uniform(size=(5, 1, 8, 8))
     np.testing.assert_allclose(
         _forward(small, x), _forward(oamip.apply_masks(model, masks), x), atol=1e-10

@@ -182,19 +182,13 @@ def _slice_affine(module: nn.Module, keep_in, keep_out) -> nn.Module:
     if keep_in is not None:
         cols = torch.from_numpy(np.flatnonzero(keep_in)).to(weight.device)
         weight = weight[:, cols]
+    empty = {"bias": bias is not None, "device": "meta", "dtype": weight.dtype}
     if isinstance(module, nn.Linear):
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        new = nn.Linear(weight.shape[1], weight.shape[0], **empty)
     else:
-        new = nn.Conv2d(
-            weight.shape[1],
-            weight.shape[0],
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            bias=bias is not None,
-        )
-    new = new.to(device=weight.device, dtype=weight.dtype)
+        geometry = (module.kernel_size, module.stride, module.padding, module.dilation)
+        new = nn.Conv2d(weight.shape[1], weight.shape[0], *geometry, **empty)
+    new = new.to_empty(device=weight.device)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
