@@ -243,7 +243,8 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
 
 
 def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Module:
-    """A model from ``path``: a file of :func:`oamip.save_model`, or a state dict plus ``arch``.
+    """A model from ``path``: a file of :func:`oamip.save_model` (``arch`` None), or a state
+    dict plus ``arch``.
 
     For ``arch="mlp"`` the hidden widths are read from the state dict's shapes. The model must
     take ``dataset``'s inputs and give at least one logit per class.
@@ -253,6 +254,11 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
         checks.choice("architecture", arch, ARCHITECTURES)
     payload = read_payload(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        if arch is not None:
+            raise InvalidInputError(
+                f"'{path}' is a complete model written by oamip.save_model, so an architecture "
+                f"('{arch}', --arch) does not apply: it is for state dicts only; drop it"
+            )
         model = load_model(path)
     else:
         model = _from_state_dict(path, _state_dict(path, payload), arch, dataset)

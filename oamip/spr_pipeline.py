@@ -388,7 +388,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``oamip spr``."""
     add = parser.add_argument
     add("--model", help="saved model (oamip.save_model) or state dict; default: train one")
-    add("--arch", choices=ARCHITECTURES, default="mlp", help="architecture (default mlp)")
+    add(
+        "--arch",
+        choices=ARCHITECTURES,
+        help="architecture of a state dict, or to train when no --model (default mlp)",
+    )
     add("--data", default="digits", help=f"{DATA_SPECS} (default digits)")
     add("--lam", type=float, default=DEFAULT_LAM, help=f"SPR strength (default {DEFAULT_LAM})")
     add(
@@ -413,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
     report = spr_prune(
         model,
         dataset,
-        arch=args.arch,
+        arch=args.arch or "mlp",
         lam=args.lam,
         alpha=args.alpha,
         M_scale=args.m_scale,

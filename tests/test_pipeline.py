@@ -289,6 +289,13 @@ def test_read_model_loads_files_of_save_model_without_arch(trained, digits, tmp_
     )
 
 
+def test_read_model_refuses_an_architecture_for_a_complete_model(trained, digits, tmp_path):
+    """An --arch given with a file of save_model used to be ignored without a word."""
+    oamip.save_model(trained, tmp_path / "m.pt")
+    with pytest.raises(InvalidInputError, match="complete model .* for state dicts only"):
+        read_model(tmp_path / "m.pt", "lenet5", digits)
+
+
 def _write(path, content):
     path.write_bytes(content)
     return path

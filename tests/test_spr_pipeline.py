@@ -235,12 +235,13 @@ def _args(tmp_path, *extra: str) -> argparse.Namespace:
 
 def test_command_defaults_are_the_documented_ones(tmp_path):
     args = _args(tmp_path)
-    assert (args.data, args.arch, args.model, args.device) == ("digits", "mlp", None, "cpu")
+    assert (args.data, args.arch, args.model, args.device) == ("digits", None, None, "cpu")
 
 
 def test_command_prunes_a_state_dict_checkpoint(dense, tmp_path, capsys):
     torch.save(build("mlp", load_digits()).state_dict(), tmp_path / "sd.pt")
-    assert run(_args(tmp_path, "--model", str(tmp_path / "sd.pt"), "--lam", "0.3")) == 0
+    args = _args(tmp_path, "--model", str(tmp_path / "sd.pt"), "--arch", "mlp", "--lam", "0.3")
+    assert run(args) == 0
     assert (tmp_path / "out" / "pruned.pt").is_file()
     assert "units kept per layer" in capsys.readouterr().out
 
@@ -265,5 +266,7 @@ def test_command_reports_the_architecture_of_the_model_given(tmp_path, capsys):
 
 def test_command_refuses_a_state_dict_of_another_architecture(tmp_path):
     torch.save(build("lenet5", load_digits()).state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(OamipError, match="mlp"):
+    with pytest.raises(OamipError, match="does not fit"):
+        run(_args(tmp_path, "--model", str(tmp_path / "sd.pt"), "--arch", "mlp"))
+    with pytest.raises(OamipError, match="--arch mlp"):
         run(_args(tmp_path, "--model", str(tmp_path / "sd.pt")))
