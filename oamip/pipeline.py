@@ -11,7 +11,7 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -188,7 +188,7 @@ def prune(model: nn.Module | None = None, data: Dataset | str = "digits", **opti
     _check_classes(dataset, settings.samples_per_class)
     if model is not None:
         _check_model(model, dataset)
-    with kept_rng_state(), _torch_threads(settings.threads):
+    with _torch_threads(settings.threads):
         return _prune(model, dataset, settings)
 
 
@@ -320,12 +320,6 @@ def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> N
 def checked_seed(seed: int) -> int:
     """``seed`` as an int, refused unless a whole number in 0..SEED_MAX."""
     return checks.whole("seed", seed, 0, SEED_MAX)
-
-
-def kept_rng_state() -> AbstractContextManager:
-    """A block after which torch's CPU and CUDA random states are the caller's again, whatever
-    happened: building and training models draws from them."""
-    return torch.random.fork_rng(devices=range(torch.cuda.device_count()))
 
 
 def _checked_lam(lam: float) -> float:

@@ -23,7 +23,7 @@ from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
 from oamip.formulations.importance import sparsity_term
-from oamip.formulations.warm_start import local_search, warm_start_scores
+from oamip.formulations.warm_start import is_binary, local_search, warm_start_scores
 from oamip.root_cuts import add_root_cuts
 
 CE_CUT_TOL = 1e-6
@@ -207,10 +207,6 @@ class _Line:
     def same(self, other: _Line) -> bool:
         return all(np.array_equal(s, other.scores[i]) for i, s in self.scores.items())
 
-    @property
-    def binary(self) -> bool:
-        return all(np.isin(s, (0.0, 1.0)).all() for s in self.scores.values())
-
 
 def _start(im: ImportanceModel, sweep: _Sweep, lam: float, budget: float) -> dict:
     """Greedy removal and local search for the first solve; after that, local search around
@@ -220,7 +216,7 @@ def _start(im: ImportanceModel, sweep: _Sweep, lam: float, budget: float) -> dic
     smaller than the optimal one, found at small weights, are local optima at larger ones."""
     if not sweep.lines:
         return warm_start_scores(im, budget)
-    binary = [line.scores for line in sweep.lines if line.binary]
+    binary = [line.scores for line in sweep.lines if is_binary(line.scores)]
     found = [local_search(im, s, budget / len(binary)) for s in binary]
     return min([*found, sweep.best_at(lam).scores], key=im.objective_at)
 

@@ -36,7 +36,6 @@ from oamip.pipeline import (
     count_params,
     dataset_of,
     describe_arch,
-    kept_rng_state,
     read_model,
 )
 from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
@@ -208,7 +207,7 @@ def spr_prune(
     if model is not None:
         check_fits(model, dataset)
     output = staged_output(out) if out is not None else nullcontext()
-    with kept_rng_state(), output as folder:
+    with output as folder:
         dense = _dense_model(model, dataset, settings)
         accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
         _check_prunable(dense, settings)

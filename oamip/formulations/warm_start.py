@@ -62,7 +62,7 @@ def local_search(
     """Binary scores at least as good as ``scores`` (which must be binary): iterated local
     search over flips and swaps within ``time_budget`` seconds, reproducible for a ``seed``
     when it ends by stalling rather than by the clock."""
-    if not all(np.isin(s, (0.0, 1.0)).all() for s in scores.values()):
+    if not is_binary(scores):
         raise InvalidInputError(
             "local search starts from binary scores (every score 0 or 1); round them first"
         )
@@ -80,6 +80,11 @@ def local_search(
         if value < best_value - 1e-12:
             best, best_value, stalled = found, value, 0
     return best
+
+
+def is_binary(scores: Scores) -> bool:
+    """Whether every score is 0 or 1 (what local search starts from)."""
+    return all(np.isin(s, (0.0, 1.0)).all() for s in scores.values())
 
 
 def _descend(
