@@ -26,7 +26,7 @@ def check_output_folder(path: str | os.PathLike, option: str = "output folder") 
     """``path`` (user expanded) if it is, or can be created as, a folder this process can write;
     creates nothing, so a command can refuse a bad ``--out`` before it starts working."""
     folder = Path(path).expanduser()
-    existing = _nearest_existing(folder)
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise InvalidInputError(
             f"{option} '{folder}' cannot be a folder: '{existing}' exists and is not a folder; "
@@ -43,7 +43,7 @@ def check_output_folder(path: str | os.PathLike, option: str = "output folder") 
     return folder
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (a dangling link counts as existing)."""
     while not (path.exists() or path.is_symlink()) and path != path.parent:
         path = path.parent
@@ -56,7 +56,7 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     ``out_dir`` (created with its parents), on any error or interrupt the staging folder is
     removed and ``out_dir`` and its parents are neither created nor touched."""
     out = check_output_folder(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_nearest_existing(out)))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=nearest_existing(out)))
     try:
         yield staging
         out.mkdir(parents=True, exist_ok=True)

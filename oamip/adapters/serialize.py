@@ -16,6 +16,7 @@ from torch import nn
 
 from oamip.adapters.masks import remove_pruned
 from oamip.errors import InvalidInputError
+from oamip.outputs import nearest_existing
 
 FORMAT = "oamip.sequential"
 VERSION = 1
@@ -55,11 +56,11 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     The file is written under a temporary name in the same folder and renamed into place, so a
     failed save leaves no partial file."""
     path = _as_path(path)
+    _check_target(path)
     sequential = remove_pruned(model, {})
     layers = [(name, _spec(module)) for name, module in sequential.named_children()]
     state = {k: v.detach().cpu() for k, v in sequential.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "layers": layers, "state_dict": state}
-    _check_target(path)
     try:
         _write_atomically(payload, path)
     except OSError as exc:
@@ -77,7 +78,7 @@ def _check_target(path: Path) -> None:
             f"cannot save the model to '{path}': it is a folder; give a file path such as "
             f"'{path / 'model.pt'}'"
         )
-    blocker = next(parent for parent in path.parents if parent.exists())
+    blocker = nearest_existing(path.parent)
     if not blocker.is_dir():
         raise InvalidInputError(
             f"cannot save the model to '{path}': '{blocker}' is a file, not a folder; "
