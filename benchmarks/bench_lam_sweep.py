@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 import oamip
-from oamip.bench import machine
-from oamip.data import load_digits, mip_batch
-from oamip.models import mlp
-from oamip.train import train
+from oamip.pipelines.bench import machine
+from oamip.training.data import load_digits, mip_batch
+from oamip.training.models import mlp
+from oamip.training.train import train
 
 HERE = Path(__file__).resolve().parent
 LAMS = np.round(np.geomspace(0.5, 10.0, 10), 3).tolist()

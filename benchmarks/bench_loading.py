@@ -13,7 +13,7 @@ Two timings per network, taken in alternating rounds in one run (median reported
 Before timing, the direct matrix is checked against the compiled Pyomo one (same sizes, nonzeros,
 bounds, costs and per-column coefficients once columns are matched). Networks: LeNet-5 on MNIST
 with 10 samples (one per class) and an MLP 784-256-256-10 with 16 samples, both trained by
-:mod:`oamip.zoo`. Writes ``benchmarks/results/loading-<date>.json`` and ``.md``.
+:mod:`oamip.training.zoo`. Writes ``benchmarks/results/loading-<date>.json`` and ``.md``.
 
     python benchmarks/bench_loading.py [--data PATH] [--rounds R]
 """
@@ -38,9 +38,8 @@ from scipy.special import logsumexp, softmax
 from oamip.adapters import extract
 from oamip.backends import compile_model
 from oamip.backends.highs import pass_model
-from oamip.bench import machine
 from oamip.bounds import NetworkBounds, interval_bounds
-from oamip.data import Dataset, load_data, mip_batch
+from oamip.files import write_json
 from oamip.formulations.blocks import RowBlock
 from oamip.formulations.encodings import (
     Operand,
@@ -51,8 +50,9 @@ from oamip.formulations.encodings import (
 )
 from oamip.formulations.importance import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer, MaxPoolLayer, Network
-from oamip.outputs import write_json
-from oamip.zoo import Recipe, trained
+from oamip.pipelines.bench import machine
+from oamip.training.data import Dataset, load_data, mip_batch
+from oamip.training.zoo import Recipe, trained
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"

@@ -21,7 +21,7 @@ and machine.
 
 ``--first N`` keeps the batch's first N samples (scaling runs); ``--tag`` names the results
 files apart; ``--solver`` runs another backend on the same instances. The warm start, root-cut
-rounds (``--root-cuts``) and LP bound tightening (``--obbt SECONDS``, :mod:`oamip.tightening`)
+rounds (``--root-cuts``) and LP bound tightening (``--obbt SECONDS``, :mod:`oamip.solve.tightening`)
 are timed separately, outside the solver's time limit; a target counts them all.
 """
 
@@ -39,14 +39,14 @@ import numpy as np
 
 from oamip import backends
 from oamip.adapters import extract
-from oamip.bench import machine
 from oamip.bounds import NetworkBounds, box_bounds, interval_bounds
-from oamip.data import load_npz, mip_batch
 from oamip.formulations import ImportanceSettings, build_importance_model
-from oamip.formulations.warm_start import warm_start_scores
-from oamip.root_cuts import add_root_cuts
-from oamip.tightening import tighten_bounds
-from oamip.zoo import Recipe, trained
+from oamip.pipelines.bench import machine
+from oamip.solve.root_cuts import add_root_cuts
+from oamip.solve.tightening import tighten_bounds
+from oamip.solve.warm_start import warm_start_scores
+from oamip.training.data import load_npz, mip_batch
+from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
 RECIPES = {

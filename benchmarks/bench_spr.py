@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from oamip.bench import machine
-from oamip.data import Dataset, load_data
-from oamip.models import build, mlp
-from oamip.outputs import write_json
-from oamip.spr import SPRRegularizer
-from oamip.spr_pipeline import DEFAULT_ALPHA, DEFAULT_SPR_LR, SPRReport, spr_prune
-from oamip.train import DEFAULT_BATCH_SIZE, evaluate, train
+from oamip.files import write_json
+from oamip.pipelines.bench import machine
+from oamip.pipelines.spr import DEFAULT_ALPHA, DEFAULT_SPR_LR, SPRReport, spr_prune
+from oamip.training.data import Dataset, load_data
+from oamip.training.models import build, mlp
+from oamip.training.spr import SPRRegularizer
+from oamip.training.train import DEFAULT_BATCH_SIZE, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"

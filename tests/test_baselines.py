@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oamip.baselines import (
+from oamip.errors import InvalidInputError
+from oamip.training.baselines import (
     magnitude_scores,
     masks_like,
     random_scores,
@@ -14,8 +15,7 @@ from oamip.baselines import (
     snip_scores,
     taylor_scores,
 )
-from oamip.errors import InvalidInputError
-from oamip.models import lenet5, mlp
+from oamip.training.models import lenet5, mlp
 
 CRITERIA = {
     "random": lambda model, x, y: random_scores(model, seed=0),

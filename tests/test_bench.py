@@ -13,10 +13,11 @@ import highspy
 import numpy as np
 import pytest
 
-from oamip import backends, bench
+from oamip import backends
 from oamip.backends import SolveOptions, Status, compile_model
-from oamip.data import load_digits
 from oamip.errors import BackendUnavailableError, InvalidInputError
+from oamip.pipelines import bench
+from oamip.training.data import load_digits
 
 INSTALLED = backends.available()
 STATUSES = {str(s) for s in Status}

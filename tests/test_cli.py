@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
-from oamip import bench, cli, spr_pipeline
-from oamip.models import mlp
+from oamip import cli
+from oamip.pipelines import bench
+from oamip.pipelines import spr as spr_pipeline
+from oamip.training.models import mlp
 
 PLOTS = ("scores_per_layer.png", "units_kept_per_layer.png", "accuracy_vs_units_removed.png")
 ACCURACY_SLACK = 0.02
@@ -213,7 +215,7 @@ def test_every_command_has_its_own_help(name, capsys):
 @pytest.mark.parametrize("flag, expected", [([], False), (["--solver-heuristics"], True)])
 def test_solver_heuristics_flag_reaches_score_neurons(flag, expected, monkeypatch):
     """``--solver-heuristics`` goes through the settings to the solve (off by default)."""
-    from oamip import pipeline
+    from oamip.pipelines import prune as pipeline
 
     seen = {}
 

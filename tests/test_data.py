@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oamip.data import (
+from oamip.errors import InvalidInputError
+from oamip.training.data import (
     IDX_FILES,
     Dataset,
     load_data,
@@ -13,9 +14,8 @@ from oamip.data import (
     load_npz,
     mip_batch,
 )
-from oamip.errors import InvalidInputError
-from oamip.models import build
-from oamip.train import predict, train
+from oamip.training.models import build
+from oamip.training.train import predict, train
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k.npz"
 

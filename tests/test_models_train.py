@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from oamip.data import Dataset, load_digits, make_dataset
 from oamip.errors import InvalidInputError
-from oamip.models import build, lenet5, mlp
-from oamip.train import evaluate, finetune, predict, resolve_device, train
+from oamip.training.data import Dataset, load_digits, make_dataset
+from oamip.training.models import build, lenet5, mlp
+from oamip.training.train import evaluate, finetune, predict, resolve_device, train
 
 
 @pytest.fixture(scope="module")

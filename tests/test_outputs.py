@@ -9,7 +9,7 @@ from torch import nn
 
 import oamip
 from oamip.errors import InvalidInputError
-from oamip.outputs import check_output_folder, staged_output
+from oamip.files import check_output_folder, staged_output
 
 
 def _tree(folder: Path) -> list[str]:

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 import oamip
-from oamip import cli, pipeline
-from oamip.data import load_digits, make_dataset
+from oamip import cli
 from oamip.errors import InvalidInputError, UnsupportedLayerError
-from oamip.models import build, mlp
-from oamip.pipeline import BASELINES, PruneSettings, count_params, describe_arch, read_model
-from oamip.report import summary_table, write_report
-from oamip.train import evaluate, train
+from oamip.pipelines import prune as pipeline
+from oamip.pipelines.prune import BASELINES, PruneSettings, count_params, describe_arch, read_model
+from oamip.pipelines.report import summary_table, write_report
+from oamip.training.data import load_digits, make_dataset
+from oamip.training.models import build, mlp
+from oamip.training.train import evaluate, train
 
 ISSUE_KEYS = {
     "dataset",

@@ -10,8 +10,8 @@ import torch
 from scipy.special import logsumexp
 
 import oamip
-from oamip import backends, scoring
-from oamip.adapters import extract, scored_logits
+from oamip import backends
+from oamip.adapters import extract, scored_logits, scoring
 from tests.nets import convnet, mlp
 
 

@@ -9,7 +9,7 @@ from scipy.optimize import lsq_linear
 from oamip import backends
 from oamip.errors import CapabilityError, InvalidInputError
 from oamip.formulations.spr import SPRParams, build_spr_model, reconstruction_loss
-from oamip.spr import penalty
+from oamip.training.spr import penalty
 
 PARAMS = SPRParams(a=0.5, b=1.0, M=1.5)
 TIGHT = backends.SolveOptions(mip_gap=1e-8)

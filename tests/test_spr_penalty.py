@@ -1,4 +1,4 @@
-"""The closed-form SPR penalty (oamip.spr) against brute force, and the torch regulariser."""
+"""The closed-form SPR penalty (oamip.training.spr) against brute force, and the regulariser."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from torch import nn
 
 from oamip.errors import InvalidInputError
 from oamip.formulations.spr import SPRParams
-from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer, _value_and_slopes, group_penalty, penalty
+from oamip.training.spr import (
+    ZERO_GROUP_TOL,
+    SPRRegularizer,
+    _value_and_slopes,
+    group_penalty,
+    penalty,
+)
 
 
 def brute_force(row: np.ndarray, a: float, b: float, M: float) -> float:

@@ -1,4 +1,4 @@
-"""SPR training and pruning end to end (oamip.spr_pipeline): report, removal, refusals."""
+"""SPR training and pruning end to end (oamip.pipelines.spr): report, removal, refusals."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ import torch
 
 from oamip import load_model, remove_pruned, save_model
 from oamip.adapters import apply_masks
-from oamip.data import Dataset, load_digits
 from oamip.errors import InvalidInputError, OamipError
-from oamip.models import build
-from oamip.pipeline import count_params
-from oamip.spr import SPRRegularizer
-from oamip.spr_pipeline import (
+from oamip.pipelines.prune import count_params
+from oamip.pipelines.spr import (
     SPRReport,
     add_arguments,
     run,
@@ -24,7 +21,10 @@ from oamip.spr_pipeline import (
     train_penalised,
     zero_group_masks,
 )
-from oamip.train import evaluate, train
+from oamip.training.data import Dataset, load_digits
+from oamip.training.models import build
+from oamip.training.spr import SPRRegularizer
+from oamip.training.train import evaluate, train
 
 FAST = dict(epochs=3, finetune_epochs=1, lam=0.3, lr=1e-2, progress=False)
 REPORT_KEYS = {

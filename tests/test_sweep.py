@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import oamip
-from oamip import scoring
-from oamip.adapters import extract
+from oamip.adapters import extract, scoring
 from oamip.formulations import ImportanceSettings, build_importance_model
 from tests.nets import mlp
 

@@ -12,7 +12,7 @@ from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer
-from oamip.tightening import tighten_bounds
+from oamip.solve.tightening import tighten_bounds
 from tests.nets import convnet, mlp
 
 

@@ -8,8 +8,9 @@ import pytest
 
 import oamip
 from oamip.adapters import extract
-from oamip.formulations import ImportanceSettings, build_importance_model, warm_start
-from oamip.formulations.warm_start import (
+from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.solve import warm_start
+from oamip.solve.warm_start import (
     _evaluate,
     _flips,
     _kick,

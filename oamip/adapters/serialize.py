@@ -16,7 +16,7 @@ from torch import nn
 
 from oamip.adapters.masks import remove_pruned
 from oamip.errors import InvalidInputError
-from oamip.outputs import nearest_existing
+from oamip.files import nearest_existing
 
 FORMAT = "oamip.sequential"
 VERSION = 1

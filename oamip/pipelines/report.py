@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
-from oamip.outputs import write_json
-from oamip.pipeline import BASELINES, PruneReport
+from oamip.files import write_json
+from oamip.pipelines.prune import BASELINES, PruneReport
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "pruned.pt"

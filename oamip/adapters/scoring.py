@@ -23,8 +23,8 @@ from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError, SolverError, VerificationError
 from oamip.formulations import ImportanceModel, ImportanceSettings, build_importance_model
 from oamip.formulations.importance import sparsity_term
-from oamip.formulations.warm_start import is_binary, local_search, warm_start_scores
-from oamip.root_cuts import add_root_cuts
+from oamip.solve.root_cuts import add_root_cuts
+from oamip.solve.warm_start import is_binary, local_search, warm_start_scores
 
 CE_CUT_TOL = 1e-6
 """Largest gap allowed between a sample's cross-entropy and its cut approximation."""
@@ -112,9 +112,9 @@ def score_neurons(
     """Solve the neuron-importance MIP of ``model`` on the batch ``(x, y)``.
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
-    ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.root_cuts`) tighten the relaxation
+    ``root_cuts`` rounds of ideal ReLU cuts (:mod:`oamip.solve.root_cuts`) tighten the relaxation
     before branching; they never change the optimum. The solver starts from an incumbent found
-    by greedy removal and local search (:mod:`oamip.formulations.warm_start`), with its own
+    by greedy removal and local search (:mod:`oamip.solve.warm_start`), with its own
     primal heuristics off unless ``solver_heuristics`` (they mostly repeat that search, and
     cost small problems most of their solve time). ``time_limit`` covers the whole call.
     """
@@ -164,7 +164,7 @@ def score_sweep(
     no solve of its own (``by_concavity``; typically weights that share their optimal mask
     with both neighbours). The smallest and largest weights are solved first, then always
     the weight with the largest gap left. The first solve starts from greedy removal and local
-    search (:mod:`oamip.formulations.warm_start`), every later one from local search around the
+    search (:mod:`oamip.solve.warm_start`), every later one from local search around the
     solutions known (or the best of them at its weight); each keeps the cross-entropy cuts found
     so far.
     ``time_limit`` applies to each solve, the first one's including building the model. The

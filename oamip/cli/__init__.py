@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from oamip import __version__, backends, bench, spr_pipeline
-from oamip.data import DATA_SPECS, load_data
+from oamip import __version__, backends
 from oamip.errors import OamipError
-from oamip.models import ARCHITECTURES
-from oamip.outputs import check_output_folder, staged_output
-from oamip.pipeline import (
+from oamip.files import check_output_folder, staged_output
+from oamip.pipelines import bench
+from oamip.pipelines import spr as spr_pipeline
+from oamip.pipelines.prune import (
     DEFAULT_TIME_LIMIT,
     LOSSES,
     SCORE_MODES,
@@ -25,7 +25,9 @@ from oamip.pipeline import (
     prune,
     read_model,
 )
-from oamip.report import summary_table, write_report
+from oamip.pipelines.report import summary_table, write_report
+from oamip.training.data import DATA_SPECS, load_data
+from oamip.training.models import ARCHITECTURES
 
 USAGE_ERROR = 2
 INTERRUPTED = 130

@@ -26,11 +26,9 @@ from torch import nn
 from oamip import checks
 from oamip.adapters import apply_masks, read_chain, remove_pruned, save_model
 from oamip.adapters.masks import check_masks
-from oamip.data import DATA_SPECS, Dataset, load_data
 from oamip.errors import InvalidInputError
-from oamip.models import ARCHITECTURES, build
-from oamip.outputs import staged_output, write_json
-from oamip.pipeline import (
+from oamip.files import staged_output, write_json
+from oamip.pipelines.prune import (
     check_fits,
     checked_seed,
     count_params,
@@ -38,8 +36,10 @@ from oamip.pipeline import (
     describe_arch,
     read_model,
 )
-from oamip.spr import ZERO_GROUP_TOL, SPRRegularizer
-from oamip.train import (
+from oamip.training.data import DATA_SPECS, Dataset, load_data
+from oamip.training.models import ARCHITECTURES, build
+from oamip.training.spr import ZERO_GROUP_TOL, SPRRegularizer
+from oamip.training.train import (
     evaluate,
     finetune,
     resolve_device,

@@ -16,9 +16,9 @@ from pathlib import Path
 from torch import nn
 
 from oamip.adapters import load_model, save_model
-from oamip.data import Dataset
-from oamip.models import build
-from oamip.train import evaluate, train
+from oamip.training.data import Dataset
+from oamip.training.models import build
+from oamip.training.train import evaluate, train
 
 
 @dataclass(frozen=True)

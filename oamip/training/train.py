@@ -23,7 +23,7 @@ from oamip import checks
 from oamip.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from oamip.data import Dataset
+    from oamip.training.data import Dataset
 
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH_SIZE = 64

@@ -22,14 +22,20 @@ from tqdm.auto import tqdm
 
 from oamip import backends, checks
 from oamip.adapters import apply_masks, extract, load_model, remove_pruned
+from oamip.adapters.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
 from oamip.adapters.serialize import FORMAT, read_payload
-from oamip.baselines import magnitude_scores, masks_like, random_scores, snip_scores, taylor_scores
-from oamip.data import DATA_SPECS, Dataset, load_data, mip_batch
 from oamip.errors import InvalidInputError
 from oamip.formulations import LOSSES, SCORE_MODES
-from oamip.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
-from oamip.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
-from oamip.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
+from oamip.training.baselines import (
+    magnitude_scores,
+    masks_like,
+    random_scores,
+    snip_scores,
+    taylor_scores,
+)
+from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
+from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
+from oamip.training.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
 
 DEFAULT_TRAIN_EPOCHS = 10
 DEFAULT_TRAIN_LR = 1e-2

@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from oamip.errors import InvalidInputError
-from oamip.train import predict
+from oamip.training.train import predict
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0

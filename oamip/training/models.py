@@ -12,7 +12,7 @@ from torch import nn
 from oamip.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from oamip.data import Dataset
+    from oamip.training.data import Dataset
 
 ARCHITECTURES = ("mlp", "lenet5")
 DEFAULT_HIDDEN = (64, 32)

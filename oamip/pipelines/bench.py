@@ -1,9 +1,9 @@
 """Benchmark the solver backends on importance MIPs of trained networks (``oamip bench``).
 
 Instances are importance MIPs (DESIGN.md §4, default loss and weights) built from reference
-networks trained reproducibly by :mod:`oamip.zoo`: an MLP on digits always, an MLP and LeNet-5 on
-MNIST when ``--data mnist:PATH`` is given, at several batch sizes (samples per class) and both
-score modes. An instance is named ``{data}-{arch}-k{samples per class}-{scores}``, e.g.
+networks trained reproducibly by :mod:`oamip.training.zoo`: an MLP on digits always, an MLP
+and LeNet-5 on MNIST when ``--data mnist:PATH`` is given, at several batch sizes (samples per
+class) and both score modes. An instance is named ``{data}-{arch}-k{samples per class}-{scores}``, e.g.
 ``digits-mlp-k1-binary``; ``oamip export`` writes any of them as MPS or LP.
 
 Each instance is compiled once to its standard form and handed to every backend with the same
@@ -39,16 +39,16 @@ from matplotlib.figure import Figure
 from oamip import backends, checks
 from oamip.adapters import extract
 from oamip.backends import Backend, SolveOptions, StandardForm, compile_model
-from oamip.data import Dataset, load_data, load_digits, mip_batch
 from oamip.errors import CapabilityError, InvalidInputError, SolverError
+from oamip.files import staged_output, write_json
 from oamip.formulations.importance import (
     SCORE_MODES,
     ImportanceModel,
     ImportanceSettings,
     build_importance_model,
 )
-from oamip.outputs import staged_output, write_json
-from oamip.zoo import Recipe, trained
+from oamip.training.data import Dataset, load_data, load_digits, mip_batch
+from oamip.training.zoo import Recipe, trained
 
 DEFAULT_SIZES = (1, 2)
 DEFAULT_TIME_LIMIT = 60.0

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from oamip.errors import InvalidInputError
-from oamip.train import eval_mode, model_device
+from oamip.training.train import eval_mode, model_device
 
 Scores = dict[str, np.ndarray]
 Masks = dict[str, np.ndarray]
