@@ -3,8 +3,9 @@
 Instances are importance MIPs (DESIGN.md §4, default loss and weights) built from reference
 networks trained reproducibly by :mod:`oamip.training.zoo`: an MLP on digits always, an MLP
 and LeNet-5 on MNIST when ``--data mnist:PATH`` is given, at several batch sizes (samples per
-class) and both score modes. An instance is named ``{data}-{arch}-k{samples per class}-{scores}``, e.g.
-``digits-mlp-k1-binary``; ``oamip export`` writes any of them as MPS or LP.
+class) and both score modes. An instance is named
+``{data}-{arch}-k{samples per class}-{scores}``, e.g. ``digits-mlp-k1-binary``; ``oamip export``
+writes any of them as MPS or LP.
 
 Each instance is compiled once to its standard form and handed to every backend with the same
 time limit, threads and seed. Two plots come with the table:
