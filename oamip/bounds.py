@@ -1,4 +1,4 @@
-"""Per-sample interval bounds that hold for every score vector (DESIGN.md §3).
+"""Per-sample interval bounds that hold for every score vector (docs/mathematics.md §3).
 
 A scored unit outputs ``ReLU(a - (1 - s) M)``, which lies between 0 (pruned) and ``ReLU(a)``
 (kept), so a ReLU's output is bounded by ``[0, max(U, 0)]`` whatever the scores are. The first

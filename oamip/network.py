@@ -152,7 +152,7 @@ class Network:
         scores: dict[int, np.ndarray] | None = None,
         big_m: dict[int, np.ndarray] | None = None,
     ) -> list[Trace]:
-        """Every layer's values on a batch ``x``; with scores, scored units follow DESIGN.md (1).
+        """Every layer's values on batch ``x``; given scores, units follow docs/mathematics.md (1).
 
         A layer's scores are one value per unit or one row per sample of ``x``."""
         h = x.reshape(x.shape[0], -1).astype(float)
@@ -188,7 +188,7 @@ class Network:
         scores: dict[int, np.ndarray] | None = None,
         big_m: dict[int, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Logits for a batch ``x``; with scores, each scored unit computes DESIGN.md (1)."""
+        """Logits for a batch ``x``; with scores, scored units compute docs/mathematics.md (1)."""
         return self.trace(x, scores, big_m)[-1].out
 
     def check_input(self, x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ def _pruned_logits(model, x, masks) -> np.ndarray:
 
 
 def _enumerate_objectives(model, x, y, sizes, loss: str, lam: float) -> np.ndarray:
-    """The objective of every mask, by one batched PyTorch forward with DESIGN.md (1) hooks
+    """Every mask's objective, by one batched PyTorch forward with docs/mathematics.md (1) hooks
     (the exactness tests show this equals the forward of ``apply_masks``)."""
     masks = list(_all_masks(sizes, 1))
     extracted = extract(model, x)

@@ -2,7 +2,7 @@
 
 Formulations describe their large linear parts as triplets (row, column, coefficient) over a flat
 numbering of variables; :class:`RowBlock` turns them into one ``MatrixConstraint`` so Pyomo never
-builds an expression per row (DESIGN.md §7).
+builds an expression per row (docs/mathematics.md §7).
 """
 
 from __future__ import annotations

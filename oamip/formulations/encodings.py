@@ -1,4 +1,4 @@
-"""Exact mixed-integer encodings of a scored ReLU unit (DESIGN.md (1)) and of max pooling.
+"""Exact MIP encodings of a scored ReLU unit (docs/mathematics.md (1)) and of max pooling.
 
 Each encoder receives a flat list of entries (one per sample and flat output), adds variables
 and rows, and returns the ids of the variables that carry the outputs together with a function

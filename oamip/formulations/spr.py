@@ -1,4 +1,4 @@
-"""Structured pruning of one layer as a Pyomo model (DESIGN.md §5): big-M and perspective forms.
+"""Structured pruning of one layer in Pyomo, big-M and perspective (docs/mathematics.md §5).
 
 For inputs ``X`` (N x n_in), targets ``Y`` (N x n_out) and weights ``W`` (n_out x n_in), the loss
 is the least-squares reconstruction ``sum_k ||W x_k - y_k||^2``. Structures are the output units:
@@ -31,7 +31,7 @@ from oamip.errors import InvalidInputError
 
 @dataclass(frozen=True)
 class SPRParams:
-    """The constants of DESIGN.md §5: ``a`` (ridge weight), ``b`` (cost per unit kept), ``M``."""
+    """The constants of docs/mathematics.md §5.1: ``a`` (ridge), ``b`` (per unit kept), ``M``."""
 
     a: float
     b: float

@@ -6,7 +6,7 @@ binary relaxed) contains every value the network can take, so minimising and max
 pre-activation over it gives bounds that still hold for every score vector, and are often
 tighter. Layers are tightened in order; each tightened layer is propagated to the later ones by
 interval arithmetic before the next is tightened. The score constants ``M`` never change
-(DESIGN.md §3): only the encoding's big-M constants shrink, never the problem.
+(docs/mathematics.md §4.1): only the encoding's big-M constants shrink, never the problem.
 
 Where it cannot help: the layer right after the first scored layer has exact interval bounds
 already (each first-layer unit ranges over ``[0, ReLU(a)]`` on its own, and interval
