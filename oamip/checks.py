@@ -1,10 +1,15 @@
 """Checks of scalar arguments, shared by every layer: each returns the value in its plain type
-or raises an InvalidInputError that names the argument, what it must be and what it got."""
+or raises an InvalidInputError that names the argument, what it must be and what it got; and
+the two helpers that let one options dataclass define a function's keyword options."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
 import numbers
+from collections.abc import Callable
 
 from oamip.errors import InvalidInputError
 
@@ -44,3 +49,51 @@ def flag(what: str, value) -> bool:
     if not isinstance(value, bool):
         raise InvalidInputError(f"{what} must be True or False, got {value!r}")
     return value
+
+
+def options_doc(cls) -> str:
+    """One line per field of the dataclass ``cls``: name, default and the field's ``doc``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        doc = f.metadata.get("doc", "")
+        lines.append(f"    {f.name} = {default!r}: {doc}".rstrip(": "))
+    return "\n".join(lines)
+
+
+def option(default, doc: str):
+    """A dataclass field with a default and a one-line doc shown by :func:`with_options`."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def with_options(cls) -> Callable[[Callable], Callable]:
+    """Decorate ``func(..., **options)`` so that its signature and docstring list the fields of
+    the options dataclass ``cls`` (``help()`` shows them), and an unknown option name is refused
+    with a clear error instead of a TypeError deep inside."""
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+        own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        extra = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+            for f in dataclasses.fields(cls)
+            if f.name not in taken
+        ]
+        allowed = taken | {p.name for p in extra}
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            unknown = sorted(set(kwargs) - allowed)
+            if unknown:
+                raise InvalidInputError(
+                    f"{func.__name__}() got unknown option(s) {', '.join(unknown)}; "
+                    f"its options are: {', '.join(p.name for p in extra)}"
+                )
+            return func(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + extra)
+        wrapper.__doc__ = f"{func.__doc__ or ''}\n\nOptions ({cls.__name__}):\n{options_doc(cls)}\n"
+        return wrapper
+
+    return decorate

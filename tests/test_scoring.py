@@ -12,6 +12,7 @@ from scipy.special import logsumexp
 import oamip
 from oamip import backends
 from oamip.adapters import extract, scored_logits, scoring
+from oamip.formulations import Hinge
 from tests.nets import convnet, mlp
 
 
@@ -43,7 +44,7 @@ def test_result_holds_scores_per_scored_module_and_the_exact_objective(small):
 def test_masks_follow_the_threshold_and_keep_min_keep_units():
     model = mlp(12, (6, 5, 4, 3))
     x = np.random.default_rng(12).uniform(size=(3, 6))
-    res = oamip.score_neurons(model, x, [0, 1, 2], loss="hinge", margin=0.0, min_keep=2)
+    res = oamip.score_neurons(model, x, [0, 1, 2], loss=Hinge(margin=0.0), min_keep=2)
     for name, mask in res.masks(0.5).items():
         assert mask.sum() >= 2
         assert np.all(mask[res.scores[name] >= 0.5])
@@ -106,19 +107,29 @@ def test_bad_input_gets_a_clear_error(small, change, message):
         oamip.score_neurons(model, x, y)
 
 
+def test_a_loss_refuses_bad_parameters_when_made():
+    with pytest.raises(oamip.InvalidInputError, match="margin must be a finite number"):
+        Hinge(margin=float("nan"))
+
+
+def test_an_unknown_option_is_named():
+    with pytest.raises(oamip.InvalidInputError, match="unknown option.s. margn; its options"):
+        oamip.score_neurons(None, [[0.0]], [0], margn=1.0)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
         ({"lam": "5"}, "lam must be a finite number, got '5'"),
         ({"lam": -1.0}, r"lam must lie in \[0, inf\]"),
-        ({"margin": float("nan")}, "margin must be a finite number"),
+        ({"loss": "logistic"}, "unknown loss 'logistic'; use one of ce, hinge"),
         ({"min_keep": None}, "min_keep must be a whole number, got None"),
         ({"min_keep": 1.5}, "min_keep must be a whole number"),
         ({"loss": 3}, "unknown loss 3"),
         ({"mip_gap": float("nan")}, "mip_gap must be a finite number"),
         ({"mip_gap": -1.0}, r"mip_gap must lie in \[0, 1\]"),
         ({"mip_gap": 2.0}, r"mip_gap must lie in \[0, 1\]"),
-        ({"threads": 0}, r"threads must lie in \[1, inf\]"),
+        ({"threads": 0}, r"threads must lie in \[1, 1024\]"),
         ({"threads": 1.5}, "threads must be a whole number"),
         ({"threads": True}, "threads must be a whole number"),
         ({"root_cuts": -1}, r"root_cuts must lie in \[0, inf\]"),

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import oamip
-from oamip.adapters import extract, scoring
+from oamip.adapters import extract
 from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.solve import sweep as solve_sweep
 from tests.nets import mlp
 
 
@@ -62,7 +63,7 @@ def test_later_solves_start_from_local_search_around_the_solutions_known(monkeyp
     search around each solution known (deduplicated), never from anything worse than them."""
     model, x, y = _net(31)
     greedy, searched = [], {}
-    warm_start_scores, local_search = scoring.warm_start_scores, scoring.local_search
+    warm_start_scores, local_search = solve_sweep.warm_start_scores, solve_sweep.local_search
 
     def counting(im, budget):
         greedy.append(im.settings.lam)
@@ -72,8 +73,8 @@ def test_later_solves_start_from_local_search_around_the_solutions_known(monkeyp
         searched.setdefault(im.settings.lam, []).append(scores)
         return local_search(im, scores, budget)
 
-    monkeypatch.setattr(scoring, "warm_start_scores", counting)
-    monkeypatch.setattr(scoring, "local_search", recording)
+    monkeypatch.setattr(solve_sweep, "warm_start_scores", counting)
+    monkeypatch.setattr(solve_sweep, "local_search", recording)
     lams = [0.2, 1.0, 5.0]
     sweep = oamip.score_sweep(model, x, y, lams, loss="hinge", scores="binary", mip_gap=1e-9)
     assert greedy == [0.2]
@@ -103,11 +104,11 @@ def test_a_fractional_solution_known_is_kept_as_start_when_local_search_cannot_b
     assert fractional.objective < binary.objective - 1e-4
     extracted = extract(model, x)
     im = build_importance_model(extracted.network, x, y, ImportanceSettings("hinge", lam=1.0))
-    sweep = scoring._Sweep([1.0], 1e-9)
-    binary_line = scoring._line(im, extracted.scores_by_layer(binary.scores))
-    sweep.add_solved(0.5, binary, [binary_line])
-    assert im.objective_at(scoring._start(im, sweep, 1.0, 1.0)) <= binary.objective + 1e-9
-    fractional_line = scoring._line(im, extracted.scores_by_layer(fractional.scores))
-    sweep.add_solved(2.0, fractional, [fractional_line])
-    start = scoring._start(im, sweep, 1.0, 1.0)
+    sweep = solve_sweep._Known([1.0], 1e-9)
+    binary_line = solve_sweep._line(im, extracted.scores_by_layer(binary.scores))
+    sweep.add_solved(0.5, binary, 0.0, [binary_line])
+    assert im.objective_at(solve_sweep._start(im, sweep, 1.0, 1.0)) <= binary.objective + 1e-9
+    fractional_line = solve_sweep._line(im, extracted.scores_by_layer(fractional.scores))
+    sweep.add_solved(2.0, fractional, 0.0, [fractional_line])
+    start = solve_sweep._start(im, sweep, 1.0, 1.0)
     assert im.objective_at(start) == pytest.approx(fractional.objective, abs=1e-9)

@@ -7,13 +7,29 @@ from oamip.formulations.importance import (
     build_importance_model,
     sparsity_term,
 )
-from oamip.formulations.losses import LOSSES
+from oamip.formulations.losses import (
+    LOSSES,
+    CrossEntropy,
+    Hinge,
+    Loss,
+    LossSite,
+    get_loss,
+    loss_names,
+    register_loss,
+)
 
 __all__ = [
     "LOSSES",
     "SCORE_MODES",
+    "CrossEntropy",
+    "Hinge",
     "ImportanceModel",
     "ImportanceSettings",
+    "Loss",
+    "LossSite",
     "build_importance_model",
+    "get_loss",
+    "loss_names",
+    "register_loss",
     "sparsity_term",
 ]

@@ -1,4 +1,4 @@
-"""The neuron-importance MIP (DESIGN.md §4), written once as a Pyomo model.
+"""The neuron-importance MIP (docs/mathematics.md §4), written once as a Pyomo model.
 
     minimise  sum_l (1/n_l) sum_i s^l_i + lam * (1/N) sum_k loss(z_k, y_k)
     s.t.      the network, with h^l_{k,i} = ReLU(a^l_{k,i} - (1 - s^l_i) M^l_i), on the batch
@@ -33,31 +33,64 @@ from oamip.formulations.encodings import (
     plan_pooling,
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
-from oamip.formulations.losses import LOSSES, add_ce_cuts, add_hinge_rows, loss_values
+from oamip.formulations.losses import Loss, LossSite, get_loss
 from oamip.network import AffineLayer, MaxPoolLayer, Network, Trace
 
 SCORE_MODES = ("continuous", "binary")
 ENCODINGS = ("tight", "big-m")
 
 
+LAM_MAX = 1e6
+"""Largest loss weight: beyond it the sparsity term (at most 1 per scored layer) is lost in the
+solver's tolerances next to the loss term, and weights near 1e20 make the solvers fail."""
+
+
 @dataclass
 class ImportanceSettings:
-    """The knobs of the objective and the score domain (defaults: the authors' settings)."""
+    """The knobs of the objective and the score domain (defaults: the authors' settings).
 
-    loss: str = "ce"
-    margin: float = 1.0
-    lam: float = 5.0
-    scores: str = "continuous"
-    min_keep: int = 1
-    encoding: str = "tight"
+    The first layer of the one options type: :class:`oamip.solve.options.ScoringOptions` adds
+    the solve's options to these, and the prune pipeline's settings add its own.
+    """
+
+    loss: str | Loss = checks.option(
+        "ce",
+        "the loss on the logits: a registered name (ce, hinge, ...) or a Loss object with its "
+        "parameters, e.g. Hinge(margin=0.5)",
+    )
+    lam: float = checks.option(5.0, "the weight of the mean loss against the sparsity term")
+    scores: str = checks.option(
+        "continuous", "'continuous' scores in [0, 1] (the paper's) or 'binary' (subset selection)"
+    )
+    min_keep: int = checks.option(1, "units every scored layer keeps")
+    encoding: str = checks.option(
+        "tight", "'tight' (per-sample bounds, facets) or 'big-m' (the textbook encoding)"
+    )
 
     def validate(self) -> None:
-        checks.choice("loss", self.loss, LOSSES)
-        checks.choice("scores", self.scores, SCORE_MODES)
-        checks.choice("encoding", self.encoding, ENCODINGS)
-        checks.real("lam", self.lam, 0.0)
-        checks.real("margin", self.margin, 0.0)
-        checks.whole("min_keep", self.min_keep, 0)
+        """Check every field (an InvalidInputError names the culprit) and normalise: numbers
+        become plain floats and ints, the loss a Loss object."""
+        self.loss = get_loss(self.loss)
+        self.scores = checks.choice("scores", self.scores, SCORE_MODES)
+        self.encoding = checks.choice("encoding", self.encoding, ENCODINGS)
+        self.lam = checked_lam(self.lam)
+        self.min_keep = checks.whole("min_keep", self.min_keep, 0)
+
+    @property
+    def loss_fn(self) -> Loss:
+        """The loss as a Loss object (the field may still hold a name before ``validate``)."""
+        return get_loss(self.loss)
+
+
+def checked_lam(lam) -> float:
+    """``lam`` as a float in [0, LAM_MAX], or a clear error."""
+    lam = checks.real("lam", lam, 0.0)
+    if lam > LAM_MAX:
+        raise InvalidInputError(
+            f"lam must be at most {LAM_MAX:g}, got {lam:g}: beyond that the loss term swamps "
+            "the sparsity term within the solver's tolerances (nothing more to gain)"
+        )
+    return lam
 
 
 @dataclass
@@ -94,11 +127,11 @@ class ImportanceModel:
         return self.table.values(self.logit_ids).reshape(self.logit_ids.shape)
 
     def forward(self, scores: dict[int, np.ndarray]) -> np.ndarray:
-        """The network's logits on the batch with DESIGN.md (1) applied (numpy, float64)."""
+        """The network's logits on the batch with docs/mathematics.md (1) applied (float64)."""
         return self.network.forward(self.x, scores, self.big_m)
 
     def objective_at(self, scores: dict[int, np.ndarray]) -> float:
-        """The objective of DESIGN.md §4 at ``scores``, with the exact loss."""
+        """The objective (2) of docs/mathematics.md §4.2 at ``scores``, with the exact loss."""
         return sparsity_term(self.network, scores) + self.settings.lam * float(
             np.mean(self.losses_at(self.forward(scores)))
         )
@@ -108,8 +141,7 @@ class ImportanceModel:
         return self.losses_at_labels(logits, self.y)
 
     def losses_at_labels(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        s = self.settings
-        return loss_values(s.loss, logits, labels, s.margin)
+        return self.settings.loss_fn.values(logits, labels)
 
     def assign(self, scores: dict[int, np.ndarray]) -> None:
         """Set every variable to its value when the network runs with ``scores``."""
@@ -138,8 +170,7 @@ class ImportanceModel:
     def set_lam(self, lam: float) -> None:
         """Change the loss weight in place: the network encoding and every cut stay valid, so a
         sweep over ``lam`` reuses one model (and the last solution as a warm start)."""
-        replace(self.settings, lam=lam).validate()
-        self.settings.lam = lam
+        self.settings.lam = checked_lam(lam)
         _set_objective(self)
 
     def add_ideal_cuts(self, values: np.ndarray) -> int:
@@ -152,9 +183,13 @@ class ImportanceModel:
             rows.attach(self.table, f"ideal_cuts_{self.cut_blocks}")
         return added
 
+    @property
+    def loss_site(self) -> LossSite:
+        return LossSite(self.model, self.table, self.loss_ids, self.logit_ids, self.y)
+
     def add_cuts(self, points: np.ndarray, samples: np.ndarray) -> None:
-        """Cross-entropy tangent planes at ``points[k]`` (logits) for the given samples."""
-        add_ce_cuts(self.model, self.table, self.loss_ids, self.logit_ids, self.y, points, samples)
+        """Refine an inexact loss (cross-entropy) at ``points[k]`` (logits) for the samples."""
+        self.settings.loss_fn.add_cuts(self.loss_site, points, samples)
 
 
 def sparsity_term(network: Network, scores: dict[int, np.ndarray]) -> float:
@@ -174,7 +209,7 @@ def build_importance_model(
     ``bounds`` may be tighter than the interval bounds (bound tightening); the constants ``M``
     of the score term must be the interval ones so the problem does not change.
     """
-    settings = settings or ImportanceSettings()
+    settings = replace(settings) if settings is not None else ImportanceSettings()
     settings.validate()
     x = network.check_input(x)
     y = _check_labels(y, len(x), network.num_classes)
@@ -417,12 +452,7 @@ class _Builder:
         im = self.im
         n = len(im.y)
         im.loss_ids = self.table.add("loss", np.zeros(n), np.full(n, np.inf))
-        if im.settings.loss == "hinge":
-            add_hinge_rows(self.rows, im.loss_ids, im.logit_ids, im.y, im.settings.margin)
-            return
-        trained = im.network.forward(im.x)
-        im.add_cuts(trained, np.arange(n))
-        im.add_cuts(np.zeros_like(trained), np.arange(n))
+        im.settings.loss_fn.encode(im.loss_site, self.rows, im.network.forward(im.x))
 
 
 def _set_objective(im: ImportanceModel) -> None:

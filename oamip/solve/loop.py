@@ -1,0 +1,240 @@
+"""One certified solve of an importance model: warm start, solver, loss cuts, certificate.
+
+The solver is handed the model with a start; for an inexact loss (cross-entropy) violated
+tangent planes are added and the model solved again until every sample's loss is approximated
+to ``CE_CUT_TOL``, the deadline passes or the cuts stop making progress. The result is then
+certified (:func:`certify`): its objective is the exact one of the scores returned, the better
+of the start and the solver's answer is kept, a bound is reported only if it is consistent with
+every feasible point known, and the status is "optimal" only if that bound proves the objective
+within the gap asked for. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from oamip.backends import Backend, SolveOptions, SolveResult, Status
+from oamip.formulations import ImportanceModel
+
+CE_CUT_TOL = 1e-6
+"""Largest gap allowed between a sample's cross-entropy and its cut approximation."""
+STALL_ROUNDS = 3
+"""Cut rounds in a row without progress (no rise of the solver's objective, no fewer violated
+samples) after which the cut loop stops."""
+CERTIFY_RTOL = 1e-6
+"""Slack, relative to ``max(1, |objective|)``, for rounding in the certificate's comparisons."""
+MIN_SOLVE_SECONDS = 0.01
+"""The solver always gets at least this long, even when building used up the time limit."""
+LOGIT_ATOL = 1e-5
+LOGIT_RTOL = 1e-6
+"""The solver's logits must match the exact forward pass of its scores within
+``LOGIT_ATOL + LOGIT_RTOL * max|z|``, or its bound is not trusted."""
+FEASIBLE = "feasible"
+"""Status of an answer that is feasible but not proven optimal, where the solver claimed an
+optimum its numbers do not support or gave up (infeasible, error) on a problem that has a
+solution: the start."""
+NO_BOUND_STATUSES = (Status.INFEASIBLE, Status.UNBOUNDED, Status.ERROR)
+
+
+@dataclass
+class Solution:
+    """A certified solve: scores by layer index and what can be said about them."""
+
+    scores: dict[int, np.ndarray]
+    objective: float
+    """The exact objective of ``scores`` (the true loss, not a cut approximation)."""
+    bound: float | None
+    """A lower bound on the optimum consistent with every known feasible point, or None."""
+    status: str
+    seconds: float
+    rounds: int
+    nodes: int | None
+    start_objective: float
+    solver_status: str
+    solver_objective: float | None
+    """What the solver itself reported (kept for the record; never trusted on its own)."""
+    solver_logit_error: float | None = None
+    """Largest difference between the solver's logits and the exact forward pass of its
+    scores (None without a solver answer)."""
+    kept_start: bool = False
+    """True when the start was better than the solver's answer and was returned instead."""
+    note: str = ""
+    """Why the status or bound differs from the solver's claim, if it does."""
+
+
+def solve_certified(
+    solver: Backend,
+    im: ImportanceModel,
+    options: SolveOptions,
+    time_limit: float | None,
+    start: dict[int, np.ndarray],
+    known: tuple[float, ...] = (),
+) -> Solution:
+    """Solve ``im`` from ``start`` within ``time_limit`` seconds and certify the answer against
+    the start and the objectives ``known`` of other feasible points (at the current lam).
+
+    When the solver claims an optimum that the certificate refuses, the model is solved again
+    without the start (HiGHS can lose presolve's objective offset on a start it reads in the
+    reduced space, and then "proves" the start), within what is left of the time limit; the
+    better certified answer is returned.
+    """
+    started = time.perf_counter()
+    deadline = None if time_limit is None else started + time_limit
+    result, rounds = _solve_with_cuts(solver, im, options, deadline, start, warm=True)
+    solution = certify(im, result, start, known, options.mip_gap)
+    refused = solution.solver_status == str(Status.OPTIMAL) != solution.status
+    if refused and not _past(deadline):
+        again, more = _solve_with_cuts(solver, im, options, deadline, start, warm=False)
+        retry = certify(im, again, start, (*known, solution.objective), options.mip_gap)
+        retry.note = "; ".join(filter(None, [solution.note, "solved again without the start"]))
+        rounds += more
+        solution = _better(solution, retry)
+    solution.seconds = time.perf_counter() - started
+    solution.rounds = rounds
+    im.assign(solution.scores)
+    return solution
+
+
+def _better(refused: Solution, retry: Solution) -> Solution:
+    """After a refused claim of optimality: the retry if proven, else the lower objective of
+    the two with the retry's bound (the refused solve's numbers are not trusted)."""
+    if retry.status == str(Status.OPTIMAL) or retry.objective <= refused.objective:
+        return retry
+    refused.bound = None if retry.bound is None else min(retry.bound, refused.objective)
+    refused.note = retry.note
+    return refused
+
+
+def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm: bool):
+    """Solve (from ``start`` if ``warm``); for an inexact loss add violated cuts and solve
+    again while the deadline allows and the cuts make progress."""
+    im.assign(start)
+    loss = im.settings.loss_fn
+    rounds, stalled, last = 0, 0, (-np.inf, np.inf)
+    while True:
+        rounds += 1
+        result = solver.solve(im.model, _with_deadline(options, deadline), warm_start=warm)
+        if not result.has_solution:
+            return result, rounds
+        if loss.exact or result.status != Status.OPTIMAL or _past(deadline):
+            return result, rounds
+        found = im.score_values()
+        logits = im.forward(found)
+        gap = im.losses_at(logits) - im.table.values(im.loss_ids)
+        violated = np.flatnonzero(gap > CE_CUT_TOL)
+        if len(violated) == 0:
+            return result, rounds
+        progress = (result.objective or -np.inf, len(violated))
+        stalled = stalled + 1 if progress[0] <= last[0] and progress[1] >= last[1] else 0
+        if stalled >= STALL_ROUNDS:
+            return result, rounds
+        last = progress
+        im.add_cuts(logits, violated)
+        im.assign(found)
+
+
+def _with_deadline(options: SolveOptions, deadline: float | None) -> SolveOptions:
+    if deadline is None:
+        return replace(options, time_limit=None)
+    return replace(options, time_limit=max(deadline - time.perf_counter(), MIN_SOLVE_SECONDS))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def certify(
+    im: ImportanceModel,
+    result: SolveResult,
+    start: dict[int, np.ndarray],
+    known: tuple[float, ...],
+    mip_gap: float,
+) -> Solution:
+    """Turn a solver's answer into a result the package can stand behind.
+
+    The scores returned are the better (exact objective) of the solver's and the start; a
+    solver bound above any known feasible objective is dropped (it cannot be valid); the
+    status is "optimal" only if the bound kept proves the objective within ``mip_gap``
+    (``(objective - bound) / max(1, |objective|)``, as ``ScoreResult.gap``), otherwise the
+    solver's non-optimal status, or "feasible" where the solver claimed an optimum that its
+    own numbers do not support. With an inexact loss the solver's bound is a bound of the cut
+    approximation, which under-estimates the loss, so it is a valid bound of the exact problem.
+    """
+    start_objective = im.objective_at(start)
+    candidates = [(start_objective, start, True)]
+    logit_error, agree = None, True
+    if result.has_solution:
+        found = im.score_values()
+        candidates.append((im.objective_at(found), found, False))
+        logit_error, agree = logits_agree(im.logit_values(), im.forward(found))
+    objective, scores, kept_start = min(candidates, key=lambda c: (c[0], not c[2]))
+    best_known = min([objective, *known])
+    slack = CERTIFY_RTOL * max(1.0, abs(best_known))
+    bound, notes = result.bound, []
+    if result.status in NO_BOUND_STATUSES:
+        notes.append(f"the solver ended '{result.status}' on a feasible problem")
+        bound = None
+    if not agree:
+        notes.append(
+            f"the solver's logits differ from the exact forward pass of its scores by "
+            f"{logit_error:.3g} (numerics), so its bound is not trusted"
+        )
+        bound = None
+    if bound is not None and not np.isfinite(bound):
+        bound = None
+    if bound is not None and bound > best_known + slack:
+        notes.append(
+            f"the solver's bound {bound:.6g} lies above a known feasible objective "
+            f"{best_known:.6g}, so it was dropped"
+        )
+        bound = None
+    proven = bound is not None and (objective - bound) <= (
+        mip_gap * max(1.0, abs(objective)) + slack
+    )
+    status = _status(result.status, proven)
+    if result.status == Status.OPTIMAL and not proven:
+        notes.append(_disagreement(result, objective, bound, kept_start))
+    return Solution(
+        scores=scores,
+        objective=objective,
+        bound=None if bound is None else min(bound, objective),
+        status=status,
+        seconds=0.0,
+        rounds=0,
+        nodes=result.nodes,
+        start_objective=start_objective,
+        solver_status=str(result.status),
+        solver_objective=result.objective,
+        solver_logit_error=logit_error,
+        kept_start=kept_start,
+        note="; ".join(notes),
+    )
+
+
+def _status(solver_status: Status, proven: bool) -> str:
+    if proven:
+        return str(Status.OPTIMAL)
+    if solver_status == Status.OPTIMAL or solver_status in NO_BOUND_STATUSES:
+        return FEASIBLE
+    return str(solver_status)
+
+
+def _disagreement(result: SolveResult, objective: float, bound, kept_start: bool) -> str:
+    said = "nothing" if result.objective is None else f"{result.objective:.6g}"
+    what = "the start (better than its answer)" if kept_start else "its answer"
+    return (
+        f"the solver claimed an optimum ({said}) that its numbers do not prove: the exact "
+        f"objective of {what} is {objective:.6g}, the bound kept is "
+        f"{'none' if bound is None else f'{bound:.6g}'}"
+    )
+
+
+def logits_agree(solver_logits: np.ndarray, exact_logits: np.ndarray) -> tuple[float, bool]:
+    """The largest difference of ``solver_logits`` from ``exact_logits``, and whether it is
+    within ``LOGIT_ATOL + LOGIT_RTOL * max|z|``."""
+    error = float(np.max(np.abs(solver_logits - exact_logits), initial=0.0))
+    tol = LOGIT_ATOL + LOGIT_RTOL * float(np.max(np.abs(exact_logits), initial=0.0))
+    return error, error <= tol
