@@ -15,6 +15,8 @@ import pytest
 
 from oamip import backends
 from oamip.backends import SolveOptions, Status, compile_model
+from oamip.cli import bench as bench_command
+from oamip.cli import export as export_command
 from oamip.errors import BackendUnavailableError, InvalidInputError
 from oamip.pipelines import bench
 from oamip.training.data import load_digits
@@ -52,7 +54,7 @@ def test_bench_writes_table_json_and_plots(cache, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--sizes", "1", "--time-limit", "0.5", "--gap-points", "1"]
     argv += ["--cache-dir", str(cache), "--out", str(out)]
-    assert bench.run(parse(bench.add_arguments, argv)) == 0
+    assert bench_command.run(parse(bench_command.add_arguments, argv)) == 0
     with open(out / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert list(table[0]) == [f.name for f in dataclasses.fields(bench.BenchRow)]
@@ -116,7 +118,8 @@ def lp_relaxation_optimum(form) -> float:
 @pytest.mark.parametrize("fmt", bench.EXPORT_FORMATS)
 def test_export_reads_back_into_highs_with_the_same_optimum(instance, cache, tmp_path, fmt):
     argv = ["--instance", instance.name, "--format", fmt, "--cache-dir", str(cache)]
-    assert bench.run_export(parse(bench.add_export_arguments, argv + ["--out", str(tmp_path)])) == 0
+    args = parse(export_command.add_arguments, argv + ["--out", str(tmp_path)])
+    assert export_command.run(args) == 0
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     read = h.readModel(str(tmp_path / f"{instance.name}.{fmt}"))
@@ -154,38 +157,38 @@ def test_bad_arguments_raise(call, error):
 
 
 def test_mnist_instance_without_data_is_refused(tmp_path):
-    args = parse(bench.add_export_arguments, ["--instance", "mnist-lenet5-k1-binary"])
+    args = parse(export_command.add_arguments, ["--instance", "mnist-lenet5-k1-binary"])
     args.out = str(tmp_path / "out")
     with pytest.raises(InvalidInputError, match="--data mnist:PATH"):
-        bench.run_export(args)
+        export_command.run(args)
     assert not (tmp_path / "out").exists()
 
 
 def test_data_other_than_mnist_is_refused(tmp_path):
-    args = parse(bench.add_arguments, ["--data", "digits", "--out", str(tmp_path)])
+    args = parse(bench_command.add_arguments, ["--data", "digits", "--out", str(tmp_path)])
     with pytest.raises(InvalidInputError, match="mnist:PATH"):
-        bench.run(args)
+        bench_command.run(args)
 
 
 @pytest.mark.parametrize("points", ["-1", "2000"])
 def test_gap_points_out_of_range_are_refused_before_any_work(points, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_instances_of", lambda args: pytest.fail("instances were built"))
-    args = parse(bench.add_arguments, ["--gap-points", points, "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(bench, "build_instances", lambda *args: pytest.fail("instances were built"))
+    argv = ["--gap-points", points, "--out", str(tmp_path / "out")]
     with pytest.raises(InvalidInputError, match=f"--gap-points .* 0 to 10, got {points}"):
-        bench.run(args)
+        bench_command.run(parse(bench_command.add_arguments, argv))
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("option", ["--backends", "--scores", "--sizes"])
 def test_an_empty_list_is_refused(option, capsys):
     with pytest.raises(SystemExit):
-        parse(bench.add_arguments, [option, ","])
+        parse(bench_command.add_arguments, [option, ","])
     assert f"argument {option}: expected" in capsys.readouterr().err
 
 
 def test_the_cache_dir_help_names_the_default(monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_command.add_arguments(parser)
     default = bench.default_cache_dir().relative_to(Path.home())
     assert f"~/{default.as_posix()}" in " ".join(parser.format_help().split())

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from oamip import cli
-from oamip.pipelines import bench
+from oamip.cli import bench as bench_command
+from oamip.cli import export as export_command
+from oamip.cli import prune as prune_command
+from oamip.cli import spr as spr_command
 from oamip.pipelines import spr as spr_pipeline
 from oamip.training.models import mlp
 
@@ -155,10 +158,10 @@ def _refuse_work(monkeypatch) -> None:
     def started(args):
         raise AssertionError("the command started working")
 
-    monkeypatch.setattr(cli, "run_prune", started)
-    monkeypatch.setattr(spr_pipeline, "run", started)
-    monkeypatch.setattr(bench, "run", started)
-    monkeypatch.setattr(bench, "run_export", started)
+    monkeypatch.setattr(prune_command, "run", started)
+    monkeypatch.setattr(spr_command, "run", started)
+    monkeypatch.setattr(bench_command, "run", started)
+    monkeypatch.setattr(export_command, "run", started)
 
 
 BAD_FOLDERS = [
@@ -226,7 +229,7 @@ def test_solver_heuristics_flag_reaches_score_neurons(flag, expected, monkeypatc
     monkeypatch.setattr(pipeline, "score_neurons", recording)
     parser = cli.build_parser()
     args = parser.parse_args(["prune", *flag])
-    settings = pipeline.PruneSettings(**cli._prune_options(args))
+    settings = pipeline.PruneSettings(**prune_command._prune_options(args))
     with pytest.raises(KeyboardInterrupt):
         pipeline._score(mlp(4, (3,), 2), torch.zeros(1, 4).numpy(), [0], settings)
     assert seen["solver_heuristics"] is expected

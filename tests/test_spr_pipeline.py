@@ -11,12 +11,11 @@ import torch
 
 from oamip import load_model, remove_pruned, save_model
 from oamip.adapters import apply_masks
+from oamip.cli.spr import add_arguments, run
 from oamip.errors import InvalidInputError, OamipError
 from oamip.pipelines.prune import count_params
 from oamip.pipelines.spr import (
     SPRReport,
-    add_arguments,
-    run,
     spr_prune,
     train_penalised,
     zero_group_masks,

@@ -1,11 +1,11 @@
 """Benchmark the solver backends on importance MIPs of trained networks (``oamip bench``).
 
-Instances are importance MIPs (DESIGN.md §4, default loss and weights) built from reference
+Instances are importance MIPs (docs/mathematics.md §4, default settings) built from reference
 networks trained reproducibly by :mod:`oamip.training.zoo`: an MLP on digits always, an MLP
-and LeNet-5 on MNIST when ``--data mnist:PATH`` is given, at several batch sizes (samples per
+and LeNet-5 on MNIST when the data spec ``mnist:PATH`` is given, at several batch sizes (samples per
 class) and both score modes. An instance is named
-``{data}-{arch}-k{samples per class}-{scores}``, e.g. ``digits-mlp-k1-binary``; ``oamip export``
-writes any of them as MPS or LP.
+``{data}-{arch}-k{samples per class}-{scores}``, e.g. ``digits-mlp-k1-binary``;
+:func:`export_instances` (``oamip export``) writes any of them as MPS or LP.
 
 Each instance is compiled once to its standard form and handed to every backend with the same
 time limit, threads and seed. Two plots come with the table:
@@ -19,16 +19,13 @@ time limit, threads and seed. Two plots come with the table:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import math
 import os
 import platform
 import re
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -118,6 +115,15 @@ class BenchRow:
     constraints: int
     time_limit: float
     message: str = ""
+
+
+@dataclass
+class BenchResult:
+    """What :func:`benchmark` did: the instances built, one row per solve, the gap curve."""
+
+    instances: list[Instance]
+    rows: list[BenchRow]
+    points: list[GapPoint]
 
 
 @dataclass
@@ -215,6 +221,16 @@ def run_benchmark(
 ) -> list[BenchRow]:
     """Solve every instance with every backend ``repeats`` times; one row per solve."""
     _check_run(time_limit, repeats, threads)
+    return _solve_all(instances, backend_names, time_limit, repeats, threads)
+
+
+def _solve_all(
+    instances: Sequence[Instance],
+    backend_names: Sequence[str],
+    time_limit: float,
+    repeats: int,
+    threads: int,
+) -> list[BenchRow]:
     solvers = [backends.get(name) for name in backend_names]
     return [
         _row(instance, backend, repeat, _options(time_limit, threads))
@@ -395,19 +411,38 @@ def write_csv(path: Path, rows: Sequence) -> Path:
     return path
 
 
-def write_results(
-    folder: Path, rows: Sequence[BenchRow], points: Sequence[GapPoint], meta: dict
-) -> list[Path]:
-    """``results.csv``, ``gap.csv``, ``results.json`` and both plots, in ``folder``."""
+def write_results(folder: Path, result: BenchResult, command: str) -> list[Path]:
+    """``results.csv``, ``gap.csv``, ``results.json`` and both plots, in ``folder``;
+    ``command`` is the command line recorded in ``results.json``."""
     json_path = folder / "results.json"
-    write_json(json_path, {**meta, "rows": list(rows), "gap_over_time": list(points)})
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "machine": machine(),
+        "instances": [_describe(instance) for instance in result.instances],
+        "gap_over_time_method": "independent runs stopped at each time limit",
+    }
+    write_json(json_path, {**meta, "rows": result.rows, "gap_over_time": result.points})
     return [
-        write_csv(folder / "results.csv", rows),
-        write_csv(folder / "gap.csv", points),
+        write_csv(folder / "results.csv", result.rows),
+        write_csv(folder / "gap.csv", result.points),
         json_path,
-        plot_profile(rows, folder / "profile.png"),
-        plot_gap(points, folder / "gap.png"),
+        plot_profile(result.rows, folder / "profile.png"),
+        plot_gap(result.points, folder / "gap.png"),
     ]
+
+
+def _describe(instance: Instance) -> dict:
+    return {
+        **asdict(instance.spec),
+        "name": instance.name,
+        "variables": instance.form.num_cols,
+        "integer_variables": int(instance.form.integer.sum()),
+        "constraints": instance.form.num_rows,
+        "nonzeros": int(instance.form.A.nnz),
+        "build_seconds": instance.build_seconds,
+        "compile_seconds": instance.compile_seconds,
+    }
 
 
 def machine() -> dict:
@@ -446,101 +481,84 @@ def default_cache_dir() -> Path:
     return Path(root) / "oamip" / "zoo"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip bench``."""
-    _add_instance_arguments(parser)
-    add = parser.add_argument
-    add("--backends", type=_names, help="comma-separated backends (default: every installed one)")
-    add("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="S", help="(default 60)")
-    add("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N", help="(default 1)")
-    add("--threads", type=int, default=DEFAULT_THREADS, metavar="N", help="(default 1)")
-    add(
-        "--gap-points",
-        type=int,
-        default=DEFAULT_GAP_POINTS,
-        metavar="P",
-        help=f"shorter time limits (halving) for the gap curve, 0 to {MAX_GAP_POINTS} "
-        f"(default {DEFAULT_GAP_POINTS})",
-    )
-    add("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+def benchmark(
+    data: str | None = None,
+    *,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    scores: Sequence[str] = SCORE_MODES,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    backend_names: Sequence[str] | None = None,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    repeats: int = DEFAULT_REPEATS,
+    threads: int = DEFAULT_THREADS,
+    gap_points: int = DEFAULT_GAP_POINTS,
+) -> BenchResult:
+    """Build the instance set, solve it with every backend, and run the gap curve.
+
+    ``data`` None benchmarks the digits instances, ``"mnist:PATH"`` adds the MNIST ones;
+    ``backend_names`` None (or empty) takes every installed backend; ``cache_dir`` None
+    caches the reference networks in :func:`default_cache_dir`. Every setting is checked
+    before any work.
+    """
+    names = _check_benchmark(backend_names, time_limit, repeats, threads, gap_points)
+    mnist = _mnist_spec(data)
+    specs = instance_specs(mnist is not None, sizes, scores, seed)
+    instances = build_instances(specs, mnist, cache_dir or default_cache_dir())
+    rows = _solve_all(instances, names, time_limit, repeats, threads)
+    points = gap_over_time(instances, rows, gap_limits(time_limit, gap_points), threads)
+    return BenchResult(instances, rows, points)
 
 
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip export``."""
-    _add_instance_arguments(parser)
-    add = parser.add_argument
-    add("--instance", action="append", metavar="NAME", help="instance to write (repeatable)")
-    add("--format", choices=EXPORT_FORMATS, default="mps", help="(default mps)")
-    add("--out", default="oamip-instances", metavar="DIR", help="output folder")
-
-
-def _add_instance_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--data", metavar="mnist:PATH", help="add MNIST instances (MLP and LeNet-5) from PATH")
-    add("--sizes", type=_sizes, default=DEFAULT_SIZES, help="samples per class (default 1,2)")
-    add("--scores", type=_names, default=SCORE_MODES, help="score modes (default both)")
-    add("--seed", type=int, default=0, help="seed of the samples chosen (default 0)")
-    add(
-        "--cache-dir",
-        type=_folder,
-        default=None,
-        help="trained networks (default $XDG_CACHE_HOME/oamip/zoo, else ~/.cache/oamip/zoo)",
-    )
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(
-            f"expected one or more comma-separated names, got '{text}'"
-        )
+def _check_benchmark(
+    backend_names: Sequence[str] | None,
+    time_limit: float,
+    repeats: int,
+    threads: int,
+    gap_points: int,
+) -> list[str]:
+    """The backends to run (each installed), after checking the solve settings."""
+    names = list(backend_names or backends.available())
+    for name in names:
+        backends.get(name)
+    _check_run(time_limit, repeats, threads)
+    try:
+        checks.whole("gap_points", gap_points, 0, MAX_GAP_POINTS)
+    except InvalidInputError:
+        raise InvalidInputError(
+            f"--gap-points (gap_points) must be a whole number from 0 to {MAX_GAP_POINTS}, got "
+            f"{gap_points!r}; each point halves the time limit once more"
+        ) from None
     return names
 
 
-def _folder(text: str) -> Path:
-    return Path(text).expanduser()
+def export_instances(
+    out: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    data: str | None = None,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    scores: Sequence[str] = SCORE_MODES,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    fmt: str = "mps",
+) -> list[Path]:
+    """Write instances into ``out`` as ``{name}.{fmt}`` files, all or nothing; their paths.
 
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _names(text))
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"expected whole numbers like 1,2 got '{text}'") from None
-
-
-def run(args: argparse.Namespace) -> int:
-    """``oamip bench``: build the instances, solve them with every backend, write the results."""
-    names = list(args.backends or backends.available())
-    for name in names:
-        backends.get(name)
-    _check_run(args.time_limit, args.repeats, args.threads)
-    if not 0 <= args.gap_points <= MAX_GAP_POINTS:
-        raise InvalidInputError(
-            f"--gap-points must be a whole number from 0 to {MAX_GAP_POINTS}, got "
-            f"{args.gap_points}; each point halves the time limit once more"
-        )
-    instances = _instances_of(args)
-    rows = run_benchmark(instances, names, args.time_limit, args.repeats, args.threads)
-    limits = gap_limits(args.time_limit, args.gap_points)
-    points = gap_over_time(instances, rows, limits, args.threads)
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "command": "oamip " + shlex.join(sys.argv[1:]),
-        "machine": machine(),
-        "instances": [_describe(instance) for instance in instances],
-        "gap_over_time_method": "independent runs stopped at each time limit",
-    }
-    with staged_output(args.out) as folder:
-        written = write_results(folder, rows, points, meta)
-    print(_summary(rows))
-    print(f"wrote {', '.join(str(Path(args.out) / path.name) for path in written)}")
-    return 0
-
-
-def _instances_of(args: argparse.Namespace) -> list[Instance]:
-    mnist = _mnist_spec(args.data)
-    specs = instance_specs(mnist is not None, args.sizes, args.scores, args.seed)
-    return build_instances(specs, mnist, args.cache_dir or default_cache_dir())
+    ``names`` picks instances by name; without it, the instance set of :func:`benchmark`
+    (``data``, ``sizes``, ``scores``) is written. ``fmt`` is one of ``EXPORT_FORMATS``.
+    """
+    checks.choice("export format", fmt, EXPORT_FORMATS)
+    mnist = _mnist_spec(data)
+    if names:
+        specs = [parse_instance(name, seed) for name in names]
+    else:
+        specs = instance_specs(mnist is not None, sizes, scores, seed)
+    instances = build_instances(specs, mnist, cache_dir or default_cache_dir())
+    writer = backends.write_mps if fmt == "mps" else backends.write_lp
+    with staged_output(out) as folder:
+        written = [writer(i.form, folder / f"{i.name}.{fmt}") for i in instances]
+    return [Path(out).expanduser() / path.name for path in written]
 
 
 def _mnist_spec(data: str | None) -> str | None:
@@ -549,20 +567,8 @@ def _mnist_spec(data: str | None) -> str | None:
     return data
 
 
-def _describe(instance: Instance) -> dict:
-    return {
-        **asdict(instance.spec),
-        "name": instance.name,
-        "variables": instance.form.num_cols,
-        "integer_variables": int(instance.form.integer.sum()),
-        "constraints": instance.form.num_rows,
-        "nonzeros": int(instance.form.A.nnz),
-        "build_seconds": instance.build_seconds,
-        "compile_seconds": instance.compile_seconds,
-    }
-
-
-def _summary(rows: Sequence[BenchRow]) -> str:
+def summary_table(rows: Sequence[BenchRow]) -> str:
+    """A plain-text table: one line per solve (status, objective, gap, load + solve seconds)."""
     lines = [f"{'instance':32} {'backend':8} {'status':10} {'objective':>11} {'gap':>8} {'s':>8}"]
     for r in rows:
         objective = "-" if r.objective is None else f"{r.objective:.5g}"
@@ -574,18 +580,3 @@ def _summary(rows: Sequence[BenchRow]) -> str:
         if r.message:
             lines.append(f"    {r.message}")
     return "\n".join(lines)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``oamip export``: write instances as MPS or LP files, named after the instance."""
-    mnist = _mnist_spec(args.data)
-    if args.instance:
-        specs = [parse_instance(name, args.seed) for name in args.instance]
-    else:
-        specs = instance_specs(mnist is not None, args.sizes, args.scores, args.seed)
-    instances = build_instances(specs, mnist, args.cache_dir or default_cache_dir())
-    writer = backends.write_mps if args.format == "mps" else backends.write_lp
-    with staged_output(args.out) as folder:
-        written = [writer(i.form, folder / f"{i.name}.{args.format}") for i in instances]
-    print(f"wrote {', '.join(str(Path(args.out) / path.name) for path in written)}")
-    return 0

@@ -1,4 +1,4 @@
-"""SPR training and structured pruning: ``oamip.spr_prune`` and the ``oamip spr`` command.
+"""SPR training and structured pruning: ``oamip.spr_prune`` (run by ``oamip spr``).
 
 A dense model (trained here from scratch, or a checkpoint) gives the accuracy before pruning and
 the per-layer constants ``M`` (DESIGN.md §5). A copy is trained with the SPR term added to the
@@ -9,7 +9,6 @@ fine-tuned with the pruned units held at zero. The same is done with the group-l
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -34,9 +33,8 @@ from oamip.pipelines.prune import (
     count_params,
     dataset_of,
     describe_arch,
-    read_model,
 )
-from oamip.training.data import DATA_SPECS, Dataset, load_data
+from oamip.training.data import Dataset
 from oamip.training.models import ARCHITECTURES, build
 from oamip.training.spr import ZERO_GROUP_TOL, SPRRegularizer
 from oamip.training.train import (
@@ -383,55 +381,8 @@ def _report(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip spr``."""
-    add = parser.add_argument
-    add("--model", help="saved model (oamip.save_model) or state dict; default: train one")
-    add(
-        "--arch",
-        choices=ARCHITECTURES,
-        help="architecture of a state dict, or to train when no --model (default mlp)",
-    )
-    add("--data", default="digits", help=f"{DATA_SPECS} (default digits)")
-    add("--lam", type=float, default=DEFAULT_LAM, help=f"SPR strength (default {DEFAULT_LAM})")
-    add(
-        "--alpha",
-        type=float,
-        default=DEFAULT_ALPHA,
-        help=f"a = lam alpha, b = lam (1 - alpha) (default {DEFAULT_ALPHA})",
-    )
-    add("--m-scale", type=float, default=DEFAULT_M_SCALE, help="M = largest weight x this")
-    add("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of (dense and) SPR training")
-    add("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS)
-    add("--lr", type=float, default=DEFAULT_SPR_LR, help=f"Adam step (default {DEFAULT_SPR_LR})")
-    add("--seed", type=int, default=0)
-    add("--device", default="cpu", help="cpu or cuda")
-    add("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``oamip spr`` with parsed ``args``: prune, write ``--out``, print a summary."""
-    dataset = load_data(args.data)
-    model = read_model(args.model, args.arch, dataset) if args.model else None
-    report = spr_prune(
-        model,
-        dataset,
-        arch=args.arch or "mlp",
-        lam=args.lam,
-        alpha=args.alpha,
-        M_scale=args.m_scale,
-        epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        out=args.out,
-    )
-    print(_summary(report, args.out))
-    return 0
-
-
-def _summary(r: SPRReport, out: str) -> str:
+def summary_table(r: SPRReport) -> str:
+    """A plain-text summary: dense, SPR and group lasso rows, units kept per layer."""
     rows = [("dense", 0, r.params_total, r.accuracy_before, None)]
     rows.append(
         ("SPR", r.units_pruned, r.params_after, r.accuracy_after, r.accuracy_after_finetune)
@@ -452,5 +403,5 @@ def _summary(r: SPRReport, out: str) -> str:
     kept = ", ".join(
         f"{layer.name}: {layer.units - layer.units_pruned}/{layer.units}" for layer in r.layers
     )
-    lines += [f"units kept per layer: {kept}", f"wrote {Path(out) / 'report.json'} and pruned.pt"]
+    lines.append(f"units kept per layer: {kept}")
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""``oamip bench``: benchmark the solver backends on importance MIPs of trained networks."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from oamip.cli.common import add_instance_arguments, add_out_argument, names, say, say_written
+from oamip.files import staged_output
+from oamip.pipelines.bench import (
+    DEFAULT_GAP_POINTS,
+    DEFAULT_OUT,
+    DEFAULT_REPEATS,
+    DEFAULT_THREADS,
+    DEFAULT_TIME_LIMIT,
+    MAX_GAP_POINTS,
+    benchmark,
+    summary_table,
+    write_results,
+)
+
+HELP = "benchmark solver backends on importance MIPs"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``oamip bench`` with the command's subparsers."""
+    parser = subparsers.add_parser("bench", help=HELP)
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip bench``; the defaults are those of :func:`benchmark`."""
+    add_instance_arguments(parser)
+    add = parser.add_argument
+    add("--backends", type=names, help="comma-separated backends (default: every installed one)")
+    add(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT,
+        metavar="S",
+        help=f"(default {DEFAULT_TIME_LIMIT:g})",
+    )
+    add(
+        "--repeats",
+        type=int,
+        default=DEFAULT_REPEATS,
+        metavar="N",
+        help=f"(default {DEFAULT_REPEATS})",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"(default {DEFAULT_THREADS})",
+    )
+    add(
+        "--gap-points",
+        type=int,
+        default=DEFAULT_GAP_POINTS,
+        metavar="P",
+        help=f"shorter time limits (halving) for the gap curve, 0 to {MAX_GAP_POINTS} "
+        f"(default {DEFAULT_GAP_POINTS})",
+    )
+    add_out_argument(parser, DEFAULT_OUT)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the instances, solve them with every backend, write ``--out``, print the table."""
+    result = benchmark(
+        args.data,
+        sizes=args.sizes,
+        scores=args.scores,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        backend_names=args.backends,
+        time_limit=args.time_limit,
+        repeats=args.repeats,
+        threads=args.threads,
+        gap_points=args.gap_points,
+    )
+    command = "oamip " + shlex.join(sys.argv[1:])
+    with staged_output(args.out) as folder:
+        written = write_results(folder, result, command)
+    say(summary_table(result.rows))
+    say_written(args.out, written)
+    return 0

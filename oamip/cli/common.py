@@ -1,0 +1,129 @@
+"""What the subcommands of ``oamip`` share: one-line errors, options, inputs and output lines.
+
+Options only convert text to values here (numbers, lists, paths); whether a value is allowed is
+decided once, by the library function or settings class that receives it, and its OamipError
+reaches the user as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from torch import nn
+
+from oamip.files import check_output_folder
+from oamip.pipelines.bench import DEFAULT_SIZES, SCORE_MODES, default_cache_dir
+from oamip.pipelines.prune import read_model
+from oamip.training.data import DATA_SPECS, Dataset, load_data
+from oamip.training.models import ARCHITECTURES
+
+USAGE_ERROR = 2
+INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad command line; reported in one line like an OamipError."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def fail(message: str) -> None:
+    """Report ``message`` as one line on stderr."""
+    print(f"oamip: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def say(text: str) -> None:
+    """Print a result line (or table) on stdout."""
+    print(text)
+
+
+def say_written(out: str | Path, paths: Iterable[Path]) -> None:
+    """Print the files a command wrote, as ``--out`` names them."""
+    say(f"wrote {', '.join(str(Path(out) / path.name) for path in paths)}")
+
+
+def check_folders(args: argparse.Namespace) -> None:
+    """Refuse an unwritable ``--out`` or ``--cache-dir`` before the command does any work."""
+    check_output_folder(args.out, "--out")
+    if "cache_dir" in args:
+        check_output_folder(args.cache_dir or default_cache_dir(), "--cache-dir")
+
+
+def one_of(choices: Sequence[str]) -> str:
+    """The metavar ``{a,b,c}`` that lists an option's values (checked by the library)."""
+    return "{" + ",".join(choices) + "}"
+
+
+def add_out_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--out DIR``: the folder written, all or nothing, when the command succeeds."""
+    parser.add_argument(
+        "--out", default=default, metavar="DIR", help=f"output folder (default {default}/)"
+    )
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--arch`` and ``--data``: the model to prune and its data."""
+    add = parser.add_argument
+    add("--model", help="model file from oamip.save_model, or a state dict with --arch")
+    add(
+        "--arch",
+        metavar=one_of(ARCHITECTURES),
+        help="architecture of a state dict, or to train when no --model (default mlp)",
+    )
+    add("--data", default="digits", help=f"{DATA_SPECS} (default digits)")
+
+
+def read_inputs(args: argparse.Namespace) -> tuple[Dataset, nn.Module | None]:
+    """The data set of ``--data`` and the model of ``--model`` (None: train one)."""
+    dataset = load_data(args.data)
+    model = read_model(args.model, args.arch, dataset) if args.model else None
+    return dataset, model
+
+
+def add_instance_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose benchmark instances (``oamip bench`` and ``oamip export``)."""
+    add = parser.add_argument
+    add("--data", metavar="mnist:PATH", help="add MNIST instances (MLP and LeNet-5) from PATH")
+    add(
+        "--sizes", type=whole_numbers, default=DEFAULT_SIZES, help="samples per class (default 1,2)"
+    )
+    add("--scores", type=names, default=SCORE_MODES, help="score modes (default both)")
+    add("--seed", type=int, default=0, help="seed of the samples chosen (default 0)")
+    add(
+        "--cache-dir",
+        type=folder,
+        default=None,
+        help="trained networks (default $XDG_CACHE_HOME/oamip/zoo, else ~/.cache/oamip/zoo)",
+    )
+
+
+def names(text: str) -> tuple[str, ...]:
+    """``a,b,c`` as a tuple of names; at least one."""
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError(
+            f"expected one or more comma-separated names, got '{text}'"
+        )
+    return parts
+
+
+def whole_numbers(text: str) -> tuple[int, ...]:
+    """``1,2`` as a tuple of ints."""
+    try:
+        return tuple(int(part) for part in names(text))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected whole numbers like 1,2 got '{text}'") from None
+
+
+def folder(text: str) -> Path:
+    """A folder path, ``~`` expanded."""
+    return Path(text).expanduser()

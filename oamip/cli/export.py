@@ -1,0 +1,50 @@
+"""``oamip export``: write benchmark instances (importance MIPs) as MPS or LP files."""
+
+from __future__ import annotations
+
+import argparse
+
+from oamip.cli.common import add_instance_arguments, add_out_argument, one_of, say_written
+from oamip.pipelines.bench import EXPORT_FORMATS, export_instances
+
+HELP = "write an importance MIP instance as MPS or LP"
+DEFAULT_OUT = "oamip-instances"
+DEFAULT_FORMAT = "mps"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``oamip export`` with the command's subparsers."""
+    parser = subparsers.add_parser("export", help=HELP)
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip export``."""
+    add_instance_arguments(parser)
+    add = parser.add_argument
+    add("--instance", action="append", metavar="NAME", help="instance to write (repeatable)")
+    add(
+        "--format",
+        metavar=one_of(EXPORT_FORMATS),
+        default=DEFAULT_FORMAT,
+        help=f"(default {DEFAULT_FORMAT})",
+    )
+    add_out_argument(parser, DEFAULT_OUT)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the instances named (default: the benchmark's set), named after the instance."""
+    written = export_instances(
+        args.out,
+        names=args.instance,
+        data=args.data,
+        sizes=args.sizes,
+        scores=args.scores,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        fmt=args.format,
+    )
+    say_written(args.out, written)
+    return 0

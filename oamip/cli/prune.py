@@ -1,0 +1,138 @@
+"""``oamip prune``: score units with the neuron-importance MIP, prune, fine-tune, report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from oamip import backends
+from oamip.cli.common import (
+    add_input_arguments,
+    add_out_argument,
+    one_of,
+    read_inputs,
+    say,
+    say_written,
+)
+from oamip.files import staged_output
+from oamip.pipelines.prune import LOSSES, SCORE_MODES, PruneSettings, prune
+from oamip.pipelines.report import summary_table, write_report
+
+HELP = "score units with the neuron-importance MIP, prune, fine-tune, report"
+DEFAULT_OUT = "oamip-out"
+DEFAULT_THREADS = 1
+"""The command runs on one CPU thread unless told otherwise (the library keeps the default)."""
+_DEFAULTS = PruneSettings()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``oamip prune`` with the command's subparsers."""
+    parser = subparsers.add_parser("prune", help=HELP)
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oamip prune``; the defaults are those of :class:`PruneSettings`."""
+    d = _DEFAULTS
+    add = parser.add_argument
+    add_input_arguments(parser)
+    add(
+        "--backend",
+        metavar=one_of(backends.known()),
+        default=d.backend,
+        help=f"solver (default {d.backend})",
+    )
+    add(
+        "--samples-per-class",
+        type=int,
+        default=d.samples_per_class,
+        metavar="K",
+        help=f"(default {d.samples_per_class})",
+    )
+    add("--lam", type=float, default=d.lam, metavar="X", help=f"loss weight (default {d.lam:g})")
+    add("--loss", metavar=one_of(LOSSES), default=d.loss, help=f"(default {d.loss})")
+    add("--scores", metavar=one_of(SCORE_MODES), default=d.scores, help=f"(default {d.scores})")
+    add(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        metavar="T",
+        help=f"in [0, 1] (default {d.threshold:g})",
+    )
+    add(
+        "--finetune-epochs",
+        type=int,
+        default=d.finetune_epochs,
+        metavar="E",
+        help=f"(default {d.finetune_epochs})",
+    )
+    add(
+        "--time-limit",
+        type=_seconds_or_none,
+        default=d.time_limit,
+        metavar="S",
+        help=f"seconds to build and solve the MIP, or 'none' (default {_seconds(d.time_limit)})",
+    )
+    add("--device", default=d.device, help=f"cpu or cuda (default {d.device})")
+    add("--seed", type=int, default=d.seed, metavar="N", help=f"(default {d.seed})")
+    add(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"CPU threads for PyTorch and the solver (default {DEFAULT_THREADS})",
+    )
+    add(
+        "--solver-heuristics",
+        action="store_true",
+        help="let the solver run its own primal heuristics (default: off, the warm start's "
+        "local search does that work)",
+    )
+    add_out_argument(parser, DEFAULT_OUT)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
+    dataset, model = read_inputs(args)
+    report = prune(model, dataset, **_prune_options(args))
+    with staged_output(args.out) as folder:
+        written = write_report(report, folder)
+    say(summary_table(report))
+    say_written(Path(args.out).expanduser(), written)
+    return 0
+
+
+def _prune_options(args: argparse.Namespace) -> dict:
+    """The :class:`PruneSettings` fields given on the command line."""
+    return {
+        "arch": args.arch or "mlp",
+        "backend": args.backend,
+        "samples_per_class": args.samples_per_class,
+        "lam": args.lam,
+        "loss": args.loss,
+        "scores": args.scores,
+        "threshold": args.threshold,
+        "finetune_epochs": args.finetune_epochs,
+        "time_limit": args.time_limit,
+        "device": args.device,
+        "seed": args.seed,
+        "threads": args.threads,
+        "solver_heuristics": args.solver_heuristics,
+        "progress": True,
+    }
+
+
+def _seconds_or_none(text: str) -> float | None:
+    """``none`` (any case) as None, anything else as a float."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got '{text}'") from None
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
