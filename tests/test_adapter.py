@@ -202,10 +202,21 @@ class _Residual(nn.Module):
         return self.out(torch.relu(self.fc(x)) + x)
 
 
+class _SharedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
         (nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), "'1' of type Tanh"),
+        (_SharedLayer(), "layer 'fc' is applied 2 times"),
         (nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)), "'1' of type Sigmoid"),
         (_Residual(), "not a chain"),
         (nn.Sequential(nn.Linear(4, 3), nn.ReLU()), "must end with a Linear"),

@@ -124,7 +124,11 @@ def test_finetune_zeroes_a_following_batchnorm_too(digits):
 
 @pytest.mark.parametrize(
     ("masks", "message"),
-    [({"9": np.ones(3, dtype=bool)}, "no Linear or Conv2d"), ({"1": np.ones(5, bool)}, "24 units")],
+    [
+        ({"9": np.ones(3, dtype=bool)}, "not a unit layer"),
+        ({"5": np.ones(10, dtype=bool)}, r"'5', which is not a unit layer.*\['1', '3'\]"),
+        ({"1": np.ones(5, bool)}, "24 units"),
+    ],
 )
 def test_finetune_refuses_masks_of_another_model(digits, masks, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -13,8 +13,9 @@ import oamip
 from oamip import cli
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.pipelines import prune as pipeline
-from oamip.pipelines.prune import BASELINES, PruneSettings, count_params, describe_arch, read_model
+from oamip.pipelines.prune import PruneSettings, count_params, describe_arch, read_model
 from oamip.pipelines.report import summary_table, write_report
+from oamip.training.criteria import criteria
 from oamip.training.data import load_digits, make_dataset
 from oamip.training.models import build, mlp
 from oamip.training.train import evaluate, train
@@ -106,13 +107,13 @@ def test_prune_leaves_the_given_model_untouched(result, trained):
 
 def test_baselines_are_compared_at_every_point_of_the_curve(result):
     report, _ = result
-    assert [b.method for b in report.baselines] == list(BASELINES)
+    assert [b.method for b in report.baselines] == criteria()
     assert all(0 <= b.accuracy_after <= 1 for b in report.baselines)
     removed = [point.units_pruned for point in report.curve]
     assert removed == sorted(set(removed)) and removed[0] == 0
     assert report.units_pruned in removed
     first = report.curve[0]
-    assert set(first.accuracy) == {"mip", *BASELINES}
+    assert set(first.accuracy) == {"mip", *criteria()}
     assert all(a == pytest.approx(report.accuracy_before) for a in first.accuracy.values())
 
 
@@ -137,7 +138,7 @@ def test_write_report_writes_a_loadable_model_and_plots(result, digits, tmp_path
 
 def test_summary_table_lists_layers_and_methods(result):
     text = summary_table(result[0])
-    for word in ("1", "3", "total", "dense", "mip", *BASELINES):
+    for word in ("1", "3", "total", "dense", "mip", *criteria()):
         assert word in text
 
 

@@ -42,7 +42,7 @@ def brute_force(row: np.ndarray, a: float, b: float, M: float) -> float:
 
 
 def case_of(row: np.ndarray, a: float, b: float, M: float) -> str:
-    """Which row of the table in DESIGN.md §5 applies (b > 0)."""
+    """Which row of the table in docs/mathematics.md §5.3 applies (b > 0)."""
     n2, ni = float(np.linalg.norm(row)), float(np.abs(row).max())
     z_free = math.sqrt(a / b) * n2
     if max(ni / M, z_free) >= 1:
@@ -261,6 +261,12 @@ def test_masks_mark_zero_groups():
     np.testing.assert_array_equal(masks["6"], [True, False, True, True, True])
 
 
+def test_only_unit_layers_are_regularised():
+    """A Linear that no ReLU follows is no unit layer, wherever it sits."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert list(SPRRegularizer(net, lam=1.0, alpha=0.5).groups()) == ["1"]
+
+
 def test_regularizer_rejects_unusable_models():
     with pytest.raises(InvalidInputError, match="before the output layer"):
         SPRRegularizer(nn.Sequential(nn.Linear(3, 2)), lam=1.0, alpha=0.5)
@@ -303,8 +309,7 @@ def test_regularizer_gradient_equals_the_per_layer_penalty_gradient():
     total.backward()
     fast = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    layers = reg._layers
-    slow = sum(group_penalty(layer.groups(), **_abm(reg, layer)).sum() for layer in layers)
+    slow = sum(group_penalty(g, **_abm(reg, name)).sum() for name, g in reg.groups().items())
     slow.backward()
     assert total.item() == pytest.approx(slow.item(), rel=1e-12)
     slow_grads = [p.grad for p in model.parameters()]
@@ -314,6 +319,6 @@ def test_regularizer_gradient_equals_the_per_layer_penalty_gradient():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def _abm(reg, layer) -> dict:
-    p = reg.params[layer.name]
+def _abm(reg, name: str) -> dict:
+    p = reg.params[name]
     return {"a": p.a, "b": p.b, "M": p.M}

@@ -159,15 +159,84 @@ the ReLU: with the score term constant per channel, ``ReLU(maxpool(a) - c)`` equ
 ``maxpool(ReLU(a - c))``, so the unit is encoded as if the ReLU came first."""
 
 
-def scored_steps(steps: list[Step]) -> dict[int, Step]:
-    """For each ReLU that makes a Linear or Conv2d scored: its position -> that layer's step."""
-    owners = {}
+@dataclass(eq=False)
+class Unit:
+    """A scored layer: a Linear or Conv2d whose outputs reach a ReLU by one of SCORED_PATTERNS.
+
+    Its units (neurons, output channels) are what every criterion scores and every mask prunes.
+    ``batchnorm`` is the BatchNorm directly after the layer, if any: it acts on the same units,
+    so pruning a unit zeroes its scale and shift too. ``position`` and ``relu`` are the places of
+    the layer and of its ReLU in the chain the unit was read from.
+    """
+
+    name: str
+    module: nn.Linear | nn.Conv2d
+    batchnorm: str | None
+    batchnorm_module: nn.BatchNorm1d | nn.BatchNorm2d | None
+    position: int
+    relu: int
+
+    @property
+    def size(self) -> int:
+        """The number of units (output features or channels)."""
+        return self.module.weight.shape[0]
+
+    def row_parameters(self) -> list[nn.Parameter]:
+        """The parameters with one row per unit: the layer's weight and bias, then the scale and
+        shift of its BatchNorm (each where present). Zeroing a unit's rows silences it."""
+        params = [self.module.weight, self.module.bias]
+        if self.batchnorm_module is not None:
+            params += [self.batchnorm_module.weight, self.batchnorm_module.bias]
+        return [p for p in params if p is not None]
+
+
+def units(model: nn.Module) -> list[Unit]:
+    """The scored layers of ``model``, in forward order: the one definition of units.
+
+    The output layer is never one (no ReLU follows it), whatever order ``__init__`` declares the
+    modules in. Refuses, like :func:`read_chain`, a forward that is not a supported chain.
+    """
+    return chain_units(read_chain(model))
+
+
+def chain_units(steps: list[Step]) -> list[Unit]:
+    """The scored layers of a chain read by :func:`read_chain`, in order."""
+    found: list[Unit] = []
     for pos, step in enumerate(steps):
-        if step.kind not in ("linear", "conv"):
+        pattern = _scored_pattern(steps, pos)
+        if pattern is None:
             continue
-        for pattern in SCORED_PATTERNS:
-            after = tuple(s.kind for s in steps[pos + 1 : pos + 1 + len(pattern)])
-            if after == pattern:
-                owners[pos + len(pattern)] = step
-                break
-    return owners
+        norm = steps[pos + 1] if pattern[0] == "bn" else None
+        found.append(
+            Unit(
+                step.name,
+                step.module,
+                norm.name if norm else None,
+                norm.module if norm else None,
+                pos,
+                pos + len(pattern),
+            )
+        )
+    _check_used_once(found, steps)
+    return found
+
+
+def _scored_pattern(steps: list[Step], pos: int) -> tuple[str, ...] | None:
+    """The pattern of SCORED_PATTERNS that follows the Linear or Conv2d at ``pos``, if any."""
+    if steps[pos].kind not in ("linear", "conv"):
+        return None
+    for pattern in SCORED_PATTERNS:
+        if tuple(s.kind for s in steps[pos + 1 : pos + 1 + len(pattern)]) == pattern:
+            return pattern
+    return None
+
+
+def _check_used_once(found: list[Unit], steps: list[Step]) -> None:
+    """A unit is named by its module, so that module must appear once in the forward."""
+    for unit in found:
+        uses = sum(1 for step in steps if step.name == unit.name)
+        if uses > 1:
+            raise UnsupportedLayerError(
+                f"layer '{unit.name}' is applied {uses} times in the forward; a scored layer "
+                "must be applied once (give each use a module of its own)"
+            )

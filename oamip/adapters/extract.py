@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, read_chain, scored_steps
+from oamip.adapters.chain import Step, Unit, chain_units, read_chain
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.network import AffineLayer, Conv, MaxPoolLayer, Network, max_pool_windows
 
@@ -62,11 +62,10 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
     ref = reference_copy(model)
     _check_finite(ref)
     steps = read_chain(ref)
-    owners = scored_steps(steps)
+    owners = {unit.relu: unit for unit in chain_units(steps)}
     shape = _sample_shape(x)
     network = Network(input_shape=shape)
     units: dict[str, ScoredUnit] = {}
-    batchnorm_of: dict[str, str] = {}
     pending: AffineLayer | None = None
     for pos, step in enumerate(steps):
         prev = steps[pos - 1].kind if pos else None
@@ -77,11 +76,10 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
             shape = pending.out_shape
         elif step.kind == "bn":
             _fold_batchnorm(step, prev, pending)
-            batchnorm_of[pending.name] = step.name
         elif step.kind == "relu":
-            _mark_relu(step, owners.get(pos), pending)
+            owner = _mark_relu(step, owners.get(pos), pending)
             index = next(i for i, layer in enumerate(network.layers) if layer is pending)
-            units[pending.name] = ScoredUnit(pending.name, batchnorm_of.get(pending.name), index)
+            units[owner.name] = ScoredUnit(owner.name, owner.batchnorm, index)
         elif step.kind == "maxpool":
             layer = _max_pool(step, shape, len(network.layers))
             network.layers.append(layer)
@@ -200,8 +198,8 @@ def _fold_batchnorm(step: Step, prev: str | None, layer: AffineLayer | None) -> 
     layer.bias = (layer.bias - _np(bn.running_mean)) * factor + shift
 
 
-def _mark_relu(step: Step, owner: Step | None, layer: AffineLayer | None) -> None:
-    """Make ``layer`` scored, if this ReLU closes one of the chain's scored patterns for it."""
+def _mark_relu(step: Step, owner: Unit | None, layer: AffineLayer | None) -> Unit:
+    """Make ``layer`` scored, if this ReLU closes the scored pattern of its unit ``owner``."""
     if owner is None or layer is None or owner.name != layer.name:
         raise UnsupportedLayerError(
             f"ReLU '{step.name}' must follow a Linear or Conv2d layer (optionally with BatchNorm, "
@@ -209,6 +207,7 @@ def _mark_relu(step: Step, owner: Step | None, layer: AffineLayer | None) -> Non
             "ReLU or at the start is not supported"
         )
     layer.relu = True
+    return owner
 
 
 def _max_pool(step: Step, shape, position: int) -> MaxPoolLayer:

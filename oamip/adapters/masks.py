@@ -2,7 +2,7 @@
 
 ``apply_masks`` keeps the architecture and makes pruned units output exactly 0; ``remove_pruned``
 rebuilds the network as an ``nn.Sequential`` with the pruned units physically gone.
-``scored_logits`` runs a model with DESIGN.md (1) applied, to check the solver's logits.
+``scored_logits`` runs a model with docs/mathematics.md (1) applied, to check the solver's logits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, read_chain, scored_steps
+from oamip.adapters.chain import Step, chain_units, read_chain
 from oamip.adapters.extract import Extracted
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
@@ -30,7 +30,7 @@ def scored_logits(
     big_m: dict[int, np.ndarray],
 ) -> np.ndarray:
     """Logits of the float64 reference model with each scored unit's ReLU argument lowered by
-    ``(1 - s) M`` (DESIGN.md (1)); ``big_m`` maps network layer indices to the constants M.
+    ``(1 - s) M`` (docs/mathematics.md (1)); ``big_m`` maps network layer indices to M.
 
     A score array is either one value per unit or one row per sample (``(N, units)``), so many
     score vectors can be evaluated in one batched forward pass."""
@@ -57,25 +57,25 @@ def _shift_hook(shift: torch.Tensor):
     return hook
 
 
-def check_masks(model: nn.Module, masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
+def check_masks(masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
     """Masks as bool arrays keyed by scored module names, with types and sizes checked."""
     if not isinstance(masks, Mapping):
         raise InvalidInputError(
             f"masks must be a dict {{layer name: boolean keep-mask}}, got {type(masks).__name__}; "
             f"{_FROM_SCORES}"
         )
-    scored = {step.name: step for step in scored_steps(steps).values()}
+    scored = {unit.name: unit for unit in chain_units(steps)}
     clean = {}
     for name, mask in masks.items():
         if name not in scored:
             raise InvalidInputError(
-                f"mask for '{name}', which is not a scored layer; scored layers: {sorted(scored)}"
+                f"mask for '{name}', which is not a scored layer; scored layers: {list(scored)}"
             )
         mask = _as_bool(name, mask)
-        units = _out_units(scored[name].module)
-        if mask.shape != (units,):
+        size = scored[name].size
+        if mask.shape != (size,):
             raise InvalidInputError(
-                f"mask for '{name}' has shape {mask.shape}; the layer has {units} units"
+                f"mask for '{name}' has shape {mask.shape}; the layer has {size} units"
             )
         clean[name] = mask
     return clean
@@ -97,29 +97,19 @@ def _as_bool(name: str, mask) -> np.ndarray:
     return mask.astype(bool)
 
 
-def _out_units(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     """A copy of ``model`` in which every pruned unit outputs exactly 0: its incoming weights,
     its bias and the scale and shift of a BatchNorm right after it are zeroed."""
-    steps = read_chain(model)
-    masks = check_masks(model, masks, steps)
     pruned = copy.deepcopy(model)
-    modules = dict(pruned.named_modules())
-    for pos, step in enumerate(steps):
-        if step.name not in masks:
+    steps = read_chain(pruned)
+    masks = check_masks(masks, steps)
+    for unit in chain_units(steps):
+        if unit.name not in masks:
             continue
-        off = torch.from_numpy(~masks[step.name])
-        targets = [modules[step.name]]
-        if pos + 1 < len(steps) and steps[pos + 1].kind == "bn":
-            targets.append(modules[steps[pos + 1].name])
+        off = torch.from_numpy(~masks[unit.name])
         with torch.no_grad():
-            for module in targets:
-                for param in (module.weight, module.bias):
-                    if param is not None:
-                        param[off.to(param.device)] = 0.0
+            for param in unit.row_parameters():
+                param[off.to(param.device)] = 0.0
     return pruned
 
 
@@ -131,7 +121,7 @@ def remove_pruned(model: nn.Module, masks: Masks) -> nn.Sequential:
     for the kept units (and pruned units contributed exactly 0).
     """
     steps = read_chain(model)
-    masks = check_masks(model, masks, steps)
+    masks = check_masks(masks, steps)
     for name, mask in masks.items():
         if not mask.any():
             raise InvalidInputError(

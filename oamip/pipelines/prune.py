@@ -21,18 +21,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oamip import backends, checks
-from oamip.adapters import apply_masks, extract, load_model, remove_pruned
+from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
 from oamip.adapters.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
 from oamip.adapters.serialize import FORMAT, read_payload
 from oamip.errors import InvalidInputError
 from oamip.formulations import LOSSES, SCORE_MODES
-from oamip.training.baselines import (
-    magnitude_scores,
-    masks_like,
-    random_scores,
-    snip_scores,
-    taylor_scores,
-)
+from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
 from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
 from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
 from oamip.training.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
@@ -44,7 +38,6 @@ DEFAULT_TIME_LIMIT = 20.0
 """Seconds the solver may run by default; it then returns its best scores, status time_limit."""
 SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
-BASELINES = ("random", "magnitude", "snip", "taylor")
 LIVE_LINE_INTERVAL = 0.25
 """Seconds between two updates of the line shown while the solver runs."""
 LAM_MAX = 1e6
@@ -211,7 +204,7 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
     tuned = _finetuned(masked, dataset, masks, settings)
     final = tuned if tuned is not None else masked
     small = remove_pruned(final, masks).cpu().eval()
-    baseline_scores = _baseline_scores(dense, batch.x, batch.y, settings.seed)
+    baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
     return PruneReport(
         dataset=dataset.name,
         arch=arch,
@@ -273,8 +266,8 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
 
 
 def describe_arch(model: nn.Module) -> str:
-    """``"mlp"``, ``"lenet5"`` or ``"custom"``, from the model's affine layers."""
-    affine = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    """``"mlp"``, ``"lenet5"`` or ``"custom"``, from the model's affine layers in forward order."""
+    affine = [step.module for step in read_chain(model) if step.kind in ("linear", "conv")]
     widths = [m.weight.shape[0] for m in affine]
     if all(isinstance(m, nn.Linear) for m in affine):
         return "mlp"
@@ -472,18 +465,6 @@ def _layer_reports(result: ScoreResult, masks: dict[str, np.ndarray]) -> list[La
     ]
 
 
-def _baseline_scores(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int
-) -> dict[str, dict[str, np.ndarray]]:
-    """Every baseline criterion's scores; SNIP and Taylor use the MIP's batch."""
-    return {
-        "random": random_scores(model, seed),
-        "magnitude": magnitude_scores(model),
-        "snip": snip_scores(model, x, y),
-        "taylor": taylor_scores(model, x, y),
-    }
-
-
 def _compare(
     dense: nn.Module,
     dataset: Dataset,
@@ -491,10 +472,10 @@ def _compare(
     baseline_scores: dict[str, dict[str, np.ndarray]],
     settings: PruneSettings,
 ) -> list[BaselineReport]:
-    """Each baseline pruned like the MIP, per layer, evaluated with and without fine-tuning."""
+    """Each criterion pruned like the MIP, per layer, evaluated with and without fine-tuning."""
     reports = []
-    for method in BASELINES:
-        baseline_masks = masks_like(baseline_scores[method], masks)
+    for method, scores in baseline_scores.items():
+        baseline_masks = masks_like(scores, masks)
         masked = apply_masks(dense, baseline_masks)
         tuned = _finetuned(masked, dataset, baseline_masks, _quiet(settings))
         reports.append(
@@ -520,8 +501,8 @@ def _curve(
         pruned = sum(int((~m).sum()) for m in masks.values())
         if pruned in points:
             continue
-        by_method = {"mip": masks} | {
-            method: masks_like(baseline_scores[method], masks) for method in BASELINES
+        by_method = {MIP_METHOD: masks} | {
+            method: masks_like(scores, masks) for method, scores in baseline_scores.items()
         }
         accuracy = {
             method: evaluate(apply_masks(dense, m), dataset.x_test, dataset.y_test)

@@ -5,6 +5,7 @@ Plots are drawn on plain matplotlib ``Figure`` objects (the Agg renderer, no pyp
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
-from oamip.pipelines.prune import BASELINES, PruneReport
+from oamip.pipelines.prune import PruneReport
+from oamip.training.criteria import MIP_METHOD
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "pruned.pt"
@@ -131,7 +133,8 @@ def accuracy_figure(report: PruneReport) -> Figure:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     removed = [point.units_pruned for point in report.curve]
-    for method, marker, size in zip(("mip", *BASELINES), "osD^v", (10, 8, 7, 6, 5)):
+    methods = [MIP_METHOD, *(baseline.method for baseline in report.baselines)]
+    for method, marker, size in zip(methods, cycle("osD^v"), cycle((10, 8, 7, 6, 5))):
         accuracy = [point.accuracy[method] for point in report.curve]
         line = ax.plot(removed, accuracy, marker=marker, markersize=size, label=method)[0]
         tuned = _tuned_accuracy(report, method)

@@ -1,7 +1,7 @@
 """SPR training and structured pruning: ``oamip.spr_prune`` (run by ``oamip spr``).
 
 A dense model (trained here from scratch, or a checkpoint) gives the accuracy before pruning and
-the per-layer constants ``M`` (DESIGN.md §5). A copy is trained with the SPR term added to the
+the per-layer ``M`` (docs/mathematics.md §5.4). A copy is trained with the SPR term added to the
 cross-entropy loss, the units whose groups end (near) zero are removed, and the rest is
 fine-tuned with the pruned units held at zero. The same is done with the group-lasso penalty
 ``c sum_j ||w_j||_2`` for a few strengths ``c``; the report gives the one at matched accuracy.
@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from oamip import checks
-from oamip.adapters import apply_masks, read_chain, remove_pruned, save_model
-from oamip.adapters.masks import check_masks
+from oamip.adapters import apply_masks, remove_pruned, save_model
 from oamip.errors import InvalidInputError
 from oamip.files import staged_output, write_json
 from oamip.pipelines.prune import (
@@ -256,9 +255,8 @@ def _dense_model(model: nn.Module | None, dataset: Dataset, s: _Settings) -> nn.
 
 
 def _check_prunable(model: nn.Module, s: _Settings) -> None:
-    """Refuse, before any training, a model whose SPR layers cannot be removed unit by unit."""
-    reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
-    check_masks(model, reg.masks(), read_chain(model))
+    """Refuse, before any training, a model without unit layers or with an unusable one."""
+    SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
 
 
 def _penalised_run(

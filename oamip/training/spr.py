@@ -1,4 +1,4 @@
-"""Structured Perspective Regularization (DESIGN.md §5): the closed-form penalty, for training.
+"""Structured Perspective Regularization: the closed-form penalty (docs/mathematics.md §5.3).
 
 ``penalty(w, a, b, M)`` is ``sum_j R(w_j)`` over the rows of ``w``, where ``R`` is the perspective
 relaxation of ``a ||w||^2 + b z`` (with ``||w||_inf <= M z``) minimised over ``z`` in closed form.
@@ -15,14 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from oamip.adapters.chain import Unit, units
 from oamip.errors import InvalidInputError
 from oamip.formulations.spr import SPRParams
 
 # A unit whose group has no entry larger than this (in absolute value) counts as removed.
 ZERO_GROUP_TOL = 1e-3
-
-_AFFINE = (nn.Linear, nn.Conv2d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def group_penalty(
@@ -81,7 +79,7 @@ class _TorchPenalty(torch.autograd.Function):
 
 
 def _value_and_slopes(sq, ni, p: SPRParams, xp):
-    """``R`` per group (DESIGN.md §5) and its slopes ``coef`` and ``extra``.
+    """``R`` per group (docs/mathematics.md (3)) and its slopes ``coef`` and ``extra``.
 
     All three cases of the table are ``R = a ||w||^2 / z + b z`` at the minimiser
     ``z = min(1, max(ni / M, sqrt(a/b) n2))``, so one formula needs no case analysis; its
@@ -116,39 +114,28 @@ def _check_groups(shape: tuple[int, ...]) -> None:
 
 
 def _from_norms(sq, ni, p: SPRParams, xp):
-    """``R`` per group from its squared 2-norm and its inf-norm (the table of DESIGN.md §5)."""
+    """``R`` per group from its squared 2-norm and its inf-norm (docs/mathematics.md (3))."""
     return _value_and_slopes(sq, ni, p, xp)[0]
 
 
-@dataclass
-class _Layer:
-    """One regularised layer: its units' groups and its constant ``M``."""
-
-    name: str
-    module: nn.Module
-    norm: nn.Module | None
-
-    def groups(self) -> torch.Tensor:
-        """One row per unit: incoming weights, bias, then scale and shift of a following BN."""
-        n = self.module.weight.shape[0]
-        params = [self.module.weight, self.module.bias]
-        if self.norm is not None:
-            params += [self.norm.weight, self.norm.bias]
-        return torch.cat([p.reshape(n, -1) for p in params if p is not None], dim=1)
+def unit_groups(unit: Unit) -> torch.Tensor:
+    """One row per unit: incoming weights, bias, then the scale and shift of the BatchNorm that
+    follows the layer (each part only where present)."""
+    return torch.cat([p.reshape(unit.size, -1) for p in unit.row_parameters()], dim=1)
 
 
 class SPRRegularizer:
     """The SPR term of a torch model: ``reg()`` returns the penalty to add to the training loss.
 
-    Groups are the units (neurons, output channels) of every ``nn.Linear`` and ``nn.Conv2d``
-    except the last one in module order (the output layer). A unit's group is its incoming
-    weights, its bias and, when the next leaf module in ``model.named_modules()`` order is a
-    BatchNorm over the same units, that BatchNorm's scale and shift (declare modules in forward
-    order for this to hold). ``M`` of a layer is the largest absolute entry of its groups at
-    construction time (weights, and bias and BatchNorm parameters when grouped) times
-    ``M_scale``: with weights alone, a BatchNorm scale near 1 would exceed ``M`` in every group
-    and leave only the ``z = 1`` case. A plain callable rather than an ``nn.Module``, so that
-    the model's parameters are not registered a second time.
+    Groups are the units (neurons, output channels) of every unit layer of
+    :func:`oamip.adapters.chain.units` (the scored Linear and Conv2d layers, in forward order,
+    so never the output layer). A unit's group is its incoming weights, its bias and, when a
+    BatchNorm directly follows the layer, that BatchNorm's scale and shift. ``M`` of a layer is
+    the largest absolute entry of its groups at construction time (weights, and bias and
+    BatchNorm parameters when grouped) times ``M_scale``: with weights alone, a BatchNorm scale
+    near 1 would exceed ``M`` in every group and leave only the ``z = 1`` case. A plain callable
+    rather than an ``nn.Module``, so that the model's parameters are not registered a second
+    time.
     """
 
     def __init__(self, model: nn.Module, lam: float, alpha: float, M_scale: float = 1.0) -> None:
@@ -158,7 +145,7 @@ class SPRRegularizer:
         self.params: dict[str, SPRParams] = {}
         for layer in self._layers:
             with torch.no_grad():
-                largest = float(layer.groups().abs().max())
+                largest = float(unit_groups(layer).abs().max())
             if largest == 0.0:
                 raise InvalidInputError(
                     f"layer '{layer.name}' has only zero parameters, so M would be 0; "
@@ -168,7 +155,7 @@ class SPRRegularizer:
 
     def __call__(self) -> torch.Tensor:
         """The penalty ``sum`` over grouped layers of ``sum_j R(w_j)``, differentiable."""
-        groups = [layer.groups() for layer in self._layers]
+        groups = [unit_groups(layer) for layer in self._layers]
         if all(g.device.type == "cpu" for g in groups):
             return _CpuTotalPenalty.apply(self._stacked_params(groups), *groups)
         terms = [
@@ -186,13 +173,13 @@ class SPRRegularizer:
 
     def groups(self) -> dict[str, torch.Tensor]:
         """The group matrix (one row per unit) of every regularised layer, by module name."""
-        return {layer.name: layer.groups() for layer in self._layers}
+        return {layer.name: unit_groups(layer) for layer in self._layers}
 
     def masks(self, tol: float = ZERO_GROUP_TOL) -> dict[str, np.ndarray]:
         """Per regularised layer, True for units to keep: some group entry exceeds ``tol``."""
         with torch.no_grad():
             return {
-                layer.name: (layer.groups().abs().amax(dim=1) > tol).cpu().numpy()
+                layer.name: (unit_groups(layer).abs().amax(dim=1) > tol).cpu().numpy()
                 for layer in self._layers
             }
 
@@ -259,20 +246,12 @@ def _add_inf_norm_slope(g: torch.Tensor, w: torch.Tensor, extra: np.ndarray, arg
         target[rows, cols] += (extra[rows] * np.sign(w.numpy()[rows, cols])).astype(target.dtype)
 
 
-def _grouped_layers(model: nn.Module) -> list[_Layer]:
-    """Every Linear/Conv2d leaf but the last, each with a BatchNorm that directly follows it."""
-    leaves = [(name, mod) for name, mod in model.named_modules() if not any(mod.children())]
-    found = [k for k, (_, mod) in enumerate(leaves) if isinstance(mod, _AFFINE)]
-    if len(found) < 2:
+def _grouped_layers(model: nn.Module) -> list[Unit]:
+    """The model's unit layers; at least one."""
+    layers = units(model)
+    if not layers:
         raise InvalidInputError(
-            f"SPR needs at least one Linear or Conv2d layer before the output layer; the model "
-            f"has {len(found)} such layer(s) in total"
+            "SPR needs at least one Linear or Conv2d layer followed by a ReLU before the output "
+            "layer; the model has none"
         )
-    layers = []
-    for k in found[:-1]:
-        name, module = leaves[k]
-        nxt = leaves[k + 1][1] if k + 1 < len(leaves) else None
-        units = module.weight.shape[0]
-        norm = nxt if isinstance(nxt, _NORMS) and nxt.num_features == units else None
-        layers.append(_Layer(name, module, norm))
     return layers

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oamip import checks
+from oamip.adapters.chain import units
 from oamip.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH_SIZE = 64
 EVAL_BATCH_SIZE = 1024
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 # A parameter and the indices of its pruned rows.
 _PrunedRows = tuple[torch.Tensor, torch.Tensor]
@@ -232,36 +232,27 @@ def _check_settings(epochs: int, lr: float, batch_size: int) -> None:
 
 
 def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_PrunedRows]:
-    """For every masked layer: its weight, bias and following BatchNorm, with the pruned rows."""
-    modules = dict(model.named_modules())
+    """For every masked unit layer: its weight, bias and following BatchNorm's scale and shift,
+    with the pruned rows."""
+    by_name = {unit.name: unit for unit in units(model)}
     rows = []
     for name, keep in masks.items():
-        layer = modules.get(name)
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        unit = by_name.get(name)
+        if unit is None:
             raise InvalidInputError(
-                f"the masks name '{name}', which is no Linear or Conv2d layer of the model; "
-                "use masks computed for this model"
+                f"the masks name '{name}', which is not a unit layer of the model (a Linear or "
+                f"Conv2d followed by a ReLU); its unit layers: {list(by_name)}; use masks "
+                "computed for this model"
             )
         keep = np.asarray(keep, dtype=bool)
-        if keep.shape != (layer.weight.shape[0],):
+        if keep.shape != (unit.size,):
             raise InvalidInputError(
-                f"the mask of '{name}' has shape {keep.shape} but the layer has "
-                f"{layer.weight.shape[0]} units; use masks computed for this model"
+                f"the mask of '{name}' has shape {keep.shape} but the layer has {unit.size} "
+                "units; use masks computed for this model"
             )
-        pruned = torch.as_tensor(np.flatnonzero(~keep), device=layer.weight.device)
-        params = [layer.weight, layer.bias, *_following_batchnorm_params(model, name)]
-        rows += [(param, pruned) for param in params if param is not None]
+        pruned = torch.as_tensor(np.flatnonzero(~keep), device=unit.module.weight.device)
+        rows += [(param, pruned) for param in unit.row_parameters()]
     return rows
-
-
-def _following_batchnorm_params(model: nn.Module, name: str) -> list[torch.Tensor | None]:
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    names = [n for n, _ in leaves]
-    position = names.index(name) + 1
-    if position < len(leaves) and isinstance(leaves[position][1], _BATCHNORMS):
-        norm = leaves[position][1]
-        return [norm.weight, norm.bias]
-    return []
 
 
 @torch.no_grad()

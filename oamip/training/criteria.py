@@ -1,0 +1,259 @@
+"""Importance criteria to compare the MIP's scores with: one type, a registry, four criteria.
+
+A :class:`Criterion` scores the units of a model (:func:`oamip.adapters.chain.units`: every
+scored Linear and Conv2d, in forward order) like the MIP does: unit name -> one value per unit,
+higher means more important. ``register_criterion`` adds one, and ``oamip.prune`` compares every
+registered criterion with the MIP. The four built in (random, magnitude, SNIP, Taylor) leave the
+model unchanged: gradients are taken with respect to detached copies of the parameters, and the
+train/eval mode is restored. :func:`masks_like` turns scores into masks that prune as many units
+per layer as the MIP's masks do, the paper's comparison protocol.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from oamip.adapters.chain import Unit, units
+from oamip.errors import InvalidInputError
+from oamip.training.train import eval_mode, model_device
+
+Scores = dict[str, np.ndarray]
+Masks = dict[str, np.ndarray]
+Batch = np.ndarray | torch.Tensor
+MIP_METHOD = "mip"
+"""The name under which reports list the MIP itself; no criterion may take it."""
+
+
+class Criterion(ABC):
+    """An importance criterion: ``scores`` gives every unit of the model a value, higher meaning
+    more important. ``x`` and ``y`` are the MIP's batch, ``seed`` fixes any random draw."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        """Unit name -> one score per unit, for every unit of ``units(model)``."""
+
+
+_REGISTRY: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Make a criterion class known under ``cls.name`` (usable as a class decorator); a name
+    registered again is replaced in place."""
+    if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+        raise InvalidInputError(f"a criterion must be a subclass of Criterion, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == MIP_METHOD:
+        raise InvalidInputError(
+            f"criterion {cls.__name__} needs a class attribute 'name', a non-empty string other "
+            f"than '{MIP_METHOD}' (the reports' name for the MIP), got {name!r}"
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def criteria() -> list[str]:
+    """The registered criteria's names, in the order they were registered."""
+    return list(_REGISTRY)
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``; a clear error if there is none."""
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise InvalidInputError(
+            f"unknown criterion '{name}'; registered criteria: {', '.join(criteria())}"
+        )
+    return cls()
+
+
+def all_scores(model: nn.Module, x: Batch, y: Batch, seed: int) -> dict[str, Scores]:
+    """Every registered criterion's scores of ``model``'s units, each checked to give one finite
+    value per unit of every unit layer, and nothing else (in forward order)."""
+    found = units(model)
+    return {
+        name: _checked(name, get_criterion(name).scores(model, x, y, seed), found)
+        for name in criteria()
+    }
+
+
+def _checked(criterion: str, scores: Scores, found: list[Unit]) -> Scores:
+    names = [unit.name for unit in found]
+    if not isinstance(scores, dict) or set(scores) != set(names):
+        given = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
+        raise InvalidInputError(
+            f"criterion '{criterion}' scored {given}; it must return a dict with one entry per "
+            f"unit layer of the model: {names}"
+        )
+    clean = {}
+    for unit in found:
+        values = _as_floats(criterion, unit.name, scores[unit.name])
+        if values.shape != (unit.size,):
+            raise InvalidInputError(
+                f"criterion '{criterion}' gave layer '{unit.name}' scores of shape "
+                f"{values.shape}; the layer has {unit.size} units, one score each"
+            )
+        if not np.all(np.isfinite(values)):
+            raise InvalidInputError(
+                f"criterion '{criterion}' gave layer '{unit.name}' NaN or infinite scores"
+            )
+        clean[unit.name] = values
+    return clean
+
+
+def _as_floats(criterion: str, name: str, values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"criterion '{criterion}' gave layer '{name}' scores that are not numbers ({exc})"
+        ) from exc
+
+
+@register_criterion
+class RandomCriterion(Criterion):
+    """Uniform random scores in [0, 1), the same for the same seed."""
+
+    name = "random"
+
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        rng = np.random.default_rng(seed)
+        return {unit.name: rng.random(unit.size) for unit in units(model)}
+
+
+@register_criterion
+class MagnitudeCriterion(Criterion):
+    """The L2 norm of each unit's incoming weights and bias."""
+
+    name = "magnitude"
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        return {unit.name: _to_numpy(_unit_norms(unit.module)) for unit in units(model)}
+
+
+@register_criterion
+class SnipCriterion(Criterion):
+    """SNIP connection sensitivity ``|w * dL/dw|`` summed over each unit's weights and bias.
+
+    ``L`` is the mean cross-entropy on ``(x, y)``, computed in eval mode.
+    """
+
+    name = "snip"
+
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        found = units(model)
+        params = _detached_params(model)
+        with eval_mode(model):
+            logits = functional_call(model, params, (_inputs(model, x),))
+        loss = F.cross_entropy(logits, _labels(model, y))
+        scores = {}
+        for unit in found:
+            keys = [f"{unit.name}.weight"] + (
+                [f"{unit.name}.bias"] if unit.module.bias is not None else []
+            )
+            grads = torch.autograd.grad(loss, [params[k] for k in keys], retain_graph=True)
+            saliency = sum(
+                _per_unit_sum((params[k] * g).abs()) for k, g in zip(keys, grads, strict=True)
+            )
+            scores[unit.name] = _to_numpy(saliency)
+        return scores
+
+
+@register_criterion
+class TaylorCriterion(Criterion):
+    """First-order Taylor importance: ``|sum over positions of a * dL/da|``, averaged over samples.
+
+    ``a`` is the layer's output for one sample and ``L`` that sample's cross-entropy, so the sum
+    is the first-order estimate of the loss change when the unit is switched off (eval mode).
+    """
+
+    name = "taylor"
+
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        found = units(model)
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [
+            unit.module.register_forward_hook(
+                lambda _m, _i, out, name=unit.name: outputs.__setitem__(name, out)
+            )
+            for unit in found
+        ]
+        try:
+            with eval_mode(model):
+                logits = functional_call(model, _detached_params(model), (_inputs(model, x),))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        loss = F.cross_entropy(logits, _labels(model, y), reduction="sum")
+        grads = torch.autograd.grad(loss, [outputs[unit.name] for unit in found])
+        return {
+            unit.name: _taylor(outputs[unit.name], g) for unit, g in zip(found, grads, strict=True)
+        }
+
+
+def masks_like(scores: Scores, reference_masks: Masks) -> Masks:
+    """Masks that prune, in every layer of ``reference_masks``, as many units as it does.
+
+    The units pruned are the lowest scorers (ties broken by unit order); True means keep.
+    """
+    masks = {}
+    for name, reference in reference_masks.items():
+        reference = np.asarray(reference, dtype=bool)
+        if name not in scores:
+            raise InvalidInputError(
+                f"the scores have no layer '{name}' that the reference masks prune; compute both "
+                "on the same model"
+            )
+        layer_scores = np.asarray(scores[name])
+        if layer_scores.shape != reference.shape:
+            raise InvalidInputError(
+                f"layer '{name}' has {layer_scores.shape} scores but a mask of shape "
+                f"{reference.shape}; compute both on the same model"
+            )
+        keep = np.ones(reference.shape, dtype=bool)
+        keep[np.argsort(layer_scores, kind="stable")[: int((~reference).sum())]] = False
+        masks[name] = keep
+    return masks
+
+
+def _taylor(output: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    per_sample = (output * grad).reshape(output.shape[0], output.shape[1], -1).sum(2)
+    return _to_numpy(per_sample.abs().mean(0))
+
+
+def _unit_norms(layer: nn.Linear | nn.Conv2d) -> torch.Tensor:
+    squares = _per_unit_sum(layer.weight.square())
+    if layer.bias is not None:
+        squares = squares + layer.bias.square()
+    return squares.sqrt()
+
+
+def _per_unit_sum(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1).sum(1)
+
+
+def _detached_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().requires_grad_() for name, p in model.named_parameters()}
+
+
+def _inputs(model: nn.Module, x: Batch) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32).to(model_device(model))
+
+
+def _labels(model: nn.Module, y: Batch) -> torch.Tensor:
+    return torch.as_tensor(y, dtype=torch.long).to(model_device(model))
+
+
+def _to_numpy(values: torch.Tensor) -> np.ndarray:
+    return values.detach().cpu().double().numpy()
