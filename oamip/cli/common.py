@@ -16,7 +16,8 @@ from typing import NoReturn
 from torch import nn
 
 from oamip.files import check_output_folder
-from oamip.pipelines.bench import DEFAULT_SIZES, SCORE_MODES, default_cache_dir
+from oamip.formulations import SCORE_MODES
+from oamip.pipelines.bench import DEFAULT_SIZES, default_cache_dir
 from oamip.pipelines.prune import read_model
 from oamip.training.data import DATA_SPECS, Dataset, load_data
 from oamip.training.models import ARCHITECTURES

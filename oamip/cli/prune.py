@@ -15,7 +15,8 @@ from oamip.cli.common import (
     say_written,
 )
 from oamip.files import staged_output
-from oamip.pipelines.prune import LOSSES, SCORE_MODES, PruneSettings, prune
+from oamip.formulations import LOSSES, SCORE_MODES
+from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import summary_table, write_report
 
 HELP = "score units with the neuron-importance MIP, prune, fine-tune, report"
