@@ -13,7 +13,7 @@ class UnsupportedLayerError(OamipError):
     """The network contains a layer or an activation the package cannot encode."""
 
 
-class BackendUnavailableError(OamipError):
+class BackendUnavailableError(InvalidInputError):
     """A solver backend is unknown or not installed."""
 
 
@@ -27,3 +27,7 @@ class SolverError(OamipError):
 
 class VerificationError(OamipError):
     """The solver's solution disagrees with the network's own forward pass."""
+
+
+class PyomoVersionError(OamipError):
+    """The installed Pyomo changed an internal attribute that the standard-form compiler reads."""

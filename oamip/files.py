@@ -1,5 +1,6 @@
-"""Output folders that are written completely or not at all.
+"""Files and output folders that are written completely or not at all.
 
+:func:`atomic_path` writes one file under a temporary name beside it and renames it into place.
 Commands check the destination before any work, stage every file in a hidden folder inside the
 nearest folder that already exists on the way to it, and create the destination and move the
 files into place only when everything succeeded: a failed or interrupted run leaves neither
@@ -64,6 +65,31 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(item, out / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder to write the file into; on success it is
+    renamed onto ``target`` (replacing it at once, with the permissions a new file gets), on
+    any error or interrupt it is removed and ``target`` is left as it was. So a reader never
+    sees a half-written file. The folder must exist."""
+    target = Path(target)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (``mkstemp`` makes files only their owner can read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -8,7 +8,6 @@ file can never run code when loaded.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 
 from oamip.adapters.masks import remove_pruned
 from oamip.errors import InvalidInputError
-from oamip.files import nearest_existing
+from oamip.files import atomic_path, nearest_existing
 
 FORMAT = "oamip.sequential"
 VERSION = 1
@@ -87,17 +86,10 @@ def _check_target(path: Path) -> None:
 
 
 def _write_atomically(payload: dict, path: Path) -> None:
-    """Save to a temporary file beside ``path`` and rename it into place (removed on failure)."""
+    """Save ``payload`` to ``path`` all or nothing (:func:`oamip.files.atomic_path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _as_path(path: str | os.PathLike) -> Path:
@@ -107,13 +99,6 @@ def _as_path(path: str | os.PathLike) -> Path:
             "give the file's path, e.g. 'pruned.pt'"
         )
     return Path(path)
-
-
-def _umask() -> int:
-    """The process's file-creation mask (mkstemp creates files readable by their owner only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_model(path: str | os.PathLike) -> nn.Sequential:

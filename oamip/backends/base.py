@@ -8,8 +8,10 @@ hands those matrices to its solver.
 from __future__ import annotations
 
 import abc
+import importlib
 import importlib.util
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,10 +21,13 @@ from typing import Any
 import numpy as np
 import pyomo.environ as pyo
 
-from oamip.backends.standard_form import StandardForm, compile_model, lp_relaxation
-from oamip.errors import CapabilityError
+from oamip.backends.standard_form import StandardForm, compile_model, relaxation
+from oamip.errors import BackendUnavailableError, CapabilityError
 
 DEFAULT_MIP_GAP = 1e-4
+SOLVER_INFINITY = 1e20
+"""Bounds at or beyond this size are a solver's infinity (SCIP's is 1e20, HiGHS's 1e30, Gurobi's
+1e100): no bound."""
 
 
 class Status(str, Enum):
@@ -40,7 +45,10 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can solve; checked against a model before the solver starts."""
+    """What a backend can solve or use; :meth:`Backend.solve` checks every field before the
+    solver starts. ``nonlinear``: terms beyond quadratic, which the standard form leaves out
+    (naming them in ``StandardForm.nonlinear``), so a backend declaring it overrides ``solve``.
+    ``warm_start``: whether the backend takes a start; one without it is never handed one."""
 
     integer: bool = False
     quadratic_objective: bool = False
@@ -78,6 +86,9 @@ class SolveResult:
     nodes: int | None = None
     solution: np.ndarray | None = None
     load_seconds: float = 0.0
+    warm_start_used: bool = False
+    """Whether a start was handed to the solver: asked for, a complete one (every variable has
+    a value), and the backend has the ``warm_start`` capability. Set by :meth:`Backend.solve`."""
 
     @property
     def has_solution(self) -> bool:
@@ -94,19 +105,47 @@ class SolveResult:
 
 
 class Backend(abc.ABC):
-    """A solver: declares its capabilities, solves standard forms, reports one result type."""
+    """A solver: declares its capabilities, solves standard forms, reports one result type.
+
+    A subclass sets ``name``, ``capabilities``, ``install_hint`` and either ``python_module``
+    (a solver used through Python) or ``executable`` (a command-line solver), and implements
+    :meth:`solve_form`; the helpers below give it the shared import guard, start vector and
+    bound rule."""
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
     install_hint: str = ""
-
     python_module: str = ""
+    executable: str = ""
 
     @classmethod
     def is_installed(cls) -> bool:
-        """Whether the solver can be used on this machine: by default, whether the Python module
-        named ``python_module`` can be found."""
+        """Whether the solver can be used on this machine: the executable ``executable`` is on
+        the PATH, or else the Python module ``python_module`` can be found."""
+        if cls.executable:
+            return shutil.which(cls.executable) is not None
         return bool(cls.python_module) and importlib.util.find_spec(cls.python_module) is not None
+
+    @classmethod
+    def import_solver(cls):
+        """The module ``python_module``, imported; a clear error saying how to install it."""
+        try:
+            return importlib.import_module(cls.python_module)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend '{cls.name}' needs the {cls.python_module} package: {cls.install_hint}"
+            ) from exc
+
+    @classmethod
+    def executable_path(cls) -> str:
+        """The full path of ``executable``; a clear error saying how to install it."""
+        path = shutil.which(cls.executable)
+        if path is None:
+            raise BackendUnavailableError(
+                f"backend '{cls.name}' needs the {cls.executable} executable on the PATH; "
+                f"install it with: {cls.install_hint}"
+            )
+        return path
 
     def solve(
         self,
@@ -116,12 +155,15 @@ class Backend(abc.ABC):
     ) -> SolveResult:
         """Solve ``model`` and, if a solution exists, load it into the model's variables.
 
-        With ``warm_start`` the current values of the model's variables are offered to the
-        solver as a starting solution (where the solver supports it).
+        With ``warm_start`` the current values of the model's variables are handed to the
+        solver as a starting solution, if every variable has one and the backend takes starts;
+        ``SolveResult.warm_start_used`` says whether it was.
         """
         form = model if isinstance(model, StandardForm) else compile_model(model)
         self.check(form)
-        result = self.solve_form(form, options or SolveOptions(), warm_start)
+        use_start = warm_start and self.capabilities.warm_start and self.has_start(form)
+        result = self.solve_form(form, options or SolveOptions(), use_start)
+        result.warm_start_used = use_start
         if result.solution is not None:
             form.load_solution(result.solution)
         return result
@@ -135,14 +177,50 @@ class Backend(abc.ABC):
             "quadratic_objective": form.has_quadratic_objective,
             "quadratic_constraints": bool(form.quadratic_rows),
             "mixed_integer_quadratic": integer and quadratic,
+            "nonlinear": bool(form.nonlinear),
         }
         caps = self.capabilities
         missing = [need for need, used in needs.items() if used and not getattr(caps, need)]
         if missing:
+            where = f" ({', '.join(form.nonlinear)} beyond quadratic)" if form.nonlinear else ""
             raise CapabilityError(
-                f"backend '{self.name}' cannot solve this model: it needs {', '.join(missing)}. "
-                f"Choose a backend with these capabilities (see oamip.backends.available())."
+                f"backend '{self.name}' cannot solve this model: it needs {', '.join(missing)}"
+                f"{where}. Choose a backend with these capabilities "
+                "(see oamip.backends.available())."
             )
+
+    @staticmethod
+    def has_start(form: StandardForm) -> bool:
+        """Whether every variable of ``form`` has a value, so that a start can be offered."""
+        return all(var.value is not None for var in form.variables)
+
+    @staticmethod
+    def start_values(form: StandardForm) -> np.ndarray | None:
+        """The variables' current values as a start vector, clipped to the column bounds with
+        integer columns rounded; None if a variable has no value."""
+        start = form.start_values()
+        if start is None:
+            return None
+        start = np.clip(start, form.col_lower, form.col_upper)
+        return np.where(form.integer, np.round(start), start)
+
+    @staticmethod
+    def bound_for(
+        form: StandardForm, status: Status, objective: float | None, dual_bound: float | None
+    ) -> float | None:
+        """The bound a result reports, one rule for every backend. Nothing unless the solve
+        ended optimal or at a limit. A model without integer columns: its objective when
+        optimal (duality). A mixed-integer one: ``dual_bound``, the solver's proven bound in
+        the model's own sense, when finite; an optimal solve whose solver reports none is
+        bounded by its objective."""
+        if status not in (Status.OPTIMAL, Status.TIME_LIMIT):
+            return None
+        optimal = objective if status == Status.OPTIMAL else None
+        if not form.integer.any():
+            return optimal
+        if dual_bound is None or not abs(dual_bound) < SOLVER_INFINITY:
+            return optimal
+        return float(dual_bound)
 
     def column_ranges(
         self, form: StandardForm, columns: np.ndarray, options: SolveOptions, deadline: float
@@ -153,7 +231,7 @@ class Backend(abc.ABC):
         or whose LP did not end optimal, get ``-inf``/``inf``."""
         lower = np.full(len(columns), -np.inf)
         upper = np.full(len(columns), np.inf)
-        minimise = self.lp_minimiser(lp_relaxation(form), options, deadline)
+        minimise = self.lp_minimiser(relaxation(form, objective=False), options, deadline)
         for n, column in enumerate(np.asarray(columns).tolist()):
             for sign, out in ((1.0, lower), (-1.0, upper)):
                 if time.perf_counter() >= deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.export import write_mps
 from oamip.backends.standard_form import StandardForm
-from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
+from oamip.errors import InvalidInputError, SolverError
 
 INSTALL_HINT = "apt-get install coinor-cbc (or: conda install -c conda-forge coin-or-cbc)"
 _LOG_TAIL_LINES = 20
@@ -33,35 +32,51 @@ class CbcBackend(Backend):
     name = "cbc"
     capabilities = Capabilities(integer=True, warm_start=True)
     install_hint = INSTALL_HINT
-
-    @classmethod
-    def is_installed(cls) -> bool:
-        return shutil.which("cbc") is not None
+    executable = "cbc"
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
-        executable = _executable()
+        executable = self.executable_path()
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="oamip-cbc-") as tmp:
             folder = Path(tmp)
             write_mps(_as_minimisation(form), folder / "model.mps")
-            mipstart = _write_mipstart(form, folder / "start.sol") if warm_start else None
+            start_values = self.start_values(form) if warm_start else None
+            mipstart = None
+            if start_values is not None:
+                mipstart = _write_mipstart(start_values, folder / "start.sol")
             command = _command(executable, folder, options, mipstart)
             load_seconds = time.perf_counter() - start
             log = _run(command, options.verbose)
             seconds = time.perf_counter() - start - load_seconds
             header, values = _read_solution(folder / "solution.sol", form.num_cols, log)
-        return _result(form, header, values, log, seconds, load_seconds)
+        return self._result(form, header, values, log, seconds, load_seconds)
 
-
-def _executable() -> str:
-    path = shutil.which("cbc")
-    if path is None:
-        raise BackendUnavailableError(
-            f"backend 'cbc' needs the cbc executable on the PATH; install it with: {INSTALL_HINT}"
+    def _result(
+        self,
+        form: StandardForm,
+        header: str,
+        values: np.ndarray,
+        log: list[str],
+        seconds: float,
+        load_seconds: float,
+    ) -> SolveResult:
+        status, has_solution = _status(header)
+        solution = values if has_solution else None
+        objective = form.objective_value(solution) if has_solution else None
+        integer = bool(form.integer.any())
+        nodes = _log_number(log, "Enumerated nodes") if integer else None
+        return SolveResult(
+            backend=self.name,
+            status=status,
+            objective=objective,
+            bound=self.bound_for(form, status, objective, _dual_bound(form, log)),
+            seconds=seconds,
+            nodes=None if nodes is None else int(nodes),
+            solution=solution,
+            load_seconds=load_seconds,
         )
-    return path
 
 
 def _as_minimisation(form: StandardForm) -> StandardForm:
@@ -70,13 +85,8 @@ def _as_minimisation(form: StandardForm) -> StandardForm:
     return dataclasses.replace(form, c=-form.c, c0=-form.c0, q_coef=-form.q_coef, maximize=False)
 
 
-def _write_mipstart(form: StandardForm, path: Path) -> Path | None:
+def _write_mipstart(start: np.ndarray, path: Path) -> Path:
     """CBC's solution-file layout (index, name, value), read back by ``-mipstart``."""
-    start = form.start_values()
-    if start is None:
-        return None
-    start = np.clip(start, form.col_lower, form.col_upper)
-    start = np.where(form.integer, np.round(start), start)
     lines = (f"{j} x{j} {value!r}\n" for j, value in enumerate(start.tolist()))
     path.write_text("".join(lines))
     return path
@@ -167,35 +177,10 @@ def _log_number(log: list[str], label: str) -> float | None:
     return None
 
 
-def _bound(
-    form: StandardForm, log: list[str], status: Status, objective: float | None
-) -> float | None:
-    """CBC logs a lower bound of the minimisation when it stops short of proving optimality."""
-    bound = _log_number(log, "Lower bound") if form.integer.any() else None
+def _dual_bound(form: StandardForm, log: list[str]) -> float | None:
+    """The lower bound of the minimisation that CBC logs when it stops short of proving
+    optimality, in the model's own sense; None when it logs none."""
+    bound = _log_number(log, "Lower bound")
     if bound is None:
-        return objective if status == Status.OPTIMAL else None
+        return None
     return -bound if form.maximize else bound
-
-
-def _result(
-    form: StandardForm,
-    header: str,
-    values: np.ndarray,
-    log: list[str],
-    seconds: float,
-    load_seconds: float,
-) -> SolveResult:
-    status, has_solution = _status(header)
-    solution = values if has_solution else None
-    objective = form.objective_value(solution) if has_solution else None
-    nodes = _log_number(log, "Enumerated nodes") if form.integer.any() else None
-    return SolveResult(
-        backend="cbc",
-        status=status,
-        objective=objective,
-        bound=_bound(form, log, status, objective),
-        seconds=seconds,
-        nodes=None if nodes is None else int(nodes),
-        solution=solution,
-        load_seconds=load_seconds,
-    )

@@ -11,7 +11,6 @@ sees a half-written file.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import scipy.sparse as sp
 
 from oamip.backends.standard_form import QuadraticRow, StandardForm, compile_model
 from oamip.errors import CapabilityError
+from oamip.files import atomic_path
 
 OBJECTIVE_ROW = "obj"
 CONSTANT_COLUMN = "obj_constant"
@@ -47,20 +47,20 @@ def write_lp(model: pyo.ConcreteModel | StandardForm, path: str | os.PathLike) -
 
 
 def _as_form(model: pyo.ConcreteModel | StandardForm) -> StandardForm:
-    return model if isinstance(model, StandardForm) else compile_model(model)
+    form = model if isinstance(model, StandardForm) else compile_model(model)
+    if form.nonlinear:
+        raise CapabilityError(
+            f"the model is nonlinear beyond quadratic terms ({', '.join(form.nonlinear)}); "
+            "MPS and LP files hold linear and quadratic models only"
+        )
+    return form
 
 
 def _write_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
-    """Write ``lines`` to a temporary file beside ``path``, then move it into place."""
+    """Write ``lines`` to ``path`` all or nothing (:func:`oamip.files.atomic_path`)."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x") as handle:
-            handle.writelines(line + "\n" for line in lines)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "w") as handle:
+        handle.writelines(line + "\n" for line in lines)
     return target
 
 

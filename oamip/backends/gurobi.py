@@ -38,27 +38,37 @@ class GurobiBackend(Backend):
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
-        gp = _import()
+        gp = self.import_solver()
         start = time.perf_counter()
         with _environment(gp, options) as env, gp.Model(env=env) as model:
             x = _build(gp, model, form)
             _set_options(gp, model, options)
-            if warm_start:
-                _offer_start(x, form)
+            start_values = self.start_values(form) if warm_start else None
+            if start_values is not None:
+                x.Start = start_values
             load_seconds = time.perf_counter() - start
             _optimize(gp, model, form)
             seconds = time.perf_counter() - start - load_seconds
-            return _result(gp, model, x, form, seconds, load_seconds)
+            return self._result(gp, model, x, form, seconds, load_seconds)
 
-
-def _import():
-    try:
-        import gurobipy
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"backend 'gurobi' needs the gurobipy package: {INSTALL_HINT}"
-        ) from exc
-    return gurobipy
+    def _result(self, gp, model, x, form: StandardForm, seconds: float, load_seconds: float):
+        status = _status(gp, model.Status)
+        has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
+        solution = np.asarray(x.X, dtype=float) if has_solution else None
+        objective = None if solution is None else form.objective_value(solution)
+        is_mip = bool(model.IsMIP)
+        proved = status in (Status.OPTIMAL, Status.TIME_LIMIT)
+        dual_bound = float(model.ObjBound) if is_mip and proved else None
+        return SolveResult(
+            backend=self.name,
+            status=status,
+            objective=objective,
+            bound=self.bound_for(form, status, objective, dual_bound),
+            seconds=seconds,
+            nodes=int(model.NodeCount) if is_mip else None,
+            solution=solution,
+            load_seconds=load_seconds,
+        )
 
 
 def _environment(gp, options: SolveOptions):
@@ -142,12 +152,6 @@ def _objective_matrix(form: StandardForm) -> sp.csr_matrix | None:
     return sp.coo_matrix((form.q_coef, (form.q_i, form.q_j)), shape=(n, n)).tocsr()
 
 
-def _offer_start(x, form: StandardForm) -> None:
-    start = form.start_values()
-    if start is not None:
-        x.Start = np.clip(start, form.col_lower, form.col_upper)
-
-
 def _optimize(gp, model, form: StandardForm) -> None:
     """Optimise; an infeasible-or-unbounded answer is settled by a second run."""
     try:
@@ -193,30 +197,3 @@ def _status(gp, code: int) -> Status:
     if code == grb.UNBOUNDED:
         return Status.UNBOUNDED
     return Status.ERROR
-
-
-def _result(gp, model, x, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
-    status = _status(gp, model.Status)
-    has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
-    solution = np.asarray(x.X, dtype=float) if has_solution else None
-    objective = None if solution is None else form.objective_value(solution)
-    is_mip = bool(model.IsMIP)
-    return SolveResult(
-        backend="gurobi",
-        status=status,
-        objective=objective,
-        bound=_bound(gp, model, is_mip, status, objective),
-        seconds=seconds,
-        nodes=int(model.NodeCount) if is_mip else None,
-        solution=solution,
-        load_seconds=load_seconds,
-    )
-
-
-def _bound(gp, model, is_mip: bool, status: Status, objective: float | None) -> float | None:
-    if not is_mip:
-        return objective if status == Status.OPTIMAL else None
-    if status not in (Status.OPTIMAL, Status.TIME_LIMIT):
-        return None
-    bound = float(model.ObjBound)
-    return bound if abs(bound) < gp.GRB.INFINITY else None

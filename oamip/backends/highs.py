@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.standard_form import StandardForm
-from oamip.errors import BackendUnavailableError, SolverError
+from oamip.errors import InvalidInputError, SolverError
 
 _INF = 1e30
 
@@ -33,26 +33,26 @@ class HighsBackend(Backend):
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
-        highspy = _import()
+        highspy = self.import_solver()
         start = time.perf_counter()
         h = highspy.Highs()
-        _set_options(h, options)
+        _set_options(highspy, h, options)
         pass_model(highspy, h, form)
         if warm_start:
-            _offer_start(highspy, h, form)
+            _offer_start(highspy, h, self.start_values(form))
         load_seconds = time.perf_counter() - start
         h.run()
         seconds = time.perf_counter() - start - load_seconds
-        return _result(highspy, h, form, seconds, load_seconds)
+        return self._result(h, form, seconds, load_seconds)
 
     def lp_minimiser(
         self, relaxed: StandardForm, options: SolveOptions, deadline: float
     ) -> Callable[[int, float], float | None]:
         """Loads the LP once; each call changes one cost and re-solves from the previous basis
         (see :meth:`Backend.lp_minimiser`)."""
-        highspy = _import()
+        highspy = self.import_solver()
         h = highspy.Highs()
-        _set_options(h, options)
+        _set_options(highspy, h, options)
         pass_model(highspy, h, relaxed)
 
         def minimise(column: int, sign: float) -> float | None:
@@ -67,15 +67,27 @@ class HighsBackend(Backend):
 
         return minimise
 
-
-def _import():
-    try:
-        import highspy
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "backend 'highs' needs the highspy package: pip install highspy"
-        ) from exc
-    return highspy
+    def _result(self, h, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
+        status = _STATUS.get(h.getModelStatus().name, Status.ERROR)
+        info = h.getInfo()
+        sol = h.getSolution()
+        has_solution = info.primal_solution_status == 2 and len(sol.col_value) == form.num_cols
+        solution = np.asarray(sol.col_value, dtype=float) if has_solution else None
+        objective = form.objective_value(solution) if has_solution else None
+        integer = bool(form.integer.any())
+        dual_bound = float(info.mip_dual_bound) if integer else None
+        if dual_bound is not None and form.maximize:
+            dual_bound = -dual_bound
+        return SolveResult(
+            backend=self.name,
+            status=status,
+            objective=objective,
+            bound=self.bound_for(form, status, objective, dual_bound),
+            seconds=seconds,
+            nodes=int(info.mip_node_count) if integer else None,
+            solution=solution,
+            load_seconds=load_seconds,
+        )
 
 
 HEURISTICS_OFF = {
@@ -91,7 +103,7 @@ HEURISTICS_OFF = {
 took three quarters of the solve time of small importance MIPs started from a good incumbent."""
 
 
-def _set_options(h, options: SolveOptions) -> None:
+def _set_options(highspy, h, options: SolveOptions) -> None:
     h.setOptionValue("output_flag", bool(options.verbose))
     h.setOptionValue("mip_rel_gap", float(options.mip_gap))
     if options.time_limit is not None:
@@ -105,7 +117,17 @@ def _set_options(h, options: SolveOptions) -> None:
         for key, value in HEURISTICS_OFF.items():
             h.setOptionValue(key, value)
     for key, value in options.solver_options.items():
-        h.setOptionValue(key, value)
+        _set_solver_option(highspy, h, key, value)
+
+
+def _set_solver_option(highspy, h, key: str, value) -> None:
+    """HiGHS answers an unknown option or a bad value with an error status, not an
+    exception: refused here, as the other backends refuse a misspelt option."""
+    if h.setOptionValue(key, value) == highspy.HighsStatus.kError:
+        raise InvalidInputError(
+            f"HiGHS rejects the option {key}={value!r}; check its name and value against "
+            "the options in HiGHS's documentation"
+        )
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -162,12 +184,11 @@ def _hessian(form: StandardForm, sign: float) -> sp.csc_matrix:
     return lower
 
 
-def _offer_start(highspy, h, form: StandardForm) -> None:
-    start = form.start_values()
+def _offer_start(highspy, h, start: np.ndarray | None) -> None:
     if start is None:
         return
     sol = highspy.HighsSolution()
-    sol.col_value = np.clip(start, form.col_lower, form.col_upper).tolist()
+    sol.col_value = start.tolist()
     sol.value_valid = True
     h.setSolution(sol)
 
@@ -182,34 +203,3 @@ _STATUS = {
     "kUnbounded": Status.UNBOUNDED,
     "kUnboundedOrInfeasible": Status.INFEASIBLE,
 }
-
-
-def _result(highspy, h, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
-    model_status = h.getModelStatus()
-    status = _STATUS.get(model_status.name, Status.ERROR)
-    info = h.getInfo()
-    sol = h.getSolution()
-    has_solution = info.primal_solution_status == 2 and len(sol.col_value) == form.num_cols
-    solution = np.asarray(sol.col_value, dtype=float) if has_solution else None
-    objective = form.objective_value(solution) if has_solution else None
-    bound = _bound(info, form, objective, status)
-    nodes = int(info.mip_node_count) if form.integer.any() else None
-    return SolveResult(
-        backend="highs",
-        status=status,
-        objective=objective,
-        bound=bound,
-        seconds=seconds,
-        nodes=nodes,
-        solution=solution,
-        load_seconds=load_seconds,
-    )
-
-
-def _bound(info, form: StandardForm, objective: float | None, status: Status) -> float | None:
-    if not form.integer.any():
-        return objective if status == Status.OPTIMAL else None
-    bound = float(info.mip_dual_bound)
-    if not np.isfinite(bound) or abs(bound) >= _INF:
-        return None
-    return -bound if form.maximize else bound

@@ -13,7 +13,7 @@ import numpy as np
 
 from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
 from oamip.backends.standard_form import QuadraticRow, StandardForm
-from oamip.errors import BackendUnavailableError, InvalidInputError
+from oamip.errors import InvalidInputError
 
 INSTALL_HINT = "pip install pyscipopt"
 
@@ -35,30 +35,40 @@ class ScipBackend(Backend):
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
-        pyscipopt = _import()
+        pyscipopt = self.import_solver()
         start = time.perf_counter()
         model = pyscipopt.Model()
-        _set_options(model, options)
+        _set_options(pyscipopt, model, options)
         x, t = _build(pyscipopt, model, form)
-        if warm_start:
-            _offer_start(model, x, t, form)
+        start_values = self.start_values(form) if warm_start else None
+        if start_values is not None:
+            _offer_start(model, x, t, form, start_values)
         load_seconds = time.perf_counter() - start
         model.optimize()
         seconds = time.perf_counter() - start - load_seconds
-        return _result(model, x, form, seconds, load_seconds)
+        return self._result(model, x, form, seconds, load_seconds)
+
+    def _result(self, model, x: list, form: StandardForm, seconds: float, load_seconds: float):
+        status = _STATUS.get(model.getStatus(), Status.ERROR)
+        best = model.getBestSol() if model.getNSols() > 0 else None
+        solution = None
+        if best is not None and status != Status.UNBOUNDED:
+            solution = np.array([model.getSolVal(best, var) for var in x], dtype=float)
+        objective = None if solution is None else form.objective_value(solution)
+        integer = bool(form.integer.any())
+        return SolveResult(
+            backend=self.name,
+            status=status,
+            objective=objective,
+            bound=self.bound_for(form, status, objective, model.getDualbound()),
+            seconds=seconds,
+            nodes=int(model.getNNodes()) if integer else None,
+            solution=solution,
+            load_seconds=load_seconds,
+        )
 
 
-def _import():
-    try:
-        import pyscipopt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"backend 'scip' needs the pyscipopt package: {INSTALL_HINT}"
-        ) from exc
-    return pyscipopt
-
-
-def _set_options(model, options: SolveOptions) -> None:
+def _set_options(pyscipopt, model, options: SolveOptions) -> None:
     """SCIP's search is single-threaded: ``threads`` goes to its LP solver."""
     if not options.verbose:
         model.hideOutput()
@@ -70,7 +80,7 @@ def _set_options(model, options: SolveOptions) -> None:
     if options.seed is not None:
         model.setParam("randomization/randomseedshift", int(options.seed))
     if not options.heuristics:
-        model.setHeuristics(_import().SCIP_PARAMSETTING.OFF)
+        model.setHeuristics(pyscipopt.SCIP_PARAMSETTING.OFF)
     for key, value in options.solver_options.items():
         _set_solver_option(model, key, value)
 
@@ -161,13 +171,8 @@ def _quadratic_objective(pyscipopt, model, x: list, form: StandardForm):
     return t
 
 
-def _offer_start(model, x: list, t, form: StandardForm) -> None:
-    """Hand SCIP the variables' current values as a complete solution."""
-    start = form.start_values()
-    if start is None:
-        return
-    start = np.clip(start, form.col_lower, form.col_upper)
-    start = np.where(form.integer, np.round(start), start)
+def _offer_start(model, x: list, t, form: StandardForm, start: np.ndarray) -> None:
+    """Hand SCIP ``start`` as a complete solution (with ``t`` at its quadratic value)."""
     sol = model.createSol()
     for var, value in zip(x, start.tolist(), strict=True):
         model.setSolVal(sol, var, value)
@@ -191,25 +196,3 @@ _STATUS = {
     "inforunbd": Status.INFEASIBLE,
     "unbounded": Status.UNBOUNDED,
 }
-
-
-def _result(model, x: list, form: StandardForm, seconds: float, load_seconds: float):
-    status = _STATUS.get(model.getStatus(), Status.ERROR)
-    best = model.getBestSol() if model.getNSols() > 0 else None
-    solution = None
-    if best is not None and status != Status.UNBOUNDED:
-        solution = np.array([model.getSolVal(best, var) for var in x], dtype=float)
-    objective = None if solution is None else form.objective_value(solution)
-    proved = status in (Status.OPTIMAL, Status.TIME_LIMIT)
-    bound = _bound_or_none(model.getDualbound()) if proved else None
-    integer = bool(form.integer.any())
-    return SolveResult(
-        backend="scip",
-        status=status,
-        objective=objective,
-        bound=bound,
-        seconds=seconds,
-        nodes=int(model.getNNodes()) if integer else None,
-        solution=solution,
-        load_seconds=load_seconds,
-    )

@@ -8,13 +8,18 @@
 Pyomo stays the single description of the model. ``MatrixConstraint`` components, which the
 formulations use for their large linear blocks, are copied as sparse matrices without touching
 Pyomo's expression system; every other constraint goes through Pyomo's standard representation.
+
+For speed this module reads a few private attributes of Pyomo's variables and
+``MatrixConstraint`` in bulk; it is the only module of oamip that does. They are checked, by
+value, on the first compilation (:func:`check_pyomo_internals`), so a Pyomo that changed them
+fails with a message naming the attribute instead of giving wrong matrices.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cache, partial
 from itertools import compress
 from operator import attrgetter
 
@@ -25,7 +30,12 @@ from pyomo.common.gc_manager import PauseGC
 from pyomo.core.base.matrix_constraint import MatrixConstraint
 from pyomo.repn.standard_repn import generate_standard_repn
 
-from oamip.errors import CapabilityError, InvalidInputError
+from oamip.errors import CapabilityError, InvalidInputError, PyomoVersionError
+from oamip.sparse import SparseRows, keep_rows
+
+TESTED_PYOMO = ">=6.7,<6.11"
+"""The Pyomo versions this module's reads of Pyomo internals are tested with (as in
+pyproject.toml)."""
 
 
 @dataclass
@@ -59,6 +69,9 @@ class StandardForm:
     q_j: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     q_coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quadratic_rows: list[QuadraticRow] = field(default_factory=list)
+    nonlinear: list[str] = field(default_factory=list)
+    """The components with terms beyond quadratic ("constraint 'c'", "objective 'o'"), left out
+    of the matrices: no backend solves such a form (the capability ``nonlinear``)."""
 
     @property
     def num_cols(self) -> int:
@@ -77,6 +90,12 @@ class StandardForm:
         quad = float(np.sum(self.q_coef * x[self.q_i] * x[self.q_j]))
         return self.c0 + float(self.c @ x) + quad
 
+    def columns_of(self, variables) -> np.ndarray:
+        """The column of each of ``variables`` (Pyomo variables); -1 for one the model does
+        not use."""
+        index = dict(zip(map(id, self.variables), range(self.num_cols)))
+        return np.array([index.get(id(var), -1) for var in variables], dtype=np.int64)
+
     def start_values(self) -> np.ndarray | None:
         """The variables' current values as a start vector, or None if any is missing."""
         values = [v.value for v in self.variables]
@@ -92,16 +111,24 @@ class StandardForm:
                 var.set_value(val, skip_validation=True)
 
 
-def lp_relaxation(form: StandardForm) -> StandardForm:
-    """``form`` with integrality dropped and a zero objective (bound tightening's LPs)."""
-    if form.has_quadratic_objective or form.quadratic_rows:
-        raise CapabilityError("the LP relaxation of a model with quadratic terms is not an LP")
+def relaxation(form: StandardForm, objective: bool = True) -> StandardForm:
+    """``form`` with integrality dropped (root cuts); with ``objective=False`` also with a zero
+    objective, leaving the LP over the feasible region that bound tightening optimises over."""
+    if form.nonlinear:
+        raise CapabilityError(f"the model is nonlinear ({', '.join(form.nonlinear)})")
+    relaxed = replace(form, integer=np.zeros_like(form.integer))
+    if objective:
+        return relaxed
+    if form.quadratic_rows:
+        raise CapabilityError("the LP relaxation of a model with quadratic rows is not an LP")
     return replace(
-        form,
-        integer=np.zeros_like(form.integer),
+        relaxed,
         c=np.zeros(form.num_cols),
         c0=0.0,
         maximize=False,
+        q_i=np.zeros(0, dtype=np.int64),
+        q_j=np.zeros(0, dtype=np.int64),
+        q_coef=np.zeros(0),
     )
 
 
@@ -134,21 +161,20 @@ def _bound(value, default: float) -> float:
     return default if value is None else float(pyo.value(value))
 
 
-def _matrix_block(comp: MatrixConstraint, cols: _Columns):
-    """The CSR data of a MatrixConstraint with its columns renumbered, without expressions."""
+def _matrix_block(comp: MatrixConstraint, cols: _Columns, rows: SparseRows) -> None:
+    """Add a MatrixConstraint's active rows, columns renumbered, without building expressions."""
     col_of_x = cols.of_many(comp._x)
     indptr = np.asarray(comp._A_indptr, dtype=np.int64)
     indices = col_of_x[np.asarray(comp._A_indices, dtype=np.int64)]
     data = np.asarray(comp._A_data, dtype=float)
+    lower = _row_bounds(comp._lower, -np.inf)
+    upper = _row_bounds(comp._upper, np.inf)
     active = np.fromiter(map(_ACTIVE, comp._data), dtype=bool, count=len(comp._data))
-    return (
-        indptr,
-        indices,
-        data,
-        _row_bounds(comp._lower, -np.inf),
-        _row_bounds(comp._upper, np.inf),
-        active,
-    )
+    if not active.all():
+        keep = np.flatnonzero(active)
+        indptr, indices, data = keep_rows(indptr, indices, data, keep)
+        lower, upper = lower[keep], upper[keep]
+    rows.add_csr(indptr, indices, data, lower, upper)
 
 
 _ACTIVE = attrgetter("_active")
@@ -161,74 +187,27 @@ def _row_bounds(values, missing: float) -> np.ndarray:
     return np.array([missing if v is None else float(pyo.value(v)) for v in values])
 
 
-class _RowBuilder:
-    """Accumulates linear rows as CSR pieces and quadratic rows as QuadraticRow objects."""
-
-    def __init__(self) -> None:
-        self.indptr_parts: list[np.ndarray] = []
-        self.indices: list[np.ndarray] = []
-        self.data: list[np.ndarray] = []
-        self.lower: list[np.ndarray] = []
-        self.upper: list[np.ndarray] = []
-        self.nnz = 0
-        self.quadratic: list[QuadraticRow] = []
-
-    def add_block(self, indptr, indices, data, lower, upper, active) -> None:
-        if not active.all():
-            keep = np.flatnonzero(active)
-            lengths = np.diff(indptr)[keep]
-            picks = np.concatenate([np.arange(indptr[r], indptr[r + 1]) for r in keep] or [[]])
-            picks = picks.astype(np.int64)
-            indptr = np.concatenate([[0], np.cumsum(lengths)])
-            indices, data, lower, upper = indices[picks], data[picks], lower[keep], upper[keep]
-        self.indptr_parts.append(indptr[1:] + self.nnz)
-        self.indices.append(indices)
-        self.data.append(data)
-        self.lower.append(lower)
-        self.upper.append(upper)
-        self.nnz += len(data)
-
-    def add_row(self, index: np.ndarray, coef: np.ndarray, lower: float, upper: float) -> None:
-        self.add_block(
-            np.array([0, len(index)]),
-            index,
-            coef,
-            np.array([lower]),
-            np.array([upper]),
-            np.ones(1, dtype=bool),
-        )
-
-    def matrix(self, num_cols: int):
-        if not self.data:
-            return sp.csr_matrix((0, num_cols)), np.zeros(0), np.zeros(0)
-        indptr = np.concatenate([[0]] + self.indptr_parts)
-        A = sp.csr_matrix(
-            (np.concatenate(self.data), np.concatenate(self.indices), indptr),
-            shape=(len(indptr) - 1, num_cols),
-        )
-        A.sum_duplicates()
-        return A, np.concatenate(self.lower), np.concatenate(self.upper)
-
-
-def _add_expression_row(con, cols: _Columns, rows: _RowBuilder) -> None:
+def _add_expression_row(
+    con, cols: _Columns, rows: SparseRows, quadratic: list[QuadraticRow], nonlinear: list[str]
+) -> None:
+    """Add one constraint through Pyomo's standard representation (skipped, and named in
+    ``nonlinear``, when it has terms beyond quadratic)."""
     repn = generate_standard_repn(con.body, quadratic=True, compute_values=True)
     if repn.nonlinear_expr is not None:
-        raise CapabilityError(
-            f"constraint '{con.name}' is nonlinear beyond quadratic terms; "
-            "the standard-form backends accept linear and quadratic models only"
-        )
+        nonlinear.append(f"constraint '{con.name}'")
+        return
     offset = float(pyo.value(repn.constant))
     lower = _bound(con.lower, -np.inf) - offset
     upper = _bound(con.upper, np.inf) - offset
     index = cols.of_many(repn.linear_vars)
     coef = np.asarray([float(pyo.value(c)) for c in repn.linear_coefs], dtype=float)
     if not repn.quadratic_vars:
-        rows.add_row(index, coef, lower, upper)
+        rows.add_csr([0, len(index)], index, coef, lower, upper)
         return
     qi = cols.of_many([pair[0] for pair in repn.quadratic_vars])
     qj = cols.of_many([pair[1] for pair in repn.quadratic_vars])
     qc = np.asarray([float(pyo.value(c)) for c in repn.quadratic_coefs], dtype=float)
-    rows.quadratic.append(QuadraticRow(index, coef, qi, qj, qc, lower, upper))
+    quadratic.append(QuadraticRow(index, coef, qi, qj, qc, lower, upper))
 
 
 def _objective(model: pyo.ConcreteModel):
@@ -246,17 +225,20 @@ def compile_model(model: pyo.ConcreteModel) -> StandardForm:
     The garbage collector is paused meanwhile: the walk creates many small objects and the
     collector's passes over a large model would otherwise cost more than the walk itself.
     """
+    check_pyomo_internals()
     with PauseGC():
         return _compile(model)
 
 
 def _compile(model: pyo.ConcreteModel) -> StandardForm:
     cols = _Columns()
-    rows = _RowBuilder()
+    rows = SparseRows()
+    quadratic: list[QuadraticRow] = []
+    nonlinear: list[str] = []
     obj = _objective(model)
     repn = generate_standard_repn(obj.expr, quadratic=True, compute_values=True)
     if repn.nonlinear_expr is not None:
-        raise CapabilityError("the objective is nonlinear beyond quadratic terms")
+        nonlinear.append(f"objective '{obj.name}'")
     obj_cols = cols.of_many(repn.linear_vars)
     obj_coef = [float(pyo.value(c)) for c in repn.linear_coefs]
     q_i = cols.of_many([pair[0] for pair in repn.quadratic_vars])
@@ -264,11 +246,11 @@ def _compile(model: pyo.ConcreteModel) -> StandardForm:
     q_coef = np.asarray([float(pyo.value(c)) for c in repn.quadratic_coefs], dtype=float)
     for comp in model.component_objects(pyo.Constraint, active=True, descend_into=True):
         if isinstance(comp, MatrixConstraint):
-            rows.add_block(*_matrix_block(comp, cols))
+            _matrix_block(comp, cols, rows)
             continue
         for con in comp.values():
             if con.active:
-                _add_expression_row(con, cols, rows)
+                _add_expression_row(con, cols, rows, quadratic, nonlinear)
     n = len(cols.variables)
     c = np.zeros(n)
     np.add.at(c, obj_cols, obj_coef)
@@ -288,7 +270,8 @@ def _compile(model: pyo.ConcreteModel) -> StandardForm:
         q_i=q_i,
         q_j=q_j,
         q_coef=q_coef,
-        quadratic_rows=rows.quadratic,
+        quadratic_rows=quadratic,
+        nonlinear=nonlinear,
     )
 
 
@@ -355,3 +338,65 @@ def _column_data_by_variable(variables: list):
         lower[j] = -np.inf if lb is None else lb
         upper[j] = np.inf if ub is None else ub
     return lower, upper, integer
+
+
+@cache
+def check_pyomo_internals() -> None:
+    """Check, once, that Pyomo's private attributes read here exist and mean what they meant.
+
+    A tiny model is built through Pyomo's public API and each attribute is compared with the
+    value that API gave it; the first that is missing or differs raises a
+    :class:`~oamip.errors.PyomoVersionError` naming it."""
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var([0, 1], domain=pyo.Integers, bounds=(1.5, 2.5))
+    m.x[1].fix(2)
+    m.rows = MatrixConstraint([3.0, 4.0], [0, 1], [0, 2], [1.0], [None], [m.x[0], m.x[1]])
+    m.rows[0].deactivate()
+    var, fixed = m.x[0], m.x[1]
+    expected = [
+        ("VarData._lb", var, "_lb", 1.5),
+        ("VarData._ub", var, "_ub", 2.5),
+        ("VarData._domain", var, "_domain", pyo.Integers),
+        ("VarData._fixed", fixed, "_fixed", True),
+        ("VarData._value", fixed, "_value", 2),
+        ("MatrixConstraint._x", m.rows, "_x", (var, fixed)),
+        ("MatrixConstraint._A_indptr", m.rows, "_A_indptr", [0, 2]),
+        ("MatrixConstraint._A_indices", m.rows, "_A_indices", [0, 1]),
+        ("MatrixConstraint._A_data", m.rows, "_A_data", [3.0, 4.0]),
+        ("MatrixConstraint._lower", m.rows, "_lower", [1.0]),
+        ("MatrixConstraint._upper", m.rows, "_upper", [None]),
+        ("MatrixConstraint._data", m.rows, "_data", (m.rows[0],)),
+        ("ConstraintData._active", m.rows[0], "_active", False),
+    ]
+    for label, owner, attribute, value in expected:
+        _check_internal(label, owner, attribute, value)
+
+
+_MISSING = object()
+
+
+def _check_internal(label: str, owner, attribute: str, expected) -> None:
+    """Raise if ``owner.attribute`` is missing or does not equal ``expected``."""
+    found = getattr(owner, attribute, _MISSING)
+    same = found is not _MISSING and _same(found, expected)
+    if not same:
+        what = "does not exist" if found is _MISSING else f"holds {found!r}, not {expected!r}"
+        raise PyomoVersionError(
+            f"Pyomo {pyo.version.version} changed its private attribute {label}, which "
+            f"oamip's standard-form compiler reads ({label} {what}). oamip is tested with "
+            f"pyomo{TESTED_PYOMO}: install such a version (pip install 'pyomo{TESTED_PYOMO}')."
+        )
+
+
+def _same(found, expected) -> bool:
+    """Equal numbers and flags, the same Pyomo objects (compared by identity: ``==`` on a
+    Pyomo variable builds an expression), element by element in sequences."""
+    if isinstance(expected, list | tuple):
+        return (
+            isinstance(found, list | tuple)
+            and len(found) == len(expected)
+            and all(map(_same, found, expected))
+        )
+    if isinstance(expected, bool | int | float):
+        return isinstance(found, bool | int | float) and found == expected
+    return found is expected
