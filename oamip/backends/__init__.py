@@ -18,7 +18,7 @@ from oamip.backends.export import write_lp, write_mps
 from oamip.backends.gurobi import GurobiBackend
 from oamip.backends.highs import HighsBackend
 from oamip.backends.scip import ScipBackend
-from oamip.backends.standard_form import StandardForm, compile_model
+from oamip.backends.standard_form import StandardForm, compile_model, relaxation
 from oamip.errors import BackendUnavailableError, InvalidInputError
 
 ENTRY_POINT_GROUP = "oamip.backends"
@@ -122,6 +122,7 @@ __all__ = [
     "get",
     "known",
     "register",
+    "relaxation",
     "write_lp",
     "write_mps",
 ]

@@ -90,11 +90,15 @@ class StandardForm:
         quad = float(np.sum(self.q_coef * x[self.q_i] * x[self.q_j]))
         return self.c0 + float(self.c @ x) + quad
 
-    def columns_of(self, variables) -> np.ndarray:
-        """The column of each of ``variables`` (Pyomo variables); -1 for one the model does
-        not use."""
+    def columns_of(self, variables, missing: int | None = None) -> np.ndarray:
+        """The column of each of ``variables`` (Pyomo variables). A variable the model does not
+        use gets ``missing``, or, when that is None, raises an error naming it."""
         index = dict(zip(map(id, self.variables), range(self.num_cols)))
-        return np.array([index.get(id(var), -1) for var in variables], dtype=np.int64)
+        columns = [index.get(id(var), missing) for var in variables]
+        if missing is None and None in columns:
+            var = variables[columns.index(None)]
+            raise InvalidInputError(f"variable '{var.name}' is not used by the model")
+        return np.array(columns, dtype=np.int64)
 
     def start_values(self) -> np.ndarray | None:
         """The variables' current values as a start vector, or None if any is missing."""

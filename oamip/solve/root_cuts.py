@@ -8,13 +8,12 @@ relaxation, and with it the bound the solver proves, gets tighter.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from oamip.backends import Backend, SolveOptions, Status, compile_model
+from oamip.backends import Backend, SolveOptions, Status, compile_model, relaxation
 from oamip.formulations import ImportanceModel
 
 ROOT_ROUNDS = 8
@@ -69,11 +68,10 @@ def _stalled(bounds: list[float]) -> bool:
 def _relaxation(im: ImportanceModel, solver: Backend, time_limit: float | None):
     """The relaxation's optimal value and every variable's value there (by global id)."""
     form = compile_model(im.model)
-    relaxed = dataclasses.replace(form, integer=np.zeros_like(form.integer))
-    result = solver.solve_form(relaxed, SolveOptions(time_limit=time_limit), warm_start=False)
+    options = SolveOptions(time_limit=time_limit)
+    result = solver.solve_form(relaxation(form), options, warm_start=False)
     if result.status != Status.OPTIMAL or result.solution is None:
         return None, None
-    column = {id(var): c for c, var in enumerate(form.variables)}
-    cols = np.array([column.get(id(var), -1) for var in im.table.variables])
+    cols = form.columns_of(im.table.variables, missing=-1)
     values = np.where(cols >= 0, result.solution[np.maximum(cols, 0)], 0.0)
     return result.objective, values

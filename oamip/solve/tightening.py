@@ -106,9 +106,8 @@ def _tighten_layer(network, x, y, settings, bounds, index, solver, threads, dead
     if ids is None or not (ids >= 0).any():
         return bounds
     form = backends.compile_model(im.model)
-    column_of = {id(var): j for j, var in enumerate(form.variables)}
     sample, output = np.nonzero(ids >= 0)
-    columns = np.array([column_of[id(im.table.variables[v])] for v in ids[sample, output]])
+    columns = form.columns_of([im.table.variables[v] for v in ids[sample, output]])
     options = SolveOptions(threads=threads)
     lo, hi = solver.column_ranges(form, columns, options, deadline)
     result.lps += int(np.isfinite(lo).sum() + np.isfinite(hi).sum())
