@@ -253,19 +253,15 @@ def _assemble(cols: _Columns, rows: RowBlock, network, scores, loss, loss_weight
     for i, ids in scores.items():
         cost[ids] = 1.0 / network.layers[i].n_units
     cost[loss] = loss_weight
-    A = sp.csc_matrix(
-        (np.concatenate(rows.vals), (np.concatenate(rows.rows), np.concatenate(rows.cols))),
-        shape=(rows.count, cols.count),
-    )
-    A.sum_duplicates()
+    A, row_lower, row_upper = rows.matrix(cols.count)
     return DirectModel(
         np.concatenate(cols.lower),
         np.concatenate(cols.upper),
         np.concatenate(cols.integer),
         cost,
-        A,
-        np.concatenate(rows.lower),
-        np.concatenate(rows.upper),
+        A.tocsc(),
+        row_lower,
+        row_upper,
     )
 
 
