@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -181,14 +182,14 @@ def no_work(monkeypatch):
         ({"seed": -1}, "seed"),
         ({"seed": 2**32}, "seed"),
         ({"seed": True}, "seed"),
-        ({"lam": float("inf")}, "lambda"),
-        ({"lam": float("nan")}, "lambda"),
-        ({"lam": 1e308}, "lambda must be at most"),
+        ({"lam": float("inf")}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"lam": 1e308}, "lam must be at most"),
         ({"loss": "mse"}, "loss"),
         ({"backend": "nope"}, "unknown backend"),
         ({"backend": ["highs"]}, "unknown backend"),
-        ({"time_limit": 0}, "time limit"),
-        ({"time_limit": float("inf")}, "time limit"),
+        ({"time_limit": 0}, "time_limit"),
+        ({"time_limit": float("inf")}, "time_limit"),
         ({"arch": "resnet"}, "architecture"),
         ({"solver_heuristics": "no"}, "solver_heuristics"),
     ],
@@ -202,7 +203,7 @@ def test_settings_check_makes_whole_floats_and_numpy_numbers_plain():
     settings = PruneSettings(
         samples_per_class=2.0, seed=np.int64(3), lam=np.float32(2), threads=2.0
     )
-    settings.check()
+    settings.validate()
     assert (settings.samples_per_class, settings.seed, settings.threads) == (2, 3, 2)
     assert type(settings.seed) is int and type(settings.lam) is float
 
@@ -256,13 +257,23 @@ def test_bad_models_and_data_are_refused_before_any_work(
 def test_the_command_refuses_bad_seeds_and_weights_before_training(no_work, args, tmp_path, capsys):
     assert cli.main(["prune", *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and ("seed" in err or "lambda" in err)
+    assert err.count("\n") == 1 and ("seed" in err or "lam" in err)
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_options_are_refused():
-    with pytest.raises(TypeError, match="tresh"):
+    with pytest.raises(
+        InvalidInputError, match="unknown option.s. tresh; its options are: .*threshold"
+    ):
         oamip.prune(None, "digits", tresh=0.2)
+
+
+def test_help_lists_every_option():
+    signature = inspect.signature(oamip.prune)
+    assert {"lam", "loss", "threshold", "time_limit", "backend", "seed"} <= set(
+        signature.parameters
+    )
+    assert "threshold = 0.1: units scoring below it are pruned" in oamip.prune.__doc__
 
 
 def test_read_model_infers_mlp_widths_from_a_state_dict_with_any_names(digits, tmp_path):

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oamip import backends, checks
+from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
-from oamip.adapters.scoring import DEFAULT_THRESHOLD, ScoreResult, score_neurons
+from oamip.adapters.scoring import ScoreResult, score_neurons
 from oamip.adapters.serialize import FORMAT, read_payload
 from oamip.errors import InvalidInputError
-from oamip.formulations import LOSSES, SCORE_MODES
+from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
 from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
 from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
@@ -40,61 +40,37 @@ SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
 LIVE_LINE_INTERVAL = 0.25
 """Seconds between two updates of the line shown while the solver runs."""
-LAM_MAX = 1e6
-"""Largest loss weight: beyond it the sparsity term (at most 1 per scored layer) is lost in the
-solver's tolerances next to the loss term, and weights near 1e20 make the solvers fail."""
 SEED_MAX = 2**32 - 1
 """Largest seed: the seeds of numpy's and torch's generators that every platform takes."""
-MAX_THREADS = 1024
-"""Most CPU threads accepted; far more than any machine has, far less than overflows torch."""
 
 
 @dataclass
-class PruneSettings:
-    """Every choice of ``oamip prune``; the defaults are the authors' settings.
+class PruneSettings(ScoringOptions):
+    """Every choice of ``oamip prune``: the scoring options (:class:`ScoringOptions`, whose
+    defaults are the authors' settings) and the pipeline's own. ``threads`` limits PyTorch's
+    CPU threads as well as the solver's."""
 
-    ``arch`` is the architecture trained when no model is given; ``threads`` limits PyTorch's
-    and the solver's CPU threads (None: their own defaults); ``solver_heuristics`` lets the
-    solver run its own primal heuristics (``score_neurons`` switches them off by default).
-    """
+    time_limit: float | None = checks.option(
+        DEFAULT_TIME_LIMIT, "seconds for the solve, building included (None: no limit)"
+    )
+    arch: str = checks.option("mlp", "the architecture trained when no model is given")
+    samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
+    threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")
+    finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
+    device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
+    seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
+    progress: bool = checks.option(False, "show progress bars")
 
-    arch: str = "mlp"
-    backend: str = "highs"
-    samples_per_class: int = 1
-    lam: float = 5.0
-    loss: str = "ce"
-    scores: str = "continuous"
-    threshold: float = DEFAULT_THRESHOLD
-    finetune_epochs: int = 1
-    time_limit: float | None = DEFAULT_TIME_LIMIT
-    device: str = "cpu"
-    seed: int = 0
-    threads: int | None = None
-    solver_heuristics: bool = False
-    progress: bool = False
-
-    def check(self) -> None:
-        """Raise InvalidInputError, before any work, for a setting of the wrong type, out of
-        range or not finite; numbers become plain ints and floats. The backend must be installed.
-        """
-        checks.choice("backend", self.backend, backends.known())
-        backends.get(self.backend)
+    def validate(self) -> None:
+        """Check every setting before any work (InvalidInputError names the culprit) and
+        normalise it; the backend must be installed."""
+        super().validate()
         resolve_device(self.device)
         checks.choice("architecture", self.arch, ARCHITECTURES)
-        checks.choice("loss", self.loss, LOSSES)
-        checks.choice("scores", self.scores, SCORE_MODES)
         self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
         self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
-        self.lam = _checked_lam(self.lam)
         self.seed = checked_seed(self.seed)
-        if self.threads is not None:
-            self.threads = checks.whole("threads", self.threads, 1, MAX_THREADS)
-        if self.time_limit is not None:
-            self.time_limit = checks.real(
-                "the time limit in seconds (None: no limit)", self.time_limit, 0.0, open_low=True
-            )
-        checks.flag("solver_heuristics", self.solver_heuristics)
         checks.flag("progress", self.progress)
 
 
@@ -174,15 +150,25 @@ def _plain(value):
     return [asdict(item) for item in value] if isinstance(value, list) else value
 
 
-def prune(model: nn.Module | None = None, data: Dataset | str = "digits", **options) -> PruneReport:
+@checks.with_options(PruneSettings)
+def prune(
+    model: nn.Module | None = None,
+    data: Dataset | str = "digits",
+    settings: PruneSettings | None = None,
+    **changes,
+) -> PruneReport:
     """Prune ``model`` (None: train the default MLP) on ``data`` (a Dataset or a spec such as
-    ``"digits"`` or ``"npz:PATH"``); ``options`` are fields of :class:`PruneSettings`.
+    ``"digits"`` or ``"npz:PATH"``), with ``settings`` and/or keyword options (keywords win).
 
     The model given is never modified, nor the caller's torch random state; bad settings, data
     or models are refused before any work. The report holds the pruned, smaller model.
     """
-    settings = PruneSettings(**options)
-    settings.check()
+    if settings is not None and not isinstance(settings, PruneSettings):
+        raise InvalidInputError(
+            f"settings must be an oamip PruneSettings, got {type(settings).__name__}"
+        )
+    settings = replace(settings or PruneSettings(), **changes)
+    settings.validate()
     dataset = dataset_of(data)
     _check_classes(dataset, settings.samples_per_class)
     if model is not None:
@@ -211,7 +197,7 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
         backend=result.backend,
         status=result.status,
         lam=settings.lam,
-        loss=settings.loss,
+        loss=str(settings.loss),
         scores=settings.scores,
         threshold=settings.threshold,
         samples_per_class=settings.samples_per_class,
@@ -321,17 +307,6 @@ def checked_seed(seed: int) -> int:
     return checks.whole("seed", seed, 0, SEED_MAX)
 
 
-def _checked_lam(lam: float) -> float:
-    lam = checks.real("lambda", lam, 0.0)
-    if lam > LAM_MAX:
-        raise InvalidInputError(
-            f"lambda must be at most {LAM_MAX:g}, got {lam:g}: beyond that the loss term swamps "
-            "the sparsity term within the solver's tolerances (nothing more to gain), and huge "
-            "weights make the solver fail"
-        )
-    return lam
-
-
 def _check_classes(dataset: Dataset, samples_per_class: int) -> None:
     """Every class ``0..K-1`` needs ``samples_per_class`` training samples for the MIP batch."""
     counts = np.bincount(dataset.y_train, minlength=dataset.num_classes)[: dataset.num_classes]
@@ -380,18 +355,7 @@ def _dense_model(
 
 def _score(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings) -> ScoreResult:
     with _live_line(f"solving ({settings.backend})", settings.time_limit, settings.progress):
-        return score_neurons(
-            model,
-            x,
-            y,
-            backend=settings.backend,
-            loss=settings.loss,
-            lam=settings.lam,
-            scores=settings.scores,
-            time_limit=settings.time_limit,
-            threads=settings.threads,
-            solver_heuristics=settings.solver_heuristics,
-        )
+        return score_neurons(model, x, y, settings.scoring())
 
 
 @contextmanager

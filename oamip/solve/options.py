@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from oamip import backends, checks
 from oamip.backends import SolveOptions
 from oamip.backends.base import DEFAULT_MIP_GAP
+from oamip.errors import InvalidInputError
 from oamip.formulations import ImportanceSettings
 
 DEFAULT_THRESHOLD = 0.1
@@ -41,6 +42,10 @@ class ScoringOptions(ImportanceSettings):
         """Check every option before any work (InvalidInputError names the culprit) and
         normalise it; the backend must be installed."""
         super().validate()
+        if not isinstance(self.backend, str | backends.Backend):
+            raise InvalidInputError(
+                f"unknown backend {self.backend!r}; known backends: {', '.join(backends.known())}"
+            )
         backends.get(self.backend)
         if self.time_limit is not None:
             self.time_limit = checks.real(
