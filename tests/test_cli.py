@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from oamip import cli
+from oamip import backends, cli
 from oamip.cli import bench as bench_command
 from oamip.cli import export as export_command
 from oamip.cli import prune as prune_command
@@ -216,20 +216,14 @@ def test_every_command_has_its_own_help(name, capsys):
 
 
 @pytest.mark.parametrize("flag, expected", [([], False), (["--solver-heuristics"], True)])
-def test_solver_heuristics_flag_reaches_score_neurons(flag, expected, monkeypatch):
-    """``--solver-heuristics`` goes through the settings to the solve (off by default)."""
-    from oamip.pipelines import prune as pipeline
+def test_solver_heuristics_flag_reaches_the_solver(flag, expected, tmp_path, monkeypatch):
+    """``--solver-heuristics`` goes from the command line to the solver (off by default)."""
+    seen = []
 
-    seen = {}
-
-    def recording(model, x, y, **options):
-        seen.update(options)
+    def recording(self, model, options=None, warm_start=False):
+        seen.append(options.heuristics)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "score_neurons", recording)
-    parser = cli.build_parser()
-    args = parser.parse_args(["prune", *flag])
-    settings = pipeline.PruneSettings(**prune_command._prune_options(args))
-    with pytest.raises(KeyboardInterrupt):
-        pipeline._score(mlp(4, (3,), 2), torch.zeros(1, 4).numpy(), [0], settings)
-    assert seen["solver_heuristics"] is expected
+    monkeypatch.setattr(type(backends.get("highs")), "solve", recording)
+    assert cli.main(["prune", *flag, "--out", str(tmp_path / "out")]) == cli.INTERRUPTED
+    assert seen == [expected]
