@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from pyomo.common.gc_manager import PauseGC
 from pyomo.core.base.matrix_constraint import MatrixConstraint
 from pyomo.repn.standard_repn import generate_standard_repn
+from pyomo.version import version as pyomo_version
 
 from oamip.errors import CapabilityError, InvalidInputError, PyomoVersionError
 from oamip.sparse import SparseRows, keep_rows
@@ -386,7 +387,7 @@ def _check_internal(label: str, owner, attribute: str, expected) -> None:
     if not same:
         what = "does not exist" if found is _MISSING else f"holds {found!r}, not {expected!r}"
         raise PyomoVersionError(
-            f"Pyomo {pyo.version.version} changed its private attribute {label}, which "
+            f"Pyomo {pyomo_version} changed its private attribute {label}, which "
             f"oamip's standard-form compiler reads ({label} {what}). oamip is tested with "
             f"pyomo{TESTED_PYOMO}: install such a version (pip install 'pyomo{TESTED_PYOMO}')."
         )
