@@ -1,7 +1,9 @@
-"""Output folders: checked before any work, written all or nothing, no new folders on failure."""
+"""Output folders and files: checked before any work, written all or nothing, nothing new left
+on failure."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from torch import nn
 
 import oamip
 from oamip.errors import InvalidInputError
-from oamip.files import check_output_folder, staged_output
+from oamip.files import atomic_path, check_output_folder, staged_output
 
 
 def _tree(folder: Path) -> list[str]:
@@ -69,3 +71,40 @@ def test_a_file_on_the_way_is_refused(tmp_path, where):
 def test_a_folder_that_cannot_be_written_is_refused():
     with pytest.raises(InvalidInputError, match="--out '/proc/x': cannot write in '/proc'"):
         check_output_folder("/proc/x", "--out")
+
+
+def test_atomic_path_replaces_the_file_at_once_with_new_file_permissions(tmp_path):
+    target = tmp_path / "model.txt"
+    target.write_text("old")
+    target.chmod(0o600)
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert _tree(tmp_path) == ["model.txt"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_path_leaves_the_old_file_and_no_temporary_on_failure(tmp_path, error):
+    target = tmp_path / "model.txt"
+    target.write_text("old")
+    with pytest.raises(error), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise error
+    assert target.read_text() == "old"
+    assert _tree(tmp_path) == ["model.txt"]
+
+
+def test_atomic_path_creates_nothing_on_failure_when_there_was_no_file(tmp_path):
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert _tree(tmp_path) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
