@@ -1,0 +1,102 @@
+"""The certification campaign: random tiny instances on every backend against brute force.
+
+Each instance (``tests/fuzzing.py``: a random network of the supported layer kinds with at most
+9 scored units, weights scaled 1e-3 to 1e3, a random loss, weight and min_keep) is solved with
+binary scores on every installed backend (time limit 10 s) and judged against the enumeration
+of every mask in float64 PyTorch. Counts per backend and status, every wrong answer (none
+expected) and the honest non-optimal ones go to ``results/fuzz-DATE.{json,md}``.
+
+    python benchmarks/bench_fuzz.py --instances 1250 --first 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from oamip import backends  # noqa: E402
+from tests import fuzzing  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=1250)
+    parser.add_argument("--first", type=int, default=100_000, help="seed of the first instance")
+    parser.add_argument("--backends", default=",".join(backends.available()))
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    names = args.backends.split(",")
+    started = time.perf_counter()
+    verdicts = []
+    for seed in range(args.first, args.first + args.instances):
+        case = fuzzing.instance(seed)
+        best = fuzzing.optimum(case)
+        for name in names:
+            verdict = fuzzing.judge(case, name, best)
+            verdicts.append(verdict)
+            if verdict.wrong:
+                print(f"WRONG seed {seed} {name}: {verdict.wrong}", flush=True)
+    _write(args, names, verdicts, time.perf_counter() - started)
+
+
+def _write(args, names: list[str], verdicts: list, seconds: float) -> None:
+    counts = collections.Counter((v.backend, v.status) for v in verdicts)
+    wrong = [asdict(v) for v in verdicts if v.wrong]
+    honest = [asdict(v) for v in verdicts if not v.wrong and v.status != "optimal"]
+    slow = max(verdicts, key=lambda v: v.seconds)
+    date = datetime.date.today().isoformat()
+    result = {
+        "date": date,
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "command": "python benchmarks/bench_fuzz.py " + " ".join(sys.argv[1:]),
+        "instances": args.instances,
+        "first_seed": args.first,
+        "backends": names,
+        "solves": len(verdicts),
+        "seconds": round(seconds, 1),
+        "counts": {f"{b}/{s}": n for (b, s), n in sorted(counts.items())},
+        "wrong": wrong,
+        "honest_non_optimal": honest,
+        "slowest": asdict(slow),
+    }
+    stem = f"fuzz{'-' + args.tag if args.tag else ''}-{date}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    lines = [
+        f"# Fuzz campaign, {date}",
+        "",
+        f"`{result['command']}` on {result['machine']}: {len(verdicts)} solves "
+        f"({args.instances} instances x {len(names)} backends) in {seconds:.0f} s.",
+        "",
+        "| backend | optimal | honest non-optimal | wrong | slowest (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        mine = [v for v in verdicts if v.backend == name]
+        lines.append(
+            f"| {name} | {sum(v.status == 'optimal' and not v.wrong for v in mine)} "
+            f"| {sum(v.status != 'optimal' and not v.wrong for v in mine)} "
+            f"| {sum(bool(v.wrong) for v in mine)} | {max(v.seconds for v in mine):.1f} |"
+        )
+    lines += ["", "Honest non-optimal results (status, seed, backend):", ""]
+    lines += [f"- {h['status']} seed {h['seed']} {h['backend']}" for h in honest[:50]]
+    lines += (
+        ["", "Wrong answers:", ""] + [f"- {w}" for w in wrong] + (["- none"] if not wrong else [])
+    )
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
