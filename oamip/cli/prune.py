@@ -85,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"CPU threads for PyTorch and the solver (default {DEFAULT_THREADS})",
     )
+    add("--mip-gap", type=float, default=d.mip_gap, metavar="G", help=f"(default {d.mip_gap:g})")
+    add(
+        "--root-cuts",
+        type=int,
+        default=d.root_cuts,
+        metavar="R",
+        help=f"rounds of ideal ReLU cuts before branching (default {d.root_cuts})",
+    )
     add(
         "--solver-heuristics",
         action="store_true",
@@ -97,12 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
     dataset, model = read_inputs(args)
-    report = prune(model, dataset, **_prune_options(args))
+    report = prune(model, dataset, settings(args))
     with staged_output(args.out) as folder:
         written = write_report(report, folder)
     say(summary_table(report))
     say_written(Path(args.out).expanduser(), written)
     return 0
+
+
+def settings(args: argparse.Namespace) -> PruneSettings:
+    """The one options object of the run, from the command line (checked by the pipeline)."""
+    return PruneSettings(**_prune_options(args))
 
 
 def _prune_options(args: argparse.Namespace) -> dict:
@@ -121,6 +134,8 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "threads": args.threads,
         "solver_heuristics": args.solver_heuristics,
+        "mip_gap": args.mip_gap,
+        "root_cuts": args.root_cuts,
         "progress": True,
     }
 
