@@ -4,13 +4,21 @@
    ``sum_{j != y} max(0, margin + z_j - z_y)`` instead of cross-entropy, built from the
    formulation's own pieces (variable table, row blocks, logit and score handles) and solved by
    every installed backend, checked against brute force over all binary score vectors.
-2. A backend: scipy's ``milp`` as one class plus one ``register`` call.
+2. A backend: scipy's ``milp`` as one module, taken from the README's "Solver backends"
+   section, added by one ``register`` call and, in a fresh interpreter, as an installed entry
+   point that ``oamip.backends``, the generic backend tests, ``--backend`` and ``oamip bench``
+   find without any import.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
-import time
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyomo.environ as pyo
@@ -19,7 +27,7 @@ from pyomo.core.expr.numeric_expr import LinearExpression
 
 from oamip import backends
 from oamip.adapters import extract
-from oamip.backends import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends import SolveOptions, Status
 from oamip.formulations.blocks import RowBlock
 from oamip.formulations.importance import (
     ImportanceModel,
@@ -54,7 +62,7 @@ def build_l1_margin_model(network, x, y, settings: ImportanceSettings) -> Import
     k, j = np.nonzero(np.arange(classes)[None, :] != im.y[:, None])
     u = im.table.add("l1_margin", np.zeros(len(k)), np.full(len(k), np.inf))
     rows = RowBlock()
-    r = rows.new_rows(np.full(len(k), settings.margin), np.inf)
+    r = rows.new_rows(np.full(len(k), MARGIN), np.inf)
     rows.terms(r, u, 1.0)
     rows.terms(r, im.logit_ids[k, j], -1.0)
     rows.terms(r, im.logit_ids[k, im.y[k]], 1.0)
@@ -95,7 +103,7 @@ def variant():
     x = np.random.default_rng(3).uniform(0, 1, (5, 4))
     y = np.array([0, 1, 2, 0, 1])
     network = extract(model, x).network
-    settings = ImportanceSettings(margin=MARGIN, lam=LAM, scores="binary")
+    settings = ImportanceSettings(lam=LAM, scores="binary")
     im = build_l1_margin_model(network, x, y, settings)
     return im, brute_force(im, MARGIN, LAM)
 
@@ -113,52 +121,164 @@ def test_l1_margin_variant_matches_brute_force_on_every_backend(variant, name):
 
 # --- 2. a backend ----------------------------------------------------------------------------
 
+ROOT = Path(__file__).resolve().parent.parent
 
-class ScipyMilpBackend(Backend):
-    """scipy.optimize.milp (HiGHS inside scipy): linear models, integer or not."""
 
-    name = "scipy"
-    capabilities = Capabilities(integer=True)
-    install_hint = "pip install 'scipy>=1.9'"
-    python_module = "scipy"
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced code blocks ``(language, text)`` of the README section with this heading."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```(\w+)\n(.*?)```", text[start : end if end > 0 else None], re.S)
 
-    def solve_form(self, form, options: SolveOptions, warm_start: bool) -> SolveResult:
-        from scipy.optimize import Bounds, LinearConstraint, milp
 
-        sign = -1.0 if form.maximize else 1.0
-        start = time.perf_counter()
-        answer = milp(
-            sign * form.c,
-            integrality=form.integer.astype(int),
-            bounds=Bounds(form.col_lower, form.col_upper),
-            constraints=LinearConstraint(form.A, form.row_lower, form.row_upper),
-            options={"time_limit": options.time_limit, "mip_rel_gap": options.mip_gap},
-        )
-        status = {0: Status.OPTIMAL, 1: Status.TIME_LIMIT, 2: Status.INFEASIBLE}
-        solution = answer.x if answer.x is not None else None
-        objective = None if solution is None else form.objective_value(solution)
-        bound = getattr(answer, "mip_dual_bound", None)
-        return SolveResult(
-            backend=self.name,
-            status=status.get(
-                answer.status, Status.UNBOUNDED if answer.status == 3 else Status.ERROR
-            ),
-            objective=objective,
-            bound=None if bound is None else form.c0 + sign * bound,
-            seconds=time.perf_counter() - start,
-            solution=solution,
-        )
+BLOCKS = readme_blocks("Solver backends")
+MODULE = next(code for lang, code in BLOCKS if "class ScipyMilpBackend(Backend)" in code)
+REGISTRATION = next(code for lang, code in BLOCKS if "backends.register(" in code)
+PYPROJECT = next(code for lang, code in BLOCKS if lang == "toml")
+
+
+def entry_points_txt(pyproject: str) -> str:
+    """A pyproject ``[project.entry-points."group"]`` table as the ``entry_points.txt`` that
+    installing the package writes."""
+    group = re.search(r'^\[project\.entry-points\."([\w.]+)"\]$', pyproject, re.M).group(1)
+    entries = re.findall(r'^([\w-]+) = "([\w.]+:[\w.]+)"$', pyproject, re.M)
+    assert entries, pyproject
+    return f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in entries)
+
+
+def install(site: Path, entry_points: str) -> Path:
+    """Install the README's module into the folder ``site`` as the distribution
+    ``oamip-scipy`` declaring ``entry_points``, as pip would (a ``*.dist-info`` folder)."""
+    site.mkdir()
+    (site / "oamip_scipy.py").write_text(MODULE)
+    info = site / "oamip_scipy-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: oamip-scipy\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return site
+
+
+def fresh_python(site: Path, *args: str, timeout: float = 300) -> str:
+    """Run ``python args`` in a fresh interpreter that has ``site`` on its path; its output."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 @pytest.fixture
-def scipy_registered(monkeypatch):
+def readme_backend(tmp_path, monkeypatch):
+    """The README's module importable, and its registration block run."""
+    (tmp_path / "oamip_scipy.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
-    backends.register(ScipyMilpBackend)
+    exec(REGISTRATION, {})
+    yield
+    sys.modules.pop("oamip_scipy", None)
 
 
-def test_a_registered_backend_is_available_and_solves_the_variant(variant, scipy_registered):
+def test_a_registered_backend_is_available_and_solves_the_variant(variant, readme_backend):
     im, optimum = variant
     assert "scipy" in backends.available()
     result = backends.get("scipy").solve(im.model)
+    assert result.backend == "scipy"
     assert result.status == Status.OPTIMAL
     assert result.objective == pytest.approx(optimum, abs=1e-5)
+    assert result.bound == pytest.approx(optimum, abs=1e-5)
+
+
+FOUND_WITHOUT_IMPORT = """
+import sys
+import pyomo.environ as pyo
+from oamip import backends
+
+assert "oamip_scipy" not in sys.modules, "loaded before anything asked for a backend"
+assert "scipy" in backends.available() and "scipy" in backends.known()
+m = pyo.ConcreteModel()
+m.x = pyo.Var(domain=pyo.NonNegativeIntegers)
+m.y = pyo.Var(domain=pyo.NonNegativeIntegers)
+m.a = pyo.Constraint(expr=6 * m.x + 4 * m.y <= 24)
+m.b = pyo.Constraint(expr=m.x + 2 * m.y <= 6)
+m.obj = pyo.Objective(expr=3 - 5 * m.x - 4 * m.y)
+result = backends.get("scipy").solve(m)
+print(result.backend, result.status, result.objective, m.x.value + 0.0, m.y.value + 0.0)
+"""
+
+
+def test_an_installed_entry_point_backend_is_found_without_any_import(tmp_path):
+    site = install(tmp_path / "site", entry_points_txt(PYPROJECT))
+    assert fresh_python(site, "-c", FOUND_WITHOUT_IMPORT).split() == [
+        "scipy",
+        "optimal",
+        "-17.0",
+        "4.0",
+        "0.0",
+    ]
+
+
+def test_the_generic_backend_tests_run_on_an_entry_point_backend(tmp_path):
+    site = install(tmp_path / "site", entry_points_txt(PYPROJECT))
+    tests = [
+        "-m",
+        "pytest",
+        "tests/test_backends.py",
+        "-k",
+        "scipy",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    summary = fresh_python(site, *tests).strip().splitlines()[-1]
+    passed = re.match(r"(\d+) passed, \d+ deselected", summary)
+    assert passed and int(passed.group(1)) >= 15, summary
+
+
+@pytest.mark.slow
+def test_the_command_line_sees_an_entry_point_backend(tmp_path):
+    """``--backend`` lists it and ``oamip bench`` solves with it (one small instance: the
+    time goes to training the digits network and importing torch)."""
+    site = install(tmp_path / "site", entry_points_txt(PYPROJECT))
+    assert re.search(
+        r"--backend \{[^}]*\bscipy\b", fresh_python(site, "-m", "oamip", "prune", "--help")
+    )
+    out = tmp_path / "bench"
+    bench = ["--backends", "scipy", "--sizes", "1", "--scores", "binary", "--time-limit", "0.5"]
+    bench += ["--gap-points", "0", "--cache-dir", str(tmp_path / "zoo"), "--out", str(out)]
+    fresh_python(site, "-m", "oamip", "bench", *bench)
+    with open(out / "results.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["backend"] == "scipy" and row["status"] in ("optimal", "time_limit")
+    assert float(row["objective"]) > 0
+
+
+BROKEN = """
+import warnings
+from oamip import backends
+from oamip.errors import BackendUnavailableError
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    names = backends.available()
+assert "scipy" in names and not {"broken", "misnamed"} & set(names), names
+assert {"broken", "misnamed"} <= set(backends.known())
+assert len(caught) == 2, [str(w.message) for w in caught]
+for name in ("broken", "misnamed"):
+    try:
+        backends.get(name)
+    except BackendUnavailableError as exc:
+        print(exc)
+"""
+
+
+def test_a_broken_entry_point_is_named_and_does_not_break_the_others(tmp_path):
+    broken = "broken = oamip_no_such_module:Backend\nmisnamed = oamip_scipy:ScipyMilpBackend\n"
+    site = install(tmp_path / "site", entry_points_txt(PYPROJECT) + broken)
+    lines = fresh_python(site, "-c", BROKEN).splitlines()
+    assert len(lines) == 2
+    assert "'broken = oamip_no_such_module:Backend'" in lines[0]
+    assert "ModuleNotFoundError" in lines[0] and "oamip_no_such_module" in lines[0]
+    assert "'misnamed = oamip_scipy:ScipyMilpBackend'" in lines[1]
+    assert "names a backend called 'scipy'" in lines[1]
