@@ -204,6 +204,32 @@ class Backend(abc.ABC):
         start = np.clip(start, form.col_lower, form.col_upper)
         return np.where(form.integer, np.round(start), start)
 
+    def result(
+        self,
+        form: StandardForm,
+        status: Status,
+        solution: np.ndarray | None,
+        *,
+        seconds: float,
+        dual_bound: float | None = None,
+        nodes: int | None = None,
+        load_seconds: float = 0.0,
+    ) -> SolveResult:
+        """The result of a solve, built the same way for every backend: the objective computed
+        from ``solution`` in the model's own terms (None without a solution), the bound by
+        :meth:`bound_for` from the solver's ``dual_bound``, and this backend's name."""
+        objective = None if solution is None else form.objective_value(solution)
+        return SolveResult(
+            backend=self.name,
+            status=status,
+            objective=objective,
+            bound=self.bound_for(form, status, objective, dual_bound),
+            seconds=seconds,
+            nodes=nodes,
+            solution=solution,
+            load_seconds=load_seconds,
+        )
+
     @staticmethod
     def bound_for(
         form: StandardForm, status: Status, objective: float | None, dual_bound: float | None

@@ -63,18 +63,14 @@ class CbcBackend(Backend):
         load_seconds: float,
     ) -> SolveResult:
         status, has_solution = _status(header)
-        solution = values if has_solution else None
-        objective = form.objective_value(solution) if has_solution else None
-        integer = bool(form.integer.any())
-        nodes = _log_number(log, "Enumerated nodes") if integer else None
-        return SolveResult(
-            backend=self.name,
-            status=status,
-            objective=objective,
-            bound=self.bound_for(form, status, objective, _dual_bound(form, log)),
+        nodes = _log_number(log, "Enumerated nodes") if form.integer.any() else None
+        return self.result(
+            form,
+            status,
+            values if has_solution else None,
             seconds=seconds,
+            dual_bound=_dual_bound(form, log),
             nodes=None if nodes is None else int(nodes),
-            solution=solution,
             load_seconds=load_seconds,
         )
 

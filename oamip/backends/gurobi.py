@@ -54,19 +54,15 @@ class GurobiBackend(Backend):
     def _result(self, gp, model, x, form: StandardForm, seconds: float, load_seconds: float):
         status = _status(gp, model.Status)
         has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
-        solution = np.asarray(x.X, dtype=float) if has_solution else None
-        objective = None if solution is None else form.objective_value(solution)
         is_mip = bool(model.IsMIP)
         proved = status in (Status.OPTIMAL, Status.TIME_LIMIT)
-        dual_bound = float(model.ObjBound) if is_mip and proved else None
-        return SolveResult(
-            backend=self.name,
-            status=status,
-            objective=objective,
-            bound=self.bound_for(form, status, objective, dual_bound),
+        return self.result(
+            form,
+            status,
+            np.asarray(x.X, dtype=float) if has_solution else None,
             seconds=seconds,
+            dual_bound=float(model.ObjBound) if is_mip and proved else None,
             nodes=int(model.NodeCount) if is_mip else None,
-            solution=solution,
             load_seconds=load_seconds,
         )
 

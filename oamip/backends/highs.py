@@ -68,24 +68,18 @@ class HighsBackend(Backend):
         return minimise
 
     def _result(self, h, form: StandardForm, seconds: float, load_seconds: float) -> SolveResult:
-        status = _STATUS.get(h.getModelStatus().name, Status.ERROR)
         info = h.getInfo()
         sol = h.getSolution()
         has_solution = info.primal_solution_status == 2 and len(sol.col_value) == form.num_cols
-        solution = np.asarray(sol.col_value, dtype=float) if has_solution else None
-        objective = form.objective_value(solution) if has_solution else None
         integer = bool(form.integer.any())
         dual_bound = float(info.mip_dual_bound) if integer else None
-        if dual_bound is not None and form.maximize:
-            dual_bound = -dual_bound
-        return SolveResult(
-            backend=self.name,
-            status=status,
-            objective=objective,
-            bound=self.bound_for(form, status, objective, dual_bound),
+        return self.result(
+            form,
+            _STATUS.get(h.getModelStatus().name, Status.ERROR),
+            np.asarray(sol.col_value, dtype=float) if has_solution else None,
             seconds=seconds,
+            dual_bound=-dual_bound if dual_bound is not None and form.maximize else dual_bound,
             nodes=int(info.mip_node_count) if integer else None,
-            solution=solution,
             load_seconds=load_seconds,
         )
 

@@ -54,16 +54,13 @@ class ScipBackend(Backend):
         solution = None
         if best is not None and status != Status.UNBOUNDED:
             solution = np.array([model.getSolVal(best, var) for var in x], dtype=float)
-        objective = None if solution is None else form.objective_value(solution)
-        integer = bool(form.integer.any())
-        return SolveResult(
-            backend=self.name,
-            status=status,
-            objective=objective,
-            bound=self.bound_for(form, status, objective, model.getDualbound()),
+        return self.result(
+            form,
+            status,
+            solution,
             seconds=seconds,
-            nodes=int(model.getNNodes()) if integer else None,
-            solution=solution,
+            dual_bound=model.getDualbound(),
+            nodes=int(model.getNNodes()) if form.integer.any() else None,
             load_seconds=load_seconds,
         )
 
