@@ -192,31 +192,22 @@ def test_a_registered_backend_is_available_and_solves_the_variant(variant, readm
 
 FOUND_WITHOUT_IMPORT = """
 import sys
-import pyomo.environ as pyo
 from oamip import backends
 
 assert "oamip_scipy" not in sys.modules, "loaded before anything asked for a backend"
 assert "scipy" in backends.available() and "scipy" in backends.known()
-m = pyo.ConcreteModel()
-m.x = pyo.Var(domain=pyo.NonNegativeIntegers)
-m.y = pyo.Var(domain=pyo.NonNegativeIntegers)
-m.a = pyo.Constraint(expr=6 * m.x + 4 * m.y <= 24)
-m.b = pyo.Constraint(expr=m.x + 2 * m.y <= 6)
-m.obj = pyo.Objective(expr=3 - 5 * m.x - 4 * m.y)
-result = backends.get("scipy").solve(m)
-print(result.backend, result.status, result.objective, m.x.value + 0.0, m.y.value + 0.0)
+from tests.test_backends import milp_model
+
+model, expected = milp_model()
+result = backends.get("scipy").solve(model)
+print(result.backend, result.status, result.objective == expected, model.x.value + 0.0)
 """
 
 
 def test_an_installed_entry_point_backend_is_found_without_any_import(tmp_path):
     site = install(tmp_path / "site", entry_points_txt(PYPROJECT))
-    assert fresh_python(site, "-c", FOUND_WITHOUT_IMPORT).split() == [
-        "scipy",
-        "optimal",
-        "-17.0",
-        "4.0",
-        "0.0",
-    ]
+    output = fresh_python(site, "-c", FOUND_WITHOUT_IMPORT)
+    assert output.split() == ["scipy", "optimal", "True", "4.0"]
 
 
 def test_the_generic_backend_tests_run_on_an_entry_point_backend(tmp_path):
