@@ -273,8 +273,13 @@ class MissingExecutable(MissingModule):
     executable = "oamip-no-such-solver"
 
 
+class MissingSubmodule(MissingModule):
+    python_module = "oamip_no_such_module.solver"
+
+
 def test_the_shared_import_guards_name_the_backend_and_the_install_command():
     assert not MissingModule.is_installed() and not MissingExecutable.is_installed()
+    assert not MissingSubmodule.is_installed()
     with pytest.raises(
         BackendUnavailableError,
         match="backend 'missing-module' needs the oamip_no_such_module package: pip install",

@@ -110,7 +110,7 @@ class Backend(abc.ABC):
     A subclass sets ``name``, ``capabilities``, ``install_hint`` and either ``python_module``
     (a solver used through Python) or ``executable`` (a command-line solver), and implements
     :meth:`solve_form`; the helpers below give it the shared import guard, start vector and
-    bound rule."""
+    result (with the one bound rule)."""
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
@@ -124,7 +124,12 @@ class Backend(abc.ABC):
         the PATH, or else the Python module ``python_module`` can be found."""
         if cls.executable:
             return shutil.which(cls.executable) is not None
-        return bool(cls.python_module) and importlib.util.find_spec(cls.python_module) is not None
+        if not cls.python_module:
+            return False
+        try:  # a dotted name imports its parent package, which may be missing
+            return importlib.util.find_spec(cls.python_module) is not None
+        except ModuleNotFoundError:
+            return False
 
     @classmethod
     def import_solver(cls):
