@@ -292,6 +292,27 @@ def test_the_shared_import_guards_name_the_backend_and_the_install_command():
         MissingExecutable.executable_path()
 
 
+def test_a_backend_whose_install_check_fails_is_left_out_with_a_warning(monkeypatch):
+    class Faulty(MissingModule):
+        name = "faulty"
+
+        @classmethod
+        def is_installed(cls) -> bool:
+            raise RuntimeError("licence server down")
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    backends.register(Faulty)
+    with pytest.warns(RuntimeWarning, match="'faulty' .*licence server down"):
+        names = backends.available()
+    assert "faulty" not in names and "highs" in names
+
+
+def test_register_takes_only_named_backend_classes():
+    for wrong in (HighsBackend(), object, type("Nameless", (MissingModule,), {"name": ""})):
+        with pytest.raises(InvalidInputError, match="register"):
+            backends.register(wrong)
+
+
 def test_start_values_are_clipped_to_the_bounds_with_integers_rounded():
     m = pyo.ConcreteModel()
     m.i = pyo.Var(domain=pyo.Integers, bounds=(0, 3), initialize=3.7)

@@ -49,7 +49,22 @@ def known() -> list[str]:
 def available() -> list[str]:
     """The registered backends whose solver is installed on this machine."""
     _discover()
-    return [name for name in sorted(_REGISTRY) if _REGISTRY[name].is_installed()]
+    return [name for name in sorted(_REGISTRY) if _installed(_REGISTRY[name])]
+
+
+def _installed(cls: type[Backend]) -> bool:
+    """``cls.is_installed()``; a backend whose check fails counts as not installed (with a
+    warning saying why), so that one package cannot break the listing of the others."""
+    try:
+        return bool(cls.is_installed())
+    except Exception as exc:
+        warnings.warn(
+            f"backend '{cls.name}' cannot tell whether it is installed "
+            f"({type(exc).__name__}: {exc}); it is left out of oamip.backends.available()",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
 
 def get(name: str | Backend) -> Backend:
