@@ -508,6 +508,27 @@ def test_heuristics_switched_off_leave_the_optimum(backend):
     assert result.objective == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_a_careful_solve_leaves_the_optimum_and_reports_the_coefficient_range(backend, capfd):
+    model, expected = knapsack_model()
+    result = backends.get(backend).solve(model, SolveOptions(mip_gap=0.0, careful=True))
+    assert result.status == Status.OPTIMAL
+    assert result.objective == pytest.approx(expected)
+    low, high = result.coefficient_range
+    assert 0 < low <= high
+    assert "GMP" not in capfd.readouterr().out
+
+
+def test_highs_careful_turns_presolve_off_and_tightens_the_tolerances():
+    from oamip.backends.base import CAREFUL_TOLERANCE
+    from oamip.backends.highs import _set_options
+
+    h = highspy.Highs()
+    _set_options(highspy, h, SolveOptions(careful=True))
+    assert h.getOptionValue("presolve")[1] == "off"
+    assert h.getOptionValue("mip_feasibility_tolerance")[1] == CAREFUL_TOLERANCE
+
+
 def test_highs_heuristics_off_sets_every_switch_and_solver_options_come_last():
     from oamip.backends.highs import HEURISTICS_OFF, _set_options
 

@@ -241,3 +241,16 @@ def test_solver_heuristics_reach_the_backend_and_leave_the_optimum(
     monkeypatch.setattr(type(highs), "solve_form", real)
     other = oamip.score_neurons(*small, scores="binary", solver_heuristics=not solver_heuristics)
     assert found.objective == pytest.approx(other.objective, abs=1e-6)
+
+
+def test_the_coefficient_range_is_reported_and_follows_the_weights(small):
+    model, x, y = small
+    res = oamip.score_neurons(model, x, y, loss="hinge", scores="binary")
+    low, high = res.coefficient_range
+    assert 0 < low <= high
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1000.0)
+    big = oamip.score_neurons(scaled, x, y, loss="hinge", scores="binary")
+    assert big.coefficient_range[1] > 100 * high

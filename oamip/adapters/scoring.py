@@ -55,6 +55,8 @@ class ScoreResult:
     """What the solver itself said; ``status`` is what the package certifies."""
     note: str = ""
     """Why ``status`` or ``bound`` differ from the solver's claim, if they do."""
+    coefficient_range: tuple[float, float] | None = None
+    """Smallest and largest absolute nonzero of the constraint matrix solved (numerics)."""
 
     @property
     def model(self) -> pyo.ConcreteModel:
@@ -162,6 +164,7 @@ def _result(point: SweepPoint, extracted, im: ImportanceModel, x, backend: str) 
         by_concavity=point.by_concavity,
         solver_status=solution.solver_status if solution else None,
         note=solution.note if solution else "",
+        coefficient_range=solution.coefficient_range if solution else None,
     )
 
 
@@ -179,7 +182,8 @@ def _weights(lams) -> list[float]:
 
 def _as_numpy(values, what: str) -> np.ndarray:
     if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        values = (values.double() if values.is_floating_point() else values).numpy()
     try:
         values = np.asarray(values)
     except ValueError:

@@ -71,7 +71,15 @@ class SolveOptions:
     """False: the solver runs none of the primal heuristics it lets us switch off (sub-MIPs
     such as RINS and RENS among them), so its time goes to the proof; for when the start it is
     given is already good. ``solver_options`` are applied after this and may override it."""
+    careful: bool = False
+    """True: solve for trust over speed, for a second attempt at an answer the first could not
+    certify: no presolve (or preprocessing) and integrality and feasibility tolerances of
+    ``CAREFUL_TOLERANCE`` where the solver lets us set them. ``solver_options`` still win."""
     solver_options: dict[str, Any] = field(default_factory=dict)
+
+
+CAREFUL_TOLERANCE = 1e-9
+"""Integrality and feasibility tolerance of a careful solve (``SolveOptions.careful``)."""
 
 
 @dataclass
@@ -89,6 +97,9 @@ class SolveResult:
     warm_start_used: bool = False
     """Whether a start was handed to the solver: asked for, a complete one (every variable has
     a value), and the backend has the ``warm_start`` capability. Set by :meth:`Backend.solve`."""
+    coefficient_range: tuple[float, float] | None = None
+    """Smallest and largest absolute nonzero of the constraint matrix (None if it has none):
+    a ratio far above 1e9 warns of numerical trouble. Set by :meth:`Backend.solve`."""
 
     @property
     def has_solution(self) -> bool:
@@ -169,6 +180,7 @@ class Backend(abc.ABC):
         use_start = warm_start and self.capabilities.warm_start and self.has_start(form)
         result = self.solve_form(form, options or SolveOptions(), use_start)
         result.warm_start_used = use_start
+        result.coefficient_range = form.coefficient_range()
         if result.solution is not None:
             form.load_solution(result.solution)
         return result

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.base import (
+    CAREFUL_TOLERANCE,
+    Backend,
+    Capabilities,
+    SolveOptions,
+    SolveResult,
+    Status,
+)
 from oamip.backends.export import write_mps
 from oamip.backends.standard_form import StandardForm
 from oamip.errors import InvalidInputError, SolverError
@@ -101,6 +108,9 @@ def _command(
         command += ["-randomSeed", str(int(options.seed))]
     if not options.heuristics:
         command += ["-heuristicsOnOff", "off"]
+    if options.careful:
+        tol = repr(CAREFUL_TOLERANCE)
+        command += ["-preprocess", "off", "-integerTolerance", tol, "-primalTolerance", tol]
     for key, value in options.solver_options.items():
         command += [f"-{key}", str(value)]
     if mipstart is not None:

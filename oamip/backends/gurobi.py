@@ -12,7 +12,14 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.base import (
+    CAREFUL_TOLERANCE,
+    Backend,
+    Capabilities,
+    SolveOptions,
+    SolveResult,
+    Status,
+)
 from oamip.backends.standard_form import QuadraticRow, StandardForm
 from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
 
@@ -92,6 +99,11 @@ def _set_options(gp, model, options: SolveOptions) -> None:
     if not options.heuristics:
         model.setParam("Heuristics", 0.0)
         model.setParam("RINS", 0)
+    if options.careful:
+        model.setParam("Presolve", 0)
+        model.setParam("NumericFocus", 3)
+        model.setParam("IntFeasTol", CAREFUL_TOLERANCE)
+        model.setParam("FeasibilityTol", CAREFUL_TOLERANCE)
     for key, value in options.solver_options.items():
         try:
             model.setParam(key, value)

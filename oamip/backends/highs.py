@@ -8,7 +8,14 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.base import (
+    CAREFUL_TOLERANCE,
+    Backend,
+    Capabilities,
+    SolveOptions,
+    SolveResult,
+    Status,
+)
 from oamip.backends.standard_form import StandardForm
 from oamip.errors import InvalidInputError, SolverError
 
@@ -97,6 +104,15 @@ HEURISTICS_OFF = {
 took three quarters of the solve time of small importance MIPs started from a good incumbent."""
 
 
+CAREFUL = {
+    "presolve": "off",
+    "mip_feasibility_tolerance": CAREFUL_TOLERANCE,
+    "primal_feasibility_tolerance": CAREFUL_TOLERANCE,
+}
+"""``careful=True``: HiGHS can read a start in presolve's reduced space without the objective
+offset presolve removed, and then "prove" that start optimal at the wrong value."""
+
+
 def _set_options(highspy, h, options: SolveOptions) -> None:
     h.setOptionValue("output_flag", bool(options.verbose))
     h.setOptionValue("mip_rel_gap", float(options.mip_gap))
@@ -109,6 +125,9 @@ def _set_options(highspy, h, options: SolveOptions) -> None:
         h.setOptionValue("random_seed", int(options.seed))
     if not options.heuristics:
         for key, value in HEURISTICS_OFF.items():
+            h.setOptionValue(key, value)
+    if options.careful:
+        for key, value in CAREFUL.items():
             h.setOptionValue(key, value)
     for key, value in options.solver_options.items():
         _set_solver_option(highspy, h, key, value)

@@ -11,7 +11,13 @@ import time
 
 import numpy as np
 
-from oamip.backends.base import Backend, Capabilities, SolveOptions, SolveResult, Status
+from oamip.backends.base import (
+    Backend,
+    Capabilities,
+    SolveOptions,
+    SolveResult,
+    Status,
+)
 from oamip.backends.standard_form import QuadraticRow, StandardForm
 from oamip.errors import InvalidInputError
 
@@ -65,6 +71,11 @@ class ScipBackend(Backend):
         )
 
 
+SCIP_CAREFUL_FEASTOL = 1e-7
+"""SCIP's careful feasibility tolerance: below it SCIP asks SoPlex for LP tolerances under
+1e-10, which SoPlex refuses without GMP (and says so on stdout)."""
+
+
 def _set_options(pyscipopt, model, options: SolveOptions) -> None:
     """SCIP's search is single-threaded: ``threads`` goes to its LP solver."""
     if not options.verbose:
@@ -78,6 +89,9 @@ def _set_options(pyscipopt, model, options: SolveOptions) -> None:
         model.setParam("randomization/randomseedshift", int(options.seed))
     if not options.heuristics:
         model.setHeuristics(pyscipopt.SCIP_PARAMSETTING.OFF)
+    if options.careful:
+        model.setPresolve(pyscipopt.SCIP_PARAMSETTING.OFF)
+        model.setParam("numerics/feastol", SCIP_CAREFUL_FEASTOL)
     for key, value in options.solver_options.items():
         _set_solver_option(model, key, value)
 

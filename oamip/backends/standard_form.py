@@ -86,6 +86,11 @@ class StandardForm:
     def has_quadratic_objective(self) -> bool:
         return len(self.q_coef) > 0
 
+    def coefficient_range(self) -> tuple[float, float] | None:
+        """The smallest and largest absolute nonzero of the constraint matrix."""
+        values = np.abs(self.A.data[self.A.data != 0])
+        return (float(values.min()), float(values.max())) if len(values) else None
+
     def objective_value(self, x: np.ndarray) -> float:
         """The objective at ``x`` (in the model's own sense)."""
         quad = float(np.sum(self.q_coef * x[self.q_i] * x[self.q_j]))

@@ -59,6 +59,10 @@ class Solution:
     solver_logit_error: float | None = None
     """Largest difference between the solver's logits and the exact forward pass of its
     scores (None without a solver answer)."""
+    coefficient_range: tuple[float, float] | None = None
+    """Smallest and largest absolute nonzero of the constraint matrix solved."""
+    logits_agree: bool = True
+    """Whether the solver's logits match the exact forward pass (its bound is dropped if not)."""
     kept_start: bool = False
     """True when the start was better than the solver's answer and was returned instead."""
     note: str = ""
@@ -76,36 +80,53 @@ def solve_certified(
     """Solve ``im`` from ``start`` within ``time_limit`` seconds and certify the answer against
     the start and the objectives ``known`` of other feasible points (at the current lam).
 
-    When the solver claims an optimum that the certificate refuses, the model is solved again
-    without the start (HiGHS can lose presolve's objective offset on a start it reads in the
-    reduced space, and then "proves" the start), within what is left of the time limit; the
-    better certified answer is returned.
+    When the certificate refuses the solver's claim of an optimum, or the solver's logits do
+    not match the exact forward pass of its scores, the model is solved once more, carefully
+    (``SolveOptions.careful``: no presolve, tolerances 1e-9), within what is left of the time
+    limit; the better certified answer is returned.
     """
     started = time.perf_counter()
     deadline = None if time_limit is None else started + time_limit
-    result, rounds = _solve_with_cuts(solver, im, options, deadline, start, warm=True)
-    solution = certify(im, result, start, known, options.mip_gap)
-    refused = solution.solver_status == str(Status.OPTIMAL) != solution.status
-    if refused and not _past(deadline):
-        again, more = _solve_with_cuts(solver, im, options, deadline, start, warm=False)
-        retry = certify(im, again, start, (*known, solution.objective), options.mip_gap)
-        retry.note = "; ".join(filter(None, [solution.note, "solved again without the start"]))
+    solution, rounds = None, 0
+    for attempt, warm in _attempts(options):
+        if solution is not None and (not _doubtful(solution) or _past(deadline)):
+            break
+        result, more = _solve_with_cuts(solver, im, attempt, deadline, start, warm)
         rounds += more
-        solution = _better(solution, retry)
+        seen = known if solution is None else (*known, solution.objective)
+        found = certify(im, result, start, seen, options.mip_gap)
+        solution = found if solution is None else _better(solution, found, attempt, warm)
     solution.seconds = time.perf_counter() - started
     solution.rounds = rounds
     im.assign(solution.scores)
     return solution
 
 
-def _better(refused: Solution, retry: Solution) -> Solution:
-    """After a refused claim of optimality: the retry if proven, else the lower objective of
-    the two with the retry's bound (the refused solve's numbers are not trusted)."""
-    if retry.status == str(Status.OPTIMAL) or retry.objective <= refused.objective:
+def _attempts(options: SolveOptions) -> list[tuple[SolveOptions, bool]]:
+    """The solve as asked, then carefully from the start, then carefully from scratch."""
+    careful = replace(options, careful=True)
+    return [(options, True), (careful, True), (careful, False)]
+
+
+def _doubtful(solution: Solution) -> bool:
+    """Whether a second, careful solve may do better: the solver claimed an optimum that the
+    certificate refused, or its numbers disagree with the exact forward pass."""
+    refused = solution.solver_status == str(Status.OPTIMAL) != solution.status
+    gave_up = solution.solver_status in {str(s) for s in NO_BOUND_STATUSES}
+    return refused or gave_up or not solution.logits_agree
+
+
+def _better(first: Solution, retry: Solution, options: SolveOptions, warm: bool) -> Solution:
+    """After a doubtful solve: the retry if proven or not worse, else the earlier answer with
+    the retry's bound (the doubtful solve's numbers are not trusted); the note says so."""
+    how = "carefully" + ("" if warm else " without the start")
+    note = "; ".join(filter(None, [first.note, f"solved again {how}", retry.note]))
+    if retry.status == str(Status.OPTIMAL) or retry.objective <= first.objective:
+        retry.note = note
         return retry
-    refused.bound = None if retry.bound is None else min(retry.bound, refused.objective)
-    refused.note = retry.note
-    return refused
+    first.bound = None if retry.bound is None else min(retry.bound, first.objective)
+    first.note = note
+    return first
 
 
 def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm: bool):
@@ -209,6 +230,8 @@ def certify(
         solver_status=str(result.status),
         solver_objective=result.objective,
         solver_logit_error=logit_error,
+        coefficient_range=result.coefficient_range,
+        logits_agree=agree,
         kept_start=kept_start,
         note="; ".join(notes),
     )
