@@ -4,7 +4,10 @@
 Commands check the destination before any work, stage every file in a hidden folder inside the
 nearest folder that already exists on the way to it, and create the destination and move the
 files into place only when everything succeeded: a failed or interrupted run leaves neither
-half-written results nor new, empty folders behind.
+half-written results nor new, empty folders behind. SIGINT and SIGTERM are held back while
+those folders and files are made, moved or removed, and delivered right after, so an interrupt
+cannot leave a stray temporary or half a set of files; runs writing the same destination take
+turns moving their files in, so it ends with the whole set of one run, never a mix.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -21,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from oamip.errors import InvalidInputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, concurrent runs are not kept apart
+    fcntl = None
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run: held back while output files are moved or cleaned up."""
 
 
 def check_output_folder(path: str | os.PathLike, option: str = "output folder") -> Path:
@@ -55,16 +68,71 @@ def nearest_existing(path: Path) -> Path:
 def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging folder; on success its files replace those of the same name in
     ``out_dir`` (created with its parents), on any error or interrupt the staging folder is
-    removed and ``out_dir`` and its parents are neither created nor touched."""
+    removed and ``out_dir`` and its parents are neither created nor touched.
+
+    The files are moved in as one set: under a lock on ``out_dir`` (a second run writing it
+    waits for the first to finish moving) and with SIGINT and SIGTERM held back until the
+    last file is in place, so ``out_dir`` never ends with files from two runs."""
     out = check_output_folder(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=nearest_existing(out)))
+    staging = None
     try:
+        with signals_held():
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=nearest_existing(out)))
         yield staging
-        out.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, out / item.name)
+        with signals_held():
+            _move_all(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with signals_held():
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_all(staging: Path, out: Path) -> None:
+    """Move every entry of ``staging`` into ``out`` (created with its parents) under its lock."""
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out / item.name)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder``, waiting while another process holds it;
+    the lock goes with the process, so a killed run never leaves it held."""
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs, then deliver them to the handlers in
+    place: the block (a few file-system calls) is never cut in half by an interrupt.
+
+    Works in the main thread, where Python runs signal handlers; elsewhere it changes nothing
+    (an interrupt is raised only in the main thread). A signal whose handler Python did not
+    install is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in HELD_SIGNALS}
+    held = [s for s, handler in previous.items() if handler is not None]
+    caught: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for signum in held:
+            signal.signal(signum, previous[signum])
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 @contextmanager
@@ -74,15 +142,24 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     any error or interrupt it is removed and ``target`` is left as it was. So a reader never
     sees a half-written file. The folder must exist."""
     target = Path(target)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
+    tmp = None
     try:
+        with signals_held():
+            tmp = _temporary_file(target)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        with signals_held():
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def _temporary_file(target: Path) -> Path:
+    """A new, empty, hidden file beside ``target``."""
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def _umask() -> int:

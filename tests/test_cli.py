@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import torch
 
 from oamip import backends, cli
 from oamip.cli import bench as bench_command
+from oamip.cli import commands
 from oamip.cli import export as export_command
 from oamip.cli import prune as prune_command
 from oamip.cli import spr as spr_command
@@ -199,7 +202,29 @@ def test_an_interrupted_run_leaves_no_new_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(spr_pipeline, "train", interrupted)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["spr", "--out", "newparent/s-int"]) == cli.INTERRUPTED
-    assert "nothing was written" in capsys.readouterr().err
+    assert capsys.readouterr().err == "oamip: error: interrupted; no partial output was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_run_with_its_status_and_the_handlers_are_restored(
+    signum, tmp_path, monkeypatch, capsys
+):
+    """In a program that calls ``cli.main``: SIGTERM stops the run like SIGINT (status 143 or
+    130, one line), and the program's own handlers are back afterwards."""
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(spr_pipeline, "train", signalled)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert cli.main(["spr", "--out", str(tmp_path / "newparent" / "out")]) == 128 + signum
+    name = signal.Signals(signum).name
+    assert capsys.readouterr().err == (
+        f"oamip: error: interrupted by {name}; no partial output was written\n"
+    )
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
     assert list(tmp_path.iterdir()) == []
 
 
@@ -211,7 +236,7 @@ def test_no_command_is_a_usage_error(capsys):
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args([name, "--help"])
+        commands.build_parser().parse_args([name, "--help"])
     assert "usage: oamip " + name in capsys.readouterr().out
 
 

@@ -4,6 +4,9 @@ on failure."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,13 @@ from torch import nn
 
 import oamip
 from oamip.errors import InvalidInputError
-from oamip.files import atomic_path, check_output_folder, staged_output
+from oamip.files import (
+    atomic_path,
+    check_output_folder,
+    folder_lock,
+    signals_held,
+    staged_output,
+)
 
 
 def _tree(folder: Path) -> list[str]:
@@ -108,3 +117,70 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.fixture
+def recorded_sigterm():
+    """SIGTERM handled by a recorder for the test (a real signal, sent to this process)."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_signals_held_delivers_a_signal_after_the_block(recorded_sigterm):
+    with signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert recorded_sigterm == []
+    assert recorded_sigterm == [signal.SIGTERM]
+
+
+def test_signals_held_turns_ctrl_c_into_an_interrupt_after_the_block():
+    steps = []
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        steps.append("block finished")
+    assert steps == ["block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_while_files_move_in_is_delivered_after_the_whole_set(
+    tmp_path, recorded_sigterm, monkeypatch
+):
+    real_replace = os.replace
+    seen_at_each_move = []
+
+    def replace(source, target):
+        real_replace(source, target)
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen_at_each_move.append(list(recorded_sigterm))
+
+    out = tmp_path / "out"
+    with staged_output(out) as folder:
+        for name in ("a", "b", "c"):
+            (folder / name).write_text(name)
+        monkeypatch.setattr(os, "replace", replace)
+    assert seen_at_each_move == [[], [], []]
+    assert recorded_sigterm == [signal.SIGTERM]
+    assert _tree(tmp_path) == ["out", "out/a", "out/b", "out/c"]
+
+
+def test_folder_lock_makes_a_second_holder_wait(tmp_path):
+    events = []
+    held = threading.Event()
+
+    def first_holder():
+        with folder_lock(tmp_path):
+            held.set()
+            time.sleep(0.3)
+            events.append("first releases")
+
+    thread = threading.Thread(target=first_holder)
+    thread.start()
+    held.wait()
+    with folder_lock(tmp_path):
+        events.append("second holds")
+    thread.join()
+    assert events == ["first releases", "second holds"]

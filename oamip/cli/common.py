@@ -8,7 +8,6 @@ reaches the user as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -22,9 +21,6 @@ from oamip.pipelines.prune import read_model
 from oamip.training.data import DATA_SPECS, Dataset, load_data
 from oamip.training.models import ARCHITECTURES
 
-USAGE_ERROR = 2
-INTERRUPTED = 130
-
 
 class UsageError(Exception):
     """A bad command line; reported in one line like an OamipError."""
@@ -35,11 +31,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def fail(message: str) -> None:
-    """Report ``message`` as one line on stderr."""
-    print(f"oamip: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def say(text: str) -> None:

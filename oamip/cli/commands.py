@@ -1,0 +1,44 @@
+"""The ``oamip`` parser and its dispatch to the subcommands (imports torch and the solvers).
+
+One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``. Every
+error the package raises on purpose, and every bad argument, ends the command with one line on
+stderr and exit status 2; results reach ``--out`` only when the whole run succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from oamip import __version__
+from oamip.cli import USAGE_ERROR, bench, export, fail, prune, spr
+from oamip.cli.common import Parser, UsageError, check_folders
+from oamip.errors import OamipError
+
+COMMANDS = (prune, spr, bench, export)
+"""The subcommand modules, in the order ``oamip --help`` lists them."""
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run its subcommand; returns the status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.handler is None:
+            raise UsageError("choose a command; see oamip --help")
+        check_folders(args)
+        return args.handler(args)
+    except (UsageError, OamipError) as exc:
+        fail(str(exc))
+        return USAGE_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``oamip`` and its subcommands."""
+    parser = Parser(prog="oamip", description="Prune ReLU networks with mathematical programs.")
+    parser.add_argument("--version", action="version", version=f"oamip {__version__}")
+    parser.set_defaults(handler=None)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
