@@ -74,13 +74,15 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     waits for the first to finish moving) and with SIGINT and SIGTERM held back until the
     last file is in place, so ``out_dir`` never ends with files from two runs."""
     out = check_output_folder(out_dir)
-    staging = None
+    staging: Path | None = None
     try:
         with signals_held():
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=nearest_existing(out)))
         yield staging
         with signals_held():
             _move_all(staging, out)
+            staging.rmdir()
+            staging = None
     finally:
         with signals_held():
             if staging is not None:
@@ -113,7 +115,8 @@ def folder_lock(folder: Path) -> Iterator[None]:
 @contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back while the block runs, then deliver them to the handlers in
-    place: the block (a few file-system calls) is never cut in half by an interrupt.
+    place: the block (a few file-system calls, or the wait for another run's) is never cut in
+    half by an interrupt, even one whose default action ends the process.
 
     Works in the main thread, where Python runs signal handlers; elsewhere it changes nothing
     (an interrupt is raised only in the main thread). A signal whose handler Python did not
@@ -142,7 +145,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     any error or interrupt it is removed and ``target`` is left as it was. So a reader never
     sees a half-written file. The folder must exist."""
     target = Path(target)
-    tmp = None
+    tmp: Path | None = None
     try:
         with signals_held():
             tmp = _temporary_file(target)

@@ -250,3 +250,37 @@ def test_the_entry_point_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+LIBRARY_WRITER = """
+import os, signal, sys
+from pathlib import Path
+import oamip.files
+
+real_replace = oamip.files.os.replace
+
+def replace(source, target):
+    real_replace(source, target)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+oamip.files.os.replace = replace
+with oamip.files.staged_output(Path(sys.argv[1])) as folder:
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / name).write_text(name)
+print("SIGTERM was not delivered")
+"""
+
+
+def test_a_default_sigterm_during_the_moves_ends_the_process_after_the_whole_set(tmp_path):
+    """A program that leaves SIGTERM at its default (the process ends) and writes with
+    ``staged_output``: the signal ends it only once every file is in and the staging folder
+    is gone."""
+    script = tmp_path / "writer.py"
+    script.write_text(LIBRARY_WRITER)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(work / "out")], capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
+    assert _names(work) == ["out", "out/a.txt", "out/b.txt", "out/c.txt"]
