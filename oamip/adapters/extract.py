@@ -1,13 +1,16 @@
 """Extract a framework-free :class:`~oamip.network.Network` from a PyTorch module.
 
-The model is never touched: a float64 CPU copy in eval mode is read (GPU models work), BatchNorm
-layers are folded into the Linear or Conv2d they follow, and the module names of the scored
-layers are kept so scores can be written back by name.
+The model is never touched: a float64 CPU copy in eval mode is read (GPU, float16 and bfloat16
+models work), BatchNorm layers are folded into the Linear or Conv2d they follow, and the module
+names of the scored layers are kept so scores can be written back by name. A model in training
+mode is read in eval mode too, with a warning when that changes what its BatchNorm or dropout
+layers compute.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +20,11 @@ from torch import nn
 from oamip.adapters.chain import Step, Unit, chain_units, read_chain
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.network import AffineLayer, Conv, MaxPoolLayer, Network, max_pool_windows
+
+_EVAL_MEANING = {  # what a layer left in training mode computes in eval mode
+    "bn": "BatchNorm '{}' uses its running statistics",
+    "dropout": "dropout '{}' drops nothing",
+}
 
 
 @dataclass
@@ -58,7 +66,9 @@ def reference_copy(model: nn.Module) -> nn.Module:
 
 
 def extract(model: nn.Module, x: np.ndarray) -> Extracted:
-    """Read ``model`` (any device) as a Network, checking weights and the input shape."""
+    """Read ``model`` (any device, any floating dtype) as a Network, checking weights and the
+    input shape; always in eval mode (a ``UserWarning`` says so for a model in training mode
+    whose BatchNorm or dropout layers would compute something else)."""
     ref = reference_copy(model)
     _check_finite(ref)
     steps = read_chain(ref)
@@ -87,7 +97,32 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
         elif step.kind == "flatten":
             shape = (int(np.prod(shape)),)
     _check_output(network)
+    _warn_if_training(model, steps)
     return Extracted(network, units, ref)
+
+
+def _warn_if_training(model: nn.Module, steps: list[Step]) -> None:
+    """Warn that BatchNorm and dropout layers left in training mode are read in eval mode: with
+    their running statistics and no dropout, the function the model computes after
+    ``model.eval()``. A functional dropout follows the mode of the model itself."""
+    modules = dict(model.named_modules())
+    changed = [
+        _EVAL_MEANING[step.kind].format(step.name)
+        for step in steps
+        if step.kind in _EVAL_MEANING and _mode_owner(step, modules, model).training
+    ]
+    if changed:
+        warnings.warn(
+            f"the model is in training mode but is scored in eval mode, as after model.eval() "
+            f"({'; '.join(changed)}); call model.eval() first to silence this warning",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _mode_owner(step: Step, modules: dict[str, nn.Module], model: nn.Module) -> nn.Module:
+    """The module whose ``training`` flag decides what ``step`` computes."""
+    return modules.get(step.name, model) if step.node.op == "call_module" else model
 
 
 def _sample_shape(x) -> tuple[int, ...]:

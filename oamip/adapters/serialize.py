@@ -105,19 +105,74 @@ def load_model(path: str | os.PathLike) -> nn.Sequential:
     """Rebuild a model written by :func:`save_model` (CPU, eval mode).
 
     Only plain data and tensors are unpickled (``weights_only=True``) and layers are built from
-    the supported types by name, so a file can never run code; a malformed file is refused."""
+    the supported types by name, so a file can never run code; a malformed file is refused.
+    The layers are first built on the meta device and their shapes compared with the tensors
+    the file holds, so a file that declares large layers without their weights allocates
+    nothing. Floating-point weights are read as float32 (the layers' dtype)."""
     path = _as_path(path)
     payload = read_payload(path)
     _check_header(payload, path)
-    model = nn.Sequential()
-    for entry in payload["layers"]:
-        _add_layer(model, entry, path)
+    with torch.device("meta"):
+        model = nn.Sequential()
+        for entry in payload["layers"]:
+            _add_layer(model, entry, path)
+    problem = tensor_problem(payload["state_dict"])
+    if problem:
+        raise _weights_unfit(path, problem)
+    _check_fit(model.state_dict(), payload["state_dict"], path)
+    model = model.to_empty(device="cpu")
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, AttributeError) as exc:
         detail = " ".join(str(exc).split())
         raise _malformed(path, f"its weights do not fit its layers: {detail}") from exc
     return model.eval()
+
+
+def tensor_problem(state: dict) -> str | None:
+    """What is wrong with a loaded state dict, or None: keys must be names and values tensors
+    backed by data in the file. Crafted tensors may declare large shapes over a few stored
+    bytes (zero strides, or many tensors over one storage), which a copy would allocate in full.
+    """
+    stored: dict[int, int] = {}
+    needed = 0
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            return f"entry {key!r:.40} is not a named tensor"
+        if value.is_meta:
+            return f"tensor {key!r:.40} holds no values (meta device)"
+        storage = value.untyped_storage()
+        stored[storage.data_ptr()] = storage.nbytes()
+        needed += value.numel() * value.element_size()
+    if needed > sum(stored.values()):
+        return (
+            f"its tensors declare {needed} bytes of values but the file stores only "
+            f"{sum(stored.values())}"
+        )
+    return None
+
+
+def _check_fit(expected: dict, given: dict, path: Path) -> None:
+    """The names, shapes and kinds (floating point or integer) of the layers' tensors match
+    the file's, compared before any layer holds memory."""
+    missing, unexpected = expected.keys() - given.keys(), given.keys() - expected.keys()
+    if missing or unexpected:
+        what = f"missing {sorted(missing)}" if missing else f"unexpected {sorted(unexpected)}"
+        raise _weights_unfit(path, f"{what:.200}")
+    for key, tensor in expected.items():
+        value = given[key]
+        if value.shape != tensor.shape:
+            raise _weights_unfit(
+                path,
+                f"the layers declare {key} of shape {tuple(tensor.shape)}, the file holds "
+                f"{tuple(value.shape)}",
+            )
+        if value.is_floating_point() != tensor.is_floating_point():
+            raise _weights_unfit(path, f"{key} holds {value.dtype} values, not {tensor.dtype}")
+
+
+def _weights_unfit(path: Path, detail: str) -> InvalidInputError:
+    return _malformed(path, f"its weights do not fit its layers: {detail}")
 
 
 def read_payload(path: Path):

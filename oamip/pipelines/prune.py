@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
 from oamip.adapters.scoring import ScoreResult, score_neurons
-from oamip.adapters.serialize import FORMAT, read_payload
+from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
@@ -483,8 +483,11 @@ def _state_dict(path: Path, payload) -> dict[str, torch.Tensor]:
             f"'{path}' holds no state dict; save models with oamip.save_model or "
             "torch.save(model.state_dict(), path)"
         )
-    if not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise InvalidInputError(f"'{path}' holds a dict that is not a state dict of tensors")
+    problem = tensor_problem(payload)
+    if problem:
+        raise InvalidInputError(
+            f"'{path}' holds a dict that is not a state dict of tensors: {problem}"
+        )
     return payload
 
 

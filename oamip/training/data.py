@@ -8,6 +8,7 @@ with scikit-learn, MNIST-style data comes from the user as IDX files or an ``.np
 from __future__ import annotations
 
 import gzip
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 IDX_UBYTE = 0x08
+IDX_CHUNK = 1 << 20
+MAX_CLASSES = 100_000
+"""Labels are class numbers ``0..K-1`` with ``K <= MAX_CLASSES`` and ``K`` at most the number of
+samples (train and test together): a larger label is a corrupt file, not a class."""
 DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH"
 
 
@@ -161,6 +166,12 @@ def make_dataset(
                 "number of each, and at least one"
             )
     num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes > len(y_train) + len(y_test):
+        raise InvalidInputError(
+            f"the largest label is {num_classes - 1}, so there would be {num_classes} classes "
+            f"for only {len(y_train) + len(y_test)} samples; labels must number the classes "
+            "0..K-1 with K at most the number of samples"
+        )
     return Dataset(x_train, y_train, x_test, y_test, name, num_classes)
 
 
@@ -215,25 +226,49 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def _read_idx(file: Path) -> np.ndarray:
-    raw = file.read_bytes()
+    """An IDX array, its header checked against the file's length before the data is read."""
+    with file.open("rb") as head:
+        gzipped = head.read(2) == b"\x1f\x8b"
     try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with gzip.open(file) if gzipped else file.open("rb") as stream:
+            shape = _idx_header(stream, file)
+            size = math.prod(shape)
+            data = _read_at_most(stream, size + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InvalidInputError(f"'{file}' is a damaged gzip file ({exc}); fetch it again") from exc
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != IDX_UBYTE:
+        what = "is a damaged gzip file" if gzipped else "cannot be read"
+        raise InvalidInputError(f"'{file}' {what} ({exc}); fetch it again") from exc
+    if len(data) != size:
+        raise InvalidInputError(
+            f"'{file}' announces shape {shape} in its header ({size} data bytes) but holds "
+            f"{'more' if len(data) > size else len(data)} data bytes; the file is truncated or "
+            "corrupt, fetch it again"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _idx_header(stream, file: Path) -> tuple[int, ...]:
+    """The shape an IDX header announces (one unsigned 32-bit size per dimension)."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] != IDX_UBYTE or magic[3] == 0:
         raise InvalidInputError(
             f"'{file}' is not an unsigned-byte IDX file (bad header); fetch it again"
         )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
-    if len(raw) != header + int(np.prod(shape)):
-        raise InvalidInputError(
-            f"'{file}' holds {len(raw) - header} data bytes but its header announces shape "
-            f"{shape}; the file is truncated or corrupt, fetch it again"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    dims = stream.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
+        raise InvalidInputError(f"'{file}' ends inside its IDX header; fetch it again")
+    return tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4))
+
+
+def _read_at_most(stream, limit: int) -> bytes:
+    """Up to ``limit`` bytes, read in chunks so that memory follows what the file holds."""
+    parts, total = [], 0
+    while total < limit:
+        part = stream.read(min(IDX_CHUNK, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def _inputs(x: np.ndarray, key: str) -> np.ndarray:
@@ -256,9 +291,25 @@ def _inputs(x: np.ndarray, key: str) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, key: str) -> np.ndarray:
+    """Labels as int64, refused unless whole numbers in ``0..MAX_CLASSES-1`` (checked before
+    any conversion, so inf, NaN or 1e20 never become a huge class count)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise InvalidInputError(f"{key} has shape {y.shape}; labels must be one class per sample")
-    if y.dtype.kind not in "iuf" or (y.size and (y.min() < 0 or not np.all(y == np.round(y)))):
+    if y.dtype.kind not in "iuf":
         raise InvalidInputError(f"{key} must hold class numbers 0, 1, 2, ...; got {y.dtype} values")
+    bad = _bad_labels(y)
+    if bad.any():
+        raise InvalidInputError(
+            f"{key} holds the label {y[bad][0].item()}; labels must be whole numbers "
+            f"0..K-1 (class numbers, K at most {MAX_CLASSES})"
+        )
     return y.astype(np.int64)
+
+
+def _bad_labels(y: np.ndarray) -> np.ndarray:
+    """Which labels are not whole numbers in ``0..MAX_CLASSES-1`` (NaN and inf included)."""
+    in_range = (y >= 0) & (y < MAX_CLASSES)
+    if y.dtype.kind == "f":
+        in_range &= np.floor(y) == y
+    return ~in_range
