@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 
@@ -345,3 +346,12 @@ def test_describe_arch_names_the_papers_architectures(digits):
     custom = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 10))
     assert describe_arch(custom) == "custom"
     assert count_params(custom) == (2 * 9 + 2) + (72 * 10 + 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_pruned_and_left_as_it_was(trained, digits, dtype):
+    half = copy.deepcopy(trained).to(dtype)
+    report = oamip.prune(half, digits, time_limit=2.0, finetune_epochs=0, threads=1)
+    assert next(half.parameters()).dtype == dtype
+    assert report.accuracy_before > 0.8
+    assert next(report.model.parameters()).dtype == torch.float32

@@ -286,7 +286,9 @@ def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> N
             f"{name} must be a torch.nn.Module (or None to train one), got "
             f"{type(model).__name__}; load a saved model with oamip.load_model(path)"
         )
-    sample = torch.as_tensor(dataset.x_train[:1], device=model_device(model))
+    sample = torch.as_tensor(
+        dataset.x_train[:1], device=model_device(model), dtype=_float_dtype(model)
+    )
     try:
         with torch.no_grad(), eval_mode(model):
             logits = model(sample)
@@ -300,6 +302,12 @@ def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> N
             f"{name} gives outputs of shape {tuple(logits.shape[1:])} but "
             f"'{dataset.name}' has {dataset.num_classes} classes"
         )
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 if it has none)."""
+    dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return dtypes[0] if dtypes else torch.float32
 
 
 def checked_seed(seed: int) -> int:
@@ -338,7 +346,8 @@ def _dense_model(
 ) -> tuple[nn.Module, float | None]:
     """A copy of ``model`` on the device, or a fresh ``settings.arch`` trained on ``dataset``."""
     if model is not None:
-        return copy.deepcopy(model).to(resolve_device(settings.device)).eval(), None
+        dense = copy.deepcopy(model).to(resolve_device(settings.device))
+        return (dense.float() if _float_dtype(dense) != torch.float32 else dense).eval(), None
     start = time.perf_counter()
     dense = build(settings.arch, dataset, DEFAULT_HIDDEN, seed=settings.seed)
     train(
