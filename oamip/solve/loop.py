@@ -80,10 +80,10 @@ def solve_certified(
     """Solve ``im`` from ``start`` within ``time_limit`` seconds and certify the answer against
     the start and the objectives ``known`` of other feasible points (at the current lam).
 
-    When the certificate refuses the solver's claim of an optimum, or the solver's logits do
-    not match the exact forward pass of its scores, the model is solved once more, carefully
-    (``SolveOptions.careful``: no presolve, tolerances 1e-9), within what is left of the time
-    limit; the better certified answer is returned.
+    A doubtful answer (the certificate refuses the solver's claim of an optimum, the solver
+    gave up, or its logits do not match the exact forward pass of its scores) is solved again
+    carefully (``SolveOptions.careful``: no presolve, tolerances 1e-9), then carefully without
+    the start, while the time limit allows; the best certified answer is returned.
     """
     started = time.perf_counter()
     deadline = None if time_limit is None else started + time_limit
@@ -95,7 +95,7 @@ def solve_certified(
         rounds += more
         seen = known if solution is None else (*known, solution.objective)
         found = certify(im, result, start, seen, options.mip_gap)
-        solution = found if solution is None else _better(solution, found, attempt, warm)
+        solution = found if solution is None else _better(solution, found, warm)
     solution.seconds = time.perf_counter() - started
     solution.rounds = rounds
     im.assign(solution.scores)
@@ -105,7 +105,8 @@ def solve_certified(
 def _attempts(options: SolveOptions) -> list[tuple[SolveOptions, bool]]:
     """The solve as asked, then carefully from the start, then carefully from scratch."""
     careful = replace(options, careful=True)
-    return [(options, True), (careful, True), (careful, False)]
+    first = [] if options.careful else [(options, True)]
+    return [*first, (careful, True), (careful, False)]
 
 
 def _doubtful(solution: Solution) -> bool:
@@ -116,7 +117,7 @@ def _doubtful(solution: Solution) -> bool:
     return refused or gave_up or not solution.logits_agree
 
 
-def _better(first: Solution, retry: Solution, options: SolveOptions, warm: bool) -> Solution:
+def _better(first: Solution, retry: Solution, warm: bool) -> Solution:
     """After a doubtful solve: the retry if proven or not worse, else the earlier answer with
     the retry's bound (the doubtful solve's numbers are not trusted); the note says so."""
     how = "carefully" + ("" if warm else " without the start")
