@@ -15,10 +15,18 @@ import numpy as np
 import pyomo.environ as pyo
 
 from oamip import backends, checks
+from oamip.adapters.decompose import (
+    check_decomposition,
+    combined_scores,
+    decomposed_pieces,
+    overall_status,
+)
 from oamip.adapters.extract import extract
 from oamip.adapters.masks import scored_logits
-from oamip.errors import InvalidInputError, VerificationError
-from oamip.formulations import ImportanceModel, build_importance_model
+from oamip.bounds import interval_bounds
+from oamip.errors import InvalidInputError, OamipError, VerificationError
+from oamip.formulations import ImportanceModel, build_importance_model, sparsity_term
+from oamip.solve.decompose import PieceResult, open_executor, run_pieces
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import SweepPoint, sweep
@@ -47,7 +55,8 @@ class ScoreResult:
     a result not taken from the solver: a kept start or a weight proven by concavity)."""
     cut_rounds: int
     nodes: int | None
-    formulation: ImportanceModel = field(repr=False)
+    formulation: ImportanceModel | None = field(repr=False)
+    """The importance model solved (None for a decomposed solve: each piece built its own)."""
     start_objective: float | None = None
     by_concavity: bool = False
     """True for a ``score_sweep`` weight proven without a solve of its own (see there)."""
@@ -57,11 +66,14 @@ class ScoreResult:
     """Why ``status`` or ``bound`` differ from the solver's claim, if they do."""
     coefficient_range: tuple[float, float] | None = None
     """Smallest and largest absolute nonzero of the constraint matrix solved (numerics)."""
+    subproblems: list[PieceResult] = field(default_factory=list)
+    """With ``decompose``: one record per piece (layer, label, samples, status, objective,
+    bound, seconds, scores, head_accuracy, resumed, error)."""
 
     @property
-    def model(self) -> pyo.ConcreteModel:
-        """The Pyomo model that was solved."""
-        return self.formulation.model
+    def model(self) -> pyo.ConcreteModel | None:
+        """The Pyomo model that was solved (None for a decomposed solve)."""
+        return None if self.formulation is None else self.formulation.model
 
     @property
     def gap(self) -> float | None:
@@ -95,8 +107,17 @@ def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes)
     (:mod:`oamip.solve.warm_start`), with its own primal heuristics off unless
     ``solver_heuristics``. ``time_limit`` covers the whole call. The result is certified
     (:func:`oamip.solve.loop.certify`): "optimal" only when proven.
+
+    With ``decompose`` the MIP is cut into independent pieces (per scored layer with auxiliary
+    heads fit on ``aux_data``, per class, or both; :mod:`oamip.adapters.decompose`), run here,
+    on ``n_jobs`` processes or on a Dask ``executor``, saved to ``checkpoint`` as they finish.
+    Each layer's scores are the mean over its pieces; ``time_limit`` then covers each piece;
+    ``subproblems`` lists the pieces; the status is "optimal" only if every piece is; the
+    objective is the whole network's at the combined scores, with no bound.
     """
     options = _options(options, changes)
+    if options.decompose is not None:
+        return _score_decomposed(model, x, y, options)
     return _score(model, x, y, [options.lam], options)[0]
 
 
@@ -113,6 +134,11 @@ def score_sweep(
     is ignored.
     """
     options = _options(options, changes)
+    if options.decompose is not None:
+        raise InvalidInputError(
+            "score_sweep does not decompose yet: call score_neurons(..., decompose=...) for "
+            "each weight"
+        )
     return _score(model, x, y, _weights(lams), options)
 
 
@@ -137,6 +163,51 @@ def _score(model, x, y, lams: list[float], options: ScoringOptions) -> list[Scor
         add_root_cuts(im, solver, max_rounds=options.root_cuts, time_budget=options.time_limit)
     points = sweep(im, solver, options, lams, started)
     return [_result(p, extracted, im, x, solver.name) for p in points]
+
+
+def _score_decomposed(model, x, y, options: ScoringOptions) -> ScoreResult:
+    """The pieces of ``options.decompose`` solved, their scores combined and checked against
+    PyTorch on the whole batch."""
+    started = time.perf_counter()
+    solver = backends.get(options.backend)
+    x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
+    extracted = extract(model, x)
+    network = extracted.network
+    aux = options.aux_data
+    if aux is not None:
+        aux = (_as_numpy(aux[0], "aux_data's inputs"), _as_numpy(aux[1], "aux_data's labels"))
+    aux = check_decomposition(network, x, y, options, aux)
+    with open_executor(options.executor) as executor:
+        pieces = decomposed_pieces(network, x, y, options, aux)
+        build_seconds = time.perf_counter() - started
+        results = run_pieces(pieces, executor, options.n_jobs, options.checkpoint)
+    failed = [r for r in results if r.error is not None]
+    if len(failed) == len(results):
+        raise OamipError(f"every piece of the decomposition failed; the first: {failed[0].error}")
+    scores = combined_scores(network, results)
+    big_m = interval_bounds(network, network.check_input(x)).big_m
+    by_name = extracted.scores_by_name(scores)
+    exact = network.forward(x, scores, big_m)
+    error = _verify(exact, scored_logits(extracted, x, by_name, big_m))
+    loss = float(np.mean(options.loss_fn.values(exact, y.astype(np.int64))))
+    notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]
+    return ScoreResult(
+        scores=by_name,
+        objective=sparsity_term(network, scores) + options.lam * loss,
+        bound=None,
+        status=overall_status(results),
+        solve_seconds=time.perf_counter() - started - build_seconds,
+        build_seconds=build_seconds,
+        backend=solver.name,
+        min_keep=options.min_keep,
+        big_m=extracted.scores_by_name(big_m),
+        logit_error=error,
+        cut_rounds=0,
+        nodes=None,
+        formulation=None,
+        note="; ".join([f"decomposed ({options.decompose}) into {len(results)} pieces", *notes]),
+        subproblems=results,
+    )
 
 
 def _result(point: SweepPoint, extracted, im: ImportanceModel, x, backend: str) -> ScoreResult:

@@ -9,8 +9,9 @@ one of these objects down to the solve, and their signatures are generated from 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
-from oamip import backends, checks
+from oamip import backends, checks, files
 from oamip.backends import SolveOptions
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError
@@ -20,6 +21,8 @@ DEFAULT_THRESHOLD = 0.1
 """Units whose score is below this are pruned (the authors' setting)."""
 MAX_THREADS = 1024
 """Most CPU threads accepted; far more than any machine has, far less than overflows torch."""
+DECOMPOSITIONS = ("layer", "class")
+"""The ways to cut the MIP into independent pieces (README, "Decomposition"); combinable."""
 
 
 @dataclass
@@ -36,6 +39,23 @@ class ScoringOptions(ImportanceSettings):
     root_cuts: int = checks.option(0, "rounds of ideal ReLU cuts at the root before branching")
     solver_heuristics: bool = checks.option(
         False, "let the solver run its own primal heuristics (they mostly repeat the warm start)"
+    )
+    decompose: str | None = checks.option(
+        None,
+        "None: one MIP of the whole network; 'layer', 'class' or 'layer,class': independent "
+        "pieces, one per scored layer (with an auxiliary head) and/or per class",
+    )
+    aux_data: Any = checks.option(
+        None, "(x, y) training data for the auxiliary heads of decompose='layer' (never test data)"
+    )
+    executor: Any = checks.option(
+        None,
+        "where pieces run: None (here, or n_jobs local processes), a dask distributed.Client "
+        "or a scheduler address such as 'tcp://host:8786'",
+    )
+    n_jobs: int = checks.option(1, "local worker processes for the pieces (with executor None)")
+    checkpoint: Any = checks.option(
+        None, "folder where each finished piece is saved at once; a rerun solves only the rest"
     )
 
     def validate(self) -> None:
@@ -57,6 +77,50 @@ class ScoringOptions(ImportanceSettings):
         self.root_cuts = checks.whole("root_cuts", self.root_cuts, 0)
         for name in ("verbose", "solver_heuristics"):
             checks.flag(name, getattr(self, name))
+        self._validate_decomposition()
+
+    def _validate_decomposition(self) -> None:
+        """The decomposition options: a known decomposition, and the others only with one."""
+        self.n_jobs = checks.whole("n_jobs", self.n_jobs, 1, MAX_THREADS)
+        if self.decompose is None:
+            given = [
+                name
+                for name, value in (
+                    ("aux_data", self.aux_data),
+                    ("executor", self.executor),
+                    ("checkpoint", self.checkpoint),
+                )
+                if value is not None
+            ] + (["n_jobs"] if self.n_jobs > 1 else [])
+            if given:
+                raise InvalidInputError(
+                    f"{', '.join(given)} only apply to a decomposed solve: set decompose to "
+                    f"one of {', '.join(DECOMPOSITIONS)} or 'layer,class'"
+                )
+            return
+        self.decompose = decomposition(self.decompose)
+        if self.aux_data is not None and (
+            isinstance(self.aux_data, str | bytes) or len(self.aux_data) != 2
+        ):
+            raise InvalidInputError("aux_data must be a pair (x, y) of training inputs and labels")
+        if not (
+            self.executor is None
+            or isinstance(self.executor, str)
+            or callable(getattr(self.executor, "submit", None))
+        ):
+            raise InvalidInputError(
+                "executor must be None, a dask distributed.Client or a scheduler address "
+                f"such as 'tcp://host:8786', got {type(self.executor).__name__}"
+            )
+        if self.checkpoint is not None:
+            self.checkpoint = str(files.check_output_folder(self.checkpoint, "checkpoint folder"))
+
+    def solo(self) -> ScoringOptions:
+        """These options for one piece of a decomposition: no decomposition, no executor."""
+        solo = self.scoring()
+        solo.decompose = solo.aux_data = solo.executor = solo.checkpoint = None
+        solo.n_jobs = 1
+        return solo
 
     def scoring(self) -> ScoringOptions:
         """Just the scoring options (a subclass's object narrowed to this class)."""
@@ -70,3 +134,16 @@ class ScoringOptions(ImportanceSettings):
             verbose=self.verbose,
             heuristics=self.solver_heuristics,
         )
+
+
+def decomposition(value) -> str:
+    """``value`` ('layer', 'class', 'layer,class', in any order and spacing) in its canonical
+    form, or a clear error."""
+    parts = value.split(",") if isinstance(value, str) else [value]
+    names = {part.strip() if isinstance(part, str) else part for part in parts}
+    unknown = [name for name in names if name not in DECOMPOSITIONS]
+    if unknown or not names:
+        raise InvalidInputError(
+            f"unknown decompose {value!r}; use None, 'layer', 'class' or 'layer,class'"
+        )
+    return ",".join(name for name in DECOMPOSITIONS if name in names)

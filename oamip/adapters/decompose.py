@@ -1,0 +1,142 @@
+"""Cutting a network's importance MIP into pieces: per scored layer, per class, or both.
+
+Per layer, the network is cut after every scored layer and the pooling right after it (a
+*block*). Each block's inputs on the batch come from the dense network (float64); each block but
+the last hands its outputs to an auxiliary head fit on ``aux_data`` (:mod:`oamip.solve.heads`),
+the last keeps the network's own remaining layers. Per class, each class's samples form their
+own batch. The pieces are solved by :mod:`oamip.solve.decompose`; a layer's scores are the
+mean of its pieces' scores (over classes). On a network with one scored layer, ``"layer"`` is
+the whole-network MIP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from oamip.errors import InvalidInputError
+from oamip.formulations.importance import _check_labels
+from oamip.network import AffineLayer, MaxPoolLayer, Network
+from oamip.solve.decompose import ERROR, Piece, PieceResult
+from oamip.solve.heads import fit_head
+from oamip.solve.options import ScoringOptions
+
+
+@dataclass
+class Block:
+    """Layers ``start..stop - 1`` of a network; ``scored`` is the index of its scored layer
+    (None for a block that is the whole network)."""
+
+    start: int
+    stop: int
+    scored: int | None
+
+
+def blocks(network: Network) -> list[Block]:
+    """The network cut after every scored layer and the pooling that follows it; the last block
+    runs to the logits."""
+    layers, found, start = network.layers, [], 0
+    for s in network.scored:
+        stop = s + 1
+        while stop < len(layers) and _is_pooling(layers[stop]):
+            stop += 1
+        found.append(Block(start, stop, s))
+        start = stop
+    found[-1].stop = len(layers)
+    return found
+
+
+def _is_pooling(layer) -> bool:
+    return isinstance(layer, MaxPoolLayer) or (
+        isinstance(layer, AffineLayer) and layer.kind == "avgpool"
+    )
+
+
+def check_decomposition(
+    network: Network, x: np.ndarray, y: np.ndarray, options: ScoringOptions, aux
+):
+    """Checks made before any work: the batch, and ``aux`` (``aux_data`` as numpy arrays)
+    where heads are needed. Returns ``aux`` checked (None when no head is needed)."""
+    x = network.check_input(x)
+    _check_labels(y, len(x), network.num_classes)
+    if not network.scored:
+        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+    if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
+        return None
+    if aux is None:
+        raise InvalidInputError(
+            "decompose='layer' on a network with several scored layers fits an auxiliary head "
+            "per layer: give aux_data=(x, y), training inputs and labels (never the test set)"
+        )
+    aux_x, aux_y = aux
+    if aux_x.ndim < 1 or len(aux_x) == 0:
+        raise InvalidInputError("aux_data is empty: give training inputs and labels")
+    try:
+        aux_x = network.check_input(aux_x)
+        aux_y = _check_labels(aux_y, len(aux_x), network.num_classes)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"aux_data: {exc}") from None
+    return aux_x, aux_y
+
+
+def decomposed_pieces(
+    network: Network, x: np.ndarray, y: np.ndarray, options: ScoringOptions, aux
+) -> list[Piece]:
+    """The pieces of ``options.decompose`` (checked by :func:`check_decomposition`, whose
+    ``aux`` it takes), in order of block, then class."""
+    kinds = options.decompose.split(",")
+    x = network.check_input(x)
+    y = _check_labels(y, len(x), network.num_classes)
+    solo = options.solo()
+    cut = blocks(network) if "layer" in kinds else [Block(0, len(network.layers), None)]
+    trace = network.trace(x)
+    aux_trace = network.trace(aux[0]) if aux is not None else None
+    labels = np.unique(y).tolist() if "class" in kinds else [None]
+    pieces = []
+    for j, block in enumerate(cut):
+        sub, accuracy = _sub_network(network, block, j == len(cut) - 1, aux_trace, aux)
+        inputs = x if block.start == 0 else trace[block.start - 1].out
+        inputs = inputs.reshape(len(x), *sub.input_shape)
+        name = None if block.scored is None else network.layers[block.scored].name
+        for label in labels:
+            pick = np.ones(len(y), dtype=bool) if label is None else y == label
+            pieces.append(Piece(sub, inputs[pick], y[pick], solo, name, label, accuracy))
+    return pieces
+
+
+def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):
+    """The block's layers, then the network's own (last block) or a head fit on ``aux``."""
+    layers = network.layers[block.start : block.stop]
+    input_shape = tuple(layers[0].in_shape)
+    if last:
+        return Network(input_shape, list(layers)), None
+    end = network.layers[block.stop - 1]
+    head = fit_head(
+        aux_trace[block.stop - 1].out,
+        aux[1],
+        network.num_classes,
+        tuple(end.out_shape),
+        network.layers[block.scored].name,
+    )
+    return Network(input_shape, [*layers, *head.layers]), head.accuracy
+
+
+def combined_scores(network: Network, results: list[PieceResult]) -> dict[int, np.ndarray]:
+    """Each scored layer's scores: the mean over the pieces that scored it; every unit kept
+    (score 1) in a layer whose pieces all failed."""
+    combined = {}
+    for i in network.scored:
+        layer = network.layers[i]
+        found = [r.scores[layer.name] for r in results if layer.name in r.scores]
+        combined[i] = np.mean(found, axis=0) if found else np.ones(layer.n_units)
+    return combined
+
+
+def overall_status(results: list[PieceResult]) -> str:
+    """ "optimal" when every piece is proven optimal, "error" when one failed, else
+    "feasible"."""
+    statuses = {r.status for r in results}
+    if statuses == {"optimal"}:
+        return "optimal"
+    return ERROR if ERROR in statuses else "feasible"

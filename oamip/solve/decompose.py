@@ -1,0 +1,328 @@
+"""Independent pieces of the importance MIP, solved here, in local processes or on Dask.
+
+A :class:`Piece` is plain data: a sub-network (:class:`oamip.network.Network`, numpy arrays), its
+batch and the scoring options. Each worker builds and solves its own Pyomo model from it
+(:func:`solve_piece`), so pieces travel as numpy data, never as Pyomo or torch objects, and the
+result is the same whatever runs it. :func:`run_pieces` runs a list of pieces one after the
+other, on ``n_jobs`` local processes, or on a Dask cluster; with a checkpoint folder every
+finished piece is saved at once (atomically, named by a hash of everything it depends on) and a
+rerun loads it instead of solving it again. A piece that raises is tried once more, then
+reported with its error; the others are kept. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from oamip import __version__, backends
+from oamip.errors import InvalidInputError
+from oamip.files import atomic_path
+from oamip.formulations import build_importance_model
+from oamip.network import AffineLayer, Network
+from oamip.solve.options import ScoringOptions
+from oamip.solve.root_cuts import add_root_cuts
+from oamip.solve.sweep import sweep
+
+CONNECT_SECONDS = 5
+"""How long connecting to a Dask scheduler given by its address may take."""
+DASK_HINT = "pip install 'oamip[dask]'"
+ERROR = "error"
+"""Status of a piece that raised twice: it has an ``error`` and no scores."""
+_UNHASHED = ("verbose",)
+"""Options that do not change a piece's answer, left out of its hash."""
+
+
+@dataclass
+class Piece:
+    """One sub-problem: the importance MIP of ``network`` on the batch ``(x, y)``.
+
+    ``layer`` names the one scored layer of a per-layer piece (None: every scored layer of
+    ``network``), ``label`` the class of a per-class piece (None: every class in ``y``).
+    ``head_accuracy`` is the accuracy of a trained auxiliary head on its training data (None
+    where the network's own layers follow the block)."""
+
+    network: Network
+    x: np.ndarray
+    y: np.ndarray
+    options: ScoringOptions
+    layer: str | None = None
+    label: int | None = None
+    head_accuracy: float | None = None
+
+    @cached_property
+    def key(self) -> str:
+        """A hash of the package version, the sub-network, the batch, the identifiers and the
+        options."""
+        digest = hashlib.sha256()
+        for part in _content(self):
+            if isinstance(part, np.ndarray):
+                digest.update(f"{part.dtype}{part.shape}".encode())
+                digest.update(np.ascontiguousarray(part).tobytes())
+            else:
+                digest.update(repr(part).encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+    @property
+    def scored_names(self) -> list[str]:
+        return [self.network.layers[i].name for i in self.network.scored]
+
+
+@dataclass
+class PieceResult:
+    """What one piece gave: its scores by layer name and how its solve went (``scores`` empty
+    and ``error`` set if it raised twice)."""
+
+    key: str
+    layer: str | None
+    label: int | None
+    samples: int
+    status: str
+    objective: float | None
+    bound: float | None
+    seconds: float
+    scores: dict[str, np.ndarray]
+    head_accuracy: float | None = None
+    resumed: bool = False
+    """True when read from the checkpoint folder instead of solved."""
+    error: str | None = None
+    note: str = ""
+
+
+def _content(piece: Piece) -> Iterator:
+    yield from (__version__, piece.network.input_shape)
+    for layer in piece.network.layers:
+        if isinstance(layer, AffineLayer):
+            yield from (layer.name, layer.kind, layer.in_shape, layer.out_shape, layer.relu)
+            yield from (layer.weight, layer.bias, layer.geometry)
+        else:
+            yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)
+    yield from (np.asarray(piece.x, dtype=float), np.asarray(piece.y, dtype=np.int64))
+    yield from (piece.layer, piece.label, piece.head_accuracy)
+    for f in fields(piece.options):
+        if f.name not in _UNHASHED:
+            value = getattr(piece.options, f.name)
+            yield f.name, getattr(value, "name", value) if f.name == "backend" else value
+
+
+def solve_piece(piece: Piece) -> PieceResult:
+    """Build the piece's importance model and solve it as ``score_neurons`` does (warm start,
+    certified solve); ``time_limit`` covers this piece."""
+    started = time.perf_counter()
+    options = piece.options
+    solver = backends.get(options.backend)
+    im = build_importance_model(piece.network, piece.x, piece.y, options)
+    if options.root_cuts:
+        add_root_cuts(im, solver, max_rounds=options.root_cuts, time_budget=options.time_limit)
+    point = sweep(im, solver, options, [options.lam], started)[0]
+    names = dict(zip(piece.network.scored, piece.scored_names))
+    return PieceResult(
+        key=piece.key,
+        layer=piece.layer,
+        label=piece.label,
+        samples=len(piece.y),
+        status=point.status,
+        objective=point.objective,
+        bound=point.bound,
+        seconds=time.perf_counter() - started,
+        scores={names[i]: np.asarray(s, dtype=float) for i, s in point.scores.items()},
+        head_accuracy=piece.head_accuracy,
+        note=point.solution.note if point.solution else "",
+    )
+
+
+@contextmanager
+def open_executor(executor) -> Iterator:
+    """``executor`` ready to take pieces: a Dask client as given, or one connected to the
+    scheduler address given (closed on exit), or None. An unreachable scheduler is a clear
+    error within ``CONNECT_SECONDS``."""
+    if not isinstance(executor, str):
+        yield executor
+        return
+    distributed = _dask()
+    try:
+        client = distributed.Client(executor, timeout=CONNECT_SECONDS)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InvalidInputError(
+            f"cannot reach the Dask scheduler at '{executor}' within {CONNECT_SECONDS} s "
+            f"({exc}); start one (dask scheduler) or give its address, e.g. tcp://host:8786"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run_pieces(
+    pieces: Sequence[Piece],
+    executor=None,
+    n_jobs: int = 1,
+    checkpoint: str | Path | None = None,
+    on_done: Callable[[PieceResult], None] | None = None,
+) -> list[PieceResult]:
+    """Solve every piece (results in the order of ``pieces``): here, on ``n_jobs`` local
+    processes (spawned), or on ``executor`` (a Dask client or scheduler address). With
+    ``checkpoint`` (a folder), pieces saved there are loaded (``resumed``) and each piece
+    solved is saved as soon as it is done. ``on_done`` is called with each finished piece."""
+    with open_executor(executor) as client:
+        store = _Checkpoint(Path(checkpoint)) if checkpoint is not None else None
+        results: dict[int, PieceResult] = {}
+
+        def finished(index: int, result: PieceResult) -> None:
+            if store is not None and result.error is None and not result.resumed:
+                store.save(result)
+            results[index] = result
+            if on_done is not None:
+                on_done(result)
+
+        todo = []
+        for index, piece in enumerate(pieces):
+            found = store.load(piece) if store is not None else None
+            if found is None:
+                todo.append(index)
+            else:
+                finished(index, found)
+        if client is not None:
+            _run_dask(client, pieces, todo, finished)
+        elif n_jobs > 1 and len(todo) > 1:
+            _run_processes(pieces, todo, min(n_jobs, len(todo)), finished)
+        else:
+            for index in todo:
+                finished(index, _run_here(pieces[index]))
+    return [results[index] for index in range(len(pieces))]
+
+
+def _run_here(piece: Piece) -> PieceResult:
+    """The piece solved in this process, tried twice before its error is reported."""
+    try:
+        return solve_piece(piece)
+    except Exception:  # noqa: BLE001 - any failure of a piece is retried once
+        pass
+    try:
+        return solve_piece(piece)
+    except Exception as exc:  # noqa: BLE001 - then reported with the piece, the others kept
+        return failed(piece, exc)
+
+
+def _run_processes(pieces, todo: list[int], workers: int, finished) -> None:
+    """The pieces on local spawned processes; a piece that raises is submitted once more."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        running = {pool.submit(solve_piece, pieces[i]): (i, 0) for i in todo}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, tries = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    result = failed(pieces[index], exc)
+                except Exception as exc:  # noqa: BLE001 - retried once, then reported
+                    if tries == 0:
+                        running[pool.submit(solve_piece, pieces[index])] = (index, 1)
+                        continue
+                    result = failed(pieces[index], exc)
+                finished(index, result)
+
+
+def _run_dask(client, pieces, todo: list[int], finished) -> None:
+    """The pieces as Dask tasks (each retried once by Dask), collected as they finish."""
+    distributed = _dask()
+    futures = {client.submit(solve_piece, pieces[i], pure=False, retries=1): i for i in todo}
+    for future in distributed.as_completed(list(futures)):
+        index = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - reported with the piece, the others kept
+            result = failed(pieces[index], exc)
+        finished(index, result)
+
+
+def failed(piece: Piece, exc: BaseException) -> PieceResult:
+    """The record of a piece that raised ``exc`` (after its retry)."""
+    return PieceResult(
+        key=piece.key,
+        layer=piece.layer,
+        label=piece.label,
+        samples=len(piece.y),
+        status=ERROR,
+        objective=None,
+        bound=None,
+        seconds=0.0,
+        scores={},
+        head_accuracy=piece.head_accuracy,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _dask():
+    try:
+        import distributed
+    except ImportError:
+        raise InvalidInputError(
+            f"running pieces on Dask needs dask.distributed, which is not installed: {DASK_HINT}"
+        ) from None
+    return distributed
+
+
+class _Checkpoint:
+    """A folder of finished pieces, one JSON file each, named by the piece's hash."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"piece-{key}.json"
+
+    def save(self, result: PieceResult) -> None:
+        record = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "resumed"}
+        record["scores"] = {name: s.tolist() for name, s in result.scores.items()}
+        with atomic_path(self.path(result.key)) as tmp:
+            tmp.write_text(json.dumps(record))
+
+    def load(self, piece: Piece) -> PieceResult | None:
+        """The saved result of ``piece``, or None (with a warning if a file is there but does
+        not belong to this piece, so it is never mixed in)."""
+        path = self.path(piece.key)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            record["scores"] = {k: np.asarray(v, dtype=float) for k, v in record["scores"].items()}
+            result = PieceResult(**record, resumed=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            warnings.warn(
+                f"checkpoint '{path}' is unreadable ({exc}); solving its piece again", stacklevel=3
+            )
+            return None
+        if not _belongs(result, piece):
+            warnings.warn(
+                f"checkpoint '{path}' does not match its piece; solving it again", stacklevel=3
+            )
+            return None
+        return result
+
+
+def _belongs(result: PieceResult, piece: Piece) -> bool:
+    """Whether a saved result has the piece's hash and a score per unit of its scored layers."""
+    layers = {piece.network.layers[i].name: piece.network.layers[i] for i in piece.network.scored}
+    return (
+        result.key == piece.key
+        and result.error is None
+        and set(result.scores) == set(layers)
+        and all(s.shape == (layers[n].n_units,) for n, s in result.scores.items())
+    )
