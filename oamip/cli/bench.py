@@ -20,15 +20,8 @@ from oamip.pipelines.bench import (
     write_results,
 )
 
+NAME = "bench"
 HELP = "benchmark solver backends on importance MIPs"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``oamip bench`` with the command's subparsers."""
-    parser = subparsers.add_parser("bench", help=HELP)
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

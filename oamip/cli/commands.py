@@ -1,14 +1,16 @@
 """The ``oamip`` parser and its dispatch to the subcommands (imports torch and the solvers).
 
-One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``. Every
-error the package raises on purpose, and every bad argument, ends the command with one line on
-stderr and exit status 2; results reach ``--out`` only when the whole run succeeded.
+One module per subcommand, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``, all registered by :func:`add_command`. Every error the package raises on
+purpose, and every bad argument, ends the command with one line on stderr and exit status 2;
+results reach ``--out`` only when the whole run succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from types import ModuleType
 
 from oamip import __version__
 from oamip.cli import USAGE_ERROR, bench, export, fail, prune, spr
@@ -40,5 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(subparsers)
+        add_command(subparsers, command)
     return parser
+
+
+def add_command(subparsers: argparse._SubParsersAction, command: ModuleType) -> None:
+    """Register the subcommand module ``command``: its name, help, options and handler."""
+    parser = subparsers.add_parser(command.NAME, help=command.HELP)
+    command.add_arguments(parser)
+    parser.set_defaults(handler=command.run)

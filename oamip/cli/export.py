@@ -7,17 +7,10 @@ import argparse
 from oamip.cli.common import add_instance_arguments, add_out_argument, one_of, say_written
 from oamip.pipelines.bench import EXPORT_FORMATS, export_instances
 
+NAME = "export"
 HELP = "write an importance MIP instance as MPS or LP"
 DEFAULT_OUT = "oamip-instances"
 DEFAULT_FORMAT = "mps"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``oamip export`` with the command's subparsers."""
-    parser = subparsers.add_parser("export", help=HELP)
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

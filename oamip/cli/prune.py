@@ -19,19 +19,12 @@ from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import summary_table, write_report
 
+NAME = "prune"
 HELP = "score units with the neuron-importance MIP, prune, fine-tune, report"
 DEFAULT_OUT = "oamip-out"
 DEFAULT_THREADS = 1
 """The command runs on one CPU thread unless told otherwise (the library keeps the default)."""
 _DEFAULTS = PruneSettings()
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``oamip prune`` with the command's subparsers."""
-    parser = subparsers.add_parser("prune", help=HELP)
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

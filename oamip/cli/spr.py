@@ -18,15 +18,8 @@ from oamip.pipelines.spr import (
     summary_table,
 )
 
+NAME = "spr"
 HELP = "train with the SPR regulariser, remove zero units, fine-tune"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``oamip spr`` with the command's subparsers."""
-    parser = subparsers.add_parser("spr", help=HELP)
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
