@@ -6,7 +6,14 @@ import argparse
 import shlex
 import sys
 
-from oamip.cli.common import add_instance_arguments, add_out_argument, names, say, say_written
+from oamip.cli.common import (
+    add_instance_arguments,
+    add_out_argument,
+    instance_options,
+    names,
+    say,
+    say_written,
+)
 from oamip.files import staged_output
 from oamip.pipelines.bench import (
     DEFAULT_GAP_POINTS,
@@ -64,11 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the instances, solve them with every backend, write ``--out``, print the table."""
     result = benchmark(
-        args.data,
-        sizes=args.sizes,
-        scores=args.scores,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
+        **instance_options(args),
         backend_names=args.backends,
         time_limit=args.time_limit,
         repeats=args.repeats,

@@ -98,6 +98,18 @@ def add_instance_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def instance_options(args: argparse.Namespace) -> dict:
+    """The values of the options that :func:`add_instance_arguments` adds, as keyword
+    arguments of ``benchmark`` and ``export_instances`` (:mod:`oamip.pipelines.bench`)."""
+    return {
+        "data": args.data,
+        "sizes": args.sizes,
+        "scores": args.scores,
+        "seed": args.seed,
+        "cache_dir": args.cache_dir,
+    }
+
+
 def names(text: str) -> tuple[str, ...]:
     """``a,b,c`` as a tuple of names; at least one."""
     parts = tuple(part.strip() for part in text.split(",") if part.strip())

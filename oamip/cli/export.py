@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import add_instance_arguments, add_out_argument, one_of, say_written
+from oamip.cli.common import (
+    add_instance_arguments,
+    add_out_argument,
+    instance_options,
+    one_of,
+    say_written,
+)
 from oamip.pipelines.bench import EXPORT_FORMATS, export_instances
 
 NAME = "export"
@@ -30,14 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the instances named (default: the benchmark's set), named after the instance."""
     written = export_instances(
-        args.out,
-        names=args.instance,
-        data=args.data,
-        sizes=args.sizes,
-        scores=args.scores,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        fmt=args.format,
+        args.out, names=args.instance, fmt=args.format, **instance_options(args)
     )
     say_written(args.out, written)
     return 0
