@@ -138,11 +138,15 @@ def _mps_rhs(form: StandardForm, kinds: list[str | None]) -> Iterator[str]:
             yield f" RHS r{i} {_num(rhs)}"
 
 
+def _column_bounds(form: StandardForm) -> Iterator[tuple[str, float, float, bool]]:
+    """Each column's name, lower and upper bound, and whether it is integer."""
+    lower, upper, integer = form.col_lower.tolist(), form.col_upper.tolist(), form.integer.tolist()
+    for j, (lo, up, is_integer) in enumerate(zip(lower, upper, integer, strict=True)):
+        yield f"x{j}", lo, up, is_integer
+
+
 def _mps_bounds(form: StandardForm) -> Iterator[str]:
-    for j, (lo, up) in enumerate(
-        zip(form.col_lower.tolist(), form.col_upper.tolist(), strict=True)
-    ):
-        name = f"x{j}"
+    for name, lo, up, integer in _column_bounds(form):
         if lo == up:
             yield f" FX BND {name} {_num(lo)}"
             continue
@@ -152,7 +156,7 @@ def _mps_bounds(form: StandardForm) -> Iterator[str]:
             yield f" LO BND {name} {_num(lo)}"
         if np.isfinite(up):
             yield f" UP BND {name} {_num(up)}"
-        elif form.integer[j] and lo != -np.inf:
+        elif integer and lo != -np.inf:
             yield f" PL BND {name}"
 
 
@@ -233,10 +237,7 @@ def _lp_quadratic_row(row: QuadraticRow) -> str:
 
 
 def _lp_bounds(form: StandardForm) -> Iterator[str]:
-    for j, (lo, up) in enumerate(
-        zip(form.col_lower.tolist(), form.col_upper.tolist(), strict=True)
-    ):
-        name = f"x{j}"
+    for name, lo, up, _ in _column_bounds(form):
         if lo == up:
             yield f" {name} = {_num(lo)}"
         elif lo == -np.inf and up == np.inf:
