@@ -1,10 +1,14 @@
 """The README stands alone: its links stay inside the repository and lead to files that exist,
 and every citation of ``docs/mathematics.md`` (a section ``§N`` or an equation ``(N)``) names a
-section heading or an equation label that the document has."""
+section heading or an equation label that the document has. What it names exists: every dotted
+``oamip.`` name resolves, and the ``oamip prune`` usage block lists the command's flags."""
 
 from __future__ import annotations
 
+import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,8 @@ EQUATION_CITE = re.compile(r"docs/mathematics\.md\s+\((\d+)\)")
 HEADING = re.compile(r"^#{2,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 EQUATION_LABEL = re.compile(r"^ {4}\S.*\s\((\d+)\)\s*$", re.MULTILINE)
 EXTERNAL = ("http://", "https://", "mailto:")
+DOTTED = re.compile(r"\boamip(?:\.[A-Za-z_]\w*)+")
+FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
 def local_targets(text: str) -> list[str]:
@@ -116,3 +122,62 @@ def test_the_checks_catch_bad_links_and_citations(tmp_path):
         "docs/mathematics.md (1), docs/mathematics.md (2); docs/mathematics.md\n§4"
     }
     assert missing_citations(sources, document) == ["m.py: §4.2", "m.py: (2)"]
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` (``oamip.x.y``) names a module, or an attribute of one, that exists."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        module = ".".join(parts[:split])
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as missing:
+            if missing.name is not None and not module.startswith(missing.name):
+                raise  # a module that exists failed to import: not a stale name
+            continue
+        for name in parts[split:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+def stale_names(text: str) -> list[str]:
+    """The dotted ``oamip.`` names in ``text`` that do not resolve."""
+    return sorted(name for name in set(DOTTED.findall(text)) if not resolves(name))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_dotted_name_in_the_docs_exists(page):
+    stale = stale_names(page.read_text(encoding="utf-8"))
+    assert not stale, f"{page.relative_to(ROOT)} names what does not exist (moved?): {stale}"
+
+
+def test_the_name_check_catches_moved_names():
+    text = "`oamip.training.spr.penalty`, oamip.spr.penalty, `oamip.ScoringOptions`, oamip.nowhere"
+    assert stale_names(text) == ["oamip.nowhere", "oamip.spr.penalty"]
+
+
+def prune_usage_flags(readme: str) -> set[str]:
+    """The flags of the ``oamip prune [...]`` usage block in the README."""
+    usage = re.search(r"```\n(oamip prune \[.*?)```", readme, re.S)
+    assert usage, "README.md has no 'oamip prune [...]' usage block"
+    return set(FLAG.findall(usage.group(1)))
+
+
+def test_the_prune_usage_block_lists_every_flag_of_the_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "oamip", "prune", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = set(FLAG.findall(done.stdout)) - {"--help"}
+    documented = prune_usage_flags((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert documented == command, (
+        f"README usage of oamip prune: missing {sorted(command - documented)}, "
+        f"unknown {sorted(documented - command)}"
+    )
