@@ -26,6 +26,8 @@ from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
 INSTALL_HINT = "pip install gurobipy"
 PIP_LICENCE_LIMIT = 2000
 _SIZE_LIMIT_EXCEEDED = 10010
+_SENSE = {"==": "=", "<=": "<", ">=": ">"}
+"""Gurobi's constraint senses (``GRB.EQUAL``, ``GRB.LESS_EQUAL``, ``GRB.GREATER_EQUAL``)."""
 
 
 class GurobiBackend(Backend):
@@ -144,13 +146,8 @@ def _add_quadratic_row(model, x, row: QuadraticRow, n: int) -> None:
     Q = sp.coo_matrix((row.quad_coef, (row.quad_i, row.quad_j)), shape=(n, n)).tocsr()
     c = np.zeros(n)
     np.add.at(c, row.lin_index, row.lin_coef)
-    if row.lower == row.upper:
-        model.addMQConstr(Q, c, "=", row.upper, xQ_L=x, xQ_R=x, xc=x)
-        return
-    if np.isfinite(row.upper):
-        model.addMQConstr(Q, c, "<", row.upper, xQ_L=x, xQ_R=x, xc=x)
-    if np.isfinite(row.lower):
-        model.addMQConstr(Q, c, ">", row.lower, xQ_L=x, xQ_R=x, xc=x)
+    for sense, rhs in row.sides():
+        model.addMQConstr(Q, c, _SENSE[sense], rhs, xQ_L=x, xQ_R=x, xc=x)
 
 
 def _objective_matrix(form: StandardForm) -> sp.csr_matrix | None:

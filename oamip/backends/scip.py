@@ -7,6 +7,7 @@ linear, so a quadratic objective moves into a constraint on an auxiliary variabl
 
 from __future__ import annotations
 
+import operator
 import time
 
 import numpy as np
@@ -22,6 +23,8 @@ from oamip.backends.standard_form import QuadraticRow, StandardForm
 from oamip.errors import InvalidInputError
 
 INSTALL_HINT = "pip install pyscipopt"
+_SIDES = {"==": (operator.eq, ""), "<=": (operator.le, "_up"), ">=": (operator.ge, "_lo")}
+"""A one-sided quadratic row's comparison and the suffix of its constraint's name."""
 
 
 class ScipBackend(Backend):
@@ -165,13 +168,9 @@ def _add_quadratic_row(pyscipopt, model, x: list, row: QuadraticRow, name: str) 
         coef * x[j] for j, coef in zip(row.lin_index.tolist(), row.lin_coef.tolist(), strict=True)
     )
     body = linear + _quadratic_expression(pyscipopt, x, row.quad_i, row.quad_j, row.quad_coef)
-    if row.lower == row.upper:
-        model.addCons(body == row.upper, name=name)
-        return
-    if np.isfinite(row.upper):
-        model.addCons(body <= row.upper, name=f"{name}_up")
-    if np.isfinite(row.lower):
-        model.addCons(body >= row.lower, name=f"{name}_lo")
+    for sense, rhs in row.sides():
+        compare, suffix = _SIDES[sense]
+        model.addCons(compare(body, rhs), name=name + suffix)
 
 
 def _quadratic_objective(pyscipopt, model, x: list, form: StandardForm):

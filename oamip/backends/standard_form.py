@@ -51,6 +51,15 @@ class QuadraticRow:
     lower: float
     upper: float
 
+    def sides(self) -> list[tuple[str, float]]:
+        """The row as one-sided constraints ``(sense, rhs)``, for solvers that take no ranged
+        quadratic row: ``("==", upper)`` when both sides are equal, else ``("<=", upper)`` and
+        then ``(">=", lower)`` for each finite side."""
+        if self.lower == self.upper:
+            return [("==", self.upper)]
+        one_sided = [("<=", self.upper), (">=", self.lower)]
+        return [(sense, rhs) for sense, rhs in one_sided if np.isfinite(rhs)]
+
 
 @dataclass
 class StandardForm:
