@@ -270,10 +270,32 @@ def test_bad_decomposition_options_are_refused_before_any_work(changes, message)
         oamip.score_neurons(model, x, y, **SETTINGS, **changes)
 
 
-def test_score_sweep_does_not_decompose_yet():
+def test_a_decomposed_sweep_gives_each_weight_the_decomposed_solve(tmp_path):
+    model = mlp(9, sizes=(6, 4, 3, 3))
     x, y = _batch(9)
-    with pytest.raises(InvalidInputError, match="score_sweep does not decompose yet"):
-        oamip.score_sweep(mlp(9, sizes=(6, 4, 3)), x, y, [1.0], decompose="class")
+    aux = _batch(11, n=60)
+    lams = [0.2, 3.0]
+    settings = {"scores": "binary", "loss": "hinge", "aux_data": aux}
+    swept = oamip.score_sweep(
+        model, x, y, lams, decompose="layer,class", checkpoint=tmp_path, **settings
+    )
+    assert len(swept) == 2 and len(list(tmp_path.glob("piece-*.json"))) == 12
+    for lam, res in zip(lams, swept):
+        alone = oamip.score_neurons(
+            model, x, y, lam=lam, decompose="layer,class", checkpoint=tmp_path, **settings
+        )
+        assert all(p.resumed for p in alone.subproblems)
+        fresh = oamip.score_neurons(model, x, y, lam=lam, decompose="layer,class", **settings)
+        assert res.status == fresh.status == "optimal"
+        assert res.objective == pytest.approx(fresh.objective, abs=TOL)
+        for a, b in zip(res.subproblems, fresh.subproblems):
+            assert (a.key, a.layer, a.label) == (b.key, b.layer, b.label)
+            assert a.objective == pytest.approx(b.objective, abs=TOL)
+        for name in fresh.scores:
+            np.testing.assert_array_equal(res.scores[name], fresh.scores[name])
+    assert any(
+        not np.array_equal(swept[0].scores[n], swept[1].scores[n]) for n in swept[0].scores
+    )
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path):

@@ -8,7 +8,7 @@ forward pass. The reported objective always uses the exact loss.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,12 +21,12 @@ from oamip.adapters.decompose import (
     decomposed_pieces,
     overall_status,
 )
-from oamip.adapters.extract import extract
+from oamip.adapters.extract import Extracted, extract
 from oamip.adapters.masks import scored_logits
 from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError, OamipError, VerificationError
 from oamip.formulations import ImportanceModel, build_importance_model, sparsity_term
-from oamip.solve.decompose import PieceResult, open_executor, run_pieces
+from oamip.solve.decompose import Piece, PieceResult, open_executor, run_pieces
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import SweepPoint, sweep
@@ -117,7 +117,7 @@ def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes)
     """
     options = _options(options, changes)
     if options.decompose is not None:
-        return _score_decomposed(model, x, y, options)
+        return score_decomposed(model, x, y, options, [options.lam])[0]
     return _score(model, x, y, [options.lam], options)[0]
 
 
@@ -132,13 +132,14 @@ def score_sweep(
     ``time_limit`` applies to each solve, the first one's including building the model. The
     results share one Pyomo model, which holds the last weight solved; ``lam`` in the options
     is ignored.
+
+    With ``decompose`` each result is the decomposed solve of ``score_neurons`` at its weight:
+    the pieces and their heads are cut once, and every (weight, piece) pair is solved as its own
+    piece (no concavity shortcut), all in one run on the executor and checkpoint given.
     """
     options = _options(options, changes)
     if options.decompose is not None:
-        raise InvalidInputError(
-            "score_sweep does not decompose yet: call score_neurons(..., decompose=...) for "
-            "each weight"
-        )
+        return score_decomposed(model, x, y, options, _weights(lams))
     return _score(model, x, y, _weights(lams), options)
 
 
@@ -165,9 +166,22 @@ def _score(model, x, y, lams: list[float], options: ScoringOptions) -> list[Scor
     return [_result(p, extracted, im, x, solver.name) for p in points]
 
 
-def _score_decomposed(model, x, y, options: ScoringOptions) -> ScoreResult:
-    """The pieces of ``options.decompose`` solved, their scores combined and checked against
-    PyTorch on the whole batch."""
+def score_decomposed(
+    model,
+    x,
+    y,
+    options: ScoringOptions,
+    lams: list[float],
+    on_done: Callable[[PieceResult, int], None] | None = None,
+) -> list[ScoreResult]:
+    """The pieces of ``options.decompose`` (checked options) solved for each weight in
+    ``lams``, their scores combined and checked against PyTorch on the whole batch; one result
+    per weight, in that order.
+
+    The pieces (and their auxiliary heads) are cut once; every (weight, piece) pair is then an
+    independent solve, all run together (here, on ``n_jobs`` processes or on the executor), so
+    each result's ``solve_seconds`` is the wall time of that one run. ``on_done`` is called with
+    each finished piece and the number of pieces in all."""
     started = time.perf_counter()
     solver = backends.get(options.backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
@@ -178,36 +192,75 @@ def _score_decomposed(model, x, y, options: ScoringOptions) -> ScoreResult:
         aux = (_as_numpy(aux[0], "aux_data's inputs"), _as_numpy(aux[1], "aux_data's labels"))
     aux = check_decomposition(network, x, y, options, aux)
     with open_executor(options.executor) as executor:
-        pieces = decomposed_pieces(network, x, y, options, aux)
+        cut = decomposed_pieces(network, x, y, options, aux)
+        pieces = [_at_weight(piece, lam) for lam in lams for piece in cut]
         build_seconds = time.perf_counter() - started
-        results = run_pieces(pieces, executor, options.n_jobs, options.checkpoint)
+        report = None if on_done is None else (lambda result: on_done(result, len(pieces)))
+        results = run_pieces(pieces, executor, options.n_jobs, options.checkpoint, report)
+    solve_seconds = time.perf_counter() - started - build_seconds
     failed = [r for r in results if r.error is not None]
     if len(failed) == len(results):
         raise OamipError(f"every piece of the decomposition failed; the first: {failed[0].error}")
-    scores = combined_scores(network, results)
-    big_m = interval_bounds(network, network.check_input(x)).big_m
-    by_name = extracted.scores_by_name(scores)
-    exact = network.forward(x, scores, big_m)
-    error = _verify(exact, scored_logits(extracted, x, by_name, big_m))
-    loss = float(np.mean(options.loss_fn.values(exact, y.astype(np.int64))))
-    notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]
-    return ScoreResult(
-        scores=by_name,
-        objective=sparsity_term(network, scores) + options.lam * loss,
-        bound=None,
-        status=overall_status(results),
-        solve_seconds=time.perf_counter() - started - build_seconds,
-        build_seconds=build_seconds,
-        backend=solver.name,
-        min_keep=options.min_keep,
-        big_m=extracted.scores_by_name(big_m),
-        logit_error=error,
-        cut_rounds=0,
-        nodes=None,
-        formulation=None,
-        note="; ".join([f"decomposed ({options.decompose}) into {len(results)} pieces", *notes]),
-        subproblems=results,
+    combined = _Combined(extracted, x, y, options, solver.name, build_seconds, solve_seconds)
+    return [
+        combined.result(lam, results[k * len(cut) : (k + 1) * len(cut)])
+        for k, lam in enumerate(lams)
+    ]
+
+
+def _at_weight(piece: Piece, lam: float) -> Piece:
+    """``piece`` with loss weight ``lam`` (the same piece when it already has it)."""
+    return (
+        piece
+        if piece.options.lam == lam
+        else replace(piece, options=replace(piece.options, lam=lam))
     )
+
+
+@dataclass
+class _Combined:
+    """What the combined results of a decomposed solve share: the network, the batch and the
+    run's timings."""
+
+    extracted: Extracted
+    x: np.ndarray
+    y: np.ndarray
+    options: ScoringOptions
+    backend: str
+    build_seconds: float
+    solve_seconds: float
+
+    def result(self, lam: float, results: list[PieceResult]) -> ScoreResult:
+        """The pieces' scores for weight ``lam`` combined; the objective is the whole
+        network's at those scores."""
+        network, x = self.extracted.network, self.x
+        scores = combined_scores(network, results)
+        big_m = interval_bounds(network, network.check_input(x)).big_m
+        by_name = self.extracted.scores_by_name(scores)
+        exact = network.forward(x, scores, big_m)
+        error = _verify(exact, scored_logits(self.extracted, x, by_name, big_m))
+        loss = float(np.mean(self.options.loss_fn.values(exact, self.y.astype(np.int64))))
+        failed = [r for r in results if r.error is not None]
+        notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]
+        return ScoreResult(
+            scores=by_name,
+            objective=sparsity_term(network, scores) + lam * loss,
+            bound=None,
+            status=overall_status(results),
+            solve_seconds=self.solve_seconds,
+            build_seconds=self.build_seconds,
+            backend=self.backend,
+            min_keep=self.options.min_keep,
+            big_m=self.extracted.scores_by_name(big_m),
+            logit_error=error,
+            cut_rounds=0,
+            nodes=None,
+            formulation=None,
+            note="; ".join(
+                [f"decomposed ({self.options.decompose}) into {len(results)} pieces", *notes]
+            ),
+            subproblems=results,
+        )
 
 
 def _result(point: SweepPoint, extracted, im: ImportanceModel, x, backend: str) -> ScoreResult:
