@@ -92,7 +92,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="let the solver run its own primal heuristics (default: off, the warm start's "
         "local search does that work)",
     )
+    _add_decomposition_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
+
+
+def _add_decomposition_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--decompose``, where its pieces run (``--workers`` or ``--scheduler``) and
+    ``--checkpoint``."""
+    add = parser.add_argument
+    add(
+        "--decompose",
+        metavar="layer|class|layer,class",
+        help="solve the MIP in independent pieces: per scored layer (auxiliary heads fit on the "
+        "training split), per class, or both; --time-limit is then per piece (default: whole)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local processes solving the pieces (default 1)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="solve the pieces on a Dask cluster, e.g. tcp://host:8786 (pip install 'oamip[dask]')",
+    )
+    add(
+        "--checkpoint",
+        metavar="DIR",
+        help="save each finished piece in DIR; a rerun solves only the pieces missing there",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,6 +160,10 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "solver_heuristics": args.solver_heuristics,
         "mip_gap": args.mip_gap,
         "root_cuts": args.root_cuts,
+        "decompose": args.decompose,
+        "n_jobs": args.workers,
+        "executor": args.scheduler,
+        "checkpoint": args.checkpoint,
         "progress": True,
     }
 

@@ -8,9 +8,10 @@ pruned units physically, and compare with the baselines at the same units remove
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -22,9 +23,10 @@ from tqdm.auto import tqdm
 
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
-from oamip.adapters.scoring import ScoreResult, score_neurons
+from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
+from oamip.solve.decompose import PieceResult, open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
 from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
@@ -51,7 +53,9 @@ class PruneSettings(ScoringOptions):
     CPU threads as well as the solver's."""
 
     time_limit: float | None = checks.option(
-        DEFAULT_TIME_LIMIT, "seconds for the solve, building included (None: no limit)"
+        DEFAULT_TIME_LIMIT,
+        "seconds for the solve, building included, or for each piece with decompose "
+        "(None: no limit)",
     )
     arch: str = checks.option("mlp", "the architecture trained when no model is given")
     samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
@@ -105,6 +109,22 @@ class CurvePoint:
 
 
 @dataclass
+class SubproblemReport:
+    """One piece of a decomposed solve (``label``: its class; None: every layer or class)."""
+
+    layer: str | None
+    label: int | None
+    samples: int
+    status: str
+    objective: float | None
+    bound: float | None
+    seconds: float
+    head_accuracy: float | None
+    resumed: bool
+    error: str | None
+
+
+@dataclass
 class PruneReport:
     """What ``oamip prune`` found; ``to_dict()`` is report.json, ``model`` the pruned network."""
 
@@ -136,6 +156,9 @@ class PruneReport:
     build_seconds: float
     train_seconds: float | None
     total_seconds: float
+    decompose: str | None
+    subproblems: list[SubproblemReport]
+    """One record per piece with ``decompose`` (empty without)."""
     layers: list[LayerReport]
     baselines: list[BaselineReport]
     curve: list[CurvePoint]
@@ -162,6 +185,10 @@ def prune(
 
     The model given is never modified, nor the caller's torch random state; bad settings, data
     or models are refused before any work. The report holds the pruned, smaller model.
+
+    With ``decompose`` the MIP is solved in pieces (``score_neurons``); the auxiliary heads of
+    ``"layer"`` are fit on the training split (unless ``aux_data`` is given), never on the
+    test set, and a Dask scheduler given as ``executor`` is connected to before any work.
     """
     if settings is not None and not isinstance(settings, PruneSettings):
         raise InvalidInputError(
@@ -173,8 +200,8 @@ def prune(
     _check_classes(dataset, settings.samples_per_class)
     if model is not None:
         _check_model(model, dataset)
-    with _torch_threads(settings.threads):
-        return _prune(model, dataset, settings)
+    with _torch_threads(settings.threads), open_executor(settings.executor) as executor:
+        return _prune(model, dataset, replace(settings, executor=executor))
 
 
 def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -> PruneReport:
@@ -183,7 +210,7 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
-    result = _score(dense, batch.x, batch.y, settings)
+    result = _score(dense, batch.x, batch.y, settings, dataset)
     masks = result.masks(settings.threshold)
     masked = apply_masks(dense, masks)
     accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
@@ -220,6 +247,8 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
         build_seconds=result.build_seconds,
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
+        decompose=settings.decompose,
+        subproblems=[_subproblem_report(piece) for piece in result.subproblems],
         layers=_layer_reports(result, masks),
         baselines=_compare(dense, dataset, masks, baseline_scores, settings),
         curve=_curve(dense, dataset, result, baseline_scores),
@@ -362,9 +391,57 @@ def _dense_model(
     return dense, time.perf_counter() - start
 
 
-def _score(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings) -> ScoreResult:
-    with _live_line(f"solving ({settings.backend})", settings.time_limit, settings.progress):
-        return score_neurons(model, x, y, settings.scoring())
+def _score(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings, dataset: Dataset
+) -> ScoreResult:
+    """The MIP solved whole (a live line), or in pieces (a bar and a line per piece)."""
+    options = settings.scoring()
+    if options.decompose is None:
+        with _live_line(f"solving ({settings.backend})", settings.time_limit, settings.progress):
+            return score_neurons(model, x, y, options)
+    if "layer" in options.decompose.split(",") and options.aux_data is None:
+        options.aux_data = (dataset.x_train, dataset.y_train)
+    with _pieces_bar(f"pieces ({settings.backend})", settings.progress) as on_done:
+        return score_decomposed(model, x, y, options, [options.lam], on_done)[0]
+
+
+@contextmanager
+def _pieces_bar(desc: str, enabled: bool) -> Iterator[Callable[[PieceResult, int], None]]:
+    """A tqdm bar over the pieces of a decomposed solve, and above it one line per finished
+    piece; yields the callback that reports a piece (and the number of pieces in all)."""
+    with tqdm(desc=desc, unit="piece", disable=not enabled) as bar:
+
+        def done(piece: PieceResult, total: int) -> None:
+            bar.total = total
+            if enabled:
+                tqdm.write(piece_line(piece), file=sys.stderr)
+            bar.update()
+
+        yield done
+
+
+def piece_line(piece: PieceResult) -> str:
+    """One line on a finished piece: its layer, class, status and seconds."""
+    layer = "all layers" if piece.layer is None else f"layer {piece.layer}"
+    label = "all classes" if piece.label is None else f"class {piece.label}"
+    how = f"{piece.seconds:.1f} s" + (", resumed" if piece.resumed else "")
+    error = f": {piece.error}" if piece.error else ""
+    return f"piece {layer}, {label}: {piece.status} ({how}){error}"
+
+
+def _subproblem_report(piece: PieceResult) -> SubproblemReport:
+    return SubproblemReport(
+        piece.layer,
+        piece.label,
+        piece.samples,
+        piece.status,
+        piece.objective,
+        piece.bound,
+        piece.seconds,
+        piece.head_accuracy,
+        piece.resumed,
+        piece.error,
+    )
 
 
 @contextmanager

@@ -46,7 +46,25 @@ TIME_LIMIT_NOTE = (
 def summary_table(report: PruneReport) -> str:
     """A plain-text summary: the solve, units and parameters per layer, accuracies per method."""
     head = [_headline(report)] + ([TIME_LIMIT_NOTE] if report.status == "time_limit" else [])
+    head += _pieces_rows(report)
     return "\n".join([*head, "", *_layer_rows(report), "", *_accuracy_rows(report)])
+
+
+def _pieces_rows(report: PruneReport) -> list[str]:
+    """With a decomposition: how many pieces were proven optimal, and each piece that failed."""
+    if report.decompose is None:
+        return []
+    pieces = report.subproblems
+    optimal = sum(piece.status == "optimal" for piece in pieces)
+    resumed = sum(piece.resumed for piece in pieces)
+    rows = [
+        f"decomposed ({report.decompose}): {optimal} of {len(pieces)} pieces proven optimal"
+        + (f", {resumed} resumed from the checkpoint" if resumed else "")
+    ]
+    for piece in pieces:
+        if piece.error is not None:
+            rows.append(f"piece {piece.layer}/{piece.label} failed: {piece.error}")
+    return rows
 
 
 def _headline(report: PruneReport) -> str:
