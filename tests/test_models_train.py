@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
+from oamip.adapters import extract
+from oamip.adapters.chain import units
 from oamip.errors import InvalidInputError
 from oamip.training.data import Dataset, load_digits, make_dataset
-from oamip.training.models import build, lenet5, mlp
+from oamip.training.models import ARCHITECTURES, TRAINING_DEFAULTS, build, lenet5, mlp, vgg
 from oamip.training.train import evaluate, finetune, predict, resolve_device, train
 
 
@@ -67,12 +69,94 @@ def test_build_gives_the_same_weights_for_the_same_seed(digits):
     assert not torch.equal(first[1].weight, _small_mlp(digits, seed=4)[1].weight)
 
 
-def test_build_refuses_unknown_architectures_and_lenet_on_flat_inputs(digits):
-    with pytest.raises(InvalidInputError, match="unknown architecture 'vgg'"):
-        build("vgg", digits)
+def test_build_refuses_unknown_architectures_and_images_on_flat_inputs(digits):
+    with pytest.raises(InvalidInputError, match="unknown architecture 'resnet'.*vgg"):
+        build("resnet", digits)
     flat = make_dataset("flat", np.zeros((4, 10)), [0, 1, 0, 1], np.zeros((2, 10)), [0, 1])
-    with pytest.raises(InvalidInputError, match="square images"):
-        build("lenet5", flat)
+    for arch, name in [("lenet5", "LeNet-5"), ("vgg", "the VGG")]:
+        with pytest.raises(InvalidInputError, match=f"{name} needs square images"):
+            build(arch, flat)
+
+
+def _images(side: int, n: int = 40, channels: int = 1) -> Dataset:
+    rng = np.random.default_rng(side)
+    x = rng.random((n, channels, side, side))
+    return make_dataset(f"images{side}", x, np.arange(n) % 10, x[:10], np.arange(10))
+
+
+def test_vgg_is_three_stages_of_two_conv_batchnorm_relu_then_two_linear_layers():
+    model = build("vgg", _images(28))
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 8),
+        (8, 8),
+        (8, 16),
+        (16, 16),
+        (16, 32),
+        (32, 32),
+    ]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+    for i, module in enumerate(model):
+        if isinstance(module, nn.Conv2d):
+            assert isinstance(model[i + 1], nn.BatchNorm2d) and isinstance(model[i + 2], nn.ReLU)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model) == 3
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32 * 3 * 3, 64), (64, 10)]
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_vgg_fits_digits_and_refuses_images_below_eight_pixels(digits):
+    model = build("vgg", digits)
+    assert [m for m in model if isinstance(m, nn.Linear)][0].in_features == 32
+    assert model(torch.as_tensor(digits.x_test[:3])).shape == (3, 10)
+    assert vgg(in_channels=3, num_classes=4, input_size=9)(torch.zeros(2, 3, 9, 9)).shape == (2, 4)
+    with pytest.raises(InvalidInputError, match="at least 8x8 pixels, got 7x7"):
+        build("vgg", _images(7))
+    with pytest.raises(InvalidInputError, match="at least 4x4 pixels"):
+        vgg(input_size=3, widths=(4, 4))
+    with pytest.raises(InvalidInputError, match="positive sizes"):
+        vgg(widths=())
+
+
+def test_vgg_is_read_by_the_mip_reader_with_its_convolutions_and_first_linear_scored(digits):
+    model = train(build("vgg", digits), digits, epochs=1, progress=False)
+    scored = units(model)
+    kinds = [type(u.module) for u in scored]
+    assert kinds == [nn.Conv2d] * 6 + [nn.Linear]
+    assert all(isinstance(u.batchnorm_module, nn.BatchNorm2d) for u in scored[:6])
+    assert [u.size for u in scored] == [8, 8, 16, 16, 32, 32, 64]
+    read = extract(model, digits.x_test[:4])
+    assert list(read.units) == [u.name for u in scored]
+    with torch.no_grad():
+        logits = model.double()(torch.as_tensor(digits.x_test[:4], dtype=torch.float64))
+    np.testing.assert_allclose(read.network.forward(digits.x_test[:4]), logits.numpy(), atol=1e-9)
+
+
+def test_a_vgg_training_step_changes_the_weights_and_batchnorm_statistics():
+    data = _images(28, n=16)
+    model = build("vgg", data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, data, epochs=1, batch_size=16, progress=False, shift=2, cosine=True)
+    after = model.state_dict()
+    for key in ["0.weight", "1.running_mean", "1.running_var", "22.weight", "24.bias"]:
+        assert not torch.equal(before[key], after[key]), key
+    assert not model.training
+
+
+def test_cosine_decay_changes_training_and_stays_deterministic(digits):
+    def run(cosine: bool) -> nn.Module:
+        return train(_small_mlp(digits), digits, epochs=2, lr=1e-2, progress=False, cosine=cosine)
+
+    first, second, flat = run(True), run(True), run(False)
+    assert torch.equal(first[1].weight, second[1].weight)
+    assert not torch.equal(first[1].weight, flat[1].weight)
+
+
+def test_training_defaults_name_known_architectures_and_usable_settings():
+    assert set(TRAINING_DEFAULTS) <= set(ARCHITECTURES)
+    assert "vgg" in TRAINING_DEFAULTS and "mlp" not in TRAINING_DEFAULTS
+    for recipe in TRAINING_DEFAULTS.values():
+        assert recipe.epochs >= 1 and recipe.lr > 0 and recipe.shift >= 0
 
 
 def test_training_is_deterministic_on_cpu_and_learns(digits):

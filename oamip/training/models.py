@@ -1,8 +1,10 @@
-"""The architectures of the paper's experiments: a fully connected ReLU network and LeNet-5."""
+"""The architectures that get pruned: the paper's fully connected ReLU network and LeNet-5, and
+a small VGG-style network for the decomposed MIP."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
@@ -14,11 +16,32 @@ from oamip.errors import InvalidInputError
 if TYPE_CHECKING:
     from oamip.training.data import Dataset
 
-ARCHITECTURES = ("mlp", "lenet5")
+ARCHITECTURES = ("mlp", "lenet5", "vgg")
 DEFAULT_HIDDEN = (64, 32)
 LENET_MIN_INPUT = 4
 # Below this input side the second convolution is padded ("same") instead of "valid".
 LENET_VALID_CONV2_MIN_INPUT = 16
+VGG_WIDTHS = (8, 16, 32)
+"""Channels of the VGG's three stages: small, so each per-layer MIP piece has few units."""
+VGG_CONVS_PER_STAGE = 2
+VGG_HIDDEN = 64
+"""Units of the VGG's first Linear layer (the last scored layer)."""
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """How an architecture is trained when nothing else is asked: epochs, Adam's learning rate
+    (cosine-decayed to 0 when ``cosine``) and random shifts of up to ``shift`` pixels."""
+
+    epochs: int
+    lr: float
+    shift: int = 0
+    cosine: bool = False
+
+
+TRAINING_DEFAULTS = {"vgg": TrainingDefaults(epochs=12, lr=3e-3, shift=0, cosine=True)}
+"""Architectures whose own training recipe replaces the pipeline's generic one (measured in
+benchmarks/bench_vgg.py for the VGG: Fashion-MNIST's 12k training images, one CPU thread)."""
 
 
 def mlp(
@@ -63,27 +86,71 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) ->
     )
 
 
+def vgg(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int = 28,
+    widths: Sequence[int] = VGG_WIDTHS,
+    hidden: int = VGG_HIDDEN,
+) -> nn.Sequential:
+    """A VGG-style network: per width, a stage of two 3x3 convolutions (padding 1), each followed
+    by BatchNorm and ReLU, then a 2x2 max pooling; then Flatten, Linear + ReLU and a Linear output.
+
+    Every layer is one the MIP reader supports, and each convolution with its BatchNorm is a scored
+    layer whose units are its channels.
+    """
+    if not widths or any(w < 1 for w in widths) or min(in_channels, num_classes, hidden) < 1:
+        raise InvalidInputError(
+            f"a VGG needs positive sizes, got in_channels={in_channels}, widths={tuple(widths)}, "
+            f"hidden={hidden}, num_classes={num_classes}"
+        )
+    need = 2 ** len(widths)  # each stage halves the side; at least one pixel must be left
+    if input_size < need:
+        raise InvalidInputError(
+            f"this VGG pools {len(widths)} times, so it needs images of at least {need}x{need} "
+            f"pixels, got {input_size}x{input_size}; use lenet5 or mlp"
+        )
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for width in widths:
+        for _ in range(VGG_CONVS_PER_STAGE):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    side = input_size // need
+    layers += [
+        nn.Flatten(),
+        nn.Linear(channels * side * side, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
 def build(
     arch: str, dataset: Dataset, hidden: Sequence[int] = DEFAULT_HIDDEN, seed: int = 0
 ) -> nn.Sequential:
     """A freshly initialised ``arch`` model fitting ``dataset``; one seed, one set of weights.
 
-    ``hidden`` sets the MLP's hidden widths and is ignored by LeNet-5.
+    ``hidden`` sets the MLP's hidden widths and is ignored by LeNet-5 and the VGG.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if arch == "mlp":
             return mlp(dataset.in_features, hidden, dataset.num_classes)
         if arch == "lenet5":
-            return _lenet5_for(dataset)
+            return lenet5(*_square_images(dataset, "LeNet-5"))
+        if arch == "vgg":
+            return vgg(*_square_images(dataset, "the VGG"))
     raise InvalidInputError(f"unknown architecture '{arch}'; use one of {', '.join(ARCHITECTURES)}")
 
 
-def _lenet5_for(dataset: Dataset) -> nn.Sequential:
+def _square_images(dataset: Dataset, what: str) -> tuple[int, int, int]:
+    """``(channels, num_classes, side)`` of a data set of square images; refuses anything else."""
     shape = dataset.input_shape
     if len(shape) != 3 or shape[1] != shape[2]:
         raise InvalidInputError(
-            f"LeNet-5 needs square images shaped (channels, side, side), but '{dataset.name}' has "
+            f"{what} needs square images shaped (channels, side, side), but '{dataset.name}' has "
             f"inputs of shape {shape}; use the mlp architecture"
         )
-    return lenet5(shape[0], dataset.num_classes, shape[1])
+    return shape[0], dataset.num_classes, shape[1]

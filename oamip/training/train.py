@@ -60,13 +60,26 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     shift: int = 0,
+    cosine: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place on the training split; returns it on ``device``, in eval mode.
 
-    ``shift > 0`` augments image batches by random translations of up to ``shift`` pixels.
+    ``shift > 0`` augments image batches by random translations of up to ``shift`` pixels;
+    ``cosine`` decays the learning rate to 0 over the run (one cosine half-period).
     """
     return _fit(
-        model, dataset, epochs, lr, batch_size, seed, device, progress, "train", None, shift
+        model,
+        dataset,
+        epochs,
+        lr,
+        batch_size,
+        seed,
+        device,
+        progress,
+        "train",
+        None,
+        shift,
+        cosine=cosine,
     )
 
 

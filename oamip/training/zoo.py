@@ -17,7 +17,7 @@ from torch import nn
 
 from oamip.adapters import load_model, save_model
 from oamip.training.data import Dataset
-from oamip.training.models import build
+from oamip.training.models import TRAINING_DEFAULTS, build
 from oamip.training.train import evaluate, train
 
 
@@ -32,10 +32,29 @@ class Recipe:
     batch_size: int = 64
     seed: int = 0
     shift: int = 0
+    cosine: bool = False
 
     def key(self, dataset: Dataset) -> str:
-        text = json.dumps({"data": dataset.name, "n": len(dataset.y_train), **asdict(self)})
+        fields = asdict(self)
+        if not self.cosine:  # recipes from before the option keep their cached networks
+            del fields["cosine"]
+        text = json.dumps({"data": dataset.name, "n": len(dataset.y_train), **fields})
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def default(cls, arch: str, seed: int = 0) -> Recipe:
+        """``arch``'s own recipe from TRAINING_DEFAULTS, or the generic settings above."""
+        settings = TRAINING_DEFAULTS.get(arch)
+        if settings is None:
+            return cls(arch, seed=seed)
+        return cls(
+            arch,
+            epochs=settings.epochs,
+            lr=settings.lr,
+            seed=seed,
+            shift=settings.shift,
+            cosine=settings.cosine,
+        )
 
 
 @dataclass
@@ -68,6 +87,7 @@ def trained(
         "cpu",
         progress,
         shift=recipe.shift,
+        cosine=recipe.cosine,
     )
     seconds = time.perf_counter() - start
     if path is not None:
