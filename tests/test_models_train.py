@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from oamip.errors import InvalidInputError
 from oamip.training.data import Dataset, load_digits, make_dataset
 from oamip.training.models import ARCHITECTURES, TRAINING_DEFAULTS, build, lenet5, mlp, vgg
 from oamip.training.train import evaluate, finetune, predict, resolve_device, train
+from oamip.training.zoo import Recipe
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,10 @@ def test_vgg_fits_digits_and_refuses_images_below_eight_pixels(digits):
 
 
 def test_vgg_is_read_by_the_mip_reader_with_its_convolutions_and_first_linear_scored(digits):
-    model = train(build("vgg", digits), digits, epochs=1, progress=False)
+    some = make_dataset(
+        "some", digits.x_train[:200], digits.y_train[:200], digits.x_test, digits.y_test
+    )
+    model = train(build("vgg", some), some, epochs=1, progress=False)
     scored = units(model)
     kinds = [type(u.module) for u in scored]
     assert kinds == [nn.Conv2d] * 6 + [nn.Linear]
@@ -250,3 +256,19 @@ def test_training_and_finetuning_run_on_a_gpu(digits):
 def test_bad_training_settings_are_refused(digits, option, message):
     with pytest.raises(InvalidInputError, match=message):
         train(_small_mlp(digits), digits, progress=False, **option)
+
+
+def test_the_zoo_trains_vgg_by_its_own_recipe_and_keeps_older_cache_keys(digits):
+    recipe, own = Recipe.default("vgg", seed=2), TRAINING_DEFAULTS["vgg"]
+    assert (recipe.arch, recipe.seed) == ("vgg", 2)
+    assert (recipe.epochs, recipe.lr, recipe.shift, recipe.cosine) == (
+        own.epochs,
+        own.lr,
+        own.shift,
+        own.cosine,
+    )
+    assert Recipe.default("mlp") == Recipe("mlp")
+    assert recipe.key(digits) != replace(recipe, cosine=not recipe.cosine).key(digits)
+    # the keys (file names of cached networks) of recipes made before the cosine option
+    assert Recipe("lenet5", epochs=3).key(digits) == "1bcc0561132a"
+    assert Recipe("mlp", hidden=(256, 256), epochs=3).key(digits) == "2de6f04af52b"
