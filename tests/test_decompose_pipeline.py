@@ -18,7 +18,7 @@ from oamip.pipelines import prune as prune_pipeline
 from oamip.pipelines.report import summary_table
 from oamip.solve import decompose
 from oamip.training.data import load_data
-from oamip.training.models import mlp as build_mlp
+from oamip.training.models import build
 from oamip.training.train import train
 from tests.nets import mlp
 
@@ -33,9 +33,9 @@ def digits():
 
 @pytest.fixture(scope="module")
 def small_model(digits):
-    """A digits MLP 64-8-6-10, trained briefly (seeded)."""
-    model = build_mlp(64, (8, 6), 10)
-    train(model, digits, epochs=3, lr=1e-2, seed=0)
+    """A digits MLP 64-8-6-10, seeded and trained briefly."""
+    model = build("mlp", digits, (8, 6), seed=0)
+    train(model, digits, epochs=10, lr=1e-2, seed=0, progress=False)
     return model.eval()
 
 
@@ -102,6 +102,25 @@ def test_prune_by_class_has_a_piece_per_class_and_a_line_per_piece_with_progress
     undecomposed = oamip.prune(small_model, digits, **FAST)
     assert undecomposed.decompose is None and undecomposed.subproblems == []
     assert "decomposed" not in summary_table(undecomposed)
+
+
+def test_a_piece_that_fails_twice_is_reported_and_the_others_kept(digits, small_model, monkeypatch):
+    solve = decompose.solve_piece
+
+    def broken(piece):
+        if piece.label == 3:
+            raise RuntimeError("solver crashed")
+        return solve(piece)
+
+    monkeypatch.setattr(decompose, "solve_piece", broken)
+    report = oamip.prune(small_model, digits, decompose="class", **FAST)
+    assert report.status == "error"
+    bad = report.subproblems[3]
+    assert (bad.status, bad.error) == ("error", "RuntimeError: solver crashed")
+    assert all(p.error is None for i, p in enumerate(report.subproblems) if i != 3)
+    summary = summary_table(report)
+    assert "piece all layers, class 3: error (0.0 s): RuntimeError: solver crashed" in summary
+    assert summary.count("solver crashed") == 1
 
 
 def _prune_args(model_file, out, checkpoint) -> list[str]:

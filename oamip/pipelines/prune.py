@@ -420,8 +420,8 @@ def _pieces_bar(desc: str, enabled: bool) -> Iterator[Callable[[PieceResult, int
         yield done
 
 
-def piece_line(piece: PieceResult) -> str:
-    """One line on a finished piece: its layer, class, status and seconds."""
+def piece_line(piece: PieceResult | SubproblemReport) -> str:
+    """One line on a finished piece: its layer, class, status and seconds (and error)."""
     layer = "all layers" if piece.layer is None else f"layer {piece.layer}"
     label = "all classes" if piece.label is None else f"class {piece.label}"
     how = f"{piece.seconds:.1f} s" + (", resumed" if piece.resumed else "")

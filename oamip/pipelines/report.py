@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
-from oamip.pipelines.prune import PruneReport
+from oamip.pipelines.prune import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
 REPORT_FILE = "report.json"
@@ -61,10 +61,7 @@ def _pieces_rows(report: PruneReport) -> list[str]:
         f"decomposed ({report.decompose}): {optimal} of {len(pieces)} pieces proven optimal"
         + (f", {resumed} resumed from the checkpoint" if resumed else "")
     ]
-    for piece in pieces:
-        if piece.error is not None:
-            rows.append(f"piece {piece.layer}/{piece.label} failed: {piece.error}")
-    return rows
+    return rows + [piece_line(piece) for piece in pieces if piece.error is not None]
 
 
 def _headline(report: PruneReport) -> str:
