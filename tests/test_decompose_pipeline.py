@@ -192,6 +192,25 @@ def test_an_unreachable_scheduler_fails_in_seconds_with_one_line_and_writes_noth
     assert not out.exists() and not checkpoint.exists()
 
 
+def test_the_cli_runs_pieces_on_a_dask_scheduler(model_file, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        args = ["prune", "--model", str(model_file), "--decompose", "layer", "--scores", "binary"]
+        args += ["--scheduler", cluster.scheduler_address, "--finetune-epochs", "0"]
+        assert cli.main([*args, "--time-limit", "3", "--out", str(tmp_path / "out")]) == 0
+        log = cluster.scheduler.transition_log
+        ran = {
+            key for key, _, end, *_ in log if str(key).startswith("solve_piece") and end == "memory"
+        }
+    assert len(ran) == 2
+    capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [row["layer"] for row in report["subproblems"]] == ["1", "3"]
+    assert all(row["error"] is None for row in report["subproblems"])
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
