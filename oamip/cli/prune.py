@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_seconds_or_none,
         default=d.time_limit,
         metavar="S",
-        help=f"seconds to build and solve the MIP, or 'none' (default {_seconds(d.time_limit)})",
+        help="seconds to build and solve the MIP (each piece with --decompose), or 'none' "
+        f"(default {_seconds(d.time_limit)})",
     )
     add("--device", default=d.device, help=f"cpu or cuda (default {d.device})")
     add("--seed", type=int, default=d.seed, metavar="N", help=f"(default {d.seed})")
