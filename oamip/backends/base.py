@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ class Status(str, Enum):
 
     OPTIMAL = "optimal"
     TIME_LIMIT = "time_limit"
+    INTERRUPTED = "interrupted"
+    """Stopped on request (Ctrl-C, ``SolveOptions.stop``): the best solution found so far."""
     INFEASIBLE = "infeasible"
     UNBOUNDED = "unbounded"
     ERROR = "error"
@@ -48,7 +51,9 @@ class Capabilities:
     """What a backend can solve or use; :meth:`Backend.solve` checks every field before the
     solver starts. ``nonlinear``: terms beyond quadratic, which the standard form leaves out
     (naming them in ``StandardForm.nonlinear``), so a backend declaring it overrides ``solve``.
-    ``warm_start``: whether the backend takes a start; one without it is never handed one."""
+    ``warm_start``: whether the backend takes a start; one without it is never handed one.
+    ``interrupt``: whether a solve stops soon after ``SolveOptions.stop`` is set (or the
+    solver is sent SIGINT), keeping its best solution; without it Ctrl-C aborts as usual."""
 
     integer: bool = False
     quadratic_objective: bool = False
@@ -56,6 +61,7 @@ class Capabilities:
     mixed_integer_quadratic: bool = False
     nonlinear: bool = False
     warm_start: bool = False
+    interrupt: bool = False
 
 
 @dataclass
@@ -76,6 +82,11 @@ class SolveOptions:
     certify: no presolve (or preprocessing) and integrality and feasibility tolerances of
     ``CAREFUL_TOLERANCE`` where the solver lets us set them. ``solver_options`` still win."""
     solver_options: dict[str, Any] = field(default_factory=dict)
+    stop: threading.Event | None = None
+    """Set (by the Ctrl-C handler of :mod:`oamip.solve.interrupt`) to ask for the best solution
+    found so far: a solve not yet started returns at once, status ``interrupted``, without
+    one; a backend with the ``interrupt`` capability stops a running one (see
+    :meth:`Backend.interrupt`)."""
 
 
 CAREFUL_TOLERANCE = 1e-9
@@ -177,13 +188,23 @@ class Backend(abc.ABC):
         """
         form = model if isinstance(model, StandardForm) else compile_model(model)
         self.check(form)
+        options = options or SolveOptions()
+        if stop_requested(options):
+            return SolveResult(self.name, Status.INTERRUPTED, None, None, 0.0)
         use_start = warm_start and self.capabilities.warm_start and self.has_start(form)
-        result = self.solve_form(form, options or SolveOptions(), use_start)
+        result = self.solve_form(form, options, use_start)
         result.warm_start_used = use_start
         result.coefficient_range = form.coefficient_range()
         if result.solution is not None:
             form.load_solution(result.solution)
         return result
+
+    def interrupt(self) -> None:
+        """Called by the Ctrl-C handler right after it set ``SolveOptions.stop`` of a running
+        solve, in the main thread: for a solver that does not watch ``stop`` itself. HiGHS
+        watches it; Gurobi and SCIP catch SIGINT themselves while they run; CBC's child is sent
+        SIGINT here. The default does nothing."""
+        return
 
     def check(self, form: StandardForm) -> None:
         """Refuse, before the solver starts, a model that needs a capability we lack."""
@@ -252,11 +273,11 @@ class Backend(abc.ABC):
         form: StandardForm, status: Status, objective: float | None, dual_bound: float | None
     ) -> float | None:
         """The bound a result reports, one rule for every backend. Nothing unless the solve
-        ended optimal or at a limit. A model without integer columns: its objective when
-        optimal (duality). A mixed-integer one: ``dual_bound``, the solver's proven bound in
-        the model's own sense, when finite; an optimal solve whose solver reports none is
-        bounded by its objective."""
-        if status not in (Status.OPTIMAL, Status.TIME_LIMIT):
+        ended optimal, at a limit or interrupted. A model without integer columns: its
+        objective when optimal (duality). A mixed-integer one: ``dual_bound``, the solver's
+        proven bound in the model's own sense, when finite; an optimal solve whose solver
+        reports none is bounded by its objective."""
+        if status not in (Status.OPTIMAL, Status.TIME_LIMIT, Status.INTERRUPTED):
             return None
         optimal = objective if status == Status.OPTIMAL else None
         if not form.integer.any():
@@ -308,3 +329,8 @@ class Backend(abc.ABC):
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
         """Hand the standard form to the solver and translate its answer."""
+
+
+def stop_requested(options: SolveOptions) -> bool:
+    """Whether a stop of the solve was asked for (``SolveOptions.stop`` is set)."""
+    return options.stop is not None and options.stop.is_set()

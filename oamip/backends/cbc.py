@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from oamip.backends.base import (
     SolveOptions,
     SolveResult,
     Status,
+    stop_requested,
 )
 from oamip.backends.export import write_mps
 from oamip.backends.standard_form import StandardForm
@@ -37,13 +39,16 @@ class CbcBackend(Backend):
     """COIN-OR CBC: open source, no Python binding needed, only the ``cbc`` executable."""
 
     name = "cbc"
-    capabilities = Capabilities(integer=True, warm_start=True)
+    capabilities = Capabilities(integer=True, warm_start=True, interrupt=True)
     install_hint = INSTALL_HINT
     executable = "cbc"
+    _child: subprocess.Popen | None = None
+    """The cbc process of the solve running now, for :meth:`interrupt`."""
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
     ) -> SolveResult:
+        """Write the model, run cbc, read its solution and log back."""
         executable = self.executable_path()
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="oamip-cbc-") as tmp:
@@ -55,10 +60,53 @@ class CbcBackend(Backend):
                 mipstart = _write_mipstart(start_values, folder / "start.sol")
             command = _command(executable, folder, options, mipstart)
             load_seconds = time.perf_counter() - start
-            log = _run(command, options.verbose)
+            log = self._run(command, options)
             seconds = time.perf_counter() - start - load_seconds
+            if log is None:
+                return self.result(form, Status.INTERRUPTED, None, seconds=seconds)
             header, values = _read_solution(folder / "solution.sol", form.num_cols, log)
         return self._result(form, header, values, log, seconds, load_seconds)
+
+    def interrupt(self) -> None:
+        """Send SIGINT to the running cbc: it stops its search and still writes its best
+        solution (its log says ``User ctrl-c``)."""
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+
+    def _run(self, command: list[str], options: SolveOptions) -> list[str] | None:
+        """Run cbc, streaming its log when ``verbose``; return the log's lines, or None when
+        a stop asked for ended cbc before it could catch SIGINT (it had found nothing yet). A
+        stoppable solve runs cbc in a session of its own, so that a Ctrl-C at the terminal
+        reaches it only once, through :meth:`interrupt`; an exception here (a second Ctrl-C)
+        kills it."""
+        lines = []
+        with subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=options.stop is not None,
+        ) as process:
+            self._child = process
+            try:
+                if stop_requested(options):
+                    self.interrupt()
+                for line in process.stdout:
+                    lines.append(line.rstrip("\n"))
+                    if options.verbose:
+                        sys.stdout.write(line)
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                self._child = None
+        if process.returncode == -signal.SIGINT and stop_requested(options):
+            return None
+        if process.returncode != 0:
+            raise SolverError(f"cbc exited with status {process.returncode}:\n" + _tail(lines))
+        _check_understood(lines)
+        return lines
 
     def _result(
         self,
@@ -69,7 +117,7 @@ class CbcBackend(Backend):
         seconds: float,
         load_seconds: float,
     ) -> SolveResult:
-        status, has_solution = _status(header)
+        status, has_solution = _status(header, log)
         nodes = _log_number(log, "Enumerated nodes") if form.integer.any() else None
         return self.result(
             form,
@@ -118,22 +166,6 @@ def _command(
     return command + ["-solve", "-solution", str(folder / "solution.sol")]
 
 
-def _run(command: list[str], verbose: bool) -> list[str]:
-    """Run cbc, streaming its log when ``verbose``; return the log's lines."""
-    lines = []
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-            if verbose:
-                sys.stdout.write(line)
-    if process.returncode != 0:
-        raise SolverError(f"cbc exited with status {process.returncode}:\n" + _tail(lines))
-    _check_understood(lines)
-    return lines
-
-
 def _check_understood(log: list[str]) -> None:
     """CBC skips words it does not know and goes on; a misspelt option must not pass unseen."""
     unknown = [line.split()[3] for line in log if line.startswith("No match for ")]
@@ -161,12 +193,15 @@ def _read_solution(path: Path, num_cols: int, log: list[str]) -> tuple[str, np.n
     return header, values
 
 
-def _status(header: str) -> tuple[Status, bool]:
-    """The status of a solution-file header, and whether its values are a solution."""
+def _status(header: str, log: list[str]) -> tuple[Status, bool]:
+    """The status of a solution-file header, and whether its values are a solution. CBC 2.10
+    writes "Stopped on iterations" after a Ctrl-C; its log says "Result - User ctrl-c"."""
     if header.startswith("Optimal"):
         return Status.OPTIMAL, True
     if header.startswith("Stopped on"):
-        return Status.TIME_LIMIT, "no integer solution" not in header
+        interrupted = any(line.startswith("Result - User ctrl-c") for line in log)
+        stopped = Status.INTERRUPTED if interrupted else Status.TIME_LIMIT
+        return stopped, "no integer solution" not in header
     if "infeasible" in header.lower():
         return Status.INFEASIBLE, False
     if "unbounded" in header.lower():

@@ -19,6 +19,7 @@ from oamip.backends.base import (
     SolveOptions,
     SolveResult,
     Status,
+    stop_requested,
 )
 from oamip.backends.standard_form import QuadraticRow, StandardForm
 from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
@@ -40,6 +41,7 @@ class GurobiBackend(Backend):
         quadratic_constraints=True,
         mixed_integer_quadratic=True,
         warm_start=True,
+        interrupt=True,
     )
     install_hint = INSTALL_HINT
     python_module = "gurobipy"
@@ -56,6 +58,8 @@ class GurobiBackend(Backend):
             if start_values is not None:
                 x.Start = start_values
             load_seconds = time.perf_counter() - start
+            if stop_requested(options):
+                return self.result(form, Status.INTERRUPTED, None, seconds=0.0)
             _optimize(gp, model, form)
             seconds = time.perf_counter() - start - load_seconds
             return self._result(gp, model, x, form, seconds, load_seconds)
@@ -64,7 +68,7 @@ class GurobiBackend(Backend):
         status = _status(gp, model.Status)
         has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
         is_mip = bool(model.IsMIP)
-        proved = status in (Status.OPTIMAL, Status.TIME_LIMIT)
+        proved = status in (Status.OPTIMAL, Status.TIME_LIMIT, Status.INTERRUPTED)
         return self.result(
             form,
             status,
@@ -189,12 +193,13 @@ def _status(gp, code: int) -> Status:
         grb.NODE_LIMIT,
         grb.SOLUTION_LIMIT,
         grb.ITERATION_LIMIT,
-        grb.INTERRUPTED,
         grb.WORK_LIMIT,
         grb.USER_OBJ_LIMIT,
     }
     if code == grb.OPTIMAL:
         return Status.OPTIMAL
+    if code == grb.INTERRUPTED:
+        return Status.INTERRUPTED
     if code in limits:
         return Status.TIME_LIMIT
     if code in (grb.INFEASIBLE, grb.INF_OR_UNBD):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,9 @@ from oamip.backends.standard_form import StandardForm
 from oamip.errors import InvalidInputError, SolverError
 
 _INF = 1e30
+POLL_SECONDS = 0.05
+"""How often a stoppable solve checks ``SolveOptions.stop`` (HiGHS then stops at its next
+interrupt check, a fraction of a second)."""
 
 
 class HighsBackend(Backend):
@@ -33,6 +37,7 @@ class HighsBackend(Backend):
         mixed_integer_quadratic=False,
         nonlinear=False,
         warm_start=True,
+        interrupt=True,
     )
     install_hint = "pip install highspy"
     python_module = "highspy"
@@ -48,7 +53,7 @@ class HighsBackend(Backend):
         if warm_start:
             _offer_start(highspy, h, self.start_values(form))
         load_seconds = time.perf_counter() - start
-        h.run()
+        _run(h, options.stop)
         seconds = time.perf_counter() - start - load_seconds
         return self._result(h, form, seconds, load_seconds)
 
@@ -89,6 +94,24 @@ class HighsBackend(Backend):
             nodes=int(info.mip_node_count) if integer else None,
             load_seconds=load_seconds,
         )
+
+
+def _run(h, stop: threading.Event | None) -> None:
+    """Solve; with a ``stop`` event, in highspy's solver thread while this one (the main
+    thread, where signal handlers run) polls the event and cancels the solve once it is set.
+    Any exception here (a second Ctrl-C) cancels the solve too before it goes on."""
+    if stop is None:
+        h.run()
+        return
+    h.HandleUserInterrupt = True
+    h.startSolve()
+    try:
+        while not h.wait(POLL_SECONDS)[0]:
+            if stop.is_set():
+                h.cancelSolve()
+    except BaseException:
+        h.cancelSolve()
+        raise
 
 
 HEURISTICS_OFF = {
@@ -211,7 +234,7 @@ _STATUS = {
     "kTimeLimit": Status.TIME_LIMIT,
     "kIterationLimit": Status.TIME_LIMIT,
     "kSolutionLimit": Status.TIME_LIMIT,
-    "kInterrupt": Status.TIME_LIMIT,
+    "kInterrupt": Status.INTERRUPTED,
     "kInfeasible": Status.INFEASIBLE,
     "kUnbounded": Status.UNBOUNDED,
     "kUnboundedOrInfeasible": Status.INFEASIBLE,

@@ -18,6 +18,7 @@ from oamip.backends.base import (
     SolveOptions,
     SolveResult,
     Status,
+    stop_requested,
 )
 from oamip.backends.standard_form import QuadraticRow, StandardForm
 from oamip.errors import InvalidInputError
@@ -37,6 +38,7 @@ class ScipBackend(Backend):
         quadratic_constraints=True,
         mixed_integer_quadratic=True,
         warm_start=True,
+        interrupt=True,
     )
     install_hint = INSTALL_HINT
     python_module = "pyscipopt"
@@ -53,6 +55,8 @@ class ScipBackend(Backend):
         if start_values is not None:
             _offer_start(model, x, t, form, start_values)
         load_seconds = time.perf_counter() - start
+        if stop_requested(options):
+            return self.result(form, Status.INTERRUPTED, None, seconds=0.0)
         model.optimize()
         seconds = time.perf_counter() - start - load_seconds
         return self._result(model, x, form, seconds, load_seconds)
@@ -201,7 +205,7 @@ _STATUS = {
     "stallnodelimit": Status.TIME_LIMIT,
     "sollimit": Status.TIME_LIMIT,
     "bestsollimit": Status.TIME_LIMIT,
-    "userinterrupt": Status.TIME_LIMIT,
+    "userinterrupt": Status.INTERRUPTED,
     "infeasible": Status.INFEASIBLE,
     "inforunbd": Status.INFEASIBLE,
     "unbounded": Status.UNBOUNDED,

@@ -18,6 +18,7 @@ from oamip.files import staged_output
 from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import summary_table, write_report
+from oamip.solve.interrupt import INTERRUPTED
 
 NAME = "prune"
 HELP = "score units with the neuron-importance MIP, prune, fine-tune, report"
@@ -133,9 +134,17 @@ def run(args: argparse.Namespace) -> int:
     report = prune(model, dataset, settings(args))
     with staged_output(args.out) as folder:
         written = write_report(report, folder)
+    if report.status == INTERRUPTED:
+        say(interrupted_line(report.gap))
     say(summary_table(report))
     say_written(Path(args.out).expanduser(), written)
     return 0
+
+
+def interrupted_line(gap: float | None) -> str:
+    """The line that says the solve was stopped by Ctrl-C and what the results come from."""
+    proof = "no bound" if gap is None else f"gap {100 * gap:.1f}%"
+    return f"solve interrupted (Ctrl-C): results are from the best solution found ({proof})"
 
 
 def settings(args: argparse.Namespace) -> PruneSettings:

@@ -36,8 +36,6 @@ from oamip.training.train import eval_mode, evaluate, finetune, model_device, re
 DEFAULT_TRAIN_EPOCHS = 10
 DEFAULT_TRAIN_LR = 1e-2
 DEFAULT_FINETUNE_LR = 1e-3
-DEFAULT_TIME_LIMIT = 20.0
-"""Seconds the solver may run by default; it then returns its best scores, status time_limit."""
 SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
 LIVE_LINE_INTERVAL = 0.25
@@ -52,11 +50,6 @@ class PruneSettings(ScoringOptions):
     defaults are the authors' settings) and the pipeline's own. ``threads`` limits PyTorch's
     CPU threads as well as the solver's."""
 
-    time_limit: float | None = checks.option(
-        DEFAULT_TIME_LIMIT,
-        "seconds for the solve, building included, or for each piece with decompose "
-        "(None: no limit)",
-    )
     arch: str = checks.option("mlp", "the architecture trained when no model is given")
     samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
     threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")

@@ -6,7 +6,9 @@ to ``CE_CUT_TOL``, the deadline passes or the cuts stop making progress. The res
 certified (:func:`certify`): its objective is the exact one of the scores returned, the better
 of the start and the solver's answer is kept, a bound is reported only if it is consistent with
 every feasible point known, and the status is "optimal" only if that bound proves the objective
-within the gap asked for. Nothing here imports torch.
+within the gap asked for. A stop asked for (``SolveOptions.stop``, set by Ctrl-C through
+:mod:`oamip.solve.interrupt`) ends the loop with the solver's best solution, status
+"interrupted" unless proven. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from oamip.backends import Backend, SolveOptions, SolveResult, Status
+from oamip.backends.base import stop_requested
 from oamip.formulations import ImportanceModel
 
 CE_CUT_TOL = 1e-6
@@ -83,13 +86,16 @@ def solve_certified(
     A doubtful answer (the certificate refuses the solver's claim of an optimum, the solver
     gave up, or its logits do not match the exact forward pass of its scores) is solved again
     carefully (``SolveOptions.careful``: no presolve, tolerances 1e-9), then carefully without
-    the start, while the time limit allows; the best certified answer is returned.
+    the start, while the time limit allows and no stop was asked for; the best certified
+    answer is returned.
     """
     started = time.perf_counter()
     deadline = None if time_limit is None else started + time_limit
     solution, rounds = None, 0
     for attempt, warm in _attempts(options):
-        if solution is not None and (not _doubtful(solution) or _past(deadline)):
+        if solution is not None and (
+            not _doubtful(solution) or _past(deadline) or stop_requested(options)
+        ):
             break
         result, more = _solve_with_cuts(solver, im, attempt, deadline, start, warm)
         rounds += more
@@ -132,13 +138,21 @@ def _better(first: Solution, retry: Solution, warm: bool) -> Solution:
 
 def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm: bool):
     """Solve (from ``start`` if ``warm``); for an inexact loss add violated cuts and solve
-    again while the deadline allows and the cuts make progress."""
+    again while the deadline allows, no stop is asked for and the cuts make progress. A
+    stopped solve is "interrupted": the solver's own optimum, when it was reached, is one of
+    the cut approximation."""
     im.assign(start)
     loss = im.settings.loss_fn
-    rounds, stalled, last = 0, 0, (-np.inf, np.inf)
+    rounds, stalled, last, result = 0, 0, (-np.inf, np.inf), None
     while True:
         rounds += 1
-        result = solver.solve(im.model, _with_deadline(options, deadline), warm_start=warm)
+        answer = solver.solve(im.model, _with_deadline(options, deadline), warm_start=warm)
+        if answer.status == Status.INTERRUPTED and options.stop is not None:
+            options.stop.set()  # Gurobi and SCIP catch SIGINT themselves
+        if result is not None and stop_requested(options) and not answer.has_solution:
+            # stopped before this round found anything: the model still holds the last one's
+            return replace(result, status=Status.INTERRUPTED), rounds
+        result = answer
         if not result.has_solution:
             return result, rounds
         if loss.exact or result.status != Status.OPTIMAL or _past(deadline):
@@ -149,6 +163,8 @@ def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm
         violated = np.flatnonzero(gap > CE_CUT_TOL)
         if len(violated) == 0:
             return result, rounds
+        if stop_requested(options):
+            return replace(result, status=Status.INTERRUPTED), rounds
         progress = (result.objective or -np.inf, len(violated))
         stalled = stalled + 1 if progress[0] <= last[0] and progress[1] >= last[1] else 0
         if stalled >= STALL_ROUNDS:

@@ -19,6 +19,9 @@ from oamip.formulations import ImportanceSettings
 
 DEFAULT_THRESHOLD = 0.1
 """Units whose score is below this are pruned (the authors' setting)."""
+DEFAULT_TIME_LIMIT = 20.0
+"""Seconds a solve may take by default, building included; it then returns its best scores,
+status "time_limit" (Ctrl-C returns them sooner, status "interrupted")."""
 MAX_THREADS = 1024
 """Most CPU threads accepted; far more than any machine has, far less than overflows torch."""
 DECOMPOSITIONS = ("layer", "class")
@@ -31,7 +34,9 @@ class ScoringOptions(ImportanceSettings):
 
     backend: str = checks.option("highs", "the solver backend (oamip.backends.available())")
     time_limit: float | None = checks.option(
-        None, "seconds for the whole call, building included (None: no limit)"
+        DEFAULT_TIME_LIMIT,
+        "seconds for the solve, building included, or for each piece with decompose "
+        "(None: no limit; Ctrl-C stops sooner, keeping the best scores found)",
     )
     mip_gap: float = checks.option(DEFAULT_MIP_GAP, "relative gap at which a solve is optimal")
     threads: int | None = checks.option(None, "solver threads (None: the solver's default)")

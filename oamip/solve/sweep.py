@@ -11,13 +11,15 @@ the largest gap left. Nothing here imports torch.
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from oamip.backends import Backend, Status
 from oamip.formulations import ImportanceModel, sparsity_term
+from oamip.solve.interrupt import interruptible
 from oamip.solve.loop import Solution, solve_certified
 from oamip.solve.options import ScoringOptions
 from oamip.solve.warm_start import is_binary, local_search, warm_start_scores
@@ -76,22 +78,28 @@ def sweep(
     started: float,
 ) -> list[SweepPoint]:
     """One point per weight of ``lams`` (in that order). ``started`` (a perf_counter value) is
-    when the call began: the first solve's time limit covers building the model."""
+    when the call began: the first solve's time limit covers building the model.
+
+    Ctrl-C (:func:`oamip.solve.interrupt.interruptible`) stops the sweep: the solve running
+    keeps its best solution, status "interrupted", and the weights not solved yet get the best
+    solution known, "optimal" only where concavity proves it."""
     known = _Known(sorted(set(lams)), options.mip_gap)
     budget = warm_start_budget(options.time_limit)
-    solve_options = options.solve_options()
-    while (lam := known.next_to_solve()) is not None:
-        im.set_lam(lam)
-        if known.solved:
-            started = time.perf_counter()
-        start = _start(im, known, lam, budget)
-        build_seconds = time.perf_counter() - started
-        remaining = None
-        if options.time_limit is not None:
-            remaining = max(options.time_limit - build_seconds, 0.0)
-        others = tuple(line.at(lam) for line in known.lines)
-        solution = solve_certified(solver, im, solve_options, remaining, start, others)
-        known.add_solved(lam, solution, build_seconds, [_line(im, start), _line(im, solution)])
+    with interruptible(solver) as stop:
+        solve_options = replace(options.solve_options(), stop=stop)
+        while (lam := known.next_to_solve()) is not None and not (stop.is_set() and known.solved):
+            im.set_lam(lam)
+            if known.solved:
+                started = time.perf_counter()
+            start = _start(im, known, lam, budget)
+            build_seconds = time.perf_counter() - started
+            remaining = None
+            if options.time_limit is not None:
+                remaining = max(options.time_limit - build_seconds, 0.0)
+            others = tuple(line.at(lam) for line in known.lines)
+            solution = solve_certified(solver, im, solve_options, remaining, start, others)
+            lines = [_line(im, start), _line(im, solution)]
+            known.add_solved(lam, solution, build_seconds, lines)
     return [known.point(lam) for lam in lams]
 
 
@@ -159,7 +167,8 @@ class _Known:
         return max(open_gaps, key=open_gaps.get) if open_gaps else None
 
     def point(self, lam: float) -> SweepPoint:
-        """The solve at ``lam``, or the best known solution with its concavity bound."""
+        """The solve at ``lam``, or the best known solution with its concavity bound: proven
+        optimal, unless the sweep was interrupted before it closed the gap."""
         if lam in self.solved:
             solution, build = self.solved[lam]
             return SweepPoint(
@@ -173,6 +182,6 @@ class _Known:
             )
         line = self.best_at(lam)
         objective, bound = line.at(lam), self.lower_bound(lam)
-        return SweepPoint(
-            lam, line.scores, objective, min(bound, objective), str(Status.OPTIMAL), 0.0, None
-        )
+        status = Status.OPTIMAL if self.gap(lam) <= self.mip_gap else Status.INTERRUPTED
+        finite = min(bound, objective) if math.isfinite(bound) else None
+        return SweepPoint(lam, line.scores, objective, finite, str(status), 0.0, None)

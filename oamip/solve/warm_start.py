@@ -25,6 +25,7 @@ import numpy as np
 
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import ImportanceModel, sparsity_term
+from oamip.solve.interrupt import stop_requested
 
 MAX_VALUES = 20_000_000
 """Values held by the widest layer of one batched forward pass (rows are candidates times
@@ -73,7 +74,7 @@ def local_search(
         im, _copy(scores), im.objective_at(scores), neighbourhoods, deadline
     )
     stalled = 0
-    while stalled < STALL_KICKS and time.perf_counter() < deadline:
+    while stalled < STALL_KICKS and _running(deadline):
         kicked = _kick(best, rng, im.settings.min_keep)
         found, value = _descend(im, kicked, im.objective_at(kicked), neighbourhoods, deadline)
         stalled += 1
@@ -96,7 +97,7 @@ def _descend(
 ) -> tuple[Scores, float]:
     """Take the best improving move of the first neighbourhood that has one, until none has
     (a local optimum) or the time is up. ``scores`` is changed in place."""
-    while time.perf_counter() < deadline:
+    while _running(deadline):
         for neighbourhood in neighbourhoods:
             moves = neighbourhood(scores, im.settings.min_keep)
             values = _evaluate(im, scores, moves, deadline)
@@ -108,6 +109,12 @@ def _descend(
         else:
             break
     return scores, value
+
+
+def _running(deadline: float) -> bool:
+    """Whether the search may go on: before ``deadline``, and the solve it is part of was not
+    stopped (Ctrl-C, :mod:`oamip.solve.interrupt`)."""
+    return time.perf_counter() < deadline and not stop_requested()
 
 
 def _removals(scores: Scores, keep: int) -> list[Move]:
@@ -163,7 +170,7 @@ def _evaluate(im: ImportanceModel, scores: Scores, moves: list[Move], deadline) 
         widest = max(other.n_out for other in im.network.layers[layer:])
         chunk = max(1, MAX_VALUES // (len(im.x) * widest))
         for start in range(0, len(where), chunk):
-            if time.perf_counter() > deadline and np.isfinite(values).any():
+            if not _running(deadline) and np.isfinite(values).any():
                 return values
             part = where[start : start + chunk]
             values[part] = _objectives(im, scores, trace, base, [moves[c] for c in part])
