@@ -31,6 +31,8 @@ from torch import nn
 
 import oamip
 from oamip import backends
+from oamip.solve.loop import Solution
+from oamip.solve.sweep import Line, _Known
 from oamip.training.data import load_data
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -292,3 +294,33 @@ def test_a_second_sigint_stops_oamip_prune_writing_nothing(jobs):
         .read_text()
         .endswith("oamip: error: interrupted by SIGINT; no partial output was written\n")
     )
+
+
+def _solved(objective: float, bound: float, status: str) -> Solution:
+    return Solution(
+        scores={0: np.ones(2)},
+        objective=objective,
+        bound=bound,
+        status=status,
+        seconds=0.0,
+        rounds=1,
+        nodes=0,
+        start_objective=objective,
+        solver_status=status,
+        solver_objective=objective,
+    )
+
+
+def test_a_stopped_sweep_claims_optimal_only_where_concavity_proves_it():
+    """Weights a stopped sweep did not solve get the best solution known: "optimal" where the
+    bound of the solved weights proves it, "interrupted" with that bound where it does not, and
+    no bound where there is none (below every solved weight)."""
+    lams = [0.5, 1.0, 2.0]
+    loose = _Known(lams, mip_gap=1e-4)
+    loose.add_solved(1.0, _solved(1.5, 1.0, "interrupted"), 0.0, [Line(1.0, 0.5, {0: np.ones(2)})])
+    above, below = loose.point(2.0), loose.point(0.5)
+    assert (above.status, above.bound, above.objective) == ("interrupted", 1.0, 2.0)
+    assert (below.status, below.bound) == ("interrupted", None)
+    tight = _Known(lams, mip_gap=1e-4)
+    tight.add_solved(1.0, _solved(1.0, 1.0, "optimal"), 0.0, [Line(1.0, 0.0, {0: np.ones(2)})])
+    assert (tight.point(2.0).status, tight.point(2.0).bound) == ("optimal", 1.0)
