@@ -19,7 +19,7 @@ from oamip.pipelines.prune import PruneSettings, count_params, describe_arch, re
 from oamip.pipelines.report import summary_table, write_report
 from oamip.training.criteria import criteria
 from oamip.training.data import load_digits, make_dataset
-from oamip.training.models import build, mlp
+from oamip.training.models import TRAINING_DEFAULTS, build, mlp
 from oamip.training.train import evaluate, train
 
 ISSUE_KEYS = {
@@ -342,6 +342,7 @@ def _save(folder, obj):
 
 def test_describe_arch_names_the_papers_architectures(digits):
     assert describe_arch(build("lenet5", digits)) == "lenet5"
+    assert describe_arch(build("vgg", digits)) == "vgg"
     assert describe_arch(mlp(4, (3,), 2)) == "mlp"
     custom = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 10))
     assert describe_arch(custom) == "custom"
@@ -355,3 +356,22 @@ def test_a_half_precision_model_is_pruned_and_left_as_it_was(trained, digits, dt
     assert next(half.parameters()).dtype == dtype
     assert report.accuracy_before > 0.8
     assert next(report.model.parameters()).dtype == torch.float32
+
+
+def test_a_fresh_vgg_is_trained_with_its_own_recipe(digits, monkeypatch):
+    seen = {}
+
+    def recording(model, dataset, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train", recording)
+    with pytest.raises(KeyboardInterrupt):
+        oamip.prune(None, digits, arch="vgg")
+    recipe = TRAINING_DEFAULTS["vgg"]
+    assert (seen["epochs"], seen["lr"], seen["shift"], seen["cosine"]) == (
+        recipe.epochs,
+        recipe.lr,
+        recipe.shift,
+        recipe.cosine,
+    )

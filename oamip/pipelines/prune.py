@@ -30,11 +30,21 @@ from oamip.solve.decompose import PieceResult, open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
 from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
-from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, build, mlp
+from oamip.training.models import (
+    ARCHITECTURES,
+    DEFAULT_HIDDEN,
+    TRAINING_DEFAULTS,
+    VGG_CONVS_PER_STAGE,
+    VGG_HIDDEN,
+    VGG_WIDTHS,
+    TrainingDefaults,
+    build,
+    mlp,
+)
 from oamip.training.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
 
-DEFAULT_TRAIN_EPOCHS = 10
-DEFAULT_TRAIN_LR = 1e-2
+DEFAULT_RECIPE = TrainingDefaults(epochs=10, lr=1e-2)
+"""How mlp and lenet5 are trained when no model is given (vgg: ``TRAINING_DEFAULTS``)."""
 DEFAULT_FINETUNE_LR = 1e-3
 SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
@@ -274,13 +284,17 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
 
 
 def describe_arch(model: nn.Module) -> str:
-    """``"mlp"``, ``"lenet5"`` or ``"custom"``, from the model's affine layers in forward order."""
+    """``"mlp"``, ``"lenet5"``, ``"vgg"`` or ``"custom"``, from the model's affine layers in
+    forward order."""
     affine = [step.module for step in read_chain(model) if step.kind in ("linear", "conv")]
     widths = [m.weight.shape[0] for m in affine]
     if all(isinstance(m, nn.Linear) for m in affine):
         return "mlp"
     if [type(m) for m in affine[:2]] == [nn.Conv2d] * 2 and widths[:-1] == [6, 16, 120, 84]:
         return "lenet5"
+    vgg_widths = [w for w in VGG_WIDTHS for _ in range(VGG_CONVS_PER_STAGE)] + [VGG_HIDDEN]
+    if widths[:-1] == vgg_widths and all(isinstance(m, nn.Conv2d) for m in affine[:-3]):
+        return "vgg"
     return "custom"
 
 
@@ -372,11 +386,14 @@ def _dense_model(
         return (dense.float() if _float_dtype(dense) != torch.float32 else dense).eval(), None
     start = time.perf_counter()
     dense = build(settings.arch, dataset, DEFAULT_HIDDEN, seed=settings.seed)
+    recipe = TRAINING_DEFAULTS.get(settings.arch, DEFAULT_RECIPE)
     train(
         dense,
         dataset,
-        epochs=DEFAULT_TRAIN_EPOCHS,
-        lr=DEFAULT_TRAIN_LR,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        shift=recipe.shift,
+        cosine=recipe.cosine,
         seed=settings.seed,
         device=settings.device,
         progress=settings.progress,
