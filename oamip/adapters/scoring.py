@@ -106,7 +106,9 @@ def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes)
     optimum. The solver starts from an incumbent found by greedy removal and local search
     (:mod:`oamip.solve.warm_start`), with its own primal heuristics off unless
     ``solver_heuristics``. ``time_limit`` covers the whole call. The result is certified
-    (:func:`oamip.solve.loop.certify`): "optimal" only when proven.
+    (:func:`oamip.solve.loop.certify`): "optimal" only when proven. Ctrl-C stops the solve
+    within seconds and returns its best solution, status "interrupted" with its bound; a second
+    Ctrl-C raises KeyboardInterrupt (:mod:`oamip.solve.interrupt`).
 
     With ``decompose`` the MIP is cut into independent pieces (per scored layer with auxiliary
     heads fit on ``aux_data``, per class, or both; :mod:`oamip.adapters.decompose`), run here,
