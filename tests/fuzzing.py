@@ -21,6 +21,7 @@ from scipy.special import logsumexp
 from torch import nn
 
 import oamip
+from tests.nets import random_bn
 
 MAX_UNITS = 9
 KINDS = ("mlp", "mlp_bn", "mlp_dropout", "conv_max", "conv_avg", "conv_bn")
@@ -71,7 +72,7 @@ def _mlp(rng, kind: str) -> tuple[nn.Sequential, np.ndarray]:
     for h in hidden:
         layers.append(nn.Linear(width, h, bias=bool(rng.integers(0, 4))))
         if kind == "mlp_bn":
-            layers.append(_batchnorm(nn.BatchNorm1d(h)))
+            layers.append(random_bn(nn.BatchNorm1d(h)))
         layers.append(nn.ReLU())
         if kind == "mlp_dropout":
             layers.append(nn.Dropout(0.5))
@@ -86,19 +87,10 @@ def _conv(rng, kind: str) -> tuple[nn.Sequential, np.ndarray]:
     pool = nn.AvgPool2d(2) if kind == "conv_avg" else nn.MaxPool2d(2)
     layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1)]
     if kind == "conv_bn":
-        layers.append(_batchnorm(nn.BatchNorm2d(channels)))
+        layers.append(random_bn(nn.BatchNorm2d(channels)))
     layers += [nn.ReLU(), pool, nn.Flatten(), nn.Linear(channels * 4, hidden), nn.ReLU()]
     layers.append(nn.Linear(hidden, int(rng.integers(2, 4))))
     return nn.Sequential(*layers), rng.uniform(0, 1, size=(int(rng.integers(1, 4)), 1, 4, 4))
-
-
-def _batchnorm(bn: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.3, 0.3)
-    return bn
 
 
 def _rescale(model: nn.Sequential, rng) -> str:

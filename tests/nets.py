@@ -14,7 +14,7 @@ def mlp(seed: int, sizes=(6, 5, 4, 3), batchnorm: bool = False) -> nn.Sequential
     for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
         layers.append(nn.Linear(n_in, n_out))
         if batchnorm:
-            layers.append(_random_bn(nn.BatchNorm1d(n_out)))
+            layers.append(random_bn(nn.BatchNorm1d(n_out)))
         layers.append(nn.ReLU())
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers).eval()
@@ -28,7 +28,7 @@ def convnet(seed: int, channels=(1, 3, 4), size: int = 8, pool: str = "max") -> 
     side = (size // 2) - 2
     model = nn.Sequential(
         nn.Conv2d(c0, c1, 3, padding=1),
-        _random_bn(nn.BatchNorm2d(c1)),
+        random_bn(nn.BatchNorm2d(c1)),
         nn.ReLU(),
         pooling,
         nn.Conv2d(c1, c2, 3),
@@ -60,7 +60,7 @@ class FunctionalNet(nn.Module):
         return self.fc2(x)
 
 
-def _random_bn(bn: nn.Module) -> nn.Module:
+def random_bn(bn: nn.Module) -> nn.Module:
     """A BatchNorm with non-trivial statistics, scale and shift."""
     with torch.no_grad():
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -78,7 +78,7 @@ class PoolFirstNet(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
-        self.bn = _random_bn(nn.BatchNorm2d(3))
+        self.bn = random_bn(nn.BatchNorm2d(3))
         self.conv2 = nn.Conv2d(3, 2, 3)
         self.fc = nn.Linear(2 * 1 * 1, 3)
         self.eval()

@@ -31,7 +31,7 @@ from oamip.training.data import (
     load_npz,
     make_dataset,
 )
-from tests.nets import _random_bn, mlp
+from tests.nets import mlp, random_bn
 
 SMALL_PEAK = 8 << 20
 """Bytes a refusal may allocate: far below what the hostile files ask for."""
@@ -270,7 +270,7 @@ def _bn_dropout_net() -> nn.Sequential:
     torch.manual_seed(3)
     return nn.Sequential(
         nn.Linear(6, 5),
-        _random_bn(nn.BatchNorm1d(5)),
+        random_bn(nn.BatchNorm1d(5)),
         nn.ReLU(),
         nn.Dropout(0.5),
         nn.Linear(5, 4),
