@@ -293,9 +293,7 @@ def test_a_decomposed_sweep_gives_each_weight_the_decomposed_solve(tmp_path):
             assert a.objective == pytest.approx(b.objective, abs=TOL)
         for name in fresh.scores:
             np.testing.assert_array_equal(res.scores[name], fresh.scores[name])
-    assert any(
-        not np.array_equal(swept[0].scores[n], swept[1].scores[n]) for n in swept[0].scores
-    )
+    assert any(not np.array_equal(swept[0].scores[n], swept[1].scores[n]) for n in swept[0].scores)
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path):
