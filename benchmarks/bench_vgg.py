@@ -25,9 +25,8 @@ from oamip.adapters.chain import units
 from oamip.files import write_json
 from oamip.pipelines.bench import machine
 from oamip.training.data import load_data
-from oamip.training.models import build
-from oamip.training.train import evaluate, train
-from oamip.training.zoo import Recipe
+from oamip.training.train import evaluate
+from oamip.training.zoo import Recipe, trained
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-14k.npz"
@@ -42,21 +41,10 @@ def run(data: Path, threads: int, epochs: int | None) -> dict:
     recipe = Recipe.default("vgg")
     if epochs is not None:
         recipe = Recipe(**{**asdict(recipe), "epochs": epochs})
-    model = build("vgg", dataset, seed=recipe.seed)
-    wall, cpu = time.perf_counter(), time.process_time()
-    train(
-        model,
-        dataset,
-        recipe.epochs,
-        recipe.lr,
-        recipe.batch_size,
-        recipe.seed,
-        progress=False,
-        shift=recipe.shift,
-        cosine=recipe.cosine,
-    )
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    accuracy = evaluate(model, dataset.x_test, dataset.y_test)
+    cpu = time.process_time()
+    result = trained(dataset, recipe)
+    model, wall, cpu = result.model, result.train_seconds, time.process_time() - cpu
+    accuracy = result.accuracy
     return {
         "machine": machine(),
         "command": shlex.join(["python", "benchmarks/bench_vgg.py", *sys.argv[1:]]),

@@ -440,18 +440,8 @@ def piece_line(piece: PieceResult | SubproblemReport) -> str:
 
 
 def _subproblem_report(piece: PieceResult) -> SubproblemReport:
-    return SubproblemReport(
-        piece.layer,
-        piece.label,
-        piece.samples,
-        piece.status,
-        piece.objective,
-        piece.bound,
-        piece.seconds,
-        piece.head_accuracy,
-        piece.resumed,
-        piece.error,
-    )
+    """The report's columns of a piece (its scores and checkpoint key stay out of report.json)."""
+    return SubproblemReport(**{f.name: getattr(piece, f.name) for f in fields(SubproblemReport)})
 
 
 @contextmanager
