@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oamip.errors import InvalidInputError
-from oamip.formulations.importance import _check_labels
+from oamip.formulations.importance import check_labels
 from oamip.network import AffineLayer, MaxPoolLayer, Network
 from oamip.solve.decompose import ERROR, Piece, PieceResult
 from oamip.solve.heads import fit_head
@@ -59,7 +59,7 @@ def check_decomposition(
     """Checks made before any work: the batch, and ``aux`` (``aux_data`` as numpy arrays)
     where heads are needed. Returns ``aux`` checked (None when no head is needed)."""
     x = network.check_input(x)
-    _check_labels(y, len(x), network.num_classes)
+    check_labels(y, len(x), network.num_classes)
     if not network.scored:
         raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
     if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
@@ -74,7 +74,7 @@ def check_decomposition(
         raise InvalidInputError("aux_data is empty: give training inputs and labels")
     try:
         aux_x = network.check_input(aux_x)
-        aux_y = _check_labels(aux_y, len(aux_x), network.num_classes)
+        aux_y = check_labels(aux_y, len(aux_x), network.num_classes)
     except InvalidInputError as exc:
         raise InvalidInputError(f"aux_data: {exc}") from None
     return aux_x, aux_y
@@ -87,7 +87,7 @@ def decomposed_pieces(
     ``aux`` it takes), in order of block, then class."""
     kinds = options.decompose.split(",")
     x = network.check_input(x)
-    y = _check_labels(y, len(x), network.num_classes)
+    y = check_labels(y, len(x), network.num_classes)
     solo = options.solo()
     cut = blocks(network) if "layer" in kinds else [Block(0, len(network.layers), None)]
     trace = network.trace(x)

@@ -212,7 +212,7 @@ def build_importance_model(
     settings = replace(settings) if settings is not None else ImportanceSettings()
     settings.validate()
     x = network.check_input(x)
-    y = _check_labels(y, len(x), network.num_classes)
+    y = check_labels(y, len(x), network.num_classes)
     if not network.scored:
         raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
     bounds = bounds or interval_bounds(network, x)
@@ -223,7 +223,7 @@ def build_importance_model(
     return im
 
 
-def _check_labels(y, n: int, classes: int) -> np.ndarray:
+def check_labels(y, n: int, classes: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape != (n,):
         raise InvalidInputError(f"labels have shape {y.shape}; expected ({n},), one per sample")
