@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 
 from oamip.cli.common import (
     add_instance_arguments,
     add_out_argument,
     instance_options,
     names,
+    percent,
     say,
     say_written,
 )
@@ -22,8 +24,8 @@ from oamip.pipelines.bench import (
     DEFAULT_THREADS,
     DEFAULT_TIME_LIMIT,
     MAX_GAP_POINTS,
+    BenchRow,
     benchmark,
-    summary_table,
     write_results,
 )
 
@@ -84,3 +86,18 @@ def run(args: argparse.Namespace) -> int:
     say(summary_table(result.rows))
     say_written(args.out, written)
     return 0
+
+
+def summary_table(rows: Sequence[BenchRow]) -> str:
+    """A plain-text table: one line per solve (status, objective, gap, load + solve seconds)."""
+    lines = [f"{'instance':32} {'backend':8} {'status':10} {'objective':>11} {'gap':>8} {'s':>8}"]
+    for r in rows:
+        objective = "-" if r.objective is None else f"{r.objective:.5g}"
+        total = r.load_seconds + r.seconds
+        lines.append(
+            f"{r.instance:32} {r.backend:8} {r.status:10} {objective:>11} {percent(r.gap):>8} "
+            f"{total:8.2f}"
+        )
+        if r.message:
+            lines.append(f"    {r.message}")
+    return "\n".join(lines)

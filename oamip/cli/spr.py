@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oamip.cli.common import add_input_arguments, add_out_argument, read_inputs, say
+from oamip.cli.common import (
+    add_input_arguments,
+    add_out_argument,
+    percent,
+    read_inputs,
+    say,
+    say_written,
+)
 from oamip.pipelines.spr import (
     DEFAULT_ALPHA,
     DEFAULT_EPOCHS,
@@ -14,8 +21,8 @@ from oamip.pipelines.spr import (
     DEFAULT_M_SCALE,
     DEFAULT_OUT,
     DEFAULT_SPR_LR,
+    SPRReport,
     spr_prune,
-    summary_table,
 )
 
 NAME = "spr"
@@ -60,5 +67,33 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
     )
     say(summary_table(report))
-    say(f"wrote {Path(args.out) / 'report.json'} and pruned.pt")
+    say_written(args.out, [Path("report.json"), Path("pruned.pt")])
     return 0
+
+
+def summary_table(r: SPRReport) -> str:
+    """A plain-text summary: dense, SPR and group lasso rows, units kept per layer."""
+    rows = [("dense", 0, r.params_total, r.accuracy_before, None)]
+    rows.append(
+        ("SPR", r.units_pruned, r.params_after, r.accuracy_after, r.accuracy_after_finetune)
+    )
+    if r.group_lasso is not None:
+        g = r.group_lasso
+        name = f"group lasso x{g.scale:g}"
+        rows.append(
+            (name, g.units_pruned, g.params_after, g.accuracy_after, g.accuracy_after_finetune)
+        )
+    lines = [
+        f"SPR on {r.arch} / {r.dataset}: lam {r.lam:g}, alpha {r.alpha:g}, M_scale {r.M_scale:g}",
+        f"{'':<18}{'units pruned':>14}{'params':>10}{'accuracy':>10}{'fine-tuned':>12}",
+    ]
+    for name, pruned, params, acc, acc_ft in rows:
+        lines.append(
+            f"{name:<18}{f'{pruned}/{r.units_total}':>14}{params:>10}{percent(acc):>10}"
+            f"{percent(acc_ft):>12}"
+        )
+    kept = ", ".join(
+        f"{layer.name}: {layer.units - layer.units_pruned}/{layer.units}" for layer in r.layers
+    )
+    lines.append(f"units kept per layer: {kept}")
+    return "\n".join(lines)

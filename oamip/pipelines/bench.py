@@ -565,18 +565,3 @@ def _mnist_spec(data: str | None) -> str | None:
     if data is not None and not data.startswith("mnist:"):
         raise InvalidInputError(f"--data takes mnist:PATH, got '{data}'")
     return data
-
-
-def summary_table(rows: Sequence[BenchRow]) -> str:
-    """A plain-text table: one line per solve (status, objective, gap, load + solve seconds)."""
-    lines = [f"{'instance':32} {'backend':8} {'status':10} {'objective':>11} {'gap':>8} {'s':>8}"]
-    for r in rows:
-        objective = "-" if r.objective is None else f"{r.objective:.5g}"
-        gap = "-" if r.gap is None else f"{r.gap:.2%}"
-        total = r.load_seconds + r.seconds
-        lines.append(
-            f"{r.instance:32} {r.backend:8} {r.status:10} {objective:>11} {gap:>8} {total:8.2f}"
-        )
-        if r.message:
-            lines.append(f"    {r.message}")
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
 
@@ -106,7 +106,8 @@ class GroupLassoReport(GroupLassoRun):
 
 @dataclass
 class SPRReport:
-    """What ``spr_prune`` did; ``report.json`` holds exactly these fields."""
+    """What ``spr_prune`` did; ``to_dict()`` is report.json (every field but the model),
+    ``model`` the pruned, physically smaller network (as :class:`oamip.PruneReport` has)."""
 
     dataset: str
     arch: str
@@ -128,6 +129,18 @@ class SPRReport:
     train_seconds: float
     layers: list[LayerUnits]
     group_lasso: GroupLassoReport | None
+    model: nn.Sequential = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (everything but the model), as written to report.json."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+
+
+def _plain(value):
+    """A nested report dataclass (or a list of them) as dicts; anything else as it is."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return asdict(value) if is_dataclass(value) else value
 
 
 @dataclass(frozen=True)
@@ -193,8 +206,9 @@ def spr_prune(
     the dense starting point (not modified; the report names its own architecture). The caller's
     random state is left as it was. The SPR phase then runs ``epochs`` epochs of Adam
     at ``lr`` decayed to zero on a cosine. ``group_lasso_scales`` (multiples of ``2 sqrt(ab)``,
-    empty for none) sets the group-lasso baseline. With ``out``, ``pruned.pt`` and
-    ``report.json`` are written there, all or nothing.
+    empty for none) sets the group-lasso baseline. The report holds the pruned, smaller model
+    (``report.model``); with ``out``, it is written there as ``pruned.pt`` with
+    ``report.json`` (``report.to_dict()``), all or nothing.
     """
     settings = _settings(
         arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
@@ -212,8 +226,8 @@ def spr_prune(
         group_lasso = _group_lasso(dense, dataset, settings, scales, spr.outcome.final_accuracy)
         report = _report(dataset.name, settings, dense, accuracy_before, spr, group_lasso)
         if folder is not None:
-            save_model(spr.pruned, Path(folder) / "pruned.pt")
-            write_json(Path(folder) / "report.json", report)
+            save_model(report.model, Path(folder) / "pruned.pt")
+            write_json(Path(folder) / "report.json", report.to_dict())
     return report
 
 
@@ -376,30 +390,5 @@ def _report(
         train_seconds=o.train_seconds,
         layers=o.layers,
         group_lasso=group_lasso,
+        model=spr.pruned.cpu().eval(),
     )
-
-
-def summary_table(r: SPRReport) -> str:
-    """A plain-text summary: dense, SPR and group lasso rows, units kept per layer."""
-    rows = [("dense", 0, r.params_total, r.accuracy_before, None)]
-    rows.append(
-        ("SPR", r.units_pruned, r.params_after, r.accuracy_after, r.accuracy_after_finetune)
-    )
-    if r.group_lasso is not None:
-        g = r.group_lasso
-        name = f"group lasso x{g.scale:g}"
-        rows.append(
-            (name, g.units_pruned, g.params_after, g.accuracy_after, g.accuracy_after_finetune)
-        )
-    lines = [
-        f"SPR on {r.arch} / {r.dataset}: lam {r.lam:g}, alpha {r.alpha:g}, M_scale {r.M_scale:g}",
-        f"{'':<18}{'units pruned':>14}{'params':>10}{'accuracy':>10}{'fine-tuned':>12}",
-    ]
-    for name, pruned, params, acc, acc_ft in rows:
-        ft = "-" if acc_ft is None else f"{acc_ft:.4f}"
-        lines.append(f"{name:<18}{f'{pruned}/{r.units_total}':>14}{params:>10}{acc:>10.4f}{ft:>12}")
-    kept = ", ".join(
-        f"{layer.name}: {layer.units - layer.units_pruned}/{layer.units}" for layer in r.layers
-    )
-    lines.append(f"units kept per layer: {kept}")
-    return "\n".join(lines)

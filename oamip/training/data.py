@@ -36,7 +36,10 @@ IDX_CHUNK = 1 << 20
 MAX_CLASSES = 100_000
 """Labels are class numbers ``0..K-1`` with ``K <= MAX_CLASSES`` and ``K`` at most the number of
 samples (train and test together): a larger label is a corrupt file, not a class."""
-DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH"
+DATA_KINDS = ("mnist", "fashion-mnist", "npz")
+"""The prefixes of a data spec ``KIND:PATH``; a spec without one that ends in ``.npz`` is an
+``npz:`` spec."""
+DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH | PATH.npz"
 
 
 @dataclass
@@ -121,13 +124,16 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
 
 
 def load_data(spec: str) -> Dataset:
-    """The data set named by ``spec``: ``digits | mnist:PATH | fashion-mnist:PATH | npz:PATH``.
+    """The data set named by ``spec``: ``digits | mnist:PATH | fashion-mnist:PATH | npz:PATH``,
+    or a path ending in ``.npz`` (read as ``npz:PATH``, named after the file).
 
     For ``mnist:`` and ``fashion-mnist:``, PATH is a folder of IDX files or an ``.npz``.
     """
     if spec == "digits":
         return load_digits()
     kind, sep, path = spec.partition(":")
+    if kind not in DATA_KINDS and spec.lower().endswith(".npz"):
+        return load_npz(spec)
     if not sep or not path:
         raise InvalidInputError(f"cannot read data spec '{spec}'; use {DATA_SPECS}")
     if kind == "npz":
@@ -142,6 +148,41 @@ def load_data(spec: str) -> Dataset:
             return load_idx_folder(location, name=kind)
         return load_npz(location, name=kind)
     raise InvalidInputError(f"unknown data kind '{kind}' in '{spec}'; use {DATA_SPECS}")
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A shape as users read it: ``1x8x8``."""
+    return "x".join(str(size) for size in shape)
+
+
+def fit_advice(model: nn.Module, dataset: Dataset) -> str:
+    """Which shapes disagree between ``model``'s first layer and ``dataset``'s inputs, and what
+    to do: the text that follows a refusal of a model that does not take the data."""
+    shape = dataset.input_shape
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)), None)
+    inputs = f"'{dataset.name}' inputs are {shape_text(shape)}"
+    if isinstance(first, nn.Linear):
+        if first.in_features == dataset.in_features and len(shape) > 1:
+            return (
+                f"its first layer, Linear({first.in_features} -> {first.out_features}), takes "
+                f"flat vectors of {first.in_features} values and {inputs}: add nn.Flatten() "
+                "before it"
+            )
+        return (
+            f"its first layer, Linear({first.in_features} -> {first.out_features}), takes "
+            f"{first.in_features} values and {inputs} ({dataset.in_features} values): build it "
+            f"with {dataset.in_features} inputs, or use the data it was made for"
+        )
+    if isinstance(first, nn.Conv2d):
+        conv = f"its first layer, Conv2d({first.in_channels} -> {first.out_channels}), takes"
+        if len(shape) != 3:
+            return f"{conv} images (channels x height x width) and {inputs}: give image data"
+        if first.in_channels != shape[0]:
+            return (
+                f"{conv} {first.in_channels}-channel images and {inputs}: build it with "
+                f"{shape[0]} input channels, or use the data it was made for"
+            )
+    return f"{inputs}; use a model made for inputs of that shape"
 
 
 def make_dataset(
