@@ -69,6 +69,8 @@ class ScoreResult:
     subproblems: list[PieceResult] = field(default_factory=list)
     """With ``decompose``: one record per piece (layer, label, samples, status, objective,
     bound, seconds, scores, head_accuracy, resumed, error)."""
+    lam: float | None = None
+    """The loss weight these scores were solved at (one per weight of ``score_sweep``)."""
 
     @property
     def model(self) -> pyo.ConcreteModel | None:
@@ -262,6 +264,7 @@ class _Combined:
                 [f"decomposed ({self.options.decompose}) into {len(results)} pieces", *notes]
             ),
             subproblems=results,
+            lam=lam,
         )
 
 
@@ -291,6 +294,7 @@ def _result(point: SweepPoint, extracted, im: ImportanceModel, x, backend: str) 
         solver_status=solution.solver_status if solution else None,
         note=solution.note if solution else "",
         coefficient_range=solution.coefficient_range if solution else None,
+        lam=point.lam,
     )
 
 
