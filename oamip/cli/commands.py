@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from oamip import __version__
-from oamip.cli import USAGE_ERROR, bench, export, fail, prune, spr
+from oamip.cli import USAGE_ERROR, bench, export, fail, prune, spr, transfer
 from oamip.cli.common import Parser, UsageError, check_folders
 from oamip.errors import OamipError
 
-COMMANDS = (prune, spr, bench, export)
+COMMANDS = (prune, spr, transfer, bench, export)
 """The subcommand modules, in the order ``oamip --help`` lists them."""
 
 
