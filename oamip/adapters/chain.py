@@ -54,7 +54,7 @@ class Step:
 
 def read_chain(model: nn.Module) -> list[Step]:
     """The steps of ``model``'s forward, in order."""
-    graph = _trace(model)
+    graph = trace_graph(model)
     modules = dict(model.named_modules())
     steps: list[Step] = []
     current = None
@@ -64,18 +64,18 @@ def read_chain(model: nn.Module) -> list[Step]:
                 raise UnsupportedLayerError("the model's forward takes more than one input")
             current = node
             continue
-        if _is_shape_query(node):
+        if is_shape_query(node):
             continue
         if node.op == "output":
             _check_input(node, current, "the output")
             break
         _check_input(node, current, node.name)
-        steps.append(_step(node, modules))
+        steps.append(step_of(node, modules))
         current = node
     return [s for s in steps if s.kind != "identity"]
 
 
-def _trace(model: nn.Module) -> fx.Graph:
+def trace_graph(model: nn.Module) -> fx.Graph:
     try:
         return fx.symbolic_trace(model).graph
     except Exception as exc:
@@ -85,7 +85,7 @@ def _trace(model: nn.Module) -> fx.Graph:
         ) from exc
 
 
-def _is_shape_query(node: fx.Node) -> bool:
+def is_shape_query(node: fx.Node) -> bool:
     """``x.size(...)``, ``x.shape`` and items of those: arguments of a reshape, not steps."""
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
@@ -95,21 +95,22 @@ def _is_shape_query(node: fx.Node) -> bool:
         return node.args[1] == "shape"
     if node.target is operator.getitem:
         source = node.args[0]
-        return isinstance(source, fx.Node) and _is_shape_query(source)
+        return isinstance(source, fx.Node) and is_shape_query(source)
     return False
 
 
 def _check_input(node: fx.Node, current: fx.Node | None, where: str) -> None:
     """Every step must consume the previous step's output, and nothing else that flows."""
-    tensors = [a for a in node.all_input_nodes if not _is_shape_query(a)]
+    tensors = [a for a in node.all_input_nodes if not is_shape_query(a)]
     if tensors != [current]:
         raise UnsupportedLayerError(
             f"the forward is not a chain of layers at '{where}' (it combines several tensors, "
-            "e.g. a skip connection); only sequential networks are supported"
+            "e.g. a skip connection); only sequential networks are read as chains (residual "
+            "networks are read by oamip.adapters.residual.residual_units)"
         )
 
 
-def _step(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
+def step_of(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     if node.op == "call_module":
         module = modules[node.target]
         for cls, kind in _MODULE_KINDS:

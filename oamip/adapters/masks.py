@@ -71,7 +71,7 @@ def check_masks(masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
             raise InvalidInputError(
                 f"mask for '{name}', which is not a scored layer; scored layers: {list(scored)}"
             )
-        mask = _as_bool(name, mask)
+        mask = as_bool_mask(name, mask)
         size = scored[name].size
         if mask.shape != (size,):
             raise InvalidInputError(
@@ -81,7 +81,7 @@ def check_masks(masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
     return clean
 
 
-def _as_bool(name: str, mask) -> np.ndarray:
+def as_bool_mask(name: str, mask) -> np.ndarray:
     """A new bool array from a bool mask or one of only 0s and 1s; anything else (scores, NaN,
     strings) is refused rather than read as "keep if non-zero"."""
     if isinstance(mask, torch.Tensor):

@@ -1,5 +1,5 @@
-"""The architectures that get pruned: the paper's fully connected ReLU network and LeNet-5, and
-a small VGG-style network for the decomposed MIP."""
+"""The architectures that get pruned: the paper's fully connected ReLU network and LeNet-5, a
+small VGG-style network for the decomposed MIP, and CIFAR-style ResNets (residual networks)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from oamip.errors import InvalidInputError
 if TYPE_CHECKING:
     from oamip.training.data import Dataset
 
-ARCHITECTURES = ("mlp", "lenet5", "vgg")
+ARCHITECTURES = ("mlp", "lenet5", "vgg", "resnet8", "resnet20")
 DEFAULT_HIDDEN = (64, 32)
 LENET_MIN_INPUT = 4
 # Below this input side the second convolution is padded ("same") instead of "valid".
@@ -26,6 +26,10 @@ VGG_WIDTHS = (8, 16, 32)
 VGG_CONVS_PER_STAGE = 2
 VGG_HIDDEN = 64
 """Units of the VGG's first Linear layer (the last scored layer)."""
+RESNET_WIDTHS = (16, 32, 64)
+"""Channels of the ResNets' three stages (see :func:`resnet`)."""
+RESNET_BLOCKS = {"resnet8": 1, "resnet20": 3}
+"""BasicBlocks per stage: a ResNet-(6n+2) has n blocks in each of its three stages."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +131,100 @@ def vgg(
     return nn.Sequential(*layers)
 
 
+class BasicBlock(nn.Module):
+    """A ResNet BasicBlock: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+    The convolutions are 3x3 without bias (the BatchNorm shifts play that part). The shortcut is
+    the identity, or a 1x1 convolution + BatchNorm where the block changes the channels or the
+    stride (``conv1``'s stride, which halves the side when 2).
+    """
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet: a 3x3 stem convolution + BatchNorm + ReLU, three stages of
+    BasicBlocks (the second and third start with stride 2), an average pooling over the whole
+    remaining image, Flatten and a Linear output layer.
+
+    Every layer is one the graph reader supports (the pooling is an ``AvgPool2d`` sized to the
+    input, not an adaptive one). Module names: ``stem``, ``stem_bn``, ``stem_relu``,
+    ``stage{1,2,3}.{block}.{conv1,bn1,relu1,conv2,bn2,shortcut,relu2}``, ``pool``, ``flatten``,
+    ``fc``.
+    """
+
+    def __init__(
+        self,
+        blocks: int,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        input_size: int = 28,
+        widths: Sequence[int] = RESNET_WIDTHS,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(widths[0])
+        self.stem_relu = nn.ReLU()
+        channels, side = widths[0], input_size
+        for index, width in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            stage = [BasicBlock(channels, width, stride)]
+            stage += [BasicBlock(width, width) for _ in range(blocks - 1)]
+            self.add_module(f"stage{index + 1}", nn.Sequential(*stage))
+            channels, side = width, (side - 1) // stride + 1
+        self.pool = nn.AvgPool2d(side)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_relu(self.stem_bn(self.stem(x)))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def resnet(
+    blocks: int,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int = 28,
+    widths: Sequence[int] = RESNET_WIDTHS,
+) -> ResNet:
+    """A ResNet-(6 ``blocks`` + 2) for square ``input_size`` images (see :class:`ResNet`):
+    ``blocks=1`` is ResNet-8, ``blocks=3`` ResNet-20."""
+    if len(widths) != 3 or min(*widths, blocks, in_channels, num_classes) < 1:
+        raise InvalidInputError(
+            f"a ResNet needs three positive stage widths and positive sizes, got "
+            f"widths={tuple(widths)}, blocks={blocks}, in_channels={in_channels}, "
+            f"num_classes={num_classes}"
+        )
+    if input_size < 1:
+        raise InvalidInputError(f"a ResNet needs images of at least 1x1 pixel, got {input_size}")
+    return ResNet(blocks, in_channels, num_classes, input_size, widths)
+
+
 def build(
     arch: str, dataset: Dataset, hidden: Sequence[int] = DEFAULT_HIDDEN, seed: int = 0
-) -> nn.Sequential:
+) -> nn.Module:
     """A freshly initialised ``arch`` model fitting ``dataset``; one seed, one set of weights.
 
-    ``hidden`` sets the MLP's hidden widths and is ignored by LeNet-5 and the VGG.
+    ``hidden`` sets the MLP's hidden widths and is ignored by the other architectures.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -142,6 +234,8 @@ def build(
             return lenet5(*_square_images(dataset, "LeNet-5"))
         if arch == "vgg":
             return vgg(*_square_images(dataset, "the VGG"))
+        if arch in RESNET_BLOCKS:
+            return resnet(RESNET_BLOCKS[arch], *_square_images(dataset, "a ResNet"))
     raise InvalidInputError(f"unknown architecture '{arch}'; use one of {', '.join(ARCHITECTURES)}")
 
 

@@ -1,0 +1,272 @@
+"""Units of residual networks, read from the forward with torch.fx, and masks for them.
+
+A residual network is a graph of the layers a chain may hold (:mod:`oamip.adapters.chain`) plus
+additions of two tensors (``x + y``, ``torch.add``, ``x.add(y)``). Its channels fall into
+*channel sets*: a Linear or Conv2d starts one with its outputs; BatchNorm, ReLU, pooling, dropout,
+flatten and identity carry it on unchanged; an addition ties the sets of its two inputs into one,
+since its channel ``c`` is the sum of both inputs' channels ``c``. A channel set that some
+Linear or Conv2d reads, and that is neither the model's input nor its output, is a *unit* of
+:func:`residual_units`, the one definition of units for residual graphs (``chain.units`` stays
+the definition for chains and refuses additions):
+
+- ``"inner"``: a set no addition touches, made by one layer (in a ResNet BasicBlock, the output
+  channels of ``conv1``, which go through BatchNorm and ReLU into ``conv2`` only);
+- ``"group"``: a *coupled group*, the channels tied by additions. In a ResNet every block of a
+  stage adds into the same channels, so the group holds each block's ``conv2`` and ``bn2``, the
+  projection shortcut's convolution and BatchNorm, or, in a stage with identity shortcuts, the
+  layer before the stage (the stem); its consumers are every block's ``conv1`` and the layers
+  that read the stage's output.
+
+Zeroing channel ``c`` in every producer (weights, bias) and every BatchNorm (scale, shift) of a
+unit makes channel ``c`` exactly 0 everywhere in the set, additions included, which is what
+:func:`apply_residual_masks` does and what physical removal relies on.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from oamip.adapters.chain import is_shape_query, step_of, trace_graph
+from oamip.adapters.masks import Masks, as_bool_mask
+from oamip.errors import InvalidInputError, UnsupportedLayerError
+
+UNIT_KINDS = ("inner", "group")
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
+_CARRY_KINDS = ("relu", "maxpool", "avgpool", "flatten", "dropout", "identity")
+
+
+@dataclass(frozen=True)
+class ResidualUnit:
+    """One unit of a residual graph: a set of ``size`` channels pruned together.
+
+    ``name`` is its first producer's module name. ``producers`` are the Linear/Conv2d modules
+    whose output channels are the unit's channels, ``batchnorms`` the BatchNorms acting on them,
+    ``consumers`` the Linear/Conv2d modules whose input channels they are (a Linear after a
+    flatten reads each channel as a block of consecutive features), and ``additions`` the fx
+    nodes of the additions that tie them (none for an ``"inner"`` unit). Names are in forward
+    order.
+    """
+
+    name: str
+    kind: str
+    producers: tuple[str, ...]
+    batchnorms: tuple[str, ...]
+    consumers: tuple[str, ...]
+    size: int
+    additions: tuple[str, ...] = ()
+
+    def row_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters of ``model`` with one row per channel of this unit: each producer's
+        weight and bias, each BatchNorm's scale and shift (where present). Zeroing row ``c`` of
+        all of them makes channel ``c`` output exactly 0."""
+        modules = dict(model.named_modules())
+        params = []
+        for name in (*self.producers, *self.batchnorms):
+            params += [modules[name].weight, modules[name].bias]
+        return [p for p in params if p is not None]
+
+
+@dataclass
+class _ChannelSet:
+    """What the graph walk learns about one channel set before sets are merged."""
+
+    producers: list[str] = field(default_factory=list)
+    batchnorms: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    additions: list[str] = field(default_factory=list)
+    is_input: bool = False
+    is_output: bool = False
+
+
+def residual_units(model: nn.Module) -> list[ResidualUnit]:
+    """The units of ``model``'s forward graph, ordered by their first producer's place in the
+    forward (see the module docstring). Refuses, naming the culprit, any operation other than
+    the supported layers and two-tensor additions, a forward with several inputs, and a layer
+    whose channels a unit owns but which is applied more than once."""
+    return _Walk(model).units()
+
+
+class _Walk:
+    """One pass over the fx graph that merges channel sets at additions (union-find)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = dict(model.named_modules())
+        self.parent: list[int] = []
+        self.sets: list[_ChannelSet] = []
+        self.of: dict[fx.Node, int] = {}
+        self.uses: dict[str, int] = {}
+        for node in trace_graph(model).nodes:
+            self._visit(node)
+
+    def _new(self, **flags: bool) -> int:
+        self.parent.append(len(self.parent))
+        self.sets.append(_ChannelSet(**flags))
+        return len(self.parent) - 1
+
+    def _root(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def _visit(self, node: fx.Node) -> None:
+        if is_shape_query(node):
+            return
+        if node.op == "placeholder":
+            if any(s.is_input for s in self.sets):
+                raise UnsupportedLayerError("the model's forward takes more than one input")
+            self.of[node] = self._new(is_input=True)
+        elif node.op == "output":
+            self.sets[self._root(self.of[_one_input(node, "the output")])].is_output = True
+        elif _is_addition(node):
+            self._add(node)
+        else:
+            self._layer(node)
+
+    def _add(self, node: fx.Node) -> None:
+        inputs = _tensor_inputs(node)
+        if len(inputs) != 2 or len(node.args) != 2 or node.kwargs:
+            raise UnsupportedLayerError(
+                f"addition '{node.name}' must add exactly two tensors (no alpha, no constants); "
+                "write it as x + y"
+            )
+        first, second = (self._root(self.of[n]) for n in inputs)
+        if first != second:
+            self.parent[second] = first
+            merged = self.sets[second]
+            target = self.sets[first]
+            for attr in ("producers", "batchnorms", "consumers", "additions"):
+                getattr(target, attr).extend(getattr(merged, attr))
+            target.is_input |= merged.is_input
+            target.is_output |= merged.is_output
+        self.sets[first].additions.append(node.name)
+        self.of[node] = first
+
+    def _layer(self, node: fx.Node) -> None:
+        step = step_of(node, self.modules)
+        source = self._root(self.of[_one_input(node, node.name)])
+        if step.kind in ("linear", "conv"):
+            self.sets[source].consumers.append(step.name)
+            self.uses[step.name] = self.uses.get(step.name, 0) + 1
+            self.of[node] = self._new()
+            self.sets[self.of[node]].producers.append(step.name)
+            return
+        if step.kind == "bn":
+            self.sets[source].batchnorms.append(step.name)
+            self.uses[step.name] = self.uses.get(step.name, 0) + 1
+        elif step.kind not in _CARRY_KINDS:
+            raise UnsupportedLayerError(f"step '{step.name}' ({step.kind}) is not supported")
+        self.of[node] = source
+
+    def units(self) -> list[ResidualUnit]:
+        found = []
+        for index, cs in enumerate(self.sets):
+            if self._root(index) != index or not cs.producers or not cs.consumers:
+                continue
+            if cs.is_input or cs.is_output:
+                continue
+            found.append(self._unit(cs))
+        order = {name: i for i, name in enumerate(self.uses)}
+        return sorted(found, key=lambda unit: order[unit.name])
+
+    def _unit(self, cs: _ChannelSet) -> ResidualUnit:
+        for name in (*cs.producers, *cs.batchnorms):
+            if self.uses[name] > 1:
+                raise UnsupportedLayerError(
+                    f"layer '{name}' is applied {self.uses[name]} times in the forward; a "
+                    "layer whose channels are pruned must be applied once (give each use a "
+                    "module of its own)"
+                )
+        sizes = {self.modules[name].weight.shape[0] for name in cs.producers}
+        sizes |= {self.modules[name].num_features for name in cs.batchnorms}
+        if len(sizes) != 1:
+            raise UnsupportedLayerError(
+                f"the layers {cs.producers + cs.batchnorms} share channels but have "
+                f"{sorted(sizes)} of them; a BatchNorm must act on channels, not flattened "
+                "features"
+            )
+        order = {name: i for i, name in enumerate(self.uses)}
+        producers = sorted(cs.producers, key=order.__getitem__)
+        return ResidualUnit(
+            name=producers[0],
+            kind="group" if cs.additions else "inner",
+            producers=tuple(producers),
+            batchnorms=tuple(sorted(cs.batchnorms, key=order.__getitem__)),
+            consumers=tuple(sorted(cs.consumers, key=order.__getitem__)),
+            size=sizes.pop(),
+            additions=tuple(cs.additions),
+        )
+
+
+def _is_addition(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCTIONS
+    return node.op == "call_method" and node.target in _ADD_METHODS
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes if not is_shape_query(a)]
+
+
+def _one_input(node: fx.Node, where: str) -> fx.Node:
+    inputs = _tensor_inputs(node)
+    if len(inputs) != 1:
+        raise UnsupportedLayerError(
+            f"'{where}' takes {len(inputs)} tensors; apart from additions of two tensors, each "
+            "step of a residual network must take one tensor and return one"
+        )
+    return inputs[0]
+
+
+def check_residual_masks(
+    masks: Masks, found: list[ResidualUnit], allow_empty: bool = True
+) -> dict[str, np.ndarray]:
+    """Masks as bool arrays keyed by unit names, with types and sizes checked; with
+    ``allow_empty=False`` a mask that removes every channel of its unit is refused too."""
+    if not isinstance(masks, Mapping):
+        raise InvalidInputError(
+            f"masks must be a dict {{unit name: boolean keep-mask}}, got {type(masks).__name__}"
+        )
+    by_name = {unit.name: unit for unit in found}
+    clean = {}
+    for name, mask in masks.items():
+        if name not in by_name:
+            raise InvalidInputError(
+                f"mask for '{name}', which is not a unit of this residual network; units: "
+                f"{list(by_name)}"
+            )
+        clean[name] = as_bool_mask(name, mask)
+        if clean[name].shape != (by_name[name].size,):
+            raise InvalidInputError(
+                f"mask for '{name}' has shape {clean[name].shape}; the unit has "
+                f"{by_name[name].size} channels"
+            )
+        if not allow_empty and not clean[name].any():
+            raise InvalidInputError(
+                f"the mask of '{name}' removes every channel; keep at least one per unit"
+            )
+    return clean
+
+
+def apply_residual_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """A copy of ``model`` in which every pruned channel of a unit outputs exactly 0: its rows
+    of every producer's weight and bias and of every BatchNorm's scale and shift are zeroed."""
+    pruned = copy.deepcopy(model)
+    found = residual_units(pruned)
+    clean = check_residual_masks(masks, found)
+    for unit in found:
+        if unit.name not in clean:
+            continue
+        off = torch.from_numpy(~clean[unit.name])
+        with torch.no_grad():
+            for param in unit.row_parameters(pruned):
+                param[off.to(param.device)] = 0.0
+    return pruned

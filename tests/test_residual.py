@@ -1,0 +1,154 @@
+"""Residual networks: their units, masks, physical removal, saving, SPR and costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import oamip
+from oamip.adapters.residual import apply_residual_masks, residual_units
+from oamip.training.models import ARCHITECTURES, resnet
+from tests.nets import random_bn
+
+
+def resnet8(seed: int = 0, widths=(4, 6, 8), size: int = 8) -> nn.Module:
+    """A small ResNet-8 with random BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = resnet(1, input_size=size, widths=widths)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            random_bn(module)
+    return model.eval()
+
+
+def test_resnets_are_named_architectures_of_6n_plus_2_layers():
+    assert {"resnet8", "resnet20"} <= set(ARCHITECTURES)
+    for blocks, depth in [(1, 8), (3, 20)]:
+        model = resnet(blocks, input_size=28)
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        shortcuts = [m for m in layers if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+        assert len(layers) - len(shortcuts) == depth
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_resnet8_units_are_the_inner_channels_and_one_coupled_group_per_stage():
+    found = residual_units(resnet8())
+    assert [(u.name, u.kind, u.size) for u in found] == [
+        ("stem", "group", 4),
+        ("stage1.0.conv1", "inner", 4),
+        ("stage2.0.conv1", "inner", 6),
+        ("stage2.0.conv2", "group", 6),
+        ("stage3.0.conv1", "inner", 8),
+        ("stage3.0.conv2", "group", 8),
+    ]
+    stem, inner = found[0], found[1]
+    assert stem.producers == ("stem", "stage1.0.conv2")
+    assert stem.batchnorms == ("stem_bn", "stage1.0.bn2")
+    assert stem.consumers == ("stage1.0.conv1", "stage2.0.conv1", "stage2.0.shortcut.0")
+    assert inner.producers == ("stage1.0.conv1",) and inner.batchnorms == ("stage1.0.bn1",)
+    assert inner.consumers == ("stage1.0.conv2",) and inner.additions == ()
+    assert found[3].producers == ("stage2.0.conv2", "stage2.0.shortcut.0")
+    assert found[3].batchnorms == ("stage2.0.bn2", "stage2.0.shortcut.1")
+    assert found[5].consumers == ("fc",)
+
+
+def test_every_block_of_a_resnet20_stage_shares_one_group():
+    found = residual_units(resnet(3, input_size=8, widths=(2, 3, 4)))
+    groups = [u for u in found if u.kind == "group"]
+    assert len(found) == 12 and len(groups) == 3
+    assert groups[1].producers == (
+        "stage2.0.conv2",
+        "stage2.0.shortcut.0",
+        "stage2.1.conv2",
+        "stage2.2.conv2",
+    )
+    assert len(groups[1].additions) == 3
+    assert groups[1].consumers == (
+        "stage2.1.conv1",
+        "stage2.2.conv1",
+        "stage3.0.conv1",
+        "stage3.0.shortcut.0",
+    )
+
+
+class _FunctionalResidual(nn.Module):
+    """Additions written as torch.add and a method, a functional ReLU, a Linear residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 4)
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = torch.relu(torch.add(self.fc1(h), h))
+        return self.out(torch.relu(h.add(self.fc2(h))))
+
+
+def test_functional_additions_tie_every_layer_that_adds_into_them():
+    found = residual_units(_FunctionalResidual())
+    assert [(u.name, u.kind, u.producers) for u in found] == [
+        ("inp", "group", ("inp", "fc1", "fc2"))
+    ]
+    assert found[0].consumers == ("fc1", "fc2", "out")
+
+
+class _InputResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)) + x)
+
+
+class _Concat(_InputResidual):
+    def forward(self, x):
+        return self.out(torch.cat([self.fc(x), x], 1)[:, :4])
+
+
+def test_channels_tied_to_the_input_are_no_unit_and_other_operations_are_refused():
+    assert residual_units(_InputResidual()) == []
+    with pytest.raises(oamip.UnsupportedLayerError, match="cat"):
+        residual_units(_Concat())
+
+
+def test_chain_units_refuse_a_residual_network_and_point_to_residual_units():
+    from oamip.adapters.chain import units
+
+    with pytest.raises(oamip.UnsupportedLayerError, match="residual_units"):
+        units(resnet8())
+
+
+def test_masks_zero_the_unit_channels_in_every_producer_and_batchnorm():
+    model = resnet8(1)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = np.array([True, False, True, False, True, True])
+    masked = apply_residual_masks(model, {"stage2.0.conv2": keep})
+    seen = {}
+    for name in ("stage2.0.bn2", "stage2.0.shortcut.1", "stage2.0.relu2"):
+        dict(masked.named_modules())[name].register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, out)
+        )
+    with torch.no_grad():
+        masked(torch.rand(3, 1, 8, 8))
+    for out in seen.values():
+        assert torch.all(out[:, ~keep] == 0) and torch.any(out[:, keep] != 0)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    untouched = masked.state_dict()["stage1.0.conv1.weight"]
+    assert torch.equal(untouched, original["stage1.0.conv1.weight"])
+
+
+def test_masks_of_unknown_units_or_wrong_sizes_are_refused():
+    model = resnet8()
+    with pytest.raises(oamip.InvalidInputError, match="not a unit"):
+        apply_residual_masks(model, {"stage1.0.conv2": np.ones(4, bool)})
+    with pytest.raises(oamip.InvalidInputError, match="has shape"):
+        apply_residual_masks(model, {"stem": np.ones(5, bool)})
+    with pytest.raises(oamip.InvalidInputError, match="not boolean"):
+        apply_residual_masks(model, {"stem": np.full(4, 0.5)})
