@@ -27,7 +27,9 @@ VGG_CONVS_PER_STAGE = 2
 VGG_HIDDEN = 64
 """Units of the VGG's first Linear layer (the last scored layer)."""
 RESNET_WIDTHS = (16, 32, 64)
-"""Channels of the ResNets' three stages (see :func:`resnet`)."""
+"""Channels of the ResNets' three stages (see :func:`resnet`), the CIFAR ResNets' own: one epoch
+of ResNet-20 on Fashion-MNIST's 12,000 training images (batch 64, one CPU thread of this 2-core
+machine) took 58-60 s, measured; (8, 16, 32) took 22 s."""
 RESNET_BLOCKS = {"resnet8": 1, "resnet20": 3}
 """BasicBlocks per stage: a ResNet-(6n+2) has n blocks in each of its three stages."""
 
