@@ -39,6 +39,8 @@ _LAZY = {
     "prune": "oamip.pipelines.prune",
     "SPRReport": "oamip.pipelines.spr",
     "spr_prune": "oamip.pipelines.spr",
+    "TransferReport": "oamip.pipelines.transfer",
+    "transfer": "oamip.pipelines.transfer",
 }
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from oamip.adapters.serialize import load_model, save_model
     from oamip.pipelines.prune import PruneReport, prune
     from oamip.pipelines.spr import SPRReport, spr_prune
+    from oamip.pipelines.transfer import TransferReport, transfer
     from oamip.solve.options import ScoringOptions
 
 
@@ -76,6 +79,7 @@ __all__ = [
     "ScoreResult",
     "ScoringOptions",
     "SolverError",
+    "TransferReport",
     "UnsupportedLayerError",
     "VerificationError",
     "apply_masks",
@@ -88,4 +92,5 @@ __all__ = [
     "score_neurons",
     "score_sweep",
     "spr_prune",
+    "transfer",
 ]
