@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import oamip
+from oamip.adapters.removal import remove_residual_pruned
 from oamip.adapters.residual import apply_residual_masks, residual_units
 from oamip.training.models import ARCHITECTURES, resnet
 from tests.nets import random_bn
@@ -152,3 +153,44 @@ def test_masks_of_unknown_units_or_wrong_sizes_are_refused():
         apply_residual_masks(model, {"stem": np.ones(5, bool)})
     with pytest.raises(oamip.InvalidInputError, match="not boolean"):
         apply_residual_masks(model, {"stem": np.full(4, 0.5)})
+
+
+def _random_masks(model: nn.Module, seed: int) -> dict[str, np.ndarray]:
+    """A keep-mask for every unit, each keeping at least one channel."""
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for unit in residual_units(model):
+        keep = rng.random(unit.size) < 0.5
+        keep[rng.integers(unit.size)] = True
+        masks[unit.name] = keep
+    return masks
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_removal_gives_a_smaller_model_with_exactly_the_masked_outputs(blocks):
+    torch.manual_seed(blocks)
+    model = resnet(blocks, input_size=8, widths=(4, 6, 8))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            random_bn(module)
+    model.eval()
+    masks = _random_masks(model, blocks)
+    before = _params(model)
+    small = remove_residual_pruned(model, masks)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        diff = (small(x) - apply_residual_masks(model, masks)(x)).abs().max().item()
+    assert diff < 1e-5
+    kept = {name: int(mask.sum()) for name, mask in masks.items()}
+    assert [u.size for u in residual_units(small)] == [kept[u.name] for u in residual_units(model)]
+    assert _params(small) < _params(model)
+    assert type(small) is type(model) and _params(model) == before
+
+
+def test_removal_refuses_a_mask_that_empties_a_unit():
+    with pytest.raises(oamip.InvalidInputError, match="removes every channel"):
+        remove_residual_pruned(resnet8(), {"stage1.0.conv1": np.zeros(4, bool)})

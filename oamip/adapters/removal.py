@@ -1,0 +1,100 @@
+"""Physical removal of pruned channels from residual networks.
+
+Own code rather than Torch-Pruning's dependency graph: :func:`oamip.adapters.residual.
+residual_units` already knows which layers share a unit's channels, so removal is slicing those
+layers' weights; it needs no optional dependency, keeps the model's class, forward and module
+names (so the result is saved like any residual model), and is checked for exactness in
+tests/test_residual.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from oamip.adapters.masks import Masks
+from oamip.adapters.residual import ResidualUnit, check_residual_masks, residual_units
+from oamip.errors import UnsupportedLayerError
+
+
+def remove_residual_pruned(model: nn.Module, masks: Masks) -> nn.Module:
+    """A copy of ``model`` with the pruned channels of each masked unit physically gone.
+
+    Every producer and BatchNorm of a unit loses the pruned channels' rows and every consumer
+    the matching input channels (a Linear after a flatten, each channel's block of features).
+    Pruned channels are exactly 0 in the masked model (:func:`apply_residual_masks`), so the
+    smaller model computes the same outputs. Each mask must keep at least one channel.
+    """
+    found = residual_units(model)
+    clean = check_residual_masks(masks, found, allow_empty=False)
+    small = copy.deepcopy(model)
+    modules = dict(small.named_modules())
+    for unit in found:
+        if unit.name in clean and not clean[unit.name].all():
+            _slice_unit(unit, modules, clean[unit.name])
+    return small
+
+
+def _slice_unit(unit: ResidualUnit, modules: dict[str, nn.Module], keep: np.ndarray) -> None:
+    index = torch.from_numpy(np.flatnonzero(keep))
+    for name in unit.producers:
+        _keep_outputs(modules[name], index)
+    for name in unit.batchnorms:
+        _keep_batchnorm(modules[name], index)
+    for name in unit.consumers:
+        _keep_inputs(name, modules[name], index, unit.size)
+
+
+def _keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
+    _refuse_grouped(module)
+    _select(module, "weight", index, 0)
+    _select(module, "bias", index, 0)
+    attr = "out_channels" if isinstance(module, nn.Conv2d) else "out_features"
+    setattr(module, attr, len(index))
+
+
+def _keep_batchnorm(module: nn.Module, index: torch.Tensor) -> None:
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        _select(module, attr, index, 0)
+    module.num_features = len(index)
+
+
+def _keep_inputs(name: str, module: nn.Module, index: torch.Tensor, channels: int) -> None:
+    _refuse_grouped(module)
+    if isinstance(module, nn.Conv2d):
+        _select(module, "weight", index, 1)
+        module.in_channels = len(index)
+        return
+    area, rest = divmod(module.in_features, channels)
+    if rest:
+        raise UnsupportedLayerError(
+            f"cannot tell which inputs of '{name}' ({module.in_features} features) belong to "
+            f"which of the {channels} channels before it"
+        )
+    columns = (index[:, None] * area + torch.arange(area)).reshape(-1)
+    _select(module, "weight", columns, 1)
+    module.in_features = len(columns)
+
+
+def _select(module: nn.Module, attr: str, index: torch.Tensor, dim: int) -> None:
+    """Keep the ``index`` entries of a parameter or buffer along ``dim`` (absent ones stay)."""
+    value = getattr(module, attr)
+    if value is None:
+        return
+    kept = value.detach().index_select(dim, index.to(value.device)).clone()
+    setattr(
+        module,
+        attr,
+        nn.Parameter(kept, value.requires_grad) if isinstance(value, nn.Parameter) else kept,
+    )
+
+
+def _refuse_grouped(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise UnsupportedLayerError(
+            f"a grouped convolution ({module.groups} groups) cannot lose channels one by one; "
+            "only ungrouped Conv2d layers are removed"
+        )
