@@ -10,12 +10,15 @@ from oamip.cli.common import (
     add_input_arguments,
     add_out_argument,
     one_of,
+    percent,
+    progress_shown,
     read_inputs,
     say,
     say_written,
 )
 from oamip.files import staged_output
 from oamip.formulations import LOSSES, SCORE_MODES
+from oamip.pipelines.budget import DEFAULT_LAMS
 from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import summary_table, write_report
 from oamip.solve.interrupt import INTERRUPTED
@@ -94,8 +97,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="let the solver run its own primal heuristics (default: off, the warm start's "
         "local search does that work)",
     )
+    add("--verbose", action="store_true", help="show the solver's log (and HiGHS's banner)")
+    _add_budget_arguments(parser)
     _add_decomposition_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
+
+
+def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-drop`` and the lam path's settings (``--lams``, ``--val-fraction``,
+    ``--refine-steps``)."""
+    d = _DEFAULTS
+    add = parser.add_argument
+    add(
+        "--max-drop",
+        type=float,
+        metavar="POINTS",
+        help="prune as much as possible while losing at most POINTS points of validation "
+        "accuracy: solve a path of lambdas and keep the sparsest mask within (default: one "
+        "lambda, --lam)",
+    )
+    add(
+        "--lams",
+        type=_floats,
+        metavar="L1,L2,...",
+        help=f"the path's lambdas with --max-drop (default {','.join(map(str, DEFAULT_LAMS))})",
+    )
+    add(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        metavar="F",
+        help="share of the training split held out for validation with --max-drop "
+        f"(default {d.val_fraction:g})",
+    )
+    add(
+        "--refine-steps",
+        type=int,
+        default=d.refine_steps,
+        metavar="N",
+        help="bisection steps of the path between the two lambdas around the budget "
+        f"(default {d.refine_steps})",
+    )
 
 
 def _add_decomposition_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
 def interrupted_line(gap: float | None) -> str:
     """The line that says the solve was stopped by Ctrl-C and what the results come from."""
-    proof = "no bound" if gap is None else f"gap {100 * gap:.1f}%"
+    proof = "no bound" if gap is None else f"gap {percent(gap)}"
     return f"solve interrupted (Ctrl-C): results are from the best solution found ({proof})"
 
 
@@ -174,8 +216,23 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "n_jobs": args.workers,
         "executor": args.scheduler,
         "checkpoint": args.checkpoint,
-        "progress": True,
+        "progress": progress_shown(),
+        "verbose": args.verbose,
+        "max_drop": args.max_drop,
+        "lams": args.lams,
+        "val_fraction": args.val_fraction,
+        "refine_steps": args.refine_steps,
     }
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers, e.g. ``0.1,1,10``."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas (e.g. 0.1,1,10), got '{text}'"
+        ) from None
 
 
 def _seconds_or_none(text: str) -> float | None:

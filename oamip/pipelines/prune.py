@@ -23,13 +23,32 @@ from tqdm.auto import tqdm
 
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
-from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons
+from oamip.adapters.chain import units
+from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons, score_sweep
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
+from oamip.pipelines.budget import (
+    DEFAULT_LAMS,
+    DEFAULT_REFINE_STEPS,
+    DEFAULT_VAL_FRACTION,
+    BudgetEntry,
+    Evaluator,
+    LamPath,
+    PathPoint,
+    StepPoint,
+    ValidationSplit,
+    baseline_steps,
+    budget_floor,
+    budget_table,
+    checked_lams,
+    keep_all,
+    lam_path,
+    split_validation,
+)
 from oamip.solve.decompose import PieceResult, open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
-from oamip.training.data import DATA_SPECS, Dataset, load_data, mip_batch
+from oamip.training.data import DATA_SPECS, Batch, Dataset, fit_advice, load_data, mip_batch
 from oamip.training.models import (
     ARCHITECTURES,
     DEFAULT_HIDDEN,
@@ -67,6 +86,20 @@ class PruneSettings(ScoringOptions):
     device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
     seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     progress: bool = checks.option(False, "show progress bars")
+    max_drop: float | None = checks.option(
+        None,
+        "points of validation accuracy the pruned network may lose against the dense one: "
+        "solve the lam path and keep the sparsest mask within (None: one lam, no validation)",
+    )
+    lams: tuple[float, ...] | None = checks.option(
+        None, f"the path's loss weights with max_drop (None: {', '.join(map(str, DEFAULT_LAMS))})"
+    )
+    val_fraction: float = checks.option(
+        DEFAULT_VAL_FRACTION, "share of the training split held out for validation (max_drop)"
+    )
+    refine_steps: int = checks.option(
+        DEFAULT_REFINE_STEPS, "bisection steps of the path around the budget (max_drop)"
+    )
 
     def validate(self) -> None:
         """Check every setting before any work (InvalidInputError names the culprit) and
@@ -79,17 +112,37 @@ class PruneSettings(ScoringOptions):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("progress", self.progress)
+        self._validate_budget()
+
+    def _validate_budget(self) -> None:
+        """The budget's settings: lams and refine_steps only make sense with max_drop."""
+        self.val_fraction = checks.real(
+            "the validation fraction", self.val_fraction, 0.0, 1.0, open_low=True
+        )
+        self.refine_steps = checks.whole("refine steps", self.refine_steps, 0)
+        if self.max_drop is None:
+            if self.lams is not None:
+                raise InvalidInputError(
+                    "lams (--lams) is the path of an accuracy budget: give max_drop "
+                    "(--max-drop POINTS) too, or use lam (--lam) for one weight"
+                )
+            return
+        self.max_drop = checks.real("max_drop (points of accuracy)", self.max_drop, 0.0, 100.0)
+        if self.lams is not None:
+            self.lams = checked_lams(self.lams)
 
 
 @dataclass
 class LayerReport:
-    """One scored layer: its units, how many were pruned (which ones), the MIP's unit scores."""
+    """One scored layer: its module name, its label (:func:`layer_labels`), its units, how many
+    were pruned (which ones), the MIP's unit scores."""
 
     name: str
     units: int
     units_pruned: int
     pruned: list[int]
     scores: list[float]
+    label: str
 
 
 @dataclass
@@ -165,6 +218,19 @@ class PruneReport:
     layers: list[LayerReport]
     baselines: list[BaselineReport]
     curve: list[CurvePoint]
+    max_drop: float | None
+    """The validation budget in points (None: one lam, and the budget fields stay empty)."""
+    val_fraction: float | None
+    val_size: int
+    val_accuracy_before: float | None
+    path: list[PathPoint]
+    """One entry per lam solved, sorted by lam."""
+    chosen: int | None
+    """The index in ``path`` of the mask kept (None: no lam within the budget, nothing pruned)."""
+    budget: list[BudgetEntry]
+    """The MIP and every criterion: the most units removed within the budget."""
+    baseline_path: list[StepPoint]
+    """Every criterion's steps (see ``oamip.pipelines.budget.BASELINE_STEPS``)."""
     model: nn.Sequential = field(repr=False, compare=False)
 
     def to_dict(self) -> dict:
@@ -200,33 +266,47 @@ def prune(
     settings = replace(settings or PruneSettings(), **changes)
     settings.validate()
     dataset = dataset_of(data)
-    _check_classes(dataset, settings.samples_per_class)
+    split = None
+    if settings.max_drop is not None:
+        split = split_validation(dataset, settings.val_fraction, settings.seed)
+    _check_classes(dataset if split is None else split.train, settings.samples_per_class)
     if model is not None:
         _check_model(model, dataset)
     with _torch_threads(settings.threads), open_executor(settings.executor) as executor:
-        return _prune(model, dataset, replace(settings, executor=executor))
+        return _prune(model, dataset, split, replace(settings, executor=executor))
 
 
-def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -> PruneReport:
+def _prune(
+    model: nn.Module | None,
+    full: Dataset,
+    split: ValidationSplit | None,
+    settings: PruneSettings,
+) -> PruneReport:
+    """The pipeline on ``full``, or, with a budget, on the training part of ``split`` (the
+    validation samples are never trained, fine-tuned or scored on)."""
     started = time.perf_counter()
+    dataset = full if split is None else split.train
     dense, train_seconds = _dense_model(model, dataset, settings)
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
-    result = _score(dense, batch.x, batch.y, settings, dataset)
-    masks = result.masks(settings.threshold)
+    baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
+    if split is None:
+        budgeted = _Budgeted.single(_score(dense, batch.x, batch.y, settings, dataset), settings)
+    else:
+        budgeted = _budgeted(dense, batch, split, baseline_scores, settings)
+    result, masks = budgeted.result, budgeted.masks
     masked = apply_masks(dense, masks)
     accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
     tuned = _finetuned(masked, dataset, masks, settings)
     final = tuned if tuned is not None else masked
     small = remove_pruned(final, masks).cpu().eval()
-    baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
     return PruneReport(
-        dataset=dataset.name,
+        dataset=full.name,
         arch=arch,
         backend=result.backend,
         status=result.status,
-        lam=settings.lam,
+        lam=budgeted.lam,
         loss=str(settings.loss),
         scores=settings.scores,
         threshold=settings.threshold,
@@ -246,17 +326,122 @@ def _prune(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -
         accuracy_after=accuracy_after,
         accuracy_after_finetune=_accuracy(tuned, dataset),
         finetune_epochs=settings.finetune_epochs,
-        solve_seconds=result.solve_seconds,
-        build_seconds=result.build_seconds,
+        solve_seconds=budgeted.solve_seconds,
+        build_seconds=budgeted.build_seconds,
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
         subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks),
+        layers=_layer_reports(result, masks, layer_labels(dense)),
         baselines=_compare(dense, dataset, masks, baseline_scores, settings),
         curve=_curve(dense, dataset, result, baseline_scores),
+        max_drop=settings.max_drop,
+        val_fraction=None if split is None else settings.val_fraction,
+        val_size=0 if split is None else len(split.y_val),
+        val_accuracy_before=budgeted.val_accuracy_before,
+        path=budgeted.path.points,
+        chosen=budgeted.path.chosen,
+        budget=budgeted.budget,
+        baseline_path=[point for points in budgeted.steps.values() for point in points],
         model=small,
     )
+
+
+@dataclass
+class _Budgeted:
+    """What the MIP gave: the result and masks kept, its lam and timings, and with a budget
+    the path, the baselines' steps and the budget table."""
+
+    result: ScoreResult
+    masks: dict[str, np.ndarray]
+    lam: float
+    solve_seconds: float
+    build_seconds: float
+    val_accuracy_before: float | None = None
+    path: LamPath = field(default_factory=LamPath)
+    steps: dict[str, list[StepPoint]] = field(default_factory=dict)
+    budget: list[BudgetEntry] = field(default_factory=list)
+
+    @classmethod
+    def single(cls, result: ScoreResult, settings: PruneSettings) -> _Budgeted:
+        """One lam, no budget: today's pipeline."""
+        return cls(
+            result,
+            result.masks(settings.threshold),
+            settings.lam,
+            result.solve_seconds,
+            result.build_seconds,
+        )
+
+
+def _budgeted(
+    dense: nn.Module,
+    batch: Batch,
+    split: ValidationSplit,
+    baseline_scores: dict[str, dict[str, np.ndarray]],
+    settings: PruneSettings,
+) -> _Budgeted:
+    """The lam path and every baseline's steps, each cut at the same validation budget; the
+    path's chosen mask (nothing pruned when no lam is within the budget)."""
+    evaluator = Evaluator(dense, split)
+    dense_point = evaluator(keep_all(dense))
+    floor = budget_floor(dense_point.val_accuracy, settings.max_drop)
+    calls: list[tuple[float, ScoreResult]] = []
+
+    def solve(lams: list[float]) -> list[ScoreResult]:
+        start = time.perf_counter()
+        results = _scores_at(dense, batch.x, batch.y, settings, split.train, lams)
+        calls.append((time.perf_counter() - start, results[0]))
+        return results
+
+    path = lam_path(
+        solve,
+        evaluator,
+        settings.lams or DEFAULT_LAMS,
+        floor,
+        settings.threshold,
+        settings.refine_steps,
+    )
+    steps = {
+        method: baseline_steps(method, scores, evaluator, settings.min_keep)
+        for method, scores in baseline_scores.items()
+    }
+    kept = len(path.points) - 1 if path.chosen is None else path.chosen
+    build = sum(first.build_seconds for _, first in calls)
+    return _Budgeted(
+        result=path.results[kept],
+        masks=keep_all(dense)
+        if path.chosen is None
+        else path.results[kept].masks(settings.threshold),
+        lam=path.points[kept].lam,
+        solve_seconds=sum(seconds for seconds, _ in calls) - build,
+        build_seconds=build,
+        val_accuracy_before=dense_point.val_accuracy,
+        path=path,
+        steps=steps,
+        budget=budget_table(path, steps, floor, dense_point),
+    )
+
+
+def layer_labels(model: nn.Module) -> dict[str, str]:
+    """Module name -> what the layer is, for people: ``fc1 Linear 784->300``, ``conv2 Conv2d
+    6->16 5x5`` (Linear and Conv2d layers numbered apart, in forward order); the scored
+    layers of ``model`` (:func:`oamip.adapters.chain.units`)."""
+    counts = {"fc": 0, "conv": 0}
+    labels = {}
+    for unit in units(model):
+        module = unit.module
+        if isinstance(module, nn.Conv2d):
+            counts["conv"] += 1
+            kernel = "x".join(str(k) for k in module.kernel_size)
+            what = (
+                f"conv{counts['conv']} Conv2d {module.in_channels}->{module.out_channels} {kernel}"
+            )
+        else:
+            counts["fc"] += 1
+            what = f"fc{counts['fc']} Linear {module.in_features}->{module.out_features}"
+        labels[unit.name] = what
+    return labels
 
 
 def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Module:
@@ -330,13 +515,14 @@ def check_fits(model: nn.Module, dataset: Dataset, name: str = "the model") -> N
             logits = model(sample)
     except RuntimeError as exc:
         raise InvalidInputError(
-            f"{name} does not take inputs of shape {dataset.input_shape} from "
-            f"'{dataset.name}' ({str(exc).splitlines()[0]}); use a model made for this data"
+            f"{name} does not take inputs from '{dataset.name}': "
+            f"{fit_advice(model, dataset)} (PyTorch: {str(exc).splitlines()[0]})"
         ) from exc
     if logits.dim() != 2 or logits.shape[1] < dataset.num_classes:
         raise InvalidInputError(
             f"{name} gives outputs of shape {tuple(logits.shape[1:])} but "
-            f"'{dataset.name}' has {dataset.num_classes} classes"
+            f"'{dataset.name}' has {dataset.num_classes} classes; its last layer must give "
+            f"one logit per class ({dataset.num_classes})"
         )
 
 
@@ -404,15 +590,32 @@ def _dense_model(
 def _score(
     model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings, dataset: Dataset
 ) -> ScoreResult:
-    """The MIP solved whole (a live line), or in pieces (a bar and a line per piece)."""
+    """The MIP at ``settings.lam`` (see :func:`_scores_at`)."""
+    return _scores_at(model, x, y, settings, dataset, None)[0]
+
+
+def _scores_at(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: PruneSettings,
+    dataset: Dataset,
+    lams: list[float] | None,
+) -> list[ScoreResult]:
+    """The MIP at each of ``lams`` (None: ``settings.lam`` alone) solved whole (a live line),
+    or in pieces (a bar and a line per piece); the heads of ``"layer"`` fit on ``dataset``'s
+    training split."""
     options = settings.scoring()
     if options.decompose is None:
-        with _live_line(f"solving ({settings.backend})", settings.time_limit, settings.progress):
-            return score_neurons(model, x, y, options)
+        limit = None if settings.time_limit is None else settings.time_limit * len(lams or [0])
+        with _live_line(f"solving ({settings.backend})", limit, settings.progress):
+            if lams is None:
+                return [score_neurons(model, x, y, options)]
+            return score_sweep(model, x, y, lams, options)
     if "layer" in options.decompose.split(",") and options.aux_data is None:
         options.aux_data = (dataset.x_train, dataset.y_train)
     with _pieces_bar(f"pieces ({settings.backend})", settings.progress) as on_done:
-        return score_decomposed(model, x, y, options, [options.lam], on_done)[0]
+        return score_decomposed(model, x, y, options, lams or [options.lam], on_done)
 
 
 @contextmanager
@@ -502,7 +705,9 @@ def _accuracy(model: nn.Module | None, dataset: Dataset) -> float | None:
     return None if model is None else evaluate(model, dataset.x_test, dataset.y_test)
 
 
-def _layer_reports(result: ScoreResult, masks: dict[str, np.ndarray]) -> list[LayerReport]:
+def _layer_reports(
+    result: ScoreResult, masks: dict[str, np.ndarray], labels: dict[str, str]
+) -> list[LayerReport]:
     return [
         LayerReport(
             name,
@@ -510,6 +715,7 @@ def _layer_reports(result: ScoreResult, masks: dict[str, np.ndarray]) -> list[La
             int((~keep).sum()),
             np.flatnonzero(~keep).tolist(),
             result.scores[name].tolist(),
+            labels[name],
         )
         for name, keep in masks.items()
     ]

@@ -44,10 +44,48 @@ TIME_LIMIT_NOTE = (
 
 
 def summary_table(report: PruneReport) -> str:
-    """A plain-text summary: the solve, units and parameters per layer, accuracies per method."""
+    """A plain-text summary: the solve, units and parameters per layer, accuracies per method;
+    with a budget, the lam path (one line per lam) and the budget table."""
     head = [_headline(report)] + ([TIME_LIMIT_NOTE] if report.status == "time_limit" else [])
     head += _pieces_rows(report)
-    return "\n".join([*head, "", *_layer_rows(report), "", *_accuracy_rows(report)])
+    budget = ["", *path_rows(report), "", *budget_rows(report)] if report.path else []
+    return "\n".join([*head, *budget, "", *_layer_rows(report), "", *_accuracy_rows(report)])
+
+
+def path_rows(report: PruneReport) -> list[str]:
+    """One line per lam solved: units and parameters left, accuracies, status, gap, seconds;
+    the chosen one marked with ``*``."""
+    rows = [
+        f"lambda path, validation budget {_points(report.max_drop)} "
+        f"({report.val_size} validation samples, dense {_percent(report.val_accuracy_before)}):",
+        f"  {'lambda':>9}{'pruned':>8}{'params':>9}{'val acc':>10}{'test acc':>10}"
+        f"  {'status':<12}{'gap':>8}{'seconds':>9}",
+    ]
+    for k, point in enumerate(report.path):
+        mark = "*" if k == report.chosen else " "
+        gap = "n/a" if point.gap is None else f"{100 * point.gap:.1f}%"
+        rows.append(
+            f"{mark} {point.lam:>9.4g}{point.units_pruned:>8}{point.params_after:>9}"
+            f"{_percent(point.val_accuracy):>10}{_percent(point.test_accuracy):>10}"
+            f"  {point.status:<12}{gap:>8}{point.seconds:>9.1f}"
+        )
+    if report.chosen is None:
+        rows.append("no lambda stays within the budget: nothing is pruned")
+    return rows
+
+
+def budget_rows(report: PruneReport) -> list[str]:
+    """For every method, the most units it removes within the validation budget."""
+    rows = [
+        f"{'within budget':<16}{'pruned':>8}{'params':>9}{'val acc':>10}{'test acc':>10}",
+    ]
+    for entry in report.budget:
+        rows.append(
+            f"{entry.method:<16}{entry.units_pruned:>8}{entry.params_after:>9}"
+            f"{_percent(entry.val_accuracy):>10}{_percent(entry.test_accuracy):>10}"
+        )
+    rows.append("(baselines prune the lowest-scored units of every layer in steps; no fine-tuning)")
+    return rows
 
 
 def _pieces_rows(report: PruneReport) -> list[str]:
@@ -66,21 +104,23 @@ def _pieces_rows(report: PruneReport) -> list[str]:
 
 def _headline(report: PruneReport) -> str:
     gap = "n/a" if report.gap is None else f"{100 * report.gap:.2f}%"
+    chosen = "" if not report.path else f" (chosen from {len(report.path)} on the path)"
     return (
         f"{report.arch} on {report.dataset}: {report.backend} {report.status} "
         f"(gap {gap}, build {report.build_seconds:.1f} s, solve {report.solve_seconds:.1f} s), "
-        f"{report.loss} loss, lambda {report.lam:g}, {report.scores} scores, "
+        f"{report.loss} loss, lambda {report.lam:g}{chosen}, {report.scores} scores, "
         f"threshold {report.threshold:g}, {report.n_mip_samples} MIP samples"
     )
 
 
 def _layer_rows(report: PruneReport) -> list[str]:
-    rows = [f"{'layer':<12}{'units':>8}{'pruned':>8}{'kept':>8}"]
+    width = max([12, *(len(layer.label) + 2 for layer in report.layers)])
+    rows = [f"{'layer':<{width}}{'units':>8}{'pruned':>8}{'kept':>8}"]
     for layer in report.layers:
         kept = layer.units - layer.units_pruned
-        rows.append(f"{layer.name:<12}{layer.units:>8}{layer.units_pruned:>8}{kept:>8}")
+        rows.append(f"{layer.label:<{width}}{layer.units:>8}{layer.units_pruned:>8}{kept:>8}")
     kept_total = report.units_total - report.units_pruned
-    rows.append(f"{'total':<12}{report.units_total:>8}{report.units_pruned:>8}{kept_total:>8}")
+    rows.append(f"{'total':<{width}}{report.units_total:>8}{report.units_pruned:>8}{kept_total:>8}")
     saved = 1 - report.params_after / report.params_total if report.params_total else 0.0
     rows.append(
         f"parameters: {report.params_total} -> {report.params_after} ({100 * saved:.1f}% fewer)"
@@ -105,6 +145,10 @@ def _accuracy_rows(report: PruneReport) -> list[str]:
     return rows
 
 
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
@@ -120,7 +164,7 @@ def scores_figure(report: PruneReport) -> Figure:
         if layer.pruned:
             ax.plot(layer.pruned, scores[layer.pruned], "x", color=PRUNE_COLOR, ms=8, clip_on=False)
         ax.axhline(report.threshold, color="black", linestyle="--", linewidth=1)
-        ax.set(ylim=(0, 1.05), ylabel="score", title=f"layer {layer.name}")
+        ax.set(ylim=(0, 1.05), ylabel="score", title=layer.label)
     axes[-1].set_xlabel("unit")
     fig.suptitle(f"MIP scores per layer (dashed: threshold {report.threshold:g}; x: pruned)")
     return fig
@@ -130,21 +174,29 @@ def units_figure(report: PruneReport) -> Figure:
     """Units per scored layer before and after pruning."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    names = [layer.name for layer in report.layers]
+    names = [layer.label for layer in report.layers]
     position = np.arange(len(names))
     total = [layer.units for layer in report.layers]
     kept = [layer.units - layer.units_pruned for layer in report.layers]
     ax.bar(position - 0.2, total, width=0.4, color="lightgray", label="units")
     ax.bar(position + 0.2, kept, width=0.4, color=KEEP_COLOR, label="kept")
-    ax.set_xticks(position, names)
-    ax.set(xlabel="layer", ylabel="units", title="Units kept per layer")
+    ax.set_xticks(position, names, rotation=15, fontsize="small")
+    ax.set(ylabel="units", title=f"Units kept per layer: {_subject(report)}")
     ax.legend()
     return fig
 
 
+def _subject(report: PruneReport) -> str:
+    """What was pruned, for titles: the architecture and the data set."""
+    return f"{report.arch} on {report.dataset}"
+
+
 def accuracy_figure(report: PruneReport) -> Figure:
-    """Test accuracy against units removed: the MIP's threshold sweep and each baseline pruned
-    as many units per layer; hollow markers after fine-tuning at the chosen threshold."""
+    """Test accuracy against units removed: with a budget the lam path and the baselines' steps
+    (:func:`path_figure`); without, the MIP's threshold sweep and each baseline pruned as many
+    units per layer, hollow markers after fine-tuning at the chosen threshold."""
+    if report.path:
+        return path_figure(report)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     removed = [point.units_pruned for point in report.curve]
@@ -161,9 +213,54 @@ def accuracy_figure(report: PruneReport) -> Figure:
     ax.set(
         xlabel="units removed",
         ylabel="test accuracy",
-        title="Test accuracy against units removed (squares: fine-tuned)",
+        title=f"{_subject(report)}: test accuracy against units removed (squares: fine-tuned)",
     )
     ax.legend()
+    return fig
+
+
+def path_figure(report: PruneReport) -> Figure:
+    """Test accuracy (no fine-tuning) against units removed: the MIP's lam path and every
+    baseline's steps as curves, the dense accuracy less the budget as a line, the mask kept
+    marked by a star."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    mip = sorted(report.path, key=lambda point: point.units_pruned)
+    ax.plot(
+        [0] + [p.units_pruned for p in mip],
+        [report.accuracy_before] + [p.test_accuracy for p in mip],
+        marker="o",
+        linewidth=2,
+        label=f"{MIP_METHOD} (lambda path)",
+    )
+    methods = dict.fromkeys(step.method for step in report.baseline_path)
+    for method, marker in zip(methods, cycle("sD^vx")):
+        steps = [step for step in report.baseline_path if step.method == method]
+        ax.plot(
+            [s.units_pruned for s in steps],
+            [s.test_accuracy for s in steps],
+            marker=marker,
+            markersize=3,
+            linewidth=1,
+            label=method,
+        )
+    if report.chosen is not None:
+        kept = report.path[report.chosen]
+        ax.plot(kept.units_pruned, kept.test_accuracy, "*", color="black", ms=16, label="chosen")
+    ax.axhline(report.accuracy_before, color="gray", linestyle=":", linewidth=1, label="dense")
+    ax.axhline(
+        report.accuracy_before - report.max_drop / 100,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"dense - {_points(report.max_drop)}",
+    )
+    ax.set(
+        xlabel="units removed",
+        ylabel="test accuracy (no fine-tuning)",
+        title=f"{_subject(report)}: test accuracy against units removed",
+    )
+    ax.legend(fontsize="small")
     return fig
 
 

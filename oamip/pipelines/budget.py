@@ -1,0 +1,310 @@
+"""Pruning to an accuracy budget: the lam path of the MIP and the step paths of the baselines.
+
+A validation split is held out of the training split (:func:`split_validation`). The MIP is
+solved for one loss weight after another (a grid from "prune almost nothing" to "prune almost
+everything", refined by bisection between the two weights around the budget), every mask is
+evaluated on the validation split, and :func:`most_within_budget` (the one definition, used
+for the MIP and every baseline alike) keeps the mask that removes the most units while losing
+at most ``max_drop`` points of validation accuracy against the dense network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from torch import nn
+
+from oamip import checks
+from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters.chain import units
+from oamip.adapters.scoring import ScoreResult
+from oamip.errors import InvalidInputError
+from oamip.formulations.importance import checked_lam
+from oamip.training.criteria import MIP_METHOD
+from oamip.training.data import Dataset
+from oamip.training.train import evaluate
+
+DEFAULT_LAMS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+"""The default grid of loss weights: at 0.01 the sparsity term wins and nearly every unit goes
+(down to ``min_keep`` per layer); at 100 a unit goes only if the batch's loss barely notices."""
+DEFAULT_REFINE_STEPS = 2
+"""Bisection steps between the chosen weight and the next smaller one solved (geometric mean)."""
+DEFAULT_VAL_FRACTION = 0.1
+"""The share of the training split held out for validation."""
+BASELINE_STEPS = 50
+"""A baseline's step ``s`` (0..BASELINE_STEPS) prunes ``round(s / BASELINE_STEPS * n)`` of the
+lowest-scored units of every layer of ``n`` units (at least ``min_keep`` kept per layer)."""
+BUDGET_SLACK = 1e-9
+"""Rounding slack when comparing accuracies (fractions of samples) with the budget's floor."""
+
+Masks = dict[str, np.ndarray]
+
+
+@dataclass
+class ValidationSplit:
+    """The training split cut in two: ``train`` (the Dataset to train, pick the MIP batch and fit
+    heads on; test split unchanged) and the held-out validation samples with their row
+    numbers in the original training split."""
+
+    train: Dataset
+    x_val: np.ndarray
+    y_val: np.ndarray
+    indices: np.ndarray
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> ValidationSplit:
+    """Hold out ``fraction`` of ``dataset``'s training split (never the test split) for
+    validation: ``round(fraction * n)`` rows drawn with ``seed``, at least one; the rest stays
+    training data. The same arguments give the same split, so a model can be trained on
+    ``train`` beforehand to keep the validation samples unseen."""
+    fraction = checks.real("the validation fraction", fraction, 0.0, 1.0, open_low=True)
+    n = len(dataset.y_train)
+    size = max(1, round(fraction * n))
+    if size >= n:
+        raise InvalidInputError(
+            f"a validation fraction of {fraction:g} leaves no training samples out of {n} in "
+            f"'{dataset.name}'; use a smaller one"
+        )
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+    rest = np.setdiff1d(np.arange(n), held)
+    train = replace(dataset, x_train=dataset.x_train[rest], y_train=dataset.y_train[rest])
+    return ValidationSplit(train, dataset.x_train[held], dataset.y_train[held], held)
+
+
+def checked_lams(lams) -> tuple[float, ...]:
+    """``lams`` as a tuple of loss weights, each checked like ``lam``; a clear error for a
+    string, a non-sequence or an empty one."""
+    if isinstance(lams, str | bytes) or not isinstance(lams, Sequence | np.ndarray):
+        raise InvalidInputError(f"lams must be a list of loss weights, got {lams!r}")
+    if len(lams) == 0:
+        raise InvalidInputError("lams is empty: give at least one loss weight")
+    return tuple(checked_lam(lam) for lam in lams)
+
+
+def budget_floor(val_accuracy_before: float, max_drop: float) -> float:
+    """The lowest validation accuracy (a fraction) within ``max_drop`` points of the dense one."""
+    return val_accuracy_before - max_drop / 100.0
+
+
+def most_within_budget(
+    units_pruned: Sequence[int], val_accuracies: Sequence[float], floor: float
+) -> int | None:
+    """The index of the candidate that removes the most units with validation accuracy at least
+    ``floor`` (ties: the higher validation accuracy, then the first); None if none is within."""
+    best = None
+    for k, (removed, accuracy) in enumerate(zip(units_pruned, val_accuracies, strict=True)):
+        if accuracy < floor - BUDGET_SLACK:
+            continue
+        if best is None or (removed, accuracy) > (units_pruned[best], val_accuracies[best]):
+            best = k
+    return best
+
+
+@dataclass
+class Evaluation:
+    """A mask's units removed (total and per layer), parameters left and accuracies."""
+
+    units_pruned: int
+    layers_pruned: dict[str, int]
+    params_after: int
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class Evaluator:
+    """Evaluates masks of ``dense`` on the validation and test splits."""
+
+    dense: nn.Module
+    split: ValidationSplit
+
+    def __call__(self, masks: Masks) -> Evaluation:
+        """The mask's counts, the parameters of the physically pruned model and accuracies."""
+        masked = apply_masks(self.dense, masks)
+        test = self.split.train
+        return Evaluation(
+            units_pruned=sum(int((~m).sum()) for m in masks.values()),
+            layers_pruned={name: int((~m).sum()) for name, m in masks.items()},
+            params_after=sum(p.numel() for p in remove_pruned(self.dense, masks).parameters()),
+            val_accuracy=evaluate(masked, self.split.x_val, self.split.y_val),
+            test_accuracy=evaluate(masked, test.x_test, test.y_test),
+        )
+
+
+@dataclass
+class PathPoint:
+    """One loss weight solved on the path (``report.json``'s ``path`` entries)."""
+
+    lam: float
+    units_pruned: int
+    layers_pruned: dict[str, int]
+    params_after: int
+    val_accuracy: float
+    test_accuracy: float
+    status: str
+    gap: float | None
+    seconds: float
+    """The solve's seconds (a decomposed sweep: the wall time of the run it was part of)."""
+
+
+@dataclass
+class StepPoint:
+    """One step of a baseline's path (``report.json``'s ``baseline_path`` entries)."""
+
+    method: str
+    units_pruned: int
+    layers_pruned: dict[str, int]
+    params_after: int
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class BudgetEntry:
+    """The most units a method removes within the validation budget (``budget`` entries)."""
+
+    method: str
+    units_pruned: int
+    params_after: int
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class LamPath:
+    """The solved path: points sorted by ``lam``, their results, and the one kept (or None)."""
+
+    points: list[PathPoint] = field(default_factory=list)
+    results: list[ScoreResult] = field(default_factory=list)
+    chosen: int | None = None
+
+
+Solve = Callable[[list[float]], list[ScoreResult]]
+"""Solves the MIP at the given loss weights (one result each, in that order)."""
+
+
+def lam_path(
+    solve: Solve,
+    evaluator: Evaluator,
+    lams: Sequence[float],
+    floor: float,
+    threshold: float,
+    refine_steps: int,
+) -> LamPath:
+    """Solve ``lams`` together, then ``refine_steps`` single weights, each between the chosen
+    weight and the next smaller one solved (which prunes more), and keep the mask removing the
+    most units with validation accuracy at least ``floor``."""
+    path = LamPath()
+    grid = sorted(set(lams))
+    _add(path, grid, solve(grid), evaluator, threshold)
+    _choose(path, floor)
+    for _ in range(refine_steps):
+        lam = _between(path)
+        if lam is None:
+            break
+        _add(path, [lam], solve([lam]), evaluator, threshold)
+        _choose(path, floor)
+    return path
+
+
+def _add(
+    path: LamPath,
+    lams: list[float],
+    results: list[ScoreResult],
+    evaluator: Evaluator,
+    threshold: float,
+) -> None:
+    """Evaluate the results solved at ``lams`` and insert them in the path by weight."""
+    for lam, result in zip(lams, results, strict=True):
+        seen = evaluator(result.masks(threshold))
+        point = PathPoint(
+            lam=lam,
+            status=result.status,
+            gap=result.gap,
+            seconds=result.solve_seconds,
+            **vars(seen),
+        )
+        path.points.append(point)
+        path.results.append(result)
+    order = sorted(range(len(path.points)), key=lambda k: path.points[k].lam)
+    path.points = [path.points[k] for k in order]
+    path.results = [path.results[k] for k in order]
+
+
+def _choose(path: LamPath, floor: float) -> None:
+    path.chosen = most_within_budget(
+        [p.units_pruned for p in path.points], [p.val_accuracy for p in path.points], floor
+    )
+
+
+def _between(path: LamPath) -> float | None:
+    """The next weight to solve: between the chosen one and the next smaller one solved
+    (geometric mean; arithmetic from 0), or None when there is none or it is solved."""
+    if path.chosen is None or path.chosen == 0:
+        return None
+    high, low = path.points[path.chosen].lam, path.points[path.chosen - 1].lam
+    lam = math.sqrt(high * low) if low > 0 else (high + low) / 2
+    return None if lam in (high, low) else lam
+
+
+def baseline_steps(
+    method: str, scores: dict[str, np.ndarray], evaluator: Evaluator, min_keep: int
+) -> list[StepPoint]:
+    """A criterion's masks at every step of the grid (see BASELINE_STEPS), evaluated; steps
+    giving the same mask as the one before are left out."""
+    points: list[StepPoint] = []
+    seen: set[tuple[int, ...]] = set()
+    for step in range(BASELINE_STEPS + 1):
+        masks = step_masks(scores, step / BASELINE_STEPS, min_keep)
+        counts = tuple(int((~m).sum()) for m in masks.values())
+        if counts in seen:
+            continue
+        seen.add(counts)
+        points.append(StepPoint(method=method, **vars(evaluator(masks))))
+    return points
+
+
+def step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) -> Masks:
+    """Masks pruning ``round(fraction * n)`` lowest-scored units of every layer (ties by unit
+    order), keeping at least ``min_keep`` units per layer; True means keep."""
+    masks = {}
+    for name, values in scores.items():
+        n = len(values)
+        drop = min(round(fraction * n), max(0, n - min_keep))
+        keep = np.ones(n, dtype=bool)
+        keep[np.argsort(np.asarray(values), kind="stable")[:drop]] = False
+        masks[name] = keep
+    return masks
+
+
+def budget_table(
+    path: LamPath, steps: dict[str, list[StepPoint]], floor: float, dense: Evaluation
+) -> list[BudgetEntry]:
+    """For the MIP and every baseline, the most units removed within the budget (the dense
+    network itself when no candidate is within)."""
+    entries = [_entry(MIP_METHOD, path.points, path.chosen, dense)]
+    for method, points in steps.items():
+        best = most_within_budget(
+            [p.units_pruned for p in points], [p.val_accuracy for p in points], floor
+        )
+        entries.append(_entry(method, points, best, dense))
+    return entries
+
+
+def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEntry:
+    source = dense if best is None else points[best]
+    return BudgetEntry(
+        method,
+        source.units_pruned,
+        source.params_after,
+        source.val_accuracy,
+        source.test_accuracy,
+    )
+
+
+def keep_all(model: nn.Module) -> Masks:
+    """Masks that prune nothing (the dense network)."""
+    return {unit.name: np.ones(unit.size, dtype=bool) for unit in units(model)}

@@ -1,0 +1,371 @@
+"""Pruning to an accuracy budget: the validation split, the lam path, the baselines' steps, the
+budget table, the report and ``oamip prune --max-drop``.
+
+Design checked here: the validation split is drawn from the training split only (the test split
+is untouched), and the MIP batch, fine-tuning and decomposition heads use the rest of the
+training split, so the validation samples are disjoint from both the test split and the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import oamip
+from oamip.adapters import apply_masks
+from oamip.errors import InvalidInputError
+from oamip.pipelines import prune as pipeline
+from oamip.pipelines.budget import (
+    BASELINE_STEPS,
+    Evaluator,
+    baseline_steps,
+    budget_floor,
+    budget_table,
+    keep_all,
+    most_within_budget,
+    split_validation,
+    step_masks,
+)
+from oamip.pipelines.prune import layer_labels
+from oamip.pipelines.report import summary_table, write_report
+from oamip.training.criteria import MIP_METHOD, all_scores, criteria
+from oamip.training.data import load_digits, make_dataset
+from oamip.training.models import build, lenet5
+from oamip.training.train import evaluate, train
+from tests import nets
+
+HIDDEN = (12, 8)
+MAX_DROP = 1.0
+FAST = {"time_limit": 1.0, "threads": 1, "finetune_epochs": 0}
+PATH_KEYS = {
+    "lam",
+    "units_pruned",
+    "layers_pruned",
+    "params_after",
+    "val_accuracy",
+    "test_accuracy",
+    "status",
+    "gap",
+    "seconds",
+}
+BUDGET_KEYS = {"method", "units_pruned", "val_accuracy", "test_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build("mlp", digits, HIDDEN, seed=0)
+    yield train(model, digits, epochs=8, lr=1e-2, progress=False)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def budgeted(trained, digits):
+    """A budgeted run, recording the data set the MIP batch was drawn from."""
+    seen = []
+    draw = pipeline.mip_batch
+
+    def spy(model, dataset, samples_per_class, seed):
+        batch = draw(model, dataset, samples_per_class, seed)
+        seen.append((dataset, batch))
+        return batch
+
+    pipeline.mip_batch = spy
+    try:
+        report = oamip.prune(
+            trained, digits, max_drop=MAX_DROP, lams=[0.1, 1.0, 10.0], refine_steps=1, **FAST
+        )
+    finally:
+        pipeline.mip_batch = draw
+    return report, seen
+
+
+def _within(report) -> list[int]:
+    floor = report.val_accuracy_before - MAX_DROP / 100
+    return [k for k, p in enumerate(report.path) if p.val_accuracy >= floor - 1e-12]
+
+
+def test_the_chosen_mask_is_the_sparsest_on_the_path_within_the_budget(budgeted):
+    report, _ = budgeted
+    within = _within(report)
+    assert report.chosen in within
+    most = max(report.path[k].units_pruned for k in within)
+    assert report.path[report.chosen].units_pruned == most
+    assert report.units_pruned == most
+    assert report.lam == report.path[report.chosen].lam
+
+
+def test_the_budget_is_never_exceeded_on_the_validation_split(budgeted, trained, digits):
+    """The kept mask, rebuilt from the report's pruned units and evaluated afresh on the same
+    validation split, loses at most max_drop points against the dense network; so does every
+    method's entry in the budget table."""
+    report, _ = budgeted
+    split = split_validation(digits, report.val_fraction, report.seed)
+    masks = {}
+    for layer in report.layers:
+        keep = np.ones(layer.units, dtype=bool)
+        keep[layer.pruned] = False
+        masks[layer.name] = keep
+    dense = evaluate(trained, split.x_val, split.y_val)
+    assert dense == report.val_accuracy_before
+    accuracy = evaluate(apply_masks(trained, masks), split.x_val, split.y_val)
+    assert accuracy == report.path[report.chosen].val_accuracy
+    assert accuracy == evaluate(report.model, split.x_val, split.y_val)
+    assert accuracy >= dense - MAX_DROP / 100
+    for entry in report.budget:
+        assert entry.val_accuracy >= dense - MAX_DROP / 100 - 1e-12
+
+
+def test_the_path_is_sorted_refined_between_the_weights_around_the_budget(budgeted):
+    report, _ = budgeted
+    lams = [p.lam for p in report.path]
+    assert lams == sorted(lams) and len(lams) == 4
+    assert {0.1, 1.0, 10.0} < set(lams)
+    (refined,) = set(lams) - {0.1, 1.0, 10.0}
+    assert any(np.isclose(refined, np.sqrt(a * b)) for a, b in itertools.pairwise([0.1, 1, 10]))
+
+
+def test_baselines_budget_figures_are_the_most_units_within_the_budget(budgeted):
+    report, _ = budgeted
+    floor = report.val_accuracy_before - MAX_DROP / 100
+    methods = [entry.method for entry in report.budget]
+    assert methods == [MIP_METHOD, *criteria()]
+    mip = report.budget[0]
+    chosen = report.path[report.chosen]
+    assert (mip.units_pruned, mip.val_accuracy, mip.test_accuracy) == (
+        chosen.units_pruned,
+        chosen.val_accuracy,
+        chosen.test_accuracy,
+    )
+    for entry in report.budget[1:]:
+        steps = [s for s in report.baseline_path if s.method == entry.method]
+        best = max(s.units_pruned for s in steps if s.val_accuracy >= floor - 1e-12)
+        assert entry.units_pruned == best
+
+
+def test_baselines_are_still_compared_at_the_chosen_counts(budgeted):
+    report, _ = budgeted
+    chosen = report.path[report.chosen]
+    assert {layer.name: layer.units_pruned for layer in report.layers} == chosen.layers_pruned
+    assert [b.method for b in report.baselines] == criteria()
+
+
+def test_the_validation_split_is_disjoint_from_test_and_mip_batch(budgeted, digits):
+    report, seen = budgeted
+    split = split_validation(digits, report.val_fraction, report.seed)
+    n = len(digits.y_train)
+    assert report.val_size == len(split.y_val) == round(report.val_fraction * n)
+    rest = np.setdiff1d(np.arange(n), split.indices)
+    assert len(rest) + len(split.indices) == n
+    assert split.train.x_test is digits.x_test and split.train.y_test is digits.y_test
+    np.testing.assert_array_equal(split.train.x_train, digits.x_train[rest])
+    ((dataset, batch),) = seen
+    np.testing.assert_array_equal(dataset.x_train, split.train.x_train)
+    batch_rows = {row.tobytes() for row in batch.x}
+    assert not batch_rows & {row.tobytes() for row in digits.x_train[split.indices]}
+
+
+def test_split_validation_is_reproducible_and_refuses_bad_fractions(digits):
+    first, again = (split_validation(digits, 0.2, 3) for _ in range(2))
+    np.testing.assert_array_equal(first.indices, again.indices)
+    assert not np.array_equal(first.indices, split_validation(digits, 0.2, 4).indices)
+    for fraction in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(InvalidInputError, match="validation fraction"):
+            split_validation(digits, fraction, 0)
+
+
+def test_report_keys_and_json(budgeted, tmp_path):
+    report, _ = budgeted
+    data = json.loads(json.dumps(report.to_dict()))
+    assert {"val_accuracy_before", "path", "chosen", "budget", "max_drop"} <= set(data)
+    assert all(set(point) >= PATH_KEYS for point in data["path"])
+    assert all(set(entry) >= BUDGET_KEYS for entry in data["budget"])
+    assert all(0.0 <= point["val_accuracy"] <= 1.0 for point in data["path"])
+    assert data["layers"][0]["name"] == "1"
+    assert data["layers"][0]["label"] == "fc1 Linear 64->12"
+    assert all(set(p["layers_pruned"]) == {"1", "3"} for p in data["path"])
+    write_report(report, tmp_path)
+    assert (tmp_path / "accuracy_vs_units_removed.png").stat().st_size > 0
+    text = summary_table(report)
+    assert "lambda path" in text and "within budget" in text
+    assert text.count("\n* ") == 1
+    assert "fc2 Linear 12->8" in text
+
+
+def test_without_max_drop_the_budget_fields_stay_empty(trained, digits):
+    report = oamip.prune(trained, digits, **FAST)
+    assert report.path == [] and report.budget == [] and report.chosen is None
+    assert report.val_accuracy_before is None and report.val_size == 0
+    assert report.lam == 5.0
+
+
+def test_no_lam_within_a_zero_budget_prunes_nothing(trained, digits):
+    report = oamip.prune(trained, digits, max_drop=0.0, lams=[0.001], refine_steps=0, **FAST)
+    (point,) = report.path
+    assert point.val_accuracy < report.val_accuracy_before
+    assert report.chosen is None and report.units_pruned == 0
+    assert report.budget[0].units_pruned == 0
+    assert report.budget[0].val_accuracy == report.val_accuracy_before
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lams": [1.0]}, "give max_drop"),
+        ({"max_drop": -1.0}, "max_drop"),
+        ({"max_drop": 1.0, "lams": []}, "lams is empty"),
+        ({"max_drop": 1.0, "lams": "1,2"}, "list of loss weights"),
+        ({"max_drop": 1.0, "lams": [1.0, -2.0]}, "lam"),
+        ({"max_drop": 1.0, "val_fraction": 0.0}, "validation fraction"),
+        ({"max_drop": 1.0, "refine_steps": -1}, "refine steps"),
+    ],
+)
+def test_bad_budget_settings_are_refused_before_any_work(options, message, digits, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the pipeline started working on bad input")
+
+    monkeypatch.setattr(pipeline, "_prune", fail)
+    with pytest.raises(InvalidInputError, match=message):
+        oamip.prune(None, digits, **options)
+
+
+def test_most_within_budget_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 7))
+        units = rng.integers(0, 5, n).tolist()
+        accuracy = rng.choice([0.5, 0.6, 0.7, 0.8], n).tolist()
+        floor = float(rng.choice([0.55, 0.7, 0.9]))
+        best = most_within_budget(units, accuracy, floor)
+        within = [k for k in range(n) if accuracy[k] >= floor]
+        if not within:
+            assert best is None
+            continue
+        top = max((units[k], accuracy[k]) for k in within)
+        assert (units[best], accuracy[best]) == top
+        assert best == min(k for k in within if (units[k], accuracy[k]) == top)
+
+
+def _tiny_problem():
+    """A random 4-5-4-3 MLP and data it labels, with some labels flipped so that the dense
+    network is not perfect on validation."""
+    model = nets.mlp(3, sizes=(4, 5, 4, 3))
+    rng = np.random.default_rng(1)
+    x = rng.random((120, 1, 2, 2)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    flip = rng.random(len(y)) < 0.1
+    y[flip] = (y[flip] + 1) % 3
+    return model, make_dataset("tiny", x[:80], y[:80], x[80:], y[80:])
+
+
+def _numpy_accuracy(model, masks, x, y) -> float:
+    """The masked network's accuracy by hand: pruned units output 0."""
+    a = x.reshape(len(x), -1).astype(np.float64)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for k, layer in enumerate(linears):
+        w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        a = a @ w.T + b
+        if k < len(linears) - 1:
+            a = np.maximum(a, 0) * masks[str(2 * k + 1)]
+    return float(np.mean(a.argmax(1) == y))
+
+
+@pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0, 100.0])
+def test_baselines_budget_on_a_tiny_network_by_brute_force(max_drop):
+    """Every step of the grid enumerated by hand (ranking, masking, a numpy forward pass): the
+    most units within the budget is what the budget table says, for every criterion."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    dense = evaluator(keep_all(model))
+    assert dense.val_accuracy == _numpy_accuracy(model, {"1": 1, "3": 1}, split.x_val, split.y_val)
+    floor = budget_floor(dense.val_accuracy, max_drop)
+    scores = all_scores(model, split.train.x_train[:9], split.train.y_train[:9], 0)
+    steps = {m: baseline_steps(m, s, evaluator, min_keep=1) for m, s in scores.items()}
+    table = budget_table(pipeline.LamPath(), steps, floor, dense)[1:]
+    for entry, (method, layer_scores) in zip(table, scores.items(), strict=True):
+        best = 0
+        for step in range(BASELINE_STEPS + 1):
+            masks = {}
+            for name, values in layer_scores.items():
+                drop = min(round(step / BASELINE_STEPS * len(values)), len(values) - 1)
+                order = sorted(range(len(values)), key=lambda i: (values[i], i))
+                masks[name] = np.isin(np.arange(len(values)), order[:drop], invert=True)
+            pruned = sum(int((~m).sum()) for m in masks.values())
+            accuracy = _numpy_accuracy(model, masks, split.x_val, split.y_val)
+            if accuracy >= floor - 1e-12:
+                best = max(best, pruned)
+        assert (entry.method, entry.units_pruned) == (method, best)
+    if max_drop == 100.0:
+        assert all(entry.units_pruned == 9 - 2 for entry in table)
+
+
+def test_step_masks_keep_min_keep_and_prune_the_lowest():
+    scores = {"a": np.array([3.0, 1.0, 2.0, 1.0]), "b": np.array([5.0, 4.0])}
+    masks = step_masks(scores, 0.5, min_keep=1)
+    assert masks["a"].tolist() == [True, False, True, False]
+    assert masks["b"].tolist() == [True, False]
+    assert step_masks(scores, 1.0, min_keep=2)["a"].tolist() == [True, False, True, False]
+
+
+def test_layer_labels_say_what_each_layer_is():
+    assert list(layer_labels(lenet5(1, 10, 28)).values()) == [
+        "conv1 Conv2d 1->6 5x5",
+        "conv2 Conv2d 6->16 5x5",
+        "fc1 Linear 400->120",
+        "fc2 Linear 120->84",
+    ]
+
+
+def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
+    oamip.save_model(trained, tmp_path / "model.pt")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oamip",
+            "prune",
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--max-drop",
+            "2",
+            "--lams",
+            "1,10",
+            "--refine-steps",
+            "0",
+            "--val-fraction",
+            "0.2",
+            "--time-limit",
+            "1",
+            "--finetune-epochs",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [p["lam"] for p in report["path"]] == [1.0, 10.0]
+    assert (report["max_drop"], report["val_fraction"]) == (2.0, 0.2)
+    assert report["val_size"] == round(0.2 * 1437)
+    lines = done.stdout.splitlines()
+    path_lines = [line for line in lines if line.strip().startswith(("1 ", "10 ", "* "))]
+    assert len(path_lines) >= 2
+    for method in (MIP_METHOD, *criteria()):
+        assert any(line.startswith(method) for line in lines)
