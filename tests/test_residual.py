@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +197,37 @@ def test_removal_gives_a_smaller_model_with_exactly_the_masked_outputs(blocks):
 def test_removal_refuses_a_mask_that_empties_a_unit():
     with pytest.raises(oamip.InvalidInputError, match="removes every channel"):
         remove_residual_pruned(resnet8(), {"stage1.0.conv1": np.zeros(4, bool)})
+
+
+def test_a_pruned_resnet_saved_loads_in_a_fresh_process_with_the_same_outputs(tmp_path):
+    model = resnet8(3)
+    small = remove_residual_pruned(model, _random_masks(model, 3))
+    oamip.save_model(small, tmp_path / "small.pt")
+    x = torch.randn(4, 1, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(small(x), tmp_path / "expected.pt")
+    script = (
+        "import sys, torch, oamip\n"
+        "folder = sys.argv[1]\n"
+        "model = oamip.load_model(folder + '/small.pt')\n"
+        "x = torch.load(folder + '/x.pt')\n"
+        "with torch.no_grad():\n"
+        "    diff = (model(x) - torch.load(folder + '/expected.pt')).abs().max().item()\n"
+        "assert diff == 0, diff\n"
+        "print([u.size for u in oamip.adapters.residual.residual_units(model)])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([u.size for u in residual_units(small)])
+
+
+def test_a_graph_file_with_a_bad_operation_is_refused(tmp_path):
+    path = oamip.save_model(resnet8(), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["ops"][3][2] = [99]
+    torch.save(payload, path)
+    with pytest.raises(oamip.InvalidInputError, match="operations cannot be run"):
+        oamip.load_model(path)

@@ -38,6 +38,7 @@ from oamip.adapters.masks import Masks, as_bool_mask
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
 UNIT_KINDS = ("inner", "group")
+OP_KINDS = ("layer", "add")
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
 _CARRY_KINDS = ("relu", "maxpool", "avgpool", "flatten", "dropout", "identity")
@@ -270,3 +271,77 @@ def apply_residual_masks(model: nn.Module, masks: Masks) -> nn.Module:
             for param in unit.row_parameters(pruned):
                 param[off.to(param.device)] = 0.0
     return pruned
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    """One operation of a forward read as a graph: apply the layer named ``layer`` (kind
+    ``"layer"``) or add two tensors (kind ``"add"``). ``inputs`` index earlier results: 0 is
+    the model's input, ``i`` the result of the ``i``-th operation (from 1)."""
+
+    kind: str
+    layer: str | None
+    inputs: tuple[int, ...]
+
+
+def has_additions(model: nn.Module) -> bool:
+    """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
+    return any(_is_addition(node) for node in trace_graph(model).nodes)
+
+
+def forward_ops(model: nn.Module) -> tuple[dict[str, nn.Module], list[GraphOp], int]:
+    """``model``'s forward as layers (by module name, dots made underscores; a function call
+    such as ``F.relu`` becomes an equivalent module named after its node), operations, and the
+    index of the result the model returns. Identity steps are dropped. Refuses what
+    :func:`residual_units` refuses."""
+    modules = dict(model.named_modules())
+    layers: dict[str, nn.Module] = {}
+    ops: list[GraphOp] = []
+    index: dict[fx.Node, int] = {}
+    output = 0
+    for node in trace_graph(model).nodes:
+        if is_shape_query(node):
+            continue
+        if node.op == "placeholder":
+            index[node] = 0
+        elif node.op == "output":
+            output = index[_one_input(node, "the output")]
+        elif _is_addition(node):
+            ops.append(GraphOp("add", None, tuple(index[n] for n in _tensor_inputs(node))))
+            index[node] = len(ops)
+        else:
+            step = step_of(node, modules)
+            source = index[_one_input(node, node.name)]
+            if step.kind == "identity":
+                index[node] = source
+                continue
+            name = step.name.replace(".", "_")
+            layers.setdefault(name, step.module)
+            ops.append(GraphOp("layer", name, (source,)))
+            index[node] = len(ops)
+    return layers, ops, output
+
+
+def graph_module(root: nn.Module, ops: list[GraphOp], output: int) -> fx.GraphModule:
+    """The ``fx.GraphModule`` that runs ``ops`` (as :func:`forward_ops` gives them) with the
+    layers that ``root`` holds as children; refuses unknown layers, kinds and inputs."""
+    graph = fx.Graph()
+    results = [graph.placeholder("x")]
+    children = dict(root.named_children())
+    for position, op in enumerate(ops, start=1):
+        arity = 1 if op.kind == "layer" else 2
+        if op.kind not in OP_KINDS or len(op.inputs) != arity:
+            raise InvalidInputError(f"operation {position} is not a layer or an addition: {op}")
+        if any(type(i) is not int or not 0 <= i < position for i in op.inputs):
+            raise InvalidInputError(f"operation {position} reads a result not computed before it")
+        args = tuple(results[i] for i in op.inputs)
+        if op.kind == "add":
+            results.append(graph.call_function(operator.add, args))
+        elif op.layer in children:
+            results.append(graph.call_module(op.layer, args))
+        else:
+            raise InvalidInputError(f"operation {position} applies an unknown layer {op.layer!r}")
+    if type(output) is not int or not 0 <= output < len(results):
+        raise InvalidInputError(f"the model returns result {output!r}, which is not computed")
+    graph.output(results[output])
+    return fx.GraphModule(root, graph)

@@ -2,7 +2,9 @@
 
 A model is stored as the list of its layers (type and constructor arguments) plus its state
 dict; ``load_model`` rebuilds the ``nn.Sequential`` with ``torch.load(weights_only=True)``, so a
-file can never run code when loaded.
+file can never run code when loaded. A residual network (one whose forward adds tensors) also
+stores its operations (:func:`oamip.adapters.residual.forward_ops`) and loads as an
+``fx.GraphModule`` running them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import torch
 from torch import nn
 
 from oamip.adapters.masks import remove_pruned
+from oamip.adapters.residual import GraphOp, forward_ops, graph_module, has_additions
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path, nearest_existing
 
 FORMAT = "oamip.sequential"
+GRAPH_FORMAT = "oamip.graph"
 VERSION = 1
 _WRITE_ONE = "give a file written by oamip.save_model or torch.save(model.state_dict(), path)"
 
@@ -56,10 +60,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     failed save leaves no partial file."""
     path = _as_path(path)
     _check_target(path)
-    sequential = remove_pruned(model, {})
-    layers = [(name, _spec(module)) for name, module in sequential.named_children()]
-    state = {k: v.detach().cpu() for k, v in sequential.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "layers": layers, "state_dict": state}
+    payload = _graph_payload(model) if has_additions(model) else _chain_payload(model)
     try:
         _write_atomically(payload, path)
     except OSError as exc:
@@ -68,6 +69,30 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
             "folder you can write to"
         ) from exc
     return path
+
+
+def _chain_payload(model: nn.Module) -> dict:
+    sequential = remove_pruned(model, {})
+    layers = [(name, _spec(module)) for name, module in sequential.named_children()]
+    state = {k: v.detach().cpu() for k, v in sequential.state_dict().items()}
+    return {"format": FORMAT, "version": VERSION, "layers": layers, "state_dict": state}
+
+
+def _graph_payload(model: nn.Module) -> dict:
+    layers, ops, output = forward_ops(model)
+    state = {
+        f"{name}.{key}": value.detach().cpu()
+        for name, module in layers.items()
+        for key, value in module.state_dict().items()
+    }
+    return {
+        "format": GRAPH_FORMAT,
+        "version": VERSION,
+        "layers": [(name, _spec(module)) for name, module in layers.items()],
+        "ops": [[op.kind, op.layer, list(op.inputs)] for op in ops],
+        "output": output,
+        "state_dict": state,
+    }
 
 
 def _check_target(path: Path) -> None:
@@ -101,17 +126,19 @@ def _as_path(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_model(path: str | os.PathLike) -> nn.Sequential:
+def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model written by :func:`save_model` (CPU, eval mode).
 
     Only plain data and tensors are unpickled (``weights_only=True``) and layers are built from
     the supported types by name, so a file can never run code; a malformed file is refused.
     The layers are first built on the meta device and their shapes compared with the tensors
     the file holds, so a file that declares large layers without their weights allocates
-    nothing. Floating-point weights are read as float32 (the layers' dtype)."""
+    nothing. Floating-point weights are read as float32 (the layers' dtype). A residual network
+    comes back as an ``fx.GraphModule`` (its layers named with underscores for dots)."""
     path = _as_path(path)
     payload = read_payload(path)
-    _check_header(payload, path)
+    graph = isinstance(payload, dict) and payload.get("format") == GRAPH_FORMAT
+    _check_header(payload, path, GRAPH_FORMAT if graph else FORMAT)
     with torch.device("meta"):
         model = nn.Sequential()
         for entry in payload["layers"]:
@@ -126,7 +153,16 @@ def load_model(path: str | os.PathLike) -> nn.Sequential:
     except (RuntimeError, AttributeError) as exc:
         detail = " ".join(str(exc).split())
         raise _malformed(path, f"its weights do not fit its layers: {detail}") from exc
-    return model.eval()
+    return (_graph_module(model, payload, path) if graph else model).eval()
+
+
+def _graph_module(layers: nn.Module, payload: dict, path: Path) -> nn.Module:
+    """The saved operations run over ``layers``; a malformed list of operations is refused."""
+    try:
+        ops = [GraphOp(kind, layer, tuple(inputs)) for kind, layer, inputs in payload["ops"]]
+        return graph_module(layers, ops, payload["output"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _malformed(path, f"its operations cannot be run: {exc}") from exc
 
 
 def tensor_problem(state: dict) -> str | None:
@@ -190,9 +226,9 @@ def read_payload(path: Path):
         ) from exc
 
 
-def _check_header(payload, path: Path) -> None:
+def _check_header(payload, path: Path, fmt: str = FORMAT) -> None:
     """The format tag, a version this code reads, and the two parts a model file holds."""
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise InvalidInputError(f"'{path}' was not written by oamip.save_model")
     version = payload.get("version")
     if type(version) is not int or version < 1:
