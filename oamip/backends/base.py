@@ -206,6 +206,12 @@ class Backend(abc.ABC):
         SIGINT here. The default does nothing."""
         return
 
+    def size_limit(self) -> tuple[int, int] | None:
+        """The most (variables, constraints) this installation may solve, for a solver under a
+        size-limited licence (so that a model over it is refused before any work); None, the
+        default, for no limit."""
+        return None
+
     def check(self, form: StandardForm) -> None:
         """Refuse, before the solver starts, a model that needs a capability we lack."""
         integer = bool(form.integer.any())

@@ -7,6 +7,7 @@ refused with a message that says so.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -26,6 +27,8 @@ from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
 
 INSTALL_HINT = "pip install gurobipy"
 PIP_LICENCE_LIMIT = 2000
+"""Most variables, and most constraints, that the size-limited licence of the pip package
+solves."""
 _SIZE_LIMIT_EXCEEDED = 10010
 _SENSE = {"==": "=", "<=": "<", ">=": ">"}
 """Gurobi's constraint senses (``GRB.EQUAL``, ``GRB.LESS_EQUAL``, ``GRB.GREATER_EQUAL``)."""
@@ -64,6 +67,13 @@ class GurobiBackend(Backend):
             seconds = time.perf_counter() - start - load_seconds
             return self._result(gp, model, x, form, seconds, load_seconds)
 
+    def size_limit(self) -> tuple[int, int] | None:
+        """``(PIP_LICENCE_LIMIT, PIP_LICENCE_LIMIT)`` when the licence Gurobi starts with is the
+        size-limited one, else None (see :func:`licence_is_size_limited`)."""
+        if licence_is_size_limited(self.import_solver()):
+            return PIP_LICENCE_LIMIT, PIP_LICENCE_LIMIT
+        return None
+
     def _result(self, gp, model, x, form: StandardForm, seconds: float, load_seconds: float):
         status = _status(gp, model.Status)
         has_solution = model.SolCount > 0 and status != Status.UNBOUNDED
@@ -78,6 +88,22 @@ class GurobiBackend(Backend):
             nodes=int(model.NodeCount) if is_mip else None,
             load_seconds=load_seconds,
         )
+
+
+@functools.cache
+def licence_is_size_limited(gp) -> bool:
+    """Whether Gurobi refuses a model one variable over ``PIP_LICENCE_LIMIT``: gurobipy names no
+    licence type, so an empty model of that many variables is optimised once per process
+    (a fraction of a second); a size-limited licence refuses it with error 10010."""
+    with _environment(gp, SolveOptions()) as env, gp.Model(env=env) as model:
+        model.addMVar(PIP_LICENCE_LIMIT + 1)
+        try:
+            model.optimize()
+        except gp.GurobiError as exc:
+            if exc.errno == _SIZE_LIMIT_EXCEEDED:
+                return True
+            raise SolverError(f"gurobi failed on an empty model: {exc.message}") from exc
+    return False
 
 
 def _environment(gp, options: SolveOptions):

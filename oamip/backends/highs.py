@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,7 +51,7 @@ class HighsBackend(Backend):
     ) -> SolveResult:
         highspy = self.import_solver()
         start = time.perf_counter()
-        h = highspy.Highs()
+        h = new_highs(highspy, options.verbose)
         _set_options(highspy, h, options)
         pass_model(highspy, h, form)
         if warm_start:
@@ -63,7 +67,7 @@ class HighsBackend(Backend):
         """Loads the LP once; each call changes one cost and re-solves from the previous basis
         (see :meth:`Backend.lp_minimiser`)."""
         highspy = self.import_solver()
-        h = highspy.Highs()
+        h = new_highs(highspy, options.verbose)
         _set_options(highspy, h, options)
         pass_model(highspy, h, relaxed)
 
@@ -94,6 +98,55 @@ class HighsBackend(Backend):
             nodes=int(info.mip_node_count) if integer else None,
             load_seconds=load_seconds,
         )
+
+
+_banner = threading.Lock()
+_banner_printed = False
+
+
+def new_highs(highspy, verbose: bool):
+    """A new ``highspy.Highs``. HiGHS prints its banner ("Running HiGHS ...: Copyright ...") on
+    the C library's stdout at the first construction in a process, before any option can be
+    set, and never again: unless ``verbose``, that first construction runs with file
+    descriptor 1 sent to the null device (every later one is left alone)."""
+    global _banner_printed
+    with _banner:
+        if _banner_printed or verbose:
+            _banner_printed = True
+            return highspy.Highs()
+        with stdout_silenced():
+            h = highspy.Highs()
+        _banner_printed = True
+        return h
+
+
+@contextmanager
+def stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to the null device while the block runs, and put it back even on
+    an exception. Python's buffered output is flushed first, C's before fd 1 is put back; with
+    no fd 1 to redirect the block runs unchanged."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        _flush_c_streams()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+def _flush_c_streams() -> None:
+    """``fflush(NULL)``: what the C library still buffers goes where fd 1 points now."""
+    with suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def _run(h, stop: threading.Event | None) -> None:

@@ -13,6 +13,7 @@ from oamip.cli.common import (
     instance_options,
     names,
     percent,
+    progress_shown,
     say,
     say_written,
 )
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         threads=args.threads,
         gap_points=args.gap_points,
+        progress=progress_shown(),
     )
     command = "oamip " + shlex.join(sys.argv[1:])
     with staged_output(args.out) as folder:

@@ -8,6 +8,7 @@ reaches the user as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -36,6 +37,12 @@ class Parser(argparse.ArgumentParser):
 def say(text: str) -> None:
     """Print a result line (or table) on stdout."""
     print(text)
+
+
+def progress_shown() -> bool:
+    """Whether a command shows progress bars: only when stderr is a terminal, so that a log
+    redirected to a file gets no carriage-return redraws."""
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def percent(fraction: float | None) -> str:

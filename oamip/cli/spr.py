@@ -9,6 +9,7 @@ from oamip.cli.common import (
     add_input_arguments,
     add_out_argument,
     percent,
+    progress_shown,
     read_inputs,
     say,
     say_written,
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out=args.out,
+        progress=progress_shown(),
     )
     say(summary_table(report))
     say_written(args.out, [Path("report.json"), Path("pruned.pt")])

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from oamip import backends, checks
 from oamip.adapters import extract
@@ -230,14 +231,23 @@ def _solve_all(
     time_limit: float,
     repeats: int,
     threads: int,
+    bar: tqdm | None = None,
 ) -> list[BenchRow]:
     solvers = [backends.get(name) for name in backend_names]
     return [
-        _row(instance, backend, repeat, _options(time_limit, threads))
+        _counted(bar, _row(instance, backend, repeat, _options(time_limit, threads)))
         for instance in instances
         for backend in solvers
         for repeat in range(repeats)
     ]
+
+
+def _counted(bar: tqdm | None, row: BenchRow, runs: int = 1) -> BenchRow:
+    """``row``, once ``runs`` more runs are counted on the progress ``bar`` (if any)."""
+    if bar is not None:
+        bar.set_postfix_str(f"{row.instance} {row.backend}", refresh=False)
+        bar.update(runs)
+    return row
 
 
 def _check_run(time_limit: float, repeats: int, threads: int) -> None:
@@ -299,17 +309,20 @@ def gap_over_time(
     rows: Sequence[BenchRow],
     limits: Sequence[float],
     threads: int = DEFAULT_THREADS,
+    bar: tqdm | None = None,
 ) -> list[GapPoint]:
     """The gap of each (instance, backend) of ``rows`` at each of ``limits`` and at the full limit.
 
     A limit above the time a full run needed to end optimal reuses that run's result; every
-    other point is an independent run stopped at that limit.
+    other point is an independent run stopped at that limit. Each limit counts as one run on
+    the progress ``bar``, run or not.
     """
     by_name = {instance.name: instance for instance in instances}
     points = []
     for row in (r for r in rows if r.repeat == 0):
         points.append(_point(row, row.time_limit))
         if row.status == "error":
+            _counted(bar, row, len(limits))
             continue
         backend = backends.get(row.backend)
         for limit in sorted(limits):
@@ -317,7 +330,7 @@ def gap_over_time(
             again = (
                 row if done else _row(by_name[row.instance], backend, 0, _options(limit, threads))
             )
-            points.append(_point(again, limit))
+            points.append(_point(_counted(bar, again), limit))
     return points
 
 
@@ -493,20 +506,26 @@ def benchmark(
     repeats: int = DEFAULT_REPEATS,
     threads: int = DEFAULT_THREADS,
     gap_points: int = DEFAULT_GAP_POINTS,
+    progress: bool = False,
 ) -> BenchResult:
     """Build the instance set, solve it with every backend, and run the gap curve.
 
     ``data`` None benchmarks the digits instances, ``"mnist:PATH"`` adds the MNIST ones;
     ``backend_names`` None (or empty) takes every installed backend; ``cache_dir`` None
     caches the reference networks in :func:`default_cache_dir`. Every setting is checked
-    before any work.
+    before any work. ``progress`` shows a bar over the runs (every solve and every point of
+    the gap curve) with an estimate of the time left.
     """
     names = _check_benchmark(backend_names, time_limit, repeats, threads, gap_points)
+    checks.flag("progress", progress)
     mnist = _mnist_spec(data)
     specs = instance_specs(mnist is not None, sizes, scores, seed)
     instances = build_instances(specs, mnist, cache_dir or default_cache_dir())
-    rows = _solve_all(instances, names, time_limit, repeats, threads)
-    points = gap_over_time(instances, rows, gap_limits(time_limit, gap_points), threads)
+    runs = len(instances) * len(names) * (repeats + gap_points)
+    with tqdm(total=runs, desc="bench", unit="run", disable=not progress) as bar:
+        rows = _solve_all(instances, names, time_limit, repeats, threads, bar)
+        limits = gap_limits(time_limit, gap_points)
+        points = gap_over_time(instances, rows, limits, threads, bar)
     return BenchResult(instances, rows, points)
 
 

@@ -45,6 +45,7 @@ from oamip.pipelines.budget import (
     lam_path,
     split_validation,
 )
+from oamip.pipelines.limits import check_size_limit
 from oamip.solve.decompose import PieceResult, open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
@@ -272,6 +273,7 @@ def prune(
     _check_classes(dataset if split is None else split.train, settings.samples_per_class)
     if model is not None:
         _check_model(model, dataset)
+    check_size_limit(model, dataset, settings, settings.arch, settings.samples_per_class)
     with _torch_threads(settings.threads), open_executor(settings.executor) as executor:
         return _prune(model, dataset, split, replace(settings, executor=executor))
 

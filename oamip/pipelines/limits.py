@@ -1,0 +1,53 @@
+"""Refuse, before any training, a run whose MIP is over its solver's size limit.
+
+A solver under a size-limited licence (the pip package of Gurobi:
+:meth:`oamip.backends.Backend.size_limit`) would otherwise refuse the model only once the
+network is trained and the MIP built. The MIP's size is estimated from the network's sizes and
+the batch size (:func:`oamip.formulations.size.estimate_size`, an upper bound: every ReLU
+counted as undecided).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from oamip import backends
+from oamip.adapters import extract
+from oamip.errors import InvalidInputError
+from oamip.formulations.size import ModelSize, estimate_size
+from oamip.solve.options import ScoringOptions
+from oamip.training.data import Dataset
+from oamip.training.models import DEFAULT_HIDDEN, build
+
+
+def check_size_limit(
+    model: nn.Module | None,
+    dataset: Dataset,
+    settings: ScoringOptions,
+    arch: str = "mlp",
+    samples_per_class: int = 1,
+) -> None:
+    """Refuse ``settings.backend`` when the MIP of ``model`` (None: an untrained ``arch``, as
+    it would be trained) on ``samples_per_class`` samples of each class is estimated over the
+    backend's size limit. A decomposed solve is not checked here: its pieces are smaller, and
+    each is refused by the solver if it is over."""
+    limit = backends.get(settings.backend).size_limit()
+    if limit is None or settings.decompose is not None:
+        return
+    network_of = model if model is not None else build(arch, dataset, DEFAULT_HIDDEN)
+    network = extract(network_of, dataset.x_train[:1]).network
+    samples = samples_per_class * dataset.num_classes
+    size = estimate_size(network, samples, settings)
+    if size.variables > limit[0] or size.constraints > limit[1]:
+        raise InvalidInputError(over_limit_message(settings.backend, size, limit, samples))
+
+
+def over_limit_message(backend: str, size: ModelSize, limit: tuple[int, int], samples: int) -> str:
+    """What a refusal says: the estimate, the limit and what to do."""
+    return (
+        f"backend '{backend}' runs under a size-limited licence (at most {limit[0]} variables "
+        f"and {limit[1]} constraints), and the MIP of this model on {samples} samples would "
+        f"have up to {size.variables} variables and {size.constraints} constraints (estimated "
+        "from the layer sizes, every ReLU undecided); use backend 'highs' or 'scip' "
+        "(--backend), fewer samples per class, a smaller model, or a full licence"
+    )
