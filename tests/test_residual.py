@@ -12,8 +12,9 @@ from torch import nn
 
 import oamip
 from oamip.adapters.removal import remove_residual_pruned
-from oamip.adapters.residual import apply_residual_masks, residual_units
+from oamip.adapters.residual import apply_residual_masks, residual_units, row_groups
 from oamip.training.models import ARCHITECTURES, resnet
+from oamip.training.spr import SPRRegularizer
 from tests.nets import random_bn
 
 
@@ -231,3 +232,42 @@ def test_a_graph_file_with_a_bad_operation_is_refused(tmp_path):
     torch.save(payload, path)
     with pytest.raises(oamip.InvalidInputError, match="operations cannot be run"):
         oamip.load_model(path)
+
+
+def test_spr_groups_every_filter_and_batchnorm_of_a_coupled_group_together():
+    model = resnet8(4)
+    reg = SPRRegularizer(model, lam=0.5, alpha=0.5)
+    groups = reg.groups()
+    assert list(groups) == [u.name for u in residual_units(model)]
+    modules = dict(model.named_modules())
+    stage2 = ["stage2.0.conv2", "stage2.0.shortcut.0", "stage2.0.bn2", "stage2.0.shortcut.1"]
+    parts = [modules[name].weight.reshape(6, -1) for name in stage2]
+    parts.insert(3, modules["stage2.0.bn2"].bias[:, None])
+    parts.append(modules["stage2.0.shortcut.1"].bias[:, None])
+    assert torch.equal(groups["stage2.0.conv2"], torch.cat(parts, dim=1))
+    assert groups["stage2.0.conv2"].shape == (6, 6 * 9 + 4 + 2 + 2)
+    inner = SPRRegularizer(model, lam=0.5, alpha=0.5, units="inner").groups()
+    assert list(inner) == ["stage1.0.conv1", "stage2.0.conv1", "stage3.0.conv1"]
+    assert list(SPRRegularizer(model, lam=0.5, alpha=0.5, units="group").groups()) == [
+        "stem",
+        "stage2.0.conv2",
+        "stage3.0.conv2",
+    ]
+    with pytest.raises(oamip.InvalidInputError, match="units must be one of"):
+        SPRRegularizer(model, lam=0.5, alpha=0.5, units="blocks")
+
+
+def test_spr_masks_of_a_residual_net_prune_it_through_the_public_functions():
+    model = resnet8(5)
+    reg = SPRRegularizer(model, lam=0.5, alpha=0.5)
+    with torch.no_grad():
+        for param in row_groups(model)[3].params:  # the stage-2 group's channel 1, everywhere
+            param[1] = 0.0
+    masks = reg.masks()
+    assert masks["stage2.0.conv2"].tolist() == [True, False, True, True, True, True]
+    small = oamip.remove_pruned(model, masks)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert (small(x) - oamip.apply_masks(model, masks)(x)).abs().max() < 1e-5
+        assert (small(x) - model(x)).abs().max() < 1e-5  # the channel was zero already
+    assert dict(small.named_modules())["stage2.0.shortcut.0"].out_channels == 5

@@ -39,6 +39,8 @@ _FUNCTION_KINDS = {
     F.dropout: "dropout",
 }
 _METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten"}
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
 _SHAPE_METHODS = {"size", "dim"}
 
 
@@ -73,6 +75,19 @@ def read_chain(model: nn.Module) -> list[Step]:
         steps.append(step_of(node, modules))
         current = node
     return [s for s in steps if s.kind != "identity"]
+
+
+def is_addition(node: fx.Node) -> bool:
+    """Whether ``node`` adds tensors (``x + y``, ``torch.add``, ``x.add(y)``): the one operation
+    of residual networks (:mod:`oamip.adapters.residual`) that a chain does not have."""
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCTIONS
+    return node.op == "call_method" and node.target in _ADD_METHODS
+
+
+def has_additions(model: nn.Module) -> bool:
+    """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
+    return any(is_addition(node) for node in trace_graph(model).nodes)
 
 
 def trace_graph(model: nn.Module) -> fx.Graph:

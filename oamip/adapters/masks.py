@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, chain_units, read_chain
+from oamip.adapters.chain import Step, chain_units, has_additions, read_chain
 from oamip.adapters.extract import Extracted
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
@@ -99,7 +99,12 @@ def as_bool_mask(name: str, mask) -> np.ndarray:
 
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     """A copy of ``model`` in which every pruned unit outputs exactly 0: its incoming weights,
-    its bias and the scale and shift of a BatchNorm right after it are zeroed."""
+    its bias and the scale and shift of a BatchNorm right after it are zeroed. A residual
+    network's masks are keyed by its units (:func:`oamip.adapters.residual.residual_units`)."""
+    if has_additions(model):  # residual.py imports this module, hence the late import
+        from oamip.adapters.residual import apply_residual_masks
+
+        return apply_residual_masks(model, masks)
     pruned = copy.deepcopy(model)
     steps = read_chain(pruned)
     masks = check_masks(masks, steps)
@@ -113,13 +118,18 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     return pruned
 
 
-def remove_pruned(model: nn.Module, masks: Masks) -> nn.Sequential:
+def remove_pruned(model: nn.Module, masks: Masks) -> nn.Module:
     """A new ``nn.Sequential`` equal to ``model`` with the pruned units physically removed.
 
     Module names are kept (dots become underscores); function calls such as ``F.relu`` become
     modules. The next layer loses the matching inputs, so the function computed is unchanged
-    for the kept units (and pruned units contributed exactly 0).
+    for the kept units (and pruned units contributed exactly 0). A residual network keeps its
+    class instead (:func:`oamip.adapters.removal.remove_residual_pruned`).
     """
+    if has_additions(model):  # removal.py imports this module, hence the late import
+        from oamip.adapters.removal import remove_residual_pruned
+
+        return remove_residual_pruned(model, masks)
     steps = read_chain(model)
     masks = check_masks(masks, steps)
     for name, mask in masks.items():

@@ -33,14 +33,19 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from oamip.adapters.chain import is_shape_query, step_of, trace_graph
+from oamip.adapters.chain import (
+    has_additions,
+    is_addition,
+    is_shape_query,
+    step_of,
+    trace_graph,
+    units,
+)
 from oamip.adapters.masks import Masks, as_bool_mask
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
 UNIT_KINDS = ("inner", "group")
 OP_KINDS = ("layer", "add")
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-_ADD_METHODS = ("add", "add_")
 _CARRY_KINDS = ("relu", "maxpool", "avgpool", "flatten", "dropout", "identity")
 
 
@@ -127,7 +132,7 @@ class _Walk:
             self.of[node] = self._new(is_input=True)
         elif node.op == "output":
             self.sets[self._root(self.of[_one_input(node, "the output")])].is_output = True
-        elif _is_addition(node):
+        elif is_addition(node):
             self._add(node)
         else:
             self._layer(node)
@@ -207,12 +212,6 @@ class _Walk:
         )
 
 
-def _is_addition(node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in _ADD_FUNCTIONS
-    return node.op == "call_method" and node.target in _ADD_METHODS
-
-
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return [a for a in node.all_input_nodes if not is_shape_query(a)]
 
@@ -225,6 +224,31 @@ def _one_input(node: fx.Node, where: str) -> fx.Node:
             "step of a residual network must take one tensor and return one"
         )
     return inputs[0]
+
+
+@dataclass
+class RowGroup:
+    """A unit of a chain or a residual graph with the parameters that hold one row per channel
+    (``ResidualUnit.row_parameters``, ``chain.Unit.row_parameters``): what SPR groups, what
+    fine-tuning holds at zero. ``kind`` is ``"inner"`` for chain units (no addition ties them).
+    """
+
+    name: str
+    kind: str
+    size: int
+    params: list[nn.Parameter]
+
+
+def row_groups(model: nn.Module, kinds: tuple[str, ...] = UNIT_KINDS) -> list[RowGroup]:
+    """The units of ``model`` whose kind is in ``kinds``, in forward order: :func:`residual_units`
+    if its forward adds tensors, else ``chain.units``."""
+    if not has_additions(model):
+        found = [RowGroup(u.name, "inner", u.size, u.row_parameters()) for u in units(model)]
+    else:
+        found = [
+            RowGroup(u.name, u.kind, u.size, u.row_parameters(model)) for u in residual_units(model)
+        ]
+    return [group for group in found if group.kind in kinds]
 
 
 def check_residual_masks(
@@ -284,11 +308,6 @@ class GraphOp:
     inputs: tuple[int, ...]
 
 
-def has_additions(model: nn.Module) -> bool:
-    """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
-    return any(_is_addition(node) for node in trace_graph(model).nodes)
-
-
 def forward_ops(model: nn.Module) -> tuple[dict[str, nn.Module], list[GraphOp], int]:
     """``model``'s forward as layers (by module name, dots made underscores; a function call
     such as ``F.relu`` becomes an equivalent module named after its node), operations, and the
@@ -306,7 +325,7 @@ def forward_ops(model: nn.Module) -> tuple[dict[str, nn.Module], list[GraphOp], 
             index[node] = 0
         elif node.op == "output":
             output = index[_one_input(node, "the output")]
-        elif _is_addition(node):
+        elif is_addition(node):
             ops.append(GraphOp("add", None, tuple(index[n] for n in _tensor_inputs(node))))
             index[node] = len(ops)
         else:

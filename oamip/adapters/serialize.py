@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from oamip.adapters.chain import has_additions
 from oamip.adapters.masks import remove_pruned
-from oamip.adapters.residual import GraphOp, forward_ops, graph_module, has_additions
+from oamip.adapters.residual import GraphOp, forward_ops, graph_module
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path, nearest_existing
 

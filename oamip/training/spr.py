@@ -3,7 +3,8 @@
 ``penalty(w, a, b, M)`` is ``sum_j R(w_j)`` over the rows of ``w``, where ``R`` is the perspective
 relaxation of ``a ||w||^2 + b z`` (with ``||w||_inf <= M z``) minimised over ``z`` in closed form.
 It works on numpy arrays and on torch tensors; in torch it is differentiable with no NaN gradient,
-at ``w = 0`` or anywhere else. ``SPRRegularizer`` applies it to the units of a torch model.
+at ``w = 0`` or anywhere else. ``SPRRegularizer`` applies it to the units of a torch model, chain
+or residual network; it also serves as Torch-Pruning's ``regularize`` hook (:func:`tp_regularize`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Unit, units
+from oamip.adapters.residual import RowGroup, row_groups
 from oamip.errors import InvalidInputError
 from oamip.formulations.spr import SPRParams
 
 # A unit whose group has no entry larger than this (in absolute value) counts as removed.
 ZERO_GROUP_TOL = 1e-3
+RESIDUAL_UNITS = {"both": ("inner", "group"), "inner": ("inner",), "group": ("group",)}
+"""Which units of a residual network SPR regularises and prunes: inner channels of blocks,
+coupled groups (:mod:`oamip.adapters.residual`), or both."""
+DEFAULT_RESIDUAL_UNITS = "both"
 
 
 def group_penalty(
@@ -118,10 +123,11 @@ def _from_norms(sq, ni, p: SPRParams, xp):
     return _value_and_slopes(sq, ni, p, xp)[0]
 
 
-def unit_groups(unit: Unit) -> torch.Tensor:
+def unit_groups(unit: RowGroup) -> torch.Tensor:
     """One row per unit: incoming weights, bias, then the scale and shift of the BatchNorm that
-    follows the layer (each part only where present)."""
-    return torch.cat([p.reshape(unit.size, -1) for p in unit.row_parameters()], dim=1)
+    follows the layer (each part only where present); for a coupled group of a residual network,
+    those of every producer, then of every BatchNorm, of the group."""
+    return torch.cat([p.reshape(unit.size, -1) for p in unit.params], dim=1)
 
 
 class SPRRegularizer:
@@ -130,18 +136,28 @@ class SPRRegularizer:
     Groups are the units (neurons, output channels) of every unit layer of
     :func:`oamip.adapters.chain.units` (the scored Linear and Conv2d layers, in forward order,
     so never the output layer). A unit's group is its incoming weights, its bias and, when a
-    BatchNorm directly follows the layer, that BatchNorm's scale and shift. ``M`` of a layer is
-    the largest absolute entry of its groups at construction time (weights, and bias and
+    BatchNorm directly follows the layer, that BatchNorm's scale and shift. In a residual network
+    the layers are the units of :func:`oamip.adapters.residual.residual_units` that ``units``
+    names (a key of RESIDUAL_UNITS): a coupled group's channel ``j`` is one group, every
+    convolution filter ``j``, BatchNorm scale and shift ``j`` of the group together. ``M`` of a
+    layer is the largest absolute entry of its groups at construction time (weights, and bias and
     BatchNorm parameters when grouped) times ``M_scale``: with weights alone, a BatchNorm scale
     near 1 would exceed ``M`` in every group and leave only the ``z = 1`` case. A plain callable
     rather than an ``nn.Module``, so that the model's parameters are not registered a second
     time.
     """
 
-    def __init__(self, model: nn.Module, lam: float, alpha: float, M_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        lam: float,
+        alpha: float,
+        M_scale: float = 1.0,
+        units: str = DEFAULT_RESIDUAL_UNITS,
+    ) -> None:
         if not (math.isfinite(M_scale) and M_scale > 0):
             raise InvalidInputError(f"SPR needs M_scale > 0, got M_scale={M_scale}")
-        self._layers = _grouped_layers(model)
+        self._layers = _grouped_layers(model, units)
         self.params: dict[str, SPRParams] = {}
         for layer in self._layers:
             with torch.no_grad():
@@ -246,12 +262,16 @@ def _add_inf_norm_slope(g: torch.Tensor, w: torch.Tensor, extra: np.ndarray, arg
         target[rows, cols] += (extra[rows] * np.sign(w.numpy()[rows, cols])).astype(target.dtype)
 
 
-def _grouped_layers(model: nn.Module) -> list[Unit]:
-    """The model's unit layers; at least one."""
-    layers = units(model)
+def _grouped_layers(model: nn.Module, units: str) -> list[RowGroup]:
+    """The model's unit layers of the kinds ``units`` names; at least one."""
+    if units not in RESIDUAL_UNITS:
+        raise InvalidInputError(
+            f"SPR's units must be one of {', '.join(RESIDUAL_UNITS)}, got {units!r}"
+        )
+    layers = row_groups(model, RESIDUAL_UNITS[units])
     if not layers:
         raise InvalidInputError(
             "SPR needs at least one Linear or Conv2d layer followed by a ReLU before the output "
-            "layer; the model has none"
+            f"layer (of the units '{units}' names, in a residual network); the model has none"
         )
     return layers

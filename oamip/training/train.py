@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oamip import checks
-from oamip.adapters.chain import units
+from oamip.adapters.residual import row_groups
 from oamip.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def _check_settings(epochs: int, lr: float, batch_size: int) -> None:
 def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_PrunedRows]:
     """For every masked unit layer: its weight, bias and following BatchNorm's scale and shift,
     with the pruned rows."""
-    by_name = {unit.name: unit for unit in units(model)}
+    by_name = {unit.name: unit for unit in row_groups(model)}
     rows = []
     for name, keep in masks.items():
         unit = by_name.get(name)
@@ -263,8 +263,8 @@ def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_Pruned
                 f"the mask of '{name}' has shape {keep.shape} but the layer has {unit.size} "
                 "units; use masks computed for this model"
             )
-        pruned = torch.as_tensor(np.flatnonzero(~keep), device=unit.module.weight.device)
-        rows += [(param, pruned) for param in unit.row_parameters()]
+        pruned = torch.as_tensor(np.flatnonzero(~keep), device=unit.params[0].device)
+        rows += [(param, pruned) for param in unit.params]
     return rows
 
 
