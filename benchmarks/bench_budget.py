@@ -1,0 +1,181 @@
+"""Issue 14's benchmark: pruning to an accuracy budget, the MIP's lam path against every baseline.
+
+For each network and each budget (points of validation accuracy), ``oamip.prune(model, data,
+max_drop=budget, ...)`` solves the lam path and cuts it, and every registered criterion's steps,
+at the budget on a validation split held out of the training split. Per method: units and
+parameters removed within the budget, validation and test accuracy there (no fine-tuning), and
+the run's wall time. The MNIST networks (MLP 784-300-100-10 and LeNet-5) are trained by
+:mod:`oamip.training.zoo` (fixed seeds, cached in ``benchmarks/.cache``) on the training split
+less the validation split ``oamip.prune`` holds out (the same ``val_fraction`` and seed), so the
+validation samples are unseen; ``digits`` is the command's default (an MLP 64-64-32-10 trained by
+the pipeline itself on the same reduced split). Results go to
+``benchmarks/results/budget-<nets>-<date>.{json,md}`` with date, machine and command.
+
+    python benchmarks/bench_budget.py                        # mlp, lenet5, digits; 0.5, 1, 2
+    python benchmarks/bench_budget.py --nets digits --budgets 1 --lams 0.1,1,10 --time-limit 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import oamip
+from oamip.files import atomic_path, write_json
+from oamip.pipelines.bench import machine
+from oamip.pipelines.budget import DEFAULT_LAMS, DEFAULT_REFINE_STEPS, split_validation
+from oamip.pipelines.prune import PruneSettings
+from oamip.training.data import load_data
+from oamip.training.zoo import Recipe, trained
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = "npz:/work/shared/data/mnist-10k.npz"
+RECIPES = {
+    "mlp": Recipe("mlp", (300, 100), epochs=20, lr=3e-3, batch_size=128, shift=2),
+    "lenet5": Recipe("lenet5", (), epochs=10, lr=2e-3, batch_size=128, shift=2),
+}
+DIGITS = "digits"
+SEED = 0
+
+
+@dataclass
+class Row:
+    """One method of one budgeted run: what it removes within the budget and its accuracy."""
+
+    net: str
+    budget: float
+    method: str
+    units_pruned: int
+    units_total: int
+    params_removed: int
+    params_total: int
+    val_accuracy: float
+    test_accuracy: float
+    val_accuracy_before: float
+    accuracy_before: float
+    wall_seconds: float
+    lam: float | None
+    lams_solved: int
+
+
+def settings(args) -> PruneSettings:
+    """The run's settings, one budget aside (``max_drop`` is set per run)."""
+    return PruneSettings(
+        time_limit=args.time_limit,
+        threads=args.threads,
+        samples_per_class=args.samples_per_class,
+        finetune_epochs=0,
+        seed=SEED,
+        decompose=args.decompose,
+        lams=tuple(args.lams) if args.lams else None,
+        refine_steps=args.refine_steps,
+        val_fraction=args.val_fraction,
+    )
+
+
+def network(net: str, data, args):
+    """The trained network (None for digits: the pipeline trains its default) and its data."""
+    if net == DIGITS:
+        return None, load_data(DIGITS)
+    split = split_validation(data, args.val_fraction, SEED)
+    return trained(split.train, RECIPES[net], HERE / ".cache").model, data
+
+
+def run(net: str, model, data, budget: float, args) -> list[Row]:
+    """One budgeted ``oamip.prune``; one row per method of its budget table."""
+    start = time.perf_counter()
+    report = oamip.prune(model, data, settings(args), max_drop=budget)
+    wall = time.perf_counter() - start
+    return [
+        Row(
+            net=net,
+            budget=budget,
+            method=entry.method,
+            units_pruned=entry.units_pruned,
+            units_total=report.units_total,
+            params_removed=report.params_total - entry.params_after,
+            params_total=report.params_total,
+            val_accuracy=entry.val_accuracy,
+            test_accuracy=entry.test_accuracy,
+            val_accuracy_before=report.val_accuracy_before,
+            accuracy_before=report.accuracy_before,
+            wall_seconds=wall,
+            lam=report.lam if report.chosen is not None else None,
+            lams_solved=len(report.path),
+        )
+        for entry in report.budget
+    ]
+
+
+def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
+    lams = ", ".join(f"{v:g}" for v in (args.lams or DEFAULT_LAMS))
+    lines = [
+        f"# Pruning to an accuracy budget, {meta['date']}",
+        "",
+        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
+        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}.",
+        f"Command: `{command}`",
+        "",
+        f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.time_limit:g} s per "
+        f"solve, {args.samples_per_class} MIP samples per class, decompose {args.decompose}, "
+        f"{args.threads} threads, validation {args.val_fraction:g} of the training split. "
+        "Accuracies without fine-tuning; a method's row is the most units it removes with "
+        "validation accuracy at most `budget` points below the dense network's.",
+        "",
+        "| net | budget | method | units removed | params removed | val acc (dense) "
+        "| test acc (dense) | lam | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.net} | {r.budget:g} | {r.method} | {r.units_pruned}/{r.units_total} "
+            f"| {r.params_removed}/{r.params_total} "
+            f"| {100 * r.val_accuracy:.2f}% ({100 * r.val_accuracy_before:.2f}%) "
+            f"| {100 * r.test_accuracy:.2f}% ({100 * r.accuracy_before:.2f}%) "
+            f"| {'-' if r.lam is None else format(r.lam, '.3g')} | {r.wall_seconds:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = PruneSettings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="a data spec for the MNIST nets")
+    parser.add_argument("--nets", default="mlp,lenet5,digits", help="mlp, lenet5, digits")
+    parser.add_argument("--budgets", default="0.5,1,2", help="points of validation accuracy")
+    parser.add_argument("--lams", type=lambda t: [float(v) for v in t.split(",")])
+    parser.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
+    parser.add_argument("--time-limit", type=float, default=defaults.time_limit)
+    parser.add_argument("--samples-per-class", type=int, default=defaults.samples_per_class)
+    parser.add_argument("--decompose", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    nets = args.nets.split(",")
+    data = load_data(args.data) if set(nets) - {DIGITS} else None
+    meta = machine()
+    rows: list[Row] = []
+    for net in nets:
+        model, net_data = network(net, data, args)
+        for budget in (float(b) for b in args.budgets.split(",")):
+            found = run(net, model, net_data, budget, args)
+            rows.extend(found)
+            for row in found:
+                print(json.dumps(asdict(row)), flush=True)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    command = "python benchmarks/bench_budget.py " + " ".join(argv)
+    payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
+    name = f"budget-{args.nets.replace(',', '-')}-{meta['date'][:10]}"
+    write_json(out / f"{name}.json", payload)
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text(markdown(rows, meta, command, args))
+
+
+if __name__ == "__main__":
+    main()
