@@ -30,6 +30,7 @@ from oamip.pipelines.prune import (
     _subproblem_report,
     count_params,
     describe_arch,
+    layer_labels,
 )
 from oamip.training.criteria import Masks, all_scores, masks_like
 from oamip.training.data import Dataset
@@ -55,6 +56,10 @@ def prune_at_init(
     initialisation, prune, train, and compare; ``settings`` and ``dataset`` are already checked
     by :func:`oamip.prune`. ``model``'s weights are taken as the initialisation; it is left as
     it was."""
+    if settings.max_drop is not None:
+        raise InvalidInputError(
+            "pruning at initialisation takes one lam: drop max_drop (--max-drop), or at_init"
+        )
     if settings.finetune_epochs < 1:
         raise InvalidInputError(
             "pruning at initialisation trains the pruned network afterwards: finetune_epochs "
@@ -104,9 +109,17 @@ def prune_at_init(
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
         subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks),
+        layers=_layer_reports(result, masks, layer_labels(init)),
         baselines=_baselines(init, dataset, masks, baseline_scores, settings, lr),
         curve=_curve(init, dataset, result, baseline_scores),
+        max_drop=None,
+        val_fraction=None,
+        val_size=0,
+        val_accuracy_before=None,
+        path=[],
+        chosen=None,
+        budget=[],
+        baseline_path=[],
         model=small,
     )
 
