@@ -9,7 +9,7 @@ masks at the same units per layer are trained alike. ``--part at-init``: on each
 seed, ``oamip.prune(..., at_init=True)`` at the authors' settings (lam 1, threshold 0.2), every
 criterion at initialisation pruning as many units per layer, all trained as long as the dense
 network. Mean ± standard deviation over the seeds; results go to
-``benchmarks/results/transfer-<part>-<arch>-<date>.{json,md}`` with date, machine and command.
+``benchmarks/results/transfer-[at-init-]<arch>-<date>.{json,md}`` with date, machine and command.
 
     python benchmarks/bench_transfer.py --part transfer --arch mlp --seeds 5 --epochs 3
     python benchmarks/bench_transfer.py --part at-init --arch lenet5 --seeds 5 --epochs 3
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - started
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    name = f"transfer-{args.part}-{args.arch}-{meta['date'][:10]}"
+    part = "" if transfer else "at-init-"
+    name = f"transfer-{part}{args.arch}-{meta['date'][:10]}"
     payload = {"machine": meta, "command": command, "wall_seconds": wall, "results": found}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = [

@@ -189,7 +189,9 @@ def test_transfer_command_end_to_end(tmp_path, digits, flipped):
 
 
 def test_transfer_from_python_same_classes(digits):
+    state = torch.random.get_rng_state()
     report = oamip.transfer(digits, "digits", seeds=[4], **QUICK)
+    assert torch.equal(torch.random.get_rng_state(), state)
     assert isinstance(report, oamip.TransferReport)
     assert report.seeds == [4] and report.output_reinitialised is False
     assert report.method("dense").std == 0.0

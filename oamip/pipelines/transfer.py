@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,17 +148,11 @@ class TransferReport:
 
     def to_dict(self) -> dict:
         """The report as plain data, as written to report.json."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return asdict(self)
 
     def method(self, name: str) -> MethodResult:
         """The entry of method ``name``."""
         return next(entry for entry in self.methods if entry.method == name)
-
-
-def _plain(value):
-    if isinstance(value, list):
-        return [asdict(item) if isinstance(item, MethodResult) else item for item in value]
-    return value
 
 
 @dataclass
