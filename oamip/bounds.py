@@ -2,7 +2,8 @@
 
 A scored unit outputs ``ReLU(a - (1 - s) M)``, which lies between 0 (pruned) and ``ReLU(a)``
 (kept), so a ReLU's output is bounded by ``[0, max(U, 0)]`` whatever the scores are. The first
-layer's pre-activations are exact numbers because the inputs are fixed.
+layer's pre-activations are exact numbers because the inputs are fixed. A residual layer's input
+box is the concatenation of its two inputs' boxes (docs/mathematics.md §4.10).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from oamip.network import AffineLayer, MaxPoolLayer, Network
+from oamip.network import Affine, MaxPoolLayer, Network
 
 
 @dataclass
@@ -32,15 +33,29 @@ class NetworkBounds:
     big_m: dict[int, np.ndarray]
 
     def output_bounds(self, network: Network, index: int) -> LayerBounds:
-        """Bounds of what layer ``index`` hands to the next layer (after its ReLU, if any)."""
+        """Bounds of what layer ``index`` hands to the next layer (after its ReLU, if any): a
+        scored ReLU's output may be 0 whatever its argument, a plain ReLU's is ``ReLU`` of it."""
         b = self.layers[index]
         layer = network.layers[index]
-        if isinstance(layer, AffineLayer) and layer.relu:
-            return LayerBounds(np.zeros_like(b.upper), np.maximum(b.upper, 0.0))
-        return b
+        if isinstance(layer, MaxPoolLayer) or not layer.relu:
+            return b
+        upper = np.maximum(b.upper, 0.0)
+        if network.score_key(index) is None:
+            return LayerBounds(np.maximum(b.lower, 0.0), upper)
+        return LayerBounds(np.zeros_like(b.upper), upper)
+
+    def input_bounds(self, network: Network, index: int) -> LayerBounds:
+        """Bounds of what layer ``index > 0`` acts on (for a residual layer, the concatenation
+        of the previous layer's and the source's outputs)."""
+        outs = [None] * index
+        for i in {index - 1, getattr(network.layers[index], "source", index - 1)}:
+            outs[i] = self.output_bounds(network, i)
+        lower = network.layer_input(index, [o if o is None else o.lower for o in outs])
+        upper = network.layer_input(index, [o if o is None else o.upper for o in outs])
+        return LayerBounds(lower, upper)
 
 
-def affine_bounds(layer: AffineLayer, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
+def affine_bounds(layer: Affine, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
     """Interval arithmetic through ``A h + c`` for a batch of boxes ``[lower, upper]``."""
     matrix = layer.matrix
     pos = matrix.maximum(0)
@@ -68,41 +83,39 @@ def interval_bounds(network: Network, x: np.ndarray) -> NetworkBounds:
 def box_bounds(network: Network, lower: np.ndarray, upper: np.ndarray) -> NetworkBounds:
     """Bounds valid for every score vector and every input in ``[lower, upper]`` (flat inputs,
     one row per sample). With the whole input domain this is what a generic encoder uses."""
-    layers: list[LayerBounds] = []
-    for i, layer in enumerate(network.layers):
-        if isinstance(layer, AffineLayer):
-            b = affine_bounds(layer, lower, upper)
-        else:
-            b = maxpool_bounds(layer, lower, upper)
-        layers.append(b)
-        out = NetworkBounds(layers, {}).output_bounds(network, i)
-        lower, upper = out.lower, out.upper
+    layers = [layer_bounds(network.layers[0], lower, upper)]
+    for i in range(1, len(network.layers)):
+        box = NetworkBounds(layers, {}).input_bounds(network, i)
+        layers.append(layer_bounds(network.layers[i], box.lower, box.upper))
     return NetworkBounds(layers, score_constants(network, layers))
+
+
+def layer_bounds(layer, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
+    """Bounds of a layer's values (pre-activations, or a max pooling's outputs) over a box."""
+    if isinstance(layer, MaxPoolLayer):
+        return maxpool_bounds(layer, lower, upper)
+    return affine_bounds(layer, lower, upper)
 
 
 def propagate_after(network: Network, bounds: NetworkBounds, index: int) -> NetworkBounds:
     """``bounds`` with every layer after ``index`` re-propagated by interval arithmetic from
     layer ``index`` (tightened, say) and intersected with what it had; ``M`` is kept."""
     layers = list(bounds.layers)
-    out = bounds.output_bounds(network, index)
-    lower, upper = out.lower, out.upper
     for i in range(index + 1, len(network.layers)):
-        layer = network.layers[i]
-        if isinstance(layer, AffineLayer):
-            b = affine_bounds(layer, lower, upper)
-        else:
-            b = maxpool_bounds(layer, lower, upper)
+        box = NetworkBounds(layers, bounds.big_m).input_bounds(network, i)
+        b = layer_bounds(network.layers[i], box.lower, box.upper)
         old = layers[i]
         layers[i] = LayerBounds(np.maximum(b.lower, old.lower), np.minimum(b.upper, old.upper))
-        out = NetworkBounds(layers, bounds.big_m).output_bounds(network, i)
-        lower, upper = out.lower, out.upper
     return NetworkBounds(layers, bounds.big_m)
 
 
 def score_constants(network: Network, layers: list[LayerBounds]) -> dict[int, np.ndarray]:
-    """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored layer."""
+    """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored ReLU,
+    keyed by its layer (the layers of a coupled group share scores but each has its own M)."""
     big_m = {}
-    for i in network.scored:
+    for i in range(len(network.layers)):
+        if network.score_key(i) is None:
+            continue
         layer = network.layers[i]
         per_output = np.maximum(layers[i].upper, 0.0).max(axis=0)
         m = np.zeros(layer.n_units)

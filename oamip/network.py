@@ -3,7 +3,9 @@
 Every layer maps a batch of flat vectors ``(N, n_in)`` to ``(N, n_out)``; images are flattened in
 C order (channel, row, column), as ``torch.flatten`` does, so Flatten and reshapes are no-ops here.
 Affine layers (Linear, Conv2d with folded BatchNorm, AvgPool2d) are sparse matrices plus an offset;
-an affine layer with ``relu=True`` is a *scored* layer whose units carry importance scores.
+an affine layer with ``relu=True`` is a *scored* layer whose units carry importance scores. A
+residual block's addition is a :class:`ResidualLayer`, an affine layer of two inputs; its ReLU may
+be plain or share the scores of a coupled group (docs/mathematics.md §4.10).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class AffineLayer:
     """``a = A h + c``: a Linear layer, a Conv2d (channels are its units) or an AvgPool2d.
 
     ``name`` is the module path of the layer in the original model; ``relu`` says whether a ReLU
-    follows, which makes the layer a scored one.
+    follows, which makes the layer a scored one, unless ``scored`` is False (a plain ReLU) or
+    ``share`` names the layer whose scores its units use (a coupled group, §4.10).
     """
 
     name: str
@@ -62,6 +65,8 @@ class AffineLayer:
     bias: np.ndarray
     geometry: Conv | None = None
     relu: bool = False
+    scored: bool = True
+    share: int | None = None
 
     @property
     def n_in(self) -> int:
@@ -117,7 +122,76 @@ class MaxPoolLayer:
         return padded[:, self.windows].max(axis=2)
 
 
-Layer = AffineLayer | MaxPoolLayer
+@dataclass
+class ResidualLayer:
+    """``a = A h + c + S g + d``: the last affine layer of a residual block (``main``, fed by the
+    previous layer's output ``h``) plus the block's shortcut from the output ``g`` of the earlier
+    layer ``source``: ``shortcut`` is a 1x1 convolution with folded BatchNorm, or None for the
+    identity. It acts on the concatenation ``[h, g]`` of its two inputs (docs/mathematics.md
+    §4.10); ``relu``, ``scored`` and ``share`` mean what they mean for an :class:`AffineLayer`.
+    """
+
+    name: str
+    main: AffineLayer
+    shortcut: AffineLayer | None
+    source: int
+    relu: bool = False
+    scored: bool = True
+    share: int | None = None
+    kind: str = "residual"
+
+    def __post_init__(self) -> None:
+        into = self.main.out_shape if self.shortcut is None else self.shortcut.out_shape
+        if tuple(into) != tuple(self.main.out_shape):
+            raise InvalidInputError(
+                f"residual layer '{self.name}': the shortcut gives shape {tuple(into)} but the "
+                f"block's last layer gives {tuple(self.main.out_shape)}; they must match"
+            )
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.main.in_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.main.out_shape
+
+    @property
+    def n_in(self) -> int:
+        """Inputs of the concatenation: the previous layer's outputs, then the source's."""
+        source = self.main.n_out if self.shortcut is None else self.shortcut.n_in
+        return self.main.n_in + source
+
+    @property
+    def n_out(self) -> int:
+        return self.main.n_out
+
+    @property
+    def n_units(self) -> int:
+        return self.main.n_units
+
+    @property
+    def unit_of(self) -> np.ndarray:
+        return self.main.unit_of
+
+    @cached_property
+    def matrix(self) -> sp.csr_matrix:
+        """``[A | S]`` over the concatenated inputs (``S = I`` for an identity shortcut)."""
+        skip = sp.identity(self.n_out, format="csr") if self.shortcut is None else None
+        skip = self.shortcut.matrix if skip is None else skip
+        return sp.hstack([self.main.matrix, skip], format="csr")
+
+    @cached_property
+    def offset(self) -> np.ndarray:
+        extra = 0.0 if self.shortcut is None else self.shortcut.offset
+        return self.main.offset + extra
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix @ h.T).T + self.offset
+
+
+Affine = AffineLayer | ResidualLayer
+Layer = AffineLayer | ResidualLayer | MaxPoolLayer
 
 
 @dataclass
@@ -139,8 +213,31 @@ class Network:
 
     @property
     def scored(self) -> list[int]:
-        """Indices of the scored layers (affine layers followed by a ReLU)."""
-        return [i for i, layer in enumerate(self.layers) if _is_scored(layer)]
+        """The keys of the score vectors: indices of the scored layers that own their scores
+        (the first layer of each coupled group)."""
+        return [i for i in range(len(self.layers)) if self.score_key(i) == i]
+
+    def score_key(self, index: int) -> int | None:
+        """The key of the scores that layer ``index``'s ReLU uses; None where no scored ReLU."""
+        layer = self.layers[index]
+        if isinstance(layer, MaxPoolLayer) or not (layer.relu and layer.scored):
+            return None
+        return index if layer.share is None else layer.share
+
+    def layer_input(self, index: int, outputs: list[np.ndarray]) -> np.ndarray:
+        """What layer ``index`` acts on, given the outputs of the layers before it (index-aligned;
+        entries that are not needed may be None): the previous output, concatenated with the
+        source's output for a residual layer."""
+        h = outputs[index - 1]
+        layer = self.layers[index]
+        if not isinstance(layer, ResidualLayer):
+            return h
+        if not 0 <= layer.source < index or outputs[layer.source] is None:
+            raise InvalidInputError(
+                f"residual layer '{layer.name}' reads layer {layer.source}, which is not an "
+                f"earlier layer whose output is available (layers 0..{index - 1})"
+            )
+        return np.concatenate([h, outputs[layer.source]], axis=1)
 
     @property
     def num_classes(self) -> int:
@@ -164,22 +261,28 @@ class Network:
         pre: np.ndarray,
         scores: dict[int, np.ndarray] | None = None,
         big_m: dict[int, np.ndarray] | None = None,
+        before: list[Trace] | None = None,
     ) -> list[Trace]:
         """The trace of layers ``start`` onward from layer ``start``'s output before its ReLU,
-        which stays fixed while only the scores of that layer and later ones change."""
+        which stays fixed while only the scores of that layer and later ones change.
+
+        A residual layer reading a layer before ``start`` takes that layer's output from
+        ``before`` (the trace of layers ``0..start-1``; rows repeated to match ``pre``)."""
+        outputs: list[np.ndarray | None] = [None] * len(self.layers)
+        for i, t in enumerate((before or [])[:start]):
+            outputs[i] = np.tile(t.out, (len(pre) // len(t.out), 1))
         record = []
         for i in range(start, len(self.layers)):
             layer = self.layers[i]
             if i > start:
-                pre = layer.forward(record[-1].out)
+                pre = layer.forward(self.layer_input(i, outputs))
             arg = pre
-            if _is_scored(layer):
-                if scores is not None:
-                    arg = pre - ((1.0 - scores[i]) * big_m[i])[..., layer.unit_of]
-                h = np.maximum(arg, 0.0)
-            else:
-                h = pre
+            key = self.score_key(i)
+            if key is not None and scores is not None:
+                arg = pre - ((1.0 - scores[key]) * big_m[i])[..., layer.unit_of]
+            h = pre if isinstance(layer, MaxPoolLayer) or not layer.relu else np.maximum(arg, 0.0)
             record.append(Trace(pre=pre, arg=arg, out=h))
+            outputs[i] = h
         return record
 
     def forward(
@@ -204,10 +307,6 @@ class Network:
         if not np.isfinite(x).all():
             raise InvalidInputError("the batch contains NaN or infinite values")
         return x
-
-
-def _is_scored(layer: Layer) -> bool:
-    return isinstance(layer, AffineLayer) and layer.relu
 
 
 def _conv_matrix(weight, in_shape, out_shape, geometry: Conv, depthwise: bool) -> sp.csr_matrix:

@@ -4,22 +4,43 @@ The model is never touched: a float64 CPU copy in eval mode is read (GPU, float1
 models work), BatchNorm layers are folded into the Linear or Conv2d they follow, and the module
 names of the scored layers are kept so scores can be written back by name. A model in training
 mode is read in eval mode too, with a warning when that changes what its BatchNorm or dropout
-layers compute.
+layers compute. A residual network (a graph with additions) is read into a chain with
+:class:`~oamip.network.ResidualLayer` additions, its units as :func:`residual_units` defines them
+(docs/mathematics.md §4.10).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
-from oamip.adapters.chain import Step, Unit, chain_units, read_chain
+from oamip.adapters.chain import (
+    Step,
+    Unit,
+    chain_units,
+    is_addition,
+    is_shape_query,
+    read_chain,
+    step_of,
+    trace_graph,
+)
 from oamip.errors import InvalidInputError, UnsupportedLayerError
-from oamip.network import AffineLayer, Conv, MaxPoolLayer, Network, max_pool_windows
+from oamip.network import (
+    AffineLayer,
+    Conv,
+    MaxPoolLayer,
+    Network,
+    ResidualLayer,
+    max_pool_windows,
+)
+
+RESIDUAL_SCORES = ("both", "inner", "group")
+"""Which units of a residual network are scored: its inner channels, its coupled groups, both."""
 
 _EVAL_MEANING = {  # what a layer left in training mode computes in eval mode
     "bn": "BatchNorm '{}' uses its running statistics",
@@ -39,11 +60,26 @@ class ScoredUnit:
 
 @dataclass
 class Extracted:
-    """A network read from a torch model, with the way back to the model's modules."""
+    """A network read from a torch model, with the way back to the model's modules.
+
+    ``relus`` names the ReLU step after each layer that has one. A coupled group's unit has no
+    single module: its ``module`` is the group's name, ``layer`` its first layer, and
+    ``targets`` lists where its score acts (see :meth:`shift_targets`)."""
 
     network: Network
     units: dict[str, ScoredUnit]
     reference: nn.Module
+    relus: dict[int, str] = field(default_factory=dict)
+    targets: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def shift_targets(self, name: str) -> list[tuple[int, str]]:
+        """Where unit ``name``'s score term enters the reference model: per ReLU its score acts
+        on, the network layer of that ReLU and the module whose output is the ReLU's argument
+        (a residual block's: its main branch's, the term ``(1 - s) M`` being additive)."""
+        if name in self.targets:
+            return self.targets[name]
+        unit = self.units[name]
+        return [(unit.layer, unit.batchnorm or unit.module)]
 
     def scores_by_layer(self, scores: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
         return {u.layer: np.asarray(scores[name], dtype=float) for name, u in self.units.items()}
@@ -65,17 +101,26 @@ def reference_copy(model: nn.Module) -> nn.Module:
     return clone.eval()
 
 
-def extract(model: nn.Module, x: np.ndarray) -> Extracted:
+def extract(model: nn.Module, x: np.ndarray, residual: str = "both") -> Extracted:
     """Read ``model`` (any device, any floating dtype) as a Network, checking weights and the
     input shape; always in eval mode (a ``UserWarning`` says so for a model in training mode
-    whose BatchNorm or dropout layers would compute something else)."""
+    whose BatchNorm or dropout layers would compute something else). ``residual`` says which
+    units of a residual network are scored (one of RESIDUAL_SCORES; chains ignore it)."""
     ref = reference_copy(model)
     _check_finite(ref)
+    if residual not in RESIDUAL_SCORES:
+        raise InvalidInputError(
+            f"residual must be one of {', '.join(RESIDUAL_SCORES)}, got {residual!r}"
+        )
+    graph = trace_graph(ref)
+    if any(is_addition(node) for node in graph.nodes):
+        return _extract_residual(model, ref, graph, _sample_shape(x), residual)
     steps = read_chain(ref)
     owners = {unit.relu: unit for unit in chain_units(steps)}
     shape = _sample_shape(x)
     network = Network(input_shape=shape)
     units: dict[str, ScoredUnit] = {}
+    relus: dict[int, str] = {}
     pending: AffineLayer | None = None
     for pos, step in enumerate(steps):
         prev = steps[pos - 1].kind if pos else None
@@ -90,6 +135,7 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
             owner = _mark_relu(step, owners.get(pos), pending)
             index = next(i for i, layer in enumerate(network.layers) if layer is pending)
             units[owner.name] = ScoredUnit(owner.name, owner.batchnorm, index)
+            relus[index] = step.name
         elif step.kind == "maxpool":
             layer = _max_pool(step, shape, len(network.layers))
             network.layers.append(layer)
@@ -98,7 +144,194 @@ def extract(model: nn.Module, x: np.ndarray) -> Extracted:
             shape = (int(np.prod(shape)),)
     _check_output(network)
     _warn_if_training(model, steps)
-    return Extracted(network, units, ref)
+    return Extracted(network, units, ref, relus)
+
+
+@dataclass
+class _Pending:
+    """An affine or residual layer read from the graph but not yet placed in the network: a
+    BatchNorm may still fold into it, a ReLU follow it or an addition take it in. ``reads`` is
+    the index of the layer its (main) input comes from (-1: the network's input)."""
+
+    layer: AffineLayer | ResidualLayer
+    reads: int
+
+
+@dataclass
+class _Value:
+    """What a graph node holds: a placed layer's output (an index, -1 for the input) or a pending
+    layer, and its shape per sample."""
+
+    ref: int | _Pending
+    shape: tuple[int, ...]
+
+
+class _ResidualReader:
+    """Walks the fx graph of a residual network in order, placing each layer when something
+    reads its output, so that a residual layer's main branch is the layer placed just before
+    it (the network stays a chain whose residual layers also read one earlier output)."""
+
+    def __init__(self, ref: nn.Module, shape: tuple[int, ...]) -> None:
+        self.modules = dict(ref.named_modules())
+        self.network = Network(input_shape=shape)
+        self.relus: dict[int, str] = {}
+        self.steps: list[Step] = []
+        self.values: dict[fx.Node, _Value] = {}
+        self.tails: dict[str, str] = {}
+        """Per Linear/Conv2d, the last module applied to its output (its BatchNorm, if any)."""
+
+    def tail(self, layer: AffineLayer | ResidualLayer) -> str:
+        """The module whose output is ``layer``'s value (a residual layer's main branch's)."""
+        name = layer.main.name if isinstance(layer, ResidualLayer) else layer.name
+        return self.tails.get(name, name)
+
+    def read(self, graph: fx.Graph) -> None:
+        for node in graph.nodes:
+            if is_shape_query(node):
+                continue
+            if node.op == "placeholder":
+                self.values[node] = _Value(-1, self.network.input_shape)
+            elif node.op == "output":
+                self._place(self._input(node))
+            elif is_addition(node):
+                self.values[node] = self._add(node)
+            else:
+                step = step_of(node, self.modules)
+                self.steps.append(step)
+                self.values[node] = self._step(step, self._input(node))
+
+    def _input(self, node: fx.Node) -> _Value:
+        tensors = [a for a in node.all_input_nodes if not is_shape_query(a)]
+        return self.values[tensors[0]]
+
+    def _step(self, step: Step, value: _Value) -> _Value:
+        if step.kind in ("linear", "conv", "avgpool"):
+            reads = self._place(value)
+            layer = _affine(step, value.shape)
+            _check_units(layer)
+            return _Value(_Pending(layer, reads), layer.out_shape)
+        if step.kind == "bn":
+            layer = value.ref.layer if isinstance(value.ref, _Pending) else None
+            prev = layer.kind if isinstance(layer, AffineLayer) and not layer.relu else None
+            _fold_batchnorm(step, prev, layer)
+            self.tails[layer.name] = step.name
+            return value
+        if step.kind == "relu":
+            return _Value(self._place(value, relu=step.name), value.shape)
+        if step.kind == "maxpool":
+            self._place(value)
+            layer = _max_pool(step, value.shape, len(self.network.layers))
+            self.network.layers.append(layer)
+            return _Value(len(self.network.layers) - 1, layer.out_shape)
+        if step.kind == "flatten":
+            return _Value(value.ref, (int(np.prod(value.shape)),))
+        return value
+
+    def _add(self, node: fx.Node) -> _Value:
+        """``main + shortcut``: the pending layer read later is the block's main branch; the
+        other is a pending affine shortcut or an earlier layer's output (the identity)."""
+        first, second = (self.values[a] for a in node.all_input_nodes)
+        pending = [v.ref for v in (first, second) if isinstance(v.ref, _Pending)]
+        plain = all(isinstance(p.layer, AffineLayer) and not p.layer.relu for p in pending)
+        if not pending or not plain:
+            raise UnsupportedLayerError(
+                f"the forward is not a chain of residual blocks at addition '{node.name}': it "
+                "must add the output of a Linear or Conv2d (optionally with BatchNorm) to a "
+                "shortcut (an earlier output, or a 1x1 Conv2d with BatchNorm)"
+            )
+        main = max(pending, key=lambda p: p.reads)
+        other = second if main is first.ref else first
+        if isinstance(other.ref, _Pending):
+            shortcut, source = other.ref.layer, other.ref.reads
+        else:
+            shortcut, source = None, other.ref
+        if source < 0:
+            raise UnsupportedLayerError(
+                f"addition '{node.name}' adds the network's input; put a layer before the "
+                "first residual block"
+            )
+        layer = ResidualLayer(node.name, main.layer, shortcut, source)
+        return _Value(_Pending(layer, main.reads), first.shape)
+
+    def _place(self, value: _Value, relu: str | None = None) -> int:
+        """Put a pending layer into the network (with its ReLU) and return its index."""
+        if not isinstance(value.ref, _Pending):
+            if relu is not None:
+                raise UnsupportedLayerError(
+                    f"ReLU '{relu}' must follow a Linear, a Conv2d (optionally with BatchNorm) "
+                    "or a residual addition"
+                )
+            return value.ref
+        pending = value.ref
+        last = len(self.network.layers) - 1
+        if pending.reads != last:
+            raise UnsupportedLayerError(
+                f"layer '{pending.layer.name}' reads the output of layer {pending.reads} while "
+                f"layer {last} was the last one computed; apart from residual shortcuts the "
+                "forward must be a chain"
+            )
+        pending.layer.relu = relu is not None
+        self.network.layers.append(pending.layer)
+        value.ref = last + 1
+        if relu is not None:
+            self.relus[last + 1] = relu
+        return last + 1
+
+
+def _extract_residual(
+    model: nn.Module, ref: nn.Module, graph: fx.Graph, shape: tuple[int, ...], residual: str
+) -> Extracted:
+    """Read a residual network; score its units of kind ``residual`` (docs/mathematics.md
+    §4.10): an inner unit's ReLU, or every ReLU of a coupled group, sharing one score vector."""
+    found = _residual().residual_units(ref)
+    reader = _ResidualReader(ref, shape)
+    reader.read(graph)
+    network = reader.network
+    _check_output(network)
+    for i in reader.relus:
+        network.layers[i].scored = False
+    units, targets = {}, {}
+    for unit in found:
+        if residual not in ("both", unit.kind):
+            continue
+        sites = _unit_sites(network, unit)
+        for i in sites:
+            network.layers[i].scored = True
+            network.layers[i].share = sites[0] if i != sites[0] else None
+        bn = unit.batchnorms[0] if unit.kind == "inner" and unit.batchnorms else None
+        units[unit.name] = ScoredUnit(unit.name, bn, sites[0])
+        targets[unit.name] = [(i, reader.tail(network.layers[i])) for i in sites]
+    _warn_if_training(model, reader.steps)
+    return Extracted(network, units, ref, reader.relus, targets)
+
+
+def _residual():
+    """:mod:`oamip.adapters.residual`, imported on use (it imports masks, which imports us)."""
+    from oamip.adapters import residual
+
+    return residual
+
+
+def _unit_sites(network: Network, unit) -> list[int]:
+    """The layers whose ReLU outputs ``unit``'s channels; every producer and addition of the
+    unit must reach one, or the unit cannot be scored exactly."""
+    sites, covered, additions = [], set(), 0
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, MaxPoolLayer) or not layer.relu:
+            continue
+        parts = [layer] if isinstance(layer, AffineLayer) else [layer.main, layer.shortcut]
+        names = {p.name for p in parts if p is not None}
+        if names & set(unit.producers):
+            sites.append(i)
+            covered |= names
+            additions += isinstance(layer, ResidualLayer)
+    if not sites or covered != set(unit.producers) or additions != len(unit.additions):
+        raise UnsupportedLayerError(
+            f"unit '{unit.name}' ({unit.kind}): its channels must pass a ReLU right after each "
+            f"producer {list(unit.producers)} (after the addition for a residual block) to be "
+            "scored; other layouts (e.g. pre-activation blocks) are not supported"
+        )
+    return sites
 
 
 def _warn_if_training(model: nn.Module, steps: list[Step]) -> None:

@@ -37,10 +37,11 @@ def scored_logits(
     ref = extracted.reference
     modules = dict(ref.named_modules())
     handles = []
-    for name, unit in extracted.units.items():
-        shift = (1.0 - np.asarray(scores[name], dtype=float)) * big_m[unit.layer]
-        target = modules[unit.batchnorm or unit.module]
-        handles.append(target.register_forward_hook(_shift_hook(torch.from_numpy(shift))))
+    for name in extracted.units:
+        for layer, target in extracted.shift_targets(name):
+            shift = (1.0 - np.asarray(scores[name], dtype=float)) * big_m[layer]
+            hook = _shift_hook(torch.from_numpy(shift))
+            handles.append(modules[target].register_forward_hook(hook))
     try:
         with torch.no_grad():
             out = ref(torch.as_tensor(np.asarray(x), dtype=torch.float64))

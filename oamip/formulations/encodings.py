@@ -21,7 +21,8 @@ class ReluEntries:
 
     ``pre_id`` is the variable holding the pre-activation or -1 where it is the constant
     ``pre_const``; ``lower``/``upper`` bound the pre-activation for every score vector;
-    ``big_m`` and ``score_id`` belong to the entry's unit.
+    ``big_m`` and ``score_id`` belong to the entry's unit (a plain, unscored ReLU: ``big_m = 0``
+    and ``score_id = -1``).
     """
 
     pre_id: np.ndarray
@@ -63,7 +64,7 @@ def encode_scored_relu(
     h = table.add(f"{name}_h", np.zeros_like(e.upper), e.upper)
     arg_lower = e.lower - e.big_m
     constant = e.pre_id < 0
-    linear = constant & (e.pre_const > 0) & binary_scores & tight
+    linear = constant & (e.pre_const > 0) & binary_scores & tight & (e.score_id >= 0)
     active = ~linear & (arg_lower >= 0) & tight
     bigm = ~linear & ~active
     _linear_rows(rows, h[linear], e.pre_const[linear], e.score_id[linear])
@@ -95,7 +96,7 @@ def _argument_rows(rows, h, e: ReluEntries, pick, rhs_shift, equality: bool, ext
     upper = rhs if equality else np.full(len(rhs), np.inf)
     r = rows.new_rows(rhs, upper)
     rows.terms(r, h, 1.0)
-    rows.terms(r, e.score_id[pick], -e.big_m[pick])
+    _score_terms(rows, r, e.score_id[pick], -e.big_m[pick])
     has_var = e.pre_id[pick] >= 0
     rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
     return r
@@ -107,7 +108,7 @@ def _bigm_rows(rows: RowBlock, h, v, e: ReluEntries, pick, arg_lower) -> None:
     base = -e.big_m[pick] + np.where(e.pre_id[pick] < 0, e.pre_const[pick], 0.0)
     r = rows.new_rows(np.full(len(h), -np.inf), base - arg_lower)
     rows.terms(r, h, 1.0)
-    rows.terms(r, e.score_id[pick], -e.big_m[pick])
+    _score_terms(rows, r, e.score_id[pick], -e.big_m[pick])
     has_var = e.pre_id[pick] >= 0
     rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
     rows.terms(r, v, -arg_lower)
@@ -130,8 +131,14 @@ def _ideal_rows(rows: RowBlock, h, v, e: ReluEntries, pick) -> None:
     big_m = e.big_m[pick]
     r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
     rows.terms(r, h, 1.0)
-    rows.terms(r, e.score_id[pick], -big_m)
+    _score_terms(rows, r, e.score_id[pick], -big_m)
     rows.terms(r, v, big_m - e.upper[pick])
+
+
+def _score_terms(rows: RowBlock, r: np.ndarray, score_id: np.ndarray, coef: np.ndarray) -> None:
+    """``coef * s`` in rows ``r``, for the entries that have a score (a plain ReLU has none)."""
+    scored = score_id >= 0
+    rows.terms(r[scored], score_id[scored], coef[scored])
 
 
 @dataclass

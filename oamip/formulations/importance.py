@@ -34,7 +34,7 @@ from oamip.formulations.encodings import (
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
 from oamip.formulations.losses import Loss, LossSite, get_loss
-from oamip.network import AffineLayer, MaxPoolLayer, Network, Trace
+from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer, Trace
 
 SCORE_MODES = ("continuous", "binary")
 ENCODINGS = ("tight", "big-m")
@@ -193,7 +193,7 @@ class ImportanceModel:
 
 
 def sparsity_term(network: Network, scores: dict[int, np.ndarray]) -> float:
-    """``sum_l (1/n_l) sum_i s^l_i``."""
+    """``sum_l (1/n_l) sum_i s^l_i`` over the score vectors (a coupled group counts once)."""
     return float(sum(np.sum(scores[i]) / network.layers[i].n_units for i in network.scored))
 
 
@@ -245,22 +245,27 @@ class _Builder:
         self.table = im.table
         self.binary = im.settings.scores == "binary"
         self.tight = im.settings.encoding == "tight"
+        self.outputs: list[Operand | None] = []
+        """What each layer hands on (None for a scored layer pooled with its max pooling)."""
 
     def build(self) -> None:
         x = self.im.x.reshape(len(self.im.x), -1)
         state = Operand(np.full(x.shape, -1, dtype=np.int64), x, x, x)
         layers = self.im.network.layers
+        sources = {layer.source for layer in layers if isinstance(layer, ResidualLayer)}
         i = 0
         while i < len(layers):
             layer = layers[i]
             pool = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, MaxPoolLayer):
                 state = self._max_pool(i, layer, state)
-            elif self.tight and layer.relu and isinstance(pool, MaxPoolLayer):
+            elif self.tight and layer.relu and isinstance(pool, MaxPoolLayer) and i not in sources:
                 state = self._pooled_relu(i, layer, pool, state)
+                self.outputs.append(None)
                 i += 1
             else:
-                state = self._affine(i, layer, state, is_output=i == len(layers) - 1)
+                state = self._affine(i, layer, self._input(i, state), i == len(layers) - 1)
+            self.outputs.append(state)
             i += 1
         self.im.logit_ids = state.var
         self._score_rows()
@@ -268,7 +273,17 @@ class _Builder:
         self.rows.attach(self.table, "network")
         _set_objective(self.im)
 
-    def _affine(self, i: int, layer: AffineLayer, state: Operand, is_output: bool) -> Operand:
+    def _input(self, i: int, state: Operand) -> Operand:
+        """What layer ``i`` acts on: ``state``, the previous layer's output, concatenated with
+        the source's output for a residual layer (docs/mathematics.md §4.10)."""
+        layer = self.im.network.layers[i]
+        if not isinstance(layer, ResidualLayer):
+            return state
+        source = self.outputs[layer.source]
+        both = (np.concatenate([getattr(state, f), getattr(source, f)], 1) for f in Operand.FIELDS)
+        return Operand(*both)
+
+    def _affine(self, i: int, layer: Affine, state: Operand, is_output: bool) -> Operand:
         b = self.im.bounds.layers[i]
         needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
         pre_var, pre_const = self._pre_activations(i, layer, state, needed, is_output)
@@ -277,7 +292,7 @@ class _Builder:
             return Operand(pre_var, pre_const, b.lower, b.upper)
         return self._scored_relu(i, layer, state, pre_var, pre_const, needed)
 
-    def _pre_activations(self, i, layer: AffineLayer, state: Operand, needed, is_output=False):
+    def _pre_activations(self, i, layer: Affine, state: Operand, needed, is_output=False):
         """The layer's pre-activations as (variable ids, constants): constants when every
         input is a constant (the logits always get variables), else one variable per
         ``needed`` entry."""
@@ -286,7 +301,7 @@ class _Builder:
             return np.full(shape, -1, dtype=np.int64), layer.forward(state.const)
         return self._pre_activation_rows(i, layer, state, needed), np.zeros(shape)
 
-    def _pre_activation_rows(self, i, layer: AffineLayer, state: Operand, needed) -> np.ndarray:
+    def _pre_activation_rows(self, i, layer: Affine, state: Operand, needed) -> np.ndarray:
         """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki`` for every needed (k, j)."""
         b = self.im.bounds.layers[i]
         pre_var = np.full(needed.shape, -1, dtype=np.int64)
@@ -305,7 +320,7 @@ class _Builder:
 
     def _cut_site(self, layer, state: Operand, entries: ReluEntries, enc, k, j) -> None:
         """Remember the big-M units fed by variables, where ideal cuts can be separated."""
-        pick = (enc.v >= 0) & (entries.pre_id >= 0)
+        pick = (enc.v >= 0) & (entries.pre_id >= 0) & (entries.score_id >= 0)
         if not pick.any():
             return
         site = CutSite(
@@ -325,18 +340,23 @@ class _Builder:
         )
         self.im.cut_sites.append(site)
 
-    def _scores(self, i: int, layer: AffineLayer) -> np.ndarray:
-        n_units = layer.n_units
-        scores = self.table.add(
-            f"L{i}_score", np.zeros(n_units), np.ones(n_units), binary=self.binary
-        )
-        self.im.score_ids[i] = scores
-        return scores
+    def _scores(self, i: int, layer: Affine) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit of layer ``i``'s ReLU: its score variable and its constant ``M``; a plain
+        ReLU has neither (-1 and 0), a coupled group's layers share the first one's variables."""
+        key = self.im.network.score_key(i)
+        if key is None:
+            return np.full(layer.n_units, -1, dtype=np.int64), np.zeros(layer.n_units)
+        if key not in self.im.score_ids:
+            n_units = layer.n_units
+            self.im.score_ids[key] = self.table.add(
+                f"L{i}_score", np.zeros(n_units), np.ones(n_units), binary=self.binary
+            )
+        return self.im.score_ids[key], self.im.big_m[i]
 
-    def _scored_relu(self, i, layer: AffineLayer, state: Operand, pre_var, pre_const, needed):
+    def _scored_relu(self, i, layer: Affine, state: Operand, pre_var, pre_const, needed):
         b = self.im.bounds.layers[i]
-        scores = self._scores(i, layer)
-        big_m = self.im.big_m[i][layer.unit_of]
+        scores, big_m = self._scores(i, layer)
+        big_m = big_m[layer.unit_of]
         k, j = np.nonzero(needed)
         entries = ReluEntries(
             pre_id=pre_var[k, j],
@@ -352,10 +372,10 @@ class _Builder:
         self._cut_site(layer, state, entries, enc, k, j)
         out_var = np.full(needed.shape, -1, dtype=np.int64)
         out_var[k, j] = enc.h
-        zeros = np.zeros(needed.shape)
-        return Operand(out_var, zeros, zeros, np.maximum(b.upper, 0.0))
+        out = self.im.bounds.output_bounds(self.im.network, i)
+        return Operand(out_var, np.zeros(needed.shape), out.lower, out.upper)
 
-    def _pooled_relu(self, i: int, layer: AffineLayer, pool: MaxPoolLayer, state: Operand):
+    def _pooled_relu(self, i: int, layer: Affine, pool: MaxPoolLayer, state: Operand):
         """A scored ReLU followed by max pooling, encoded pooling first. A window lies in one
         channel, so its units share the shift ``(1 - s) M`` and
         ``max_t ReLU(a_t - (1 - s) M) = ReLU(max_t a_t - (1 - s) M)``: one ReLU (and at most
@@ -389,9 +409,9 @@ class _Builder:
             lambda trace: set_pool(np.where(pad, -np.inf, trace[i].pre[k][safe]))
         )
 
-    def _relu_of_pooled(self, i, layer: AffineLayer, pool: MaxPoolLayer, plan: PoolPlan, pooled):
+    def _relu_of_pooled(self, i, layer: Affine, pool: MaxPoolLayer, plan: PoolPlan, pooled):
         """The scored ReLU of every live pooled output, with its window's unit (channel)."""
-        scores = self._scores(i, layer)
+        scores, big_m = self._scores(i, layer)
         unit = layer.unit_of[plan.first_tap]
         k, o = np.nonzero(plan.live)
         entries = ReluEntries(
@@ -399,7 +419,7 @@ class _Builder:
             pre_const=pooled.const[k, o],
             lower=pooled.lower[k, o],
             upper=pooled.upper[k, o],
-            big_m=self.im.big_m[i][unit[o]],
+            big_m=big_m[unit[o]],
             score_id=scores[unit[o]],
         )
         enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", self.tight)
@@ -409,7 +429,8 @@ class _Builder:
         out_var = np.full(plan.live.shape, -1, dtype=np.int64)
         out_var[k, o] = enc.h
         zeros = np.zeros(plan.live.shape)
-        return Operand(out_var, zeros, zeros, np.maximum(pooled.upper, 0.0))
+        lower = zeros if self.im.network.score_key(i) is not None else np.maximum(pooled.lower, 0)
+        return Operand(out_var, zeros, lower, np.maximum(pooled.upper, 0.0))
 
     def _max_pool(self, i: int, layer: MaxPoolLayer, state: Operand) -> Operand:
         windows = layer.windows

@@ -187,7 +187,7 @@ def _objectives(im: ImportanceModel, scores: Scores, trace, base: float, moves: 
     per_row = dict(scores)
     per_row[layer] = np.repeat(rows, n, axis=0)
     pre = np.tile(trace[layer].pre, (len(moves), 1))
-    logits = im.network.resume(layer, pre, per_row, im.big_m)[-1].out
+    logits = im.network.resume(layer, pre, per_row, im.big_m, trace[:layer])[-1].out
     losses = im.losses_at_labels(logits, np.tile(im.y, len(moves))).reshape(len(moves), n)
     n_units = im.network.layers[layer].n_units
     sparsity = base + (rows.sum(axis=1) - scores[layer].sum()) / n_units

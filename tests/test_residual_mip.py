@@ -1,0 +1,262 @@
+"""The importance MIP on residual networks (docs/mathematics.md §4.10): with scores fixed it
+reproduces PyTorch's forward with the scores applied at every ReLU of a unit, its bounds hold for
+every score vector, and on tiny networks its binary optimum equals the enumeration of every mask
+(objectives computed by PyTorch on the masked model)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oamip import backends
+from oamip.adapters.extract import extract
+from oamip.adapters.masks import scored_logits
+from oamip.adapters.residual import apply_residual_masks
+from oamip.bounds import interval_bounds
+from oamip.errors import UnsupportedLayerError
+from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.network import MaxPoolLayer
+from tests.nets import random_bn
+
+SOLVE_ATOL = 1e-6
+KINDS = ("both", "inner", "group")
+
+
+class Block(nn.Module):
+    """A BasicBlock: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, the shortcut a
+    1x1 convolution with BatchNorm when the channels or the stride change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = random_bn(nn.BatchNorm2d(c_out))
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = random_bn(nn.BatchNorm2d(c_out))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), random_bn(nn.BatchNorm2d(c_out))
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu2(
+            self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.shortcut(x)
+        )
+
+
+class TinyResNet(nn.Module):
+    """Stem, a stage of identity blocks, a stage opened by a projection block, pooling, Linear."""
+
+    def __init__(self, seed: int, widths=(2, 3), blocks=(1, 1), side: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Conv2d(1, widths[0], 3, padding=1)
+        self.stem_bn = random_bn(nn.BatchNorm2d(widths[0]))
+        self.stem_relu = nn.ReLU()
+        first = [Block(widths[0], widths[0]) for _ in range(blocks[0])]
+        second = [Block(widths[0], widths[1], 2)]
+        second += [Block(widths[1], widths[1]) for _ in range(blocks[1] - 1)]
+        self.stage1 = nn.Sequential(*first)
+        self.stage2 = nn.Sequential(*second)
+        self.pool = nn.AvgPool2d(side // 2)
+        self.fc = nn.Linear(widths[1], 3)
+        self.eval()
+
+    def forward(self, x):
+        x = self.stage2(self.stage1(self.stem_relu(self.stem_bn(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _setup(seed: int, n: int, kind: str, **shape):
+    model = TinyResNet(seed, **shape)
+    side = shape.get("side", 4)
+    x = np.random.default_rng(seed).uniform(-1, 1, size=(n, 1, side, side))
+    return model, x, extract(model, x, kind)
+
+
+def _random_scores(network, rng, binary: bool) -> dict[int, np.ndarray]:
+    out = {}
+    for i in network.scored:
+        n = network.layers[i].n_units
+        out[i] = rng.integers(0, 2, n).astype(float) if binary else rng.uniform(0, 1, n)
+    return out
+
+
+def _torch_scored(extracted, x, scores: dict[int, np.ndarray], big_m) -> np.ndarray:
+    """PyTorch's logits with every scored ReLU's argument lowered by ``(1 - s) M``
+    (docs/mathematics.md (1)), through hooks on the ReLU modules: a coupled group's score
+    acts at each of its ReLUs with that ReLU's own ``M``. Scores are one value per unit or one
+    row per sample of ``x``."""
+    ref = extracted.reference
+    modules = dict(ref.named_modules())
+    network = extracted.network
+    handles = []
+    for i, relu in extracted.relus.items():
+        key = network.score_key(i)
+        if key is None:
+            continue
+        shift = torch.from_numpy((1.0 - scores[key]) * big_m[i])
+        shift = shift.reshape(-1, network.layers[i].n_units, 1, 1)
+        hook = modules[relu].register_forward_pre_hook(lambda _m, args, s=shift: args[0] - s)
+        handles.append(hook)
+    try:
+        with torch.no_grad():
+            return ref(torch.as_tensor(x)).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _masked_torch(model, extracted, x, scores: dict[int, np.ndarray]) -> np.ndarray:
+    """PyTorch's logits of the model with the units of zero score removed (their channels set
+    to 0 in every producer and BatchNorm) by ``apply_residual_masks``."""
+    masks = {name: scores[u.layer] > 0.5 for name, u in extracted.units.items()}
+    with torch.no_grad():
+        return apply_residual_masks(model, masks).double()(torch.as_tensor(x)).numpy()
+
+
+def test_extraction_reads_blocks_groups_and_inner_units():
+    """One ResidualLayer per block, a projection only where the shape changes, the stem in the
+    first stage's group, and each kind of unit scored only when asked for."""
+    model, x, both = _setup(0, 2, "both", blocks=(2, 2))
+    with torch.no_grad():
+        expected = model.double()(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(both.network.forward(x), expected, atol=1e-12)
+    assert set(both.units) == {
+        "stem",
+        "stage1.0.conv1",
+        "stage1.1.conv1",
+        "stage2.0.conv1",
+        "stage2.0.conv2",
+        "stage2.1.conv1",
+    }
+    network = both.network
+    residual = [i for i, layer in enumerate(network.layers) if layer.kind == "residual"]
+    assert [network.layers[i].shortcut is None for i in residual] == [True, True, False, True]
+    stem = both.units["stem"].layer
+    assert [network.score_key(i) for i in residual] == [stem, stem, residual[2], residual[2]]
+    inner = extract(model, x, "inner")
+    assert set(inner.units) == {n for n in both.units if n.endswith("conv1")}
+    assert all(inner.network.score_key(i) is None for i in residual)
+    group = extract(model, x, "group")
+    assert set(group.units) == {"stem", "stage2.0.conv2"}
+    assert group.network.scored == [stem, residual[2]]
+
+
+@pytest.mark.parametrize("encoding", ["tight", "big-m"])
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fixed_scores_reproduce_scored_torch_forward(seed, kind, binary, encoding):
+    model, x, extracted = _setup(seed, 2, kind, blocks=(2, 1))
+    y = np.random.default_rng(seed + 1).integers(0, 3, len(x))
+    settings = ImportanceSettings(
+        "hinge", scores="binary" if binary else "continuous", min_keep=0, encoding=encoding
+    )
+    im = build_importance_model(extracted.network, x, y, settings)
+    scores = _random_scores(extracted.network, np.random.default_rng(seed + 2), binary)
+    im.fix_scores(scores)
+    result = backends.get("highs").solve(im.model)
+    assert result.status == "optimal"
+    expected = _torch_scored(extracted, x, scores, im.big_m)
+    np.testing.assert_allclose(im.logit_values(), expected, atol=SOLVE_ATOL)
+    np.testing.assert_allclose(im.forward(scores), expected, atol=1e-10)
+    by_name = extracted.scores_by_name(scores)
+    np.testing.assert_allclose(scored_logits(extracted, x, by_name, im.big_m), expected, atol=1e-10)
+    if binary:
+        np.testing.assert_allclose(_masked_torch(model, extracted, x, scores), expected, atol=1e-9)
+
+
+def test_scores_change_the_forward():
+    """The torch references above are not blind to the scores: switching a group off changes
+    the logits, and the MIP follows."""
+    _, x, extracted = _setup(3, 2, "group")
+    ones = {i: np.ones(extracted.network.layers[i].n_units) for i in extracted.network.scored}
+    off = {i: s.copy() for i, s in ones.items()}
+    off[extracted.units["stem"].layer][0] = 0.0
+    big_m = interval_bounds(extracted.network, x).big_m
+    assert not np.allclose(
+        _torch_scored(extracted, x, ones, big_m), _torch_scored(extracted, x, off, big_m)
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_bounds_contain_every_value_for_every_score_vector(seed, kind):
+    _, x, extracted = _setup(seed, 3, kind, blocks=(2, 2))
+    network = extracted.network
+    bounds = interval_bounds(network, network.check_input(x))
+    rng = np.random.default_rng(seed)
+    for binary in (True, True, False, False):
+        trace = network.trace(x, _random_scores(network, rng, binary), bounds.big_m)
+        for i, (layer, values, b) in enumerate(zip(network.layers, trace, bounds.layers)):
+            seen = values.out if isinstance(layer, MaxPoolLayer) else values.pre
+            assert np.all(seen >= b.lower - 1e-9) and np.all(seen <= b.upper + 1e-9)
+            out = bounds.output_bounds(network, i)
+            assert np.all(values.out >= out.lower - 1e-9) and np.all(values.out <= out.upper + 1e-9)
+
+
+def _hinge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    other = z.copy()
+    other[np.arange(len(y)), y] = -np.inf
+    return np.maximum(0.0, 1.0 + other.max(axis=1) - z[np.arange(len(y)), y])
+
+
+def _enumerate(extracted, x, y, lam: float) -> float:
+    """The best objective (2) over every binary mask keeping at least one channel per unit,
+    by one batched PyTorch forward with the masks applied at the ReLUs (the fixed-score test
+    shows this equals the forward of ``apply_residual_masks``)."""
+    keys = [u.layer for u in extracted.units.values()]
+    sizes = [extracted.network.layers[i].n_units for i in keys]
+    choices = [
+        [np.array(bits, dtype=float) for bits in itertools.product([0, 1], repeat=n) if any(bits)]
+        for n in sizes
+    ]
+    combos = list(itertools.product(*choices))
+    scores = {i: np.repeat([c[k] for c in combos], len(x), axis=0) for k, i in enumerate(keys)}
+    big_m = interval_bounds(extracted.network, x).big_m
+    repeated = np.concatenate([x] * len(combos))
+    z = _torch_scored(extracted, repeated, scores, big_m).reshape(len(combos), len(x), -1)
+    losses = np.array([_hinge(zc, y).mean() for zc in z])
+    sparsity = np.array([sum(s.mean() for s in c) for c in combos])
+    return float((sparsity + lam * losses).min())
+
+
+@pytest.mark.parametrize(
+    ("kind", "lam", "seed"),
+    [("both", 1.0, 0), ("both", 3.0, 1), ("inner", 2.0, 2), ("group", 2.0, 3)],
+)
+def test_binary_optimum_equals_enumeration_over_all_masks(kind, lam, seed):
+    model, x, extracted = _setup(seed, 3, kind, widths=(2, 2))
+    assert sum(extracted.network.layers[u.layer].n_units for u in extracted.units.values()) <= 8
+    y = np.random.default_rng(seed + 5).integers(0, 3, len(x))
+    settings = ImportanceSettings("hinge", lam=lam, scores="binary", min_keep=1)
+    im = build_importance_model(extracted.network, x, y, settings)
+    result = backends.get("highs").solve(im.model)
+    assert result.status == "optimal"
+    best = _enumerate(extracted, x, y, lam)
+    assert result.objective == pytest.approx(best, abs=1e-6)
+    found = {i: np.round(s) for i, s in im.score_values().items()}
+    z = _masked_torch(model, extracted, x, found)
+    value = sum(s.mean() for s in found.values()) + lam * _hinge(z, y).mean()
+    assert value == pytest.approx(best, abs=1e-6)
+
+
+def test_addition_of_the_input_is_refused():
+    class InputSkip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+            self.fc = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.conv(x) + x), 1))
+
+    with pytest.raises(UnsupportedLayerError, match="adds the network's input"):
+        extract(InputSkip().eval(), np.zeros((1, 1, 4, 4)))
