@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import oamip
 from oamip import backends
 from oamip.adapters.extract import extract
 from oamip.adapters.masks import scored_logits
@@ -20,6 +21,7 @@ from oamip.bounds import interval_bounds
 from oamip.errors import UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import MaxPoolLayer
+from oamip.training.models import resnet
 from tests.nets import random_bn
 
 SOLVE_ATOL = 1e-6
@@ -260,3 +262,34 @@ def test_addition_of_the_input_is_refused():
 
     with pytest.raises(UnsupportedLayerError, match="adds the network's input"):
         extract(InputSkip().eval(), np.zeros((1, 1, 4, 4)))
+
+
+def _resnet8(seed: int) -> nn.Module:
+    """A ResNet-8 of the package (oamip.training.models) with tiny widths and random BatchNorms."""
+    torch.manual_seed(seed)
+    model = resnet(1, num_classes=3, input_size=4, widths=(2, 2, 2))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            random_bn(module)
+    return model.eval()
+
+
+def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model():
+    """Whole-network scoring of a ResNet-8: certified against PyTorch (logit error), and the
+    binary optimum is the objective of the model pruned by ``apply_residual_masks``, at most
+    that of keeping every unit."""
+    model = _resnet8(0)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 4, 4))
+    y = np.array([0, 2])
+    res = oamip.score_neurons(model, x, y, loss="hinge", lam=2.0, scores="binary", mip_gap=1e-9)
+    assert res.status == "optimal" and res.logit_error < 1e-6
+    extracted = extract(model, x)
+    assert set(res.scores) == set(extracted.units)
+    masks = res.masks(0.5)
+    with torch.no_grad():
+        z = apply_residual_masks(model, masks).double()(torch.as_tensor(x)).numpy()
+    value = sum(m.mean() for m in masks.values()) + 2.0 * _hinge(z, y).mean()
+    assert value == pytest.approx(res.objective, abs=1e-6)
+    with torch.no_grad():
+        dense = model.double()(torch.as_tensor(x)).numpy()
+    assert res.objective <= len(masks) + 2.0 * _hinge(dense, y).mean() + 1e-6
