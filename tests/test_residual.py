@@ -13,6 +13,7 @@ from torch import nn
 import oamip
 from oamip.adapters.removal import remove_residual_pruned
 from oamip.adapters.residual import apply_residual_masks, residual_units, row_groups
+from oamip.training.cost import count_macs, model_cost
 from oamip.training.models import ARCHITECTURES, resnet
 from oamip.training.spr import SPRRegularizer
 from tests.nets import random_bn
@@ -271,3 +272,56 @@ def test_spr_masks_of_a_residual_net_prune_it_through_the_public_functions():
         assert (small(x) - oamip.apply_masks(model, masks)(x)).abs().max() < 1e-5
         assert (small(x) - model(x)).abs().max() < 1e-5  # the channel was zero already
     assert dict(small.named_modules())["stage2.0.shortcut.0"].out_channels == 5
+
+
+def test_spr_as_torch_pruning_regularize_hook_adds_its_gradient_and_prunes_zero_groups():
+    pytest.importorskip("torch_pruning")
+    from oamip.training.tp import spr_pruner
+
+    model, twin = resnet8(6).train(), resnet8(6).train()
+    x = torch.randn(4, 1, 8, 8)
+    pruner = spr_pruner(model, x, lam=0.5, alpha=0.5, pruning_ratio=0.17, ignored_layers=[model.fc])
+    model.train()  # building the dependency graph leaves the model in eval mode
+    model(x).square().mean().backward()
+    pruner.regularize(model)
+    (twin(x).square().mean() + SPRRegularizer(twin, lam=0.5, alpha=0.5)()).backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    with torch.no_grad():
+        for param in row_groups(model)[3].params:
+            param[1] = 0.0
+    pruner.step()
+    pruner.update_regularizer()
+    group = [m.weight for m in (model.stage2[0].shortcut[0], model.stage2[0].bn2)]
+    assert all(len(w) < 6 and (w.reshape(len(w), -1).abs().sum(1) > 0).all() for w in group)
+    assert model.fc.in_features == model.stage3[0].conv2.out_channels < 8
+    assert len(pruner.spr.groups()["stage2.0.conv2"]) == len(group[0])
+
+
+def test_torch_pruning_missing_is_named_with_its_extra(monkeypatch):
+    from oamip.training import tp
+
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    with pytest.raises(oamip.InvalidInputError, match=r"oamip\[tp\]"):
+        tp.torch_pruning()
+
+
+def test_macs_of_a_tiny_net_are_counted_as_by_hand():
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)
+    )
+    # conv: 2 * 4 * 4 outputs, each 1 channel x 3 x 3 = 288; linear: 32 x 3 = 96
+    assert count_macs(net, (1, 4, 4)) == 288 + 96
+    strided = nn.Sequential(nn.Conv2d(2, 4, 1, stride=2), nn.Conv2d(4, 4, 3, groups=2))
+    # 1x1: 4 x 3 x 3 outputs x 2 inputs = 72; grouped 3x3: 4 x 1 x 1 outputs x 2 x 9 = 72
+    assert count_macs(strided, (2, 6, 6)) == 72 + 72
+
+
+def test_model_cost_reports_macs_params_and_latency_and_pruning_lowers_them():
+    model = resnet8(7)
+    small = remove_residual_pruned(model, _random_masks(model, 7))
+    dense, pruned = (model_cost(m, (1, 8, 8), batches=(1, 4), repeats=3) for m in (model, small))
+    assert dense.params == _params(model) and set(dense.latency_ms) == {1, 4}
+    assert all(v > 0 for v in dense.latency_ms.values())
+    assert pruned.macs < dense.macs and pruned.params < dense.params
+    assert model.training is False

@@ -221,6 +221,17 @@ def resnet(
     return ResNet(blocks, in_channels, num_classes, input_size, widths)
 
 
+def describe_resnet(model: nn.Module) -> str:
+    """``"resnet8"`` or ``"resnet20"`` for a :class:`ResNet` with 1 or 3 blocks per stage
+    (pruned or not), else ``"custom"``: the architecture name of a residual network."""
+    if isinstance(model, ResNet):
+        blocks = len(model.stage1)
+        for arch, count in RESNET_BLOCKS.items():
+            if blocks == count:
+                return arch
+    return "custom"
+
+
 def build(
     arch: str, dataset: Dataset, hidden: Sequence[int] = DEFAULT_HIDDEN, seed: int = 0
 ) -> nn.Module:

@@ -158,6 +158,7 @@ class SPRRegularizer:
         if not (math.isfinite(M_scale) and M_scale > 0):
             raise InvalidInputError(f"SPR needs M_scale > 0, got M_scale={M_scale}")
         self._layers = _grouped_layers(model, units)
+        self.lam, self.alpha, self.M_scale, self.units = lam, alpha, M_scale, units
         self.params: dict[str, SPRParams] = {}
         for layer in self._layers:
             with torch.no_grad():
@@ -179,6 +180,12 @@ class SPRRegularizer:
             for layer, g in zip(self._layers, groups)
         ]
         return torch.stack(terms).sum()
+
+    def regularize(self, *_args, **_kwargs) -> None:
+        """Add the penalty's gradient to the parameters' ``.grad``, after ``loss.backward()``
+        and before the optimiser step: the place of Torch-Pruning's ``pruner.regularize(model)``
+        hook, whose arguments are accepted and ignored (see :mod:`oamip.training.tp`)."""
+        self().backward()
 
     def _stacked_params(self, groups: list[torch.Tensor]) -> _RowParams:
         """``a``, ``b`` and, row by row, the ``M`` of the row's layer."""
