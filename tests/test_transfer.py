@@ -276,3 +276,10 @@ def test_at_init_small_run(digits):
 def test_at_init_needs_training(digits):
     with pytest.raises(InvalidInputError, match="finetune_epochs"):
         oamip.prune(None, digits, at_init=True, finetune_epochs=0, time_limit=2)
+
+
+def test_prune_command_at_init(tmp_path):
+    out = tmp_path / "out"
+    args = ["--at-init", "--lam", "1", "--threshold", "0.2", "--finetune-epochs", "1"]
+    assert cli.main(["prune", *args, "--time-limit", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["at_init"] is True

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from oamip import backends
-from oamip.cli.common import add_out_argument, one_of, say, say_written, whole_numbers
+from oamip.cli.common import (
+    add_out_argument,
+    one_of,
+    progress_shown,
+    say,
+    say_written,
+    whole_numbers,
+)
 from oamip.cli.prune import DEFAULT_THREADS, _add_decomposition_arguments, _seconds_or_none
 from oamip.files import staged_output
 from oamip.formulations import LOSSES, SCORE_MODES
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         n_jobs=args.workers,
         executor=args.scheduler,
         checkpoint=args.checkpoint,
-        progress=True,
+        progress=progress_shown(),
     )
     settings.validate()
     report = transfer(load_data(args.source), load_data(args.target), settings)
