@@ -113,6 +113,23 @@ def test_npz_with_uint8_images_is_scaled(tmp_path):
     np.testing.assert_allclose(data.x_train[:, 0] * 255.0, arrays["x_train"], atol=1e-4)
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".NPZ"])
+def test_a_path_ending_in_npz_is_read_without_a_prefix(tmp_path, suffix):
+    file = tmp_path / f"plain{suffix}"
+    arrays = _idx_folder(tmp_path)
+    with open(file, "wb") as handle:  # np.savez would add .npz to a path not ending in it
+        np.savez(handle, **{k: v.astype(np.uint8) for k, v in arrays.items()})
+    data, prefixed = load_data(str(file)), load_data(f"npz:{file}")
+    assert data.name == "plain" == prefixed.name
+    np.testing.assert_array_equal(data.x_train, prefixed.x_train)
+    np.testing.assert_array_equal(data.y_test, prefixed.y_test)
+
+
+def test_a_missing_npz_without_a_prefix_is_named(tmp_path):
+    with pytest.raises(InvalidInputError, match="missing.npz' does not exist"):
+        load_data(str(tmp_path / "missing.npz"))
+
+
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [

@@ -98,6 +98,15 @@ def test_training_removes_units_and_parameters(pruned_run):
     assert report.accuracy_after_finetune is not None
 
 
+def test_the_report_holds_the_pruned_model_and_to_dict_is_report_json(pruned_run, digits):
+    report, out = pruned_run
+    assert count_params(report.model) == report.params_after
+    assert evaluate(report.model, digits.x_test, digits.y_test) == report.accuracy_after_finetune
+    saved = json.loads((out / "report.json").read_text())
+    assert set(report.to_dict()) == REPORT_KEYS
+    assert json.loads(json.dumps(report.to_dict())) == saved
+
+
 def test_saved_pruned_model_is_physically_smaller_and_scores_as_reported(pruned_run, digits):
     report, out = pruned_run
     model = load_model(out / "pruned.pt")
