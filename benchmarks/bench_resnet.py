@@ -1,0 +1,392 @@
+"""ResNet-20 on Fashion-MNIST pruned to about 2x fewer MACs: SPR against Torch-Pruning's pruners.
+
+One dense ResNet-20 per seed (:mod:`oamip.training.zoo`, cached in ``benchmarks/.cache``) is the
+start of every method, and every method gets the same training budget after it: ``--sparse``
+epochs of training with the method's regulariser (none for the one-shot pruners), physical
+pruning to the same MAC target, then ``--finetune`` epochs of plain training. All phases use one
+loop (Adam, batch 64, cosine-decayed learning rate), because Torch-Pruning's regularisers act
+on the gradients between ``backward()`` and the optimiser step, where SPR's hook
+(:meth:`SPRRegularizer.regularize`) acts too.
+
+Methods (the registry ``METHODS``; another method is one more entry):
+
+- ``spr``, ``spr-inner``, ``spr-group``: SPR on both kinds of units, on inner channels only, on
+  coupled groups only (:mod:`oamip.adapters.residual`); then each regularised unit keeps its
+  channels of largest group norm, in the numbers the MAC target sets, removed by
+  :func:`oamip.remove_pruned` (own code);
+- ``tp-l1``: Torch-Pruning's MagnitudePruner with GroupMagnitudeImportance(p=1), one shot;
+- ``tp-groupnorm``: its GroupNormPruner (sparse training, reg 5e-4), then its step;
+- ``tp-bnscale``: its BNScalePruner (L1 on BatchNorm scales, reg 1e-5), then its step;
+- ``tp-random``: RandomImportance, one shot.
+
+Torch-Pruning's pruners prune every coupled group by one ratio, chosen (by bisection) so the
+pruned model has at most ``--macs`` of the dense MACs; SPR prunes its units to the same counts.
+Reports accuracy before and after, MACs and parameters, and the CPU latency (median of
+``--repeats`` runs, batch 1 and 64, one thread) of each pruned model and the dense one. Writes
+``benchmarks/results/resnet-<date>.json`` and ``.md``.
+
+    nice -n 10 python benchmarks/bench_resnet.py [--data SPEC] [--base-epochs 3] [--sparse 1]
+        [--finetune 1] [--seeds 1] [--macs 0.5] [--methods spr,tp-l1,...] [--lam 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import math
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oamip.adapters import remove_pruned
+from oamip.adapters.residual import residual_units
+from oamip.files import write_json
+from oamip.pipelines.bench import machine
+from oamip.training.cost import count_macs, model_cost
+from oamip.training.data import Dataset, load_data
+from oamip.training.spr import RESIDUAL_UNITS, SPRRegularizer
+from oamip.training.tp import torch_pruning
+from oamip.training.train import evaluate
+from oamip.training.zoo import Recipe, trained
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_DATA = f"npz:{ROOT.parent / 'shared' / 'data' / 'fashion-mnist-14k.npz'}"
+RESULTS = HERE / "results"
+BATCH = 64
+PHASE_LR = 1e-3
+BASE_LR = 3e-3
+GROUPNORM_REG = 5e-4
+BNSCALE_REG = 1e-5
+
+Hook = Callable[[], None]
+
+
+@dataclass
+class Context:
+    """What every method sees: the data, the example input, the MAC target and the settings."""
+
+    dataset: Dataset
+    example: torch.Tensor
+    macs_fraction: float
+    lam: float
+    alpha: float
+    seed: int
+
+
+@dataclass
+class Plan:
+    """A method's run on one model: the hook applied after each ``backward()`` of the sparse
+    phase (None: plain training) and the function that returns the physically pruned model."""
+
+    hook: Hook | None
+    prune: Callable[[], nn.Module]
+
+
+def _tp_plan(importance: str, pruner: str = "MagnitudePruner", reg: float | None = None):
+    """A Torch-Pruning method: ``pruner`` with ``importance``, at the ratio meeting the target."""
+
+    def setup(model: nn.Module, ctx: Context) -> Plan:
+        tp = torch_pruning()
+        ratio = uniform_ratio(model, ctx)
+        imp = {
+            "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+            "bn": lambda: tp.importance.BNScaleImportance(),
+            "random": lambda: tp.importance.RandomImportance(),
+        }[importance]()
+        extra = {} if reg is None else {"reg": reg}
+        pr = getattr(tp.pruner, pruner)(
+            model,
+            ctx.example,
+            importance=imp,
+            pruning_ratio=ratio,
+            ignored_layers=[model.fc],
+            **extra,
+        )
+        model.train()  # building the dependency graph leaves the model in eval mode
+        hook = (lambda: pr.regularize(model)) if reg is not None else None
+
+        def prune() -> nn.Module:
+            pr.step()
+            return model
+
+        return Plan(hook, prune)
+
+    return setup
+
+
+def _spr_plan(units: str):
+    """SPR on the units ``units`` names, then each of them keeps its largest-norm channels."""
+
+    def setup(model: nn.Module, ctx: Context) -> Plan:
+        reg = SPRRegularizer(model, ctx.lam, ctx.alpha, units=units)
+
+        def prune() -> nn.Module:
+            counts = keep_counts(model, ctx, RESIDUAL_UNITS[units])
+            with torch.no_grad():
+                norms = {name: g.norm(dim=1).cpu().numpy() for name, g in reg.groups().items()}
+            masks = {}
+            for name, keep in counts.items():
+                mask = np.zeros(len(norms[name]), bool)
+                mask[np.argsort(-norms[name], kind="stable")[:keep]] = True
+                masks[name] = mask
+            return remove_pruned(model, masks)
+
+        return Plan(reg.regularize, prune)
+
+    return setup
+
+
+METHODS: dict[str, Callable[[nn.Module, Context], Plan]] = {
+    "spr": _spr_plan("both"),
+    "spr-inner": _spr_plan("inner"),
+    "spr-group": _spr_plan("group"),
+    "tp-l1": _tp_plan("l1"),
+    "tp-groupnorm": _tp_plan("l2", "GroupNormPruner", GROUPNORM_REG),
+    "tp-bnscale": _tp_plan("bn", "BNScalePruner", BNSCALE_REG),
+    "tp-random": _tp_plan("random"),
+}
+"""Method name -> setup(model, context) -> Plan; OAMIP registers itself here when ready."""
+
+
+def _first_channels(model: nn.Module, counts: dict[str, int]) -> nn.Module:
+    """``model`` with each unit in ``counts`` cut to its first channels (for counting MACs)."""
+    sizes = {u.name: u.size for u in residual_units(model)}
+    masks = {name: np.arange(sizes[name]) < keep for name, keep in counts.items()}
+    return remove_pruned(model, masks)
+
+
+def _counts(model: nn.Module, ratio: float, kinds: tuple[str, ...]) -> dict[str, int]:
+    """Channels kept per unit of ``kinds`` at one pruning ratio, rounded as Torch-Pruning does."""
+    return {
+        u.name: max(1, int(u.size * (1.0 - ratio)))
+        for u in residual_units(model)
+        if u.kind in kinds
+    }
+
+
+def _ratio_for(model: nn.Module, ctx: Context, kinds: tuple[str, ...]) -> float:
+    """The smallest ratio (to 1e-3, by bisection) whose pruned model meets the MAC target."""
+    shape = tuple(ctx.example.shape[1:])
+    target = ctx.macs_fraction * count_macs(model, shape)
+    low, high = 0.0, 0.99
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        macs = count_macs(_first_channels(model, _counts(model, mid, kinds)), shape)
+        low, high = (low, mid) if macs <= target else (mid, high)
+    return high
+
+
+def uniform_ratio(model: nn.Module, ctx: Context) -> float:
+    """The one ratio for every unit (inner channels and coupled groups) meeting the target."""
+    return _ratio_for(model, ctx, RESIDUAL_UNITS["both"])
+
+
+def keep_counts(model: nn.Module, ctx: Context, kinds: tuple[str, ...]) -> dict[str, int]:
+    """Channels kept per unit of ``kinds`` so that pruning only them meets the MAC target."""
+    return _counts(model, _ratio_for(model, ctx, kinds), kinds)
+
+
+def fit(model: nn.Module, data: Dataset, epochs: int, lr: float, seed: int, hook: Hook | None):
+    """Adam on cross-entropy, batch 64, ``lr`` cosine-decayed to 0, ``hook`` after each
+    ``backward()``; the model ends in eval mode."""
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    steps = max(1, epochs * math.ceil(len(x) / BATCH))
+    order = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=order).split(BATCH):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            if hook is not None:
+                hook()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+def run_method(
+    name: str, dense: nn.Module, ctx: Context, sparse: int, finetune: int, repeats: int
+) -> dict:
+    """One method from the dense model: sparse phase, pruning, fine-tuning, measurements."""
+    start = time.perf_counter()
+    model = copy.deepcopy(dense)
+    plan = METHODS[name](model, ctx)
+    fit(model, ctx.dataset, sparse, PHASE_LR, ctx.seed, plan.hook)
+    pruned = plan.prune()
+    accuracy_pruned = evaluate(pruned, ctx.dataset.x_test, ctx.dataset.y_test)
+    fit(pruned, ctx.dataset, finetune, PHASE_LR, ctx.seed, None)
+    cost = model_cost(pruned, tuple(ctx.example.shape[1:]), repeats=repeats)
+    return {
+        "method": name,
+        "accuracy_pruned_before_finetune": accuracy_pruned,
+        "accuracy": evaluate(pruned, ctx.dataset.x_test, ctx.dataset.y_test),
+        "cost": asdict(cost),
+        "widths": {u.name: u.size for u in residual_units(pruned)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
+    """Every seed's dense model and every method on it; ``save`` gets the results so far after
+    each method, so a long run leaves its finished rows behind."""
+    torch.set_num_threads(1)
+    dataset = load_data(args.data)
+    example = torch.as_tensor(dataset.x_train[:1])
+    per_seed: list[dict] = []
+    for seed in range(args.seeds):
+        recipe = Recipe("resnet20", epochs=args.base_epochs, lr=BASE_LR, seed=seed, cosine=True)
+        base = trained(dataset, recipe, HERE / ".cache")
+        dense = base.model.eval()
+        ctx = Context(dataset, example, args.macs, args.lam, args.alpha, seed)
+        entry = {
+            "seed": seed,
+            "base_accuracy": base.accuracy,
+            "base_train_seconds": base.train_seconds,
+            "dense_cost": asdict(model_cost(dense, tuple(example.shape[1:]), repeats=args.repeats)),
+            "methods": [],
+        }
+        per_seed.append(entry)
+        for name in args.methods:
+            row = run_method(name, dense, ctx, args.sparse, args.finetune, args.repeats)
+            entry["methods"].append(row)
+            print(f"seed {seed} {name}: {row['accuracy']:.4f}", file=sys.stderr, flush=True)
+            save(_result(args, dataset, per_seed))
+    return _result(args, dataset, per_seed)
+
+
+def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) -> dict:
+    return {
+        "machine": machine(),
+        "command": shlex.join(["python", "benchmarks/bench_resnet.py", *sys.argv[1:]]),
+        "data": {"name": dataset.name, "train": len(dataset.y_train), "test": len(dataset.y_test)},
+        "settings": {
+            "base_epochs": args.base_epochs,
+            "base_lr": BASE_LR,
+            "sparse_epochs": args.sparse,
+            "finetune_epochs": args.finetune,
+            "phase_lr": PHASE_LR,
+            "macs_fraction": args.macs,
+            "spr_lam": args.lam,
+            "spr_alpha": args.alpha,
+            "groupnorm_reg": GROUPNORM_REG,
+            "bnscale_reg": BNSCALE_REG,
+            "seeds": args.seeds,
+            "threads": 1,
+            "latency_repeats": args.repeats,
+        },
+        "seeds": per_seed,
+        "summary": summary(per_seed),
+    }
+
+
+def summary(per_seed: list[dict]) -> list[dict]:
+    """Per method, the means over seeds of what the table shows."""
+    rows = []
+    done = min(len(s["methods"]) for s in per_seed)
+    for index, first in enumerate(per_seed[0]["methods"][:done]):
+        runs = [(s, s["methods"][index]) for s in per_seed]
+        base = statistics.mean(s["base_accuracy"] for s, _ in runs)
+        pruned = statistics.mean(r["accuracy"] for _, r in runs)
+        dense_macs = statistics.mean(s["dense_cost"]["macs"] for s, _ in runs)
+        macs = statistics.mean(r["cost"]["macs"] for _, r in runs)
+        rows.append(
+            {
+                "method": first["method"],
+                "base": base,
+                "pruned": pruned,
+                "diff": pruned - base,
+                "macs": macs,
+                "dense_macs": dense_macs,
+                "speed_up": dense_macs / macs,
+                "params": statistics.mean(r["cost"]["params"] for _, r in runs),
+                "dense_params": statistics.mean(s["dense_cost"]["params"] for s, _ in runs),
+                "latency64": statistics.mean(r["cost"]["latency_ms"][64] for _, r in runs),
+                "dense_latency64": statistics.mean(
+                    s["dense_cost"]["latency_ms"][64] for s, _ in runs
+                ),
+            }
+        )
+    return rows
+
+
+def markdown(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"# ResNet-20 on {result['data']['name']} at about {1 / s['macs_fraction']:.0f}x fewer "
+        "MACs, "
+        f"{m['date'][:10]}",
+        "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs (shared with other jobs), Python "
+        f"{m['python']}, torch {m['torch']}; one torch thread.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Data: {result['data']['name']} ({result['data']['train']} training, "
+        f"{result['data']['test']} test images). Dense: {s['base_epochs']} epochs, Adam lr "
+        f"{s['base_lr']} cosine. Every method then: {s['sparse_epochs']} sparse-training "
+        f"epoch(s), pruning to at most {s['macs_fraction']:.0%} of the dense MACs, "
+        f"{s['finetune_epochs']} fine-tuning epoch(s), Adam lr {s['phase_lr']} cosine. "
+        f"SPR lam {s['spr_lam']}, alpha {s['spr_alpha']}; GroupNorm reg {s['groupnorm_reg']}, "
+        f"BN-scale reg {s['bnscale_reg']}. Seeds: {s['seeds']}. Latency: median of "
+        f"{s['latency_repeats']} CPU forward passes at batch 64.",
+        "",
+        "| Method | Base | Pruned | Diff | MACs | Speed-up | Params | Latency b64 (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    first = result["summary"][0]
+    lines.append(
+        f"| dense | {first['base']:.2%} | - | - | {first['dense_macs'] / 1e6:.2f}M | 1.00x | "
+        f"{first['dense_params'] / 1e3:.1f}k | {first['dense_latency64']:.1f} |"
+    )
+    for r in result["summary"]:
+        lines.append(
+            f"| {r['method']} | {r['base']:.2%} | {r['pruned']:.2%} | {100 * r['diff']:+.2f} | "
+            f"{r['macs'] / 1e6:.2f}M | {r['speed_up']:.2f}x | {r['params'] / 1e3:.1f}k | "
+            f"{r['latency64']:.1f} ({r['dense_latency64'] / r['latency64']:.2f}x) |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="a data spec, e.g. npz:PATH")
+    parser.add_argument("--base-epochs", type=int, default=3)
+    parser.add_argument("--sparse", type=int, default=1, help="sparse-training epochs")
+    parser.add_argument("--finetune", type=int, default=1, help="fine-tuning epochs")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--macs", type=float, default=0.5, help="MACs kept, as a fraction")
+    parser.add_argument("--lam", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=20, help="latency runs per batch size")
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    parser.add_argument("--name", default="resnet", help="results file stem")
+    args = parser.parse_args()
+    unknown = [name for name in args.methods if name not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    stem = RESULTS / f"{args.name}-{datetime.date.today().isoformat()}"
+
+    def save(result: dict) -> None:
+        write_json(stem.with_suffix(".json"), result)
+        stem.with_suffix(".md").write_text(markdown(result))
+
+    print(markdown(run(args, save)))
+
+
+if __name__ == "__main__":
+    main()
