@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
-from oamip.adapters.chain import units
+from oamip.adapters.chain import has_additions, units
 from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons, score_sweep
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
@@ -59,6 +59,7 @@ from oamip.training.models import (
     VGG_WIDTHS,
     TrainingDefaults,
     build,
+    describe_resnet,
     mlp,
 )
 from oamip.training.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
@@ -472,7 +473,9 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
 
 def describe_arch(model: nn.Module) -> str:
     """``"mlp"``, ``"lenet5"``, ``"vgg"`` or ``"custom"``, from the model's affine layers in
-    forward order."""
+    forward order; a residual network by :func:`describe_resnet`."""
+    if has_additions(model):
+        return describe_resnet(model)
     affine = [step.module for step in read_chain(model) if step.kind in ("linear", "conv")]
     widths = [m.weight.shape[0] for m in affine]
     if all(isinstance(m, nn.Linear) for m in affine):
