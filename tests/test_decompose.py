@@ -21,7 +21,7 @@ from oamip.adapters.extract import extract
 from oamip.errors import InvalidInputError
 from oamip.network import AffineLayer
 from oamip.solve.decompose import Piece, run_pieces
-from oamip.solve.heads import fit_head
+from oamip.solve.heads import HEAD_GRID, fit_head, grid_average_pool
 from oamip.solve.options import ScoringOptions
 from tests.nets import convnet, mlp
 
@@ -134,7 +134,7 @@ def test_layer_and_class_pieces_with_heads_are_optimal():
     assert set(res.scores) == {"1", "3"} and res.status == "optimal"
 
 
-def test_a_conv_block_gets_global_average_pooling_and_one_linear_layer():
+def test_a_conv_block_gets_grid_average_pooling_and_one_linear_layer():
     model = convnet(0)
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, size=(3, 1, 8, 8)), np.array([0, 1, 2])
@@ -148,9 +148,34 @@ def test_a_conv_block_gets_global_average_pooling_and_one_linear_layer():
         network, x, y, options, check_decomposition(network, x, y, options, aux)
     )
     pool, head = pieces[0].network.layers[2:]
-    assert pool.kind == "avgpool" and pool.out_shape == (3, 1, 1)
-    assert head.kind == "linear" and head.weight.shape == (3, 3)
+    assert pool.kind == "avgpool" and pool.out_shape == (3, HEAD_GRID, HEAD_GRID)
+    assert head.kind == "linear" and head.weight.shape == (3, 3 * HEAD_GRID**2)
     assert pieces[0].x.shape == (3, 1, 8, 8) and pieces[1].x.shape == (3, 3, 4, 4)
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 5, 7, 14])
+def test_grid_pooling_averages_equal_windows_that_cover_every_position(side):
+    rng = np.random.default_rng(side)
+    h = rng.normal(size=(4, 2 * side * side))
+    pool = grid_average_pool((2, side, side), 2, "p")
+    cells = min(2, side)
+    assert pool.out_shape == (2, cells, cells)
+    k = -(-side // cells)
+    starts = [0] if cells == 1 else [0, side - k]
+    grid = h.reshape(4, 2, side, side)
+    expected = [grid[:, :, r : r + k, c : c + k].mean(axis=(2, 3)) for r in starts for c in starts]
+    expected = np.stack(expected, axis=2).reshape(4, -1)
+    np.testing.assert_allclose(pool.forward(h), expected, atol=1e-12)
+
+
+def test_a_head_acts_on_raw_outputs_though_fit_on_standardised_ones():
+    rng = np.random.default_rng(5)
+    labels = np.arange(120) % 3
+    features = 1e3 + 50.0 * rng.normal(size=(120, 4)) + 200.0 * np.eye(4)[labels]
+    head = fit_head(features, labels, 3, (4,), "fc")
+    logits = head.layers[-1].forward(features)
+    assert np.mean(np.argmax(logits, axis=1) == labels) == pytest.approx(head.accuracy)
+    assert head.accuracy >= 0.95
 
 
 def test_a_head_fits_separable_data_deterministically():
