@@ -10,7 +10,7 @@ be plain or share the scores of a coupled group (docs/mathematics.md §4.10).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -294,6 +294,45 @@ class Network:
         """Logits for a batch ``x``; with scores, scored units compute docs/mathematics.md (1)."""
         return self.trace(x, scores, big_m)[-1].out
 
+    def crossed(self, index: int) -> bool:
+        """Whether a residual layer after layer ``index`` reads a layer before it, so that the
+        network cannot be cut after layer ``index`` (its output is not all that later layers
+        read)."""
+        return any(
+            isinstance(layer, ResidualLayer) and layer.source < index
+            for layer in self.layers[index + 1 :]
+        )
+
+    def segment(self, start: int, stop: int) -> Network:
+        """Layers ``start..stop - 1`` as a network whose input is layer ``start - 1``'s output
+        (refused where a residual layer of the segment reads an earlier layer). Residual sources
+        and shared scores are renumbered; a group whose first layer lies before ``start`` is
+        owned by its first layer in the segment; a residual layer reading the segment's input
+        reads an identity layer put first (constants in the MIP, so free)."""
+        if start > 0 and self.crossed(start - 1):
+            raise InvalidInputError(
+                f"cannot cut the network before layer {start}: a residual layer after it reads "
+                "an earlier layer"
+            )
+        layers = self.layers[start:stop]
+        out: list[Layer] = []
+        if any(isinstance(layer, ResidualLayer) and layer.source == start - 1 for layer in layers):
+            out.append(_identity(self.layers[start - 1]))
+        shift = len(out) - start
+        owners: dict[int, int] = {}
+        for index, layer in enumerate(layers, start):
+            changes = {}
+            if isinstance(layer, ResidualLayer) and shift:
+                changes["source"] = layer.source + shift
+            key = self.score_key(index)
+            if key is not None:
+                first = owners.setdefault(key, index + shift)
+                share = None if first == index + shift else first
+                if share != layer.share:
+                    changes["share"] = share
+            out.append(replace(layer, **changes) if changes else layer)
+        return Network(tuple(out[0].in_shape), out)
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` as a float array of shape ``(N, *input_shape)``, or a clear error."""
         x = np.asarray(x, dtype=float)
@@ -307,6 +346,19 @@ class Network:
         if not np.isfinite(x).all():
             raise InvalidInputError("the batch contains NaN or infinite values")
         return x
+
+
+def _identity(layer: Layer) -> AffineLayer:
+    """An affine layer that hands ``layer``'s output on unchanged: a 1x1 average pooling of
+    images, an identity matrix for flat vectors."""
+    shape = tuple(layer.out_shape)
+    name = f"{layer.name}.output"
+    if len(shape) == 3:
+        weight = np.ones((shape[0], 1, 1, 1))
+        one = Conv((1, 1), (1, 1), (0, 0))
+        return AffineLayer(name, "avgpool", shape, shape, weight, np.zeros(shape[0]), one)
+    n = int(np.prod(shape))
+    return AffineLayer(name, "linear", shape, shape, np.eye(n), np.zeros(n))
 
 
 def _conv_matrix(weight, in_shape, out_shape, geometry: Conv, depthwise: bool) -> sp.csr_matrix:

@@ -34,15 +34,20 @@ class Block:
 
 
 def blocks(network: Network) -> list[Block]:
-    """The network cut after every scored layer and the pooling that follows it; the last block
-    runs to the logits."""
-    layers, found, start = network.layers, [], 0
-    for s in network.scored:
-        stop = s + 1
+    """The network cut after every ReLU (and the pooling that follows it) that ends a block with
+    a scored layer and that no residual connection crosses (a residual network is cut between
+    its residual blocks); the last block runs to the logits."""
+    layers, found, start, scored = network.layers, [], 0, None
+    for i, layer in enumerate(layers):
+        scored = i if network.score_key(i) is not None else scored
+        if scored is None or isinstance(layer, MaxPoolLayer) or not layer.relu:
+            continue
+        stop = i + 1
         while stop < len(layers) and _is_pooling(layers[stop]):
             stop += 1
-        found.append(Block(start, stop, s))
-        start = stop
+        if not network.crossed(stop - 1):
+            found.append(Block(start, stop, scored))
+            start, scored = stop, None
     found[-1].stop = len(layers)
     return found
 
@@ -107,10 +112,9 @@ def decomposed_pieces(
 
 def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):
     """The block's layers, then the network's own (last block) or a head fit on ``aux``."""
-    layers = network.layers[block.start : block.stop]
-    input_shape = tuple(layers[0].in_shape)
+    segment = network.segment(block.start, block.stop)
     if last:
-        return Network(input_shape, list(layers)), None
+        return segment, None
     end = network.layers[block.stop - 1]
     head = fit_head(
         aux_trace[block.stop - 1].out,
@@ -119,7 +123,7 @@ def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):
         tuple(end.out_shape),
         network.layers[block.scored].name,
     )
-    return Network(input_shape, [*layers, *head.layers]), head.accuracy
+    return Network(segment.input_shape, [*segment.layers, *head.layers]), head.accuracy
 
 
 def combined_scores(network: Network, results: list[PieceResult]) -> dict[int, np.ndarray]:
@@ -128,7 +132,8 @@ def combined_scores(network: Network, results: list[PieceResult]) -> dict[int, n
     combined = {}
     for i in network.scored:
         layer = network.layers[i]
-        found = [r.scores[layer.name] for r in results if layer.name in r.scores]
+        names = [n.name for j, n in enumerate(network.layers) if network.score_key(j) == i]
+        found = [r.scores[n] for r in results for n in names if n in r.scores]
         combined[i] = np.mean(found, axis=0) if found else np.ones(layer.n_units)
     return combined
 

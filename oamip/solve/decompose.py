@@ -31,7 +31,7 @@ from oamip import __version__, backends
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
-from oamip.network import AffineLayer, Network
+from oamip.network import AffineLayer, Network, ResidualLayer
 from oamip.solve.options import ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import sweep
@@ -105,17 +105,25 @@ class PieceResult:
 def _content(piece: Piece) -> Iterator:
     yield from (__version__, piece.network.input_shape)
     for layer in piece.network.layers:
-        if isinstance(layer, AffineLayer):
-            yield from (layer.name, layer.kind, layer.in_shape, layer.out_shape, layer.relu)
-            yield from (layer.weight, layer.bias, layer.geometry)
-        else:
-            yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)
+        yield from _layer_content(layer)
     yield from (np.asarray(piece.x, dtype=float), np.asarray(piece.y, dtype=np.int64))
     yield from (piece.layer, piece.label, piece.head_accuracy)
     for f in fields(piece.options):
         if f.name not in _UNHASHED:
             value = getattr(piece.options, f.name)
             yield f.name, getattr(value, "name", value) if f.name == "backend" else value
+
+
+def _layer_content(layer) -> Iterator:
+    if isinstance(layer, ResidualLayer):
+        yield from (layer.name, layer.source, layer.relu, layer.scored, layer.share)
+        for part in (layer.main, layer.shortcut):
+            yield from () if part is None else _layer_content(part)
+    elif isinstance(layer, AffineLayer):
+        yield from (layer.name, layer.kind, layer.in_shape, layer.out_shape, layer.relu)
+        yield from (layer.weight, layer.bias, layer.geometry, layer.scored, layer.share)
+    else:
+        yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)
 
 
 def solve_piece(piece: Piece) -> PieceResult:
