@@ -5,6 +5,7 @@ every score vector, and on tiny networks its binary optimum equals the enumerati
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -14,14 +15,16 @@ from torch import nn
 
 import oamip
 from oamip import backends
+from oamip.adapters.decompose import blocks
 from oamip.adapters.extract import extract
 from oamip.adapters.masks import scored_logits
-from oamip.adapters.residual import apply_residual_masks
+from oamip.adapters.residual import apply_residual_masks, row_groups
 from oamip.bounds import interval_bounds
-from oamip.errors import UnsupportedLayerError
+from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import MaxPoolLayer
 from oamip.training.models import resnet
+from oamip.training.tp_importance import oamip_importance
 from tests.nets import random_bn
 
 SOLVE_ATOL = 1e-6
@@ -293,3 +296,96 @@ def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model():
     with torch.no_grad():
         dense = model.double()(torch.as_tensor(x)).numpy()
     assert res.objective <= len(masks) + 2.0 * _hinge(dense, y).mean() + 1e-6
+
+
+def test_layer_pieces_of_a_resnet_are_its_residual_blocks_and_reproduce_its_values():
+    """decompose='layer' cuts a ResNet between residual blocks only (never inside one, where
+    the shortcut crosses); each piece, with the scores of its units (a group's shared with the
+    blocks before it), reproduces the whole network's values at its end."""
+    model = TinyResNet(4, blocks=(2, 1))
+    x = np.random.default_rng(4).uniform(-1, 1, size=(3, 1, 4, 4))
+    network = extract(model, x).network
+    names = [layer.name for layer in network.layers]
+    cut = blocks(network)
+    assert [names[b.stop - 1] for b in cut] == ["stem", "add", "add_1", "fc"]
+    big_m = interval_bounds(network, x).big_m
+    scores = _random_scores(network, np.random.default_rng(5), binary=False)
+    trace = network.trace(x, scores, big_m)
+    for block in cut[1:]:
+        piece = network.segment(block.start, block.stop)
+        local = {}
+        for j, layer in enumerate(piece.layers):
+            key = piece.score_key(j)
+            if key is not None:
+                i = names.index(layer.name)
+                local.setdefault(key, (scores[network.score_key(i)], {}))
+                local[key][1][j] = big_m[i]
+        piece_scores = {k: s for k, (s, _) in local.items()}
+        piece_m = {j: m for _, ms in local.values() for j, m in ms.items()}
+        inputs = trace[block.start - 1].out.reshape(len(x), *piece.input_shape)
+        out = piece.forward(inputs, piece_scores, piece_m)
+        np.testing.assert_allclose(out, trace[block.stop - 1].out, atol=1e-12)
+    with pytest.raises(InvalidInputError, match="cannot cut"):
+        network.segment(names.index("add"), len(names))
+
+
+def test_decomposed_scoring_of_a_resnet8_is_certified_against_pytorch():
+    model = _resnet8(1)
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(-1, 1, size=(3, 1, 4, 4)), np.array([0, 1, 2])
+    aux = (rng.uniform(-1, 1, size=(30, 1, 4, 4)), rng.integers(0, 3, 30))
+    res = oamip.score_neurons(
+        model, x, y, loss="hinge", lam=1.0, decompose="layer", aux_data=aux, time_limit=20
+    )
+    assert res.status == "optimal" and res.logit_error < 1e-6
+    units = extract(model, x).units
+    assert set(res.scores) == set(units)
+    assert all(np.all((s >= 0) & (s <= 1)) for s in res.scores.values())
+    assert len(res.subproblems) == len(blocks(extract(model, x).network)) == 4
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_oamip_scores_as_a_torch_pruning_importance_remove_the_lowest_scored_channels(
+    global_pruning,
+):
+    """Torch-Pruning with the OAMIP importance removes, in every unit (inner channels and
+    coupled groups), the channels of lowest score: the pruned model computes exactly what the
+    model masked by ``apply_residual_masks`` (keeping the top-scored channels) computes."""
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(6)
+    model = resnet(1, num_classes=3, input_size=8, widths=(4, 4, 6)).double().eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            random_bn(module)
+    rng = np.random.default_rng(6)
+    found = {group.name: group.size for group in row_groups(model)}
+    scores = {name: rng.permutation(size) / size for name, size in found.items()}
+    x = torch.as_tensor(rng.uniform(-1, 1, size=(3, 1, 8, 8)))
+    pruned = copy.deepcopy(model)
+    pruner = tp.pruner.BasePruner(
+        pruned,
+        x[:1],
+        importance=oamip_importance(pruned, scores),
+        pruning_ratio=0.5,
+        global_pruning=global_pruning,
+        ignored_layers=[pruned.fc],
+    )
+    pruner.step()
+    modules = dict(pruned.named_modules())
+    masks = {}
+    for name, size in found.items():
+        kept = modules[name].out_channels
+        masks[name] = scores[name] >= np.sort(scores[name])[size - kept]
+    assert sum(m.sum() for m in masks.values()) < sum(found.values())
+    assert global_pruning or all(masks[name].sum() < size for name, size in found.items())
+    with torch.no_grad():
+        expected = apply_residual_masks(model, masks)(x).numpy()
+        np.testing.assert_allclose(pruned(x).numpy(), expected, atol=1e-10)
+
+
+def test_the_torch_pruning_importance_refuses_unknown_units_and_wrong_sizes():
+    model = _resnet8(0)
+    with pytest.raises(InvalidInputError, match="not a unit"):
+        oamip_importance(model, {"fc": np.ones(3)})
+    with pytest.raises(InvalidInputError, match="has 2 channels"):
+        oamip_importance(model, {"stem": np.ones(3)})
