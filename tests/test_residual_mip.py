@@ -307,7 +307,7 @@ def test_layer_pieces_of_a_resnet_are_its_residual_blocks_and_reproduce_its_valu
     network = extract(model, x).network
     names = [layer.name for layer in network.layers]
     cut = blocks(network)
-    assert [names[b.stop - 1] for b in cut] == ["stem", "add", "add_1", "fc"]
+    assert [names[b.stop - 1] for b in cut] == ["stem", "stage1.0.conv2", "stage1.1.conv2", "fc"]
     big_m = interval_bounds(network, x).big_m
     scores = _random_scores(network, np.random.default_rng(5), binary=False)
     trace = network.trace(x, scores, big_m)
@@ -326,7 +326,7 @@ def test_layer_pieces_of_a_resnet_are_its_residual_blocks_and_reproduce_its_valu
         out = piece.forward(inputs, piece_scores, piece_m)
         np.testing.assert_allclose(out, trace[block.stop - 1].out, atol=1e-12)
     with pytest.raises(InvalidInputError, match="cannot cut"):
-        network.segment(names.index("add"), len(names))
+        network.segment(names.index("stage1.0.conv2"), len(names))
 
 
 def test_decomposed_scoring_of_a_resnet8_is_certified_against_pytorch():
@@ -389,3 +389,8 @@ def test_the_torch_pruning_importance_refuses_unknown_units_and_wrong_sizes():
         oamip_importance(model, {"fc": np.ones(3)})
     with pytest.raises(InvalidInputError, match="has 2 channels"):
         oamip_importance(model, {"stem": np.ones(3)})
+
+
+def test_an_unknown_choice_of_residual_units_is_refused():
+    with pytest.raises(InvalidInputError, match="residual must be one of"):
+        extract(_resnet8(0), np.zeros((1, 1, 4, 4)), "blocks")

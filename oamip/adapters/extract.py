@@ -250,7 +250,7 @@ class _ResidualReader:
                 f"addition '{node.name}' adds the network's input; put a layer before the "
                 "first residual block"
             )
-        layer = ResidualLayer(node.name, main.layer, shortcut, source)
+        layer = ResidualLayer(main.layer.name, main.layer, shortcut, source)
         return _Value(_Pending(layer, main.reads), first.shape)
 
     def _place(self, value: _Value, relu: str | None = None) -> int:
