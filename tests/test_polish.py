@@ -34,6 +34,7 @@ from oamip.formulations.size import estimate_size
 from oamip.pipelines import bench
 from oamip.pipelines.limits import check_size_limit
 from oamip.solve.options import ScoringOptions
+from oamip.solve.sweep import point_line
 from oamip.training.data import load_digits, mip_batch
 from oamip.training.models import build
 from oamip.training.train import train
@@ -177,8 +178,17 @@ def test_sweep_and_single_results_carry_their_lam():
     with torch.no_grad():
         y = model(torch.as_tensor(x)).argmax(1).numpy()
     lams = [8.0, 0.5, 2.0]
-    results = oamip.score_sweep(model, x, y, lams, time_limit=10)
+    reported = []
+    results = oamip.score_sweep(model, x, y, lams, time_limit=10, on_solved=reported.append)
     assert [r.lam for r in results] == lams
+    solved = {r.lam for r in results if not r.by_concavity}
+    assert [p.lam for p in reported][:2] == [0.5, 8.0] and {p.lam for p in reported} == solved
+    assert len(reported) == len(solved)
+    for point in reported:
+        result = results[lams.index(point.lam)]
+        line = point_line(point)
+        assert line.startswith(f"lam {point.lam:g}: {result.status} (objective ")
+        assert f"{result.objective:.6g}" in line
     assert oamip.score_neurons(model, x, y, lam=3.0, time_limit=10).lam == 3.0
 
 

@@ -127,7 +127,13 @@ def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes)
 
 @checks.with_options(ScoringOptions)
 def score_sweep(
-    model, x, y, lams, options: ScoringOptions | None = None, **changes
+    model,
+    x,
+    y,
+    lams,
+    options: ScoringOptions | None = None,
+    on_solved: Callable[[SweepPoint], None] | None = None,
+    **changes,
 ) -> list[ScoreResult]:
     """``score_neurons`` for each loss weight in ``lams`` (results in that order), on one model.
 
@@ -135,7 +141,8 @@ def score_sweep(
     concavity of the optimal value in ``lam`` (``by_concavity``; see :mod:`oamip.solve.sweep`).
     ``time_limit`` applies to each solve, the first one's including building the model. The
     results share one Pyomo model, which holds the last weight solved; ``lam`` in the options
-    is ignored.
+    is ignored. ``on_solved`` is called with each weight's :class:`oamip.solve.sweep.SweepPoint`
+    as soon as its solve ends (``oamip.solve.sweep.point_line`` makes it a line of progress).
 
     With ``decompose`` each result is the decomposed solve of ``score_neurons`` at its weight:
     the pieces and their heads are cut once, and every (weight, piece) pair is solved as its own
@@ -144,7 +151,7 @@ def score_sweep(
     options = _options(options, changes)
     if options.decompose is not None:
         return score_decomposed(model, x, y, options, _weights(lams))
-    return _score(model, x, y, _weights(lams), options)
+    return _score(model, x, y, _weights(lams), options, on_solved)
 
 
 def _options(options: ScoringOptions | None, changes: dict) -> ScoringOptions:
@@ -158,7 +165,14 @@ def _options(options: ScoringOptions | None, changes: dict) -> ScoringOptions:
     return merged
 
 
-def _score(model, x, y, lams: list[float], options: ScoringOptions) -> list[ScoreResult]:
+def _score(
+    model,
+    x,
+    y,
+    lams: list[float],
+    options: ScoringOptions,
+    on_solved: Callable[[SweepPoint], None] | None = None,
+) -> list[ScoreResult]:
     started = time.perf_counter()
     solver = backends.get(options.backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
@@ -166,7 +180,7 @@ def _score(model, x, y, lams: list[float], options: ScoringOptions) -> list[Scor
     im = build_importance_model(extracted.network, x, y, replace(options, lam=min(lams)))
     if options.root_cuts:
         add_root_cuts(im, solver, max_rounds=options.root_cuts, time_budget=options.time_limit)
-    points = sweep(im, solver, options, lams, started)
+    points = sweep(im, solver, options, lams, started, on_solved)
     return [_result(p, extracted, im, x, solver.name) for p in points]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +64,16 @@ class SweepPoint:
         return self.solution is None
 
 
+def point_line(point: SweepPoint) -> str:
+    """One line on a weight the sweep solved: its status, objective, bound and seconds."""
+    bound = "no bound" if point.bound is None else f"bound {point.bound:.6g}"
+    seconds = point.build_seconds + (point.solution.seconds if point.solution else 0.0)
+    return (
+        f"lam {point.lam:g}: {point.status} (objective {point.objective:.6g}, {bound}, "
+        f"{seconds:.1f} s)"
+    )
+
+
 def warm_start_budget(time_limit: float | None) -> float:
     """Seconds for the warm start under ``time_limit``."""
     if time_limit is None:
@@ -76,9 +87,12 @@ def sweep(
     options: ScoringOptions,
     lams: list[float],
     started: float,
+    on_solved: Callable[[SweepPoint], None] | None = None,
 ) -> list[SweepPoint]:
     """One point per weight of ``lams`` (in that order). ``started`` (a perf_counter value) is
-    when the call began: the first solve's time limit covers building the model.
+    when the call began: the first solve's time limit covers building the model. ``on_solved``
+    is called with each weight's point as soon as its solve ends (e.g. to print
+    :func:`point_line`); weights proven by concavity are not solved and not reported.
 
     Ctrl-C (:func:`oamip.solve.interrupt.interruptible`) stops the sweep: the solve running
     keeps its best solution, status "interrupted", and the weights not solved yet get the best
@@ -100,6 +114,8 @@ def sweep(
             solution = solve_certified(solver, im, solve_options, remaining, start, others)
             lines = [_line(im, start), _line(im, solution)]
             known.add_solved(lam, solution, build_seconds, lines)
+            if on_solved is not None:
+                on_solved(known.point(lam))
     return [known.point(lam) for lam in lams]
 
 
