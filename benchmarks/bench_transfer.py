@@ -9,7 +9,8 @@ masks at the same units per layer are trained alike. ``--part at-init``: on each
 seed, ``oamip.prune(..., at_init=True)`` at the authors' settings (lam 1, threshold 0.2), every
 criterion at initialisation pruning as many units per layer, all trained as long as the dense
 network. Mean ± standard deviation over the seeds; results go to
-``benchmarks/results/transfer-[at-init-]<arch>-<date>.{json,md}`` with date, machine and command.
+``benchmarks/results/transfer-[at-init-]<arch>[-<tag>]-<date>.{json,md}`` with date, machine
+and command.
 
     python benchmarks/bench_transfer.py --part transfer --arch mlp --seeds 5 --epochs 3
     python benchmarks/bench_transfer.py --part at-init --arch lenet5 --seeds 5 --epochs 3
@@ -55,6 +56,7 @@ def run_transfer(data: dict[str, Dataset], args: argparse.Namespace) -> list[dic
             epochs=args.epochs,
             time_limit=args.time_limit,
             threads=args.threads,
+            lam=args.lam,
         )
         print(summary_table(report), flush=True)
         reports.append(report.to_dict())
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs on each data set")
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per MIP")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lam", type=float, default=5.0, help="the MIP's loss weight (transfer)")
+    parser.add_argument("--tag", default="", help="added to the results' file names")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.hidden = tuple(int(w) for w in args.hidden.split(","))
@@ -177,11 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     part = "" if transfer else "at-init-"
-    name = f"transfer-{part}{args.arch}-{meta['date'][:10]}"
+    tag = f"-{args.tag}" if args.tag else ""
+    name = f"transfer-{part}{args.arch}{tag}-{meta['date'][:10]}"
     payload = {"machine": meta, "command": command, "wall_seconds": wall, "results": found}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = [
-        f"# bench_transfer: {args.part}, {arch}, {args.seeds} seeds, {args.epochs} epochs",
+        f"# bench_transfer: {args.part}, {arch}, {args.seeds} seeds, {args.epochs} epochs"
+        + (f", MIP lam {args.lam:g}" if transfer else ""),
         "",
         f"`{command}`, {meta['date']}, {meta['platform']}, {meta['cpus']} CPUs, "
         f"wall {wall:.0f} s. Test accuracy (%) after training, mean ± std over seeds.",
