@@ -27,7 +27,6 @@ from oamip.pipelines.budget import (
     baseline_steps,
     budget_floor,
     budget_table,
-    keep_all,
     most_within_budget,
     split_validation,
     step_masks,
@@ -38,6 +37,7 @@ from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_digits, make_dataset
 from oamip.training.models import build, lenet5
 from oamip.training.train import evaluate, train
+from oamip.training.transfer import keep_all
 from tests import nets
 
 HIDDEN = (12, 8)
@@ -322,7 +322,8 @@ def test_step_masks_keep_min_keep_and_prune_the_lowest():
 
 
 def test_layer_labels_say_what_each_layer_is():
-    assert list(layer_labels(lenet5(1, 10, 28)).values()) == [
+    model = lenet5(1, 10, 28)
+    assert list(layer_labels(model, ["0", "3", "7", "9"]).values()) == [
         "conv1 Conv2d 1->6 5x5",
         "conv2 Conv2d 6->16 5x5",
         "fc1 Linear 400->120",
@@ -369,3 +370,12 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
     assert len(path_lines) >= 2
     for method in (MIP_METHOD, *criteria()):
         assert any(line.startswith(method) for line in lines)
+
+
+def test_piece_lines_name_the_layer_by_its_label():
+    piece = pipeline.SubproblemReport("1", 3, 10, "optimal", 0.5, 0.5, 1.25, 0.9, False, None)
+    labels = {"1": "fc1 Linear 64->12"}
+    assert pipeline.piece_line(piece, labels) == (
+        "piece layer fc1 Linear 64->12, class 3: optimal (1.2 s)"
+    )
+    assert pipeline.piece_line(piece).startswith("piece layer 1, class 3")

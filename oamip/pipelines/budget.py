@@ -19,7 +19,6 @@ from torch import nn
 
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned
-from oamip.adapters.chain import units
 from oamip.adapters.scoring import ScoreResult
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import checked_lam
@@ -303,8 +302,3 @@ def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEn
         source.val_accuracy,
         source.test_accuracy,
     )
-
-
-def keep_all(model: nn.Module) -> Masks:
-    """Masks that prune nothing (the dense network)."""
-    return {unit.name: np.ones(unit.size, dtype=bool) for unit in units(model)}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
-from oamip.adapters.chain import has_additions, units
+from oamip.adapters.chain import has_additions
 from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons, score_sweep
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
@@ -41,7 +41,6 @@ from oamip.pipelines.budget import (
     budget_floor,
     budget_table,
     checked_lams,
-    keep_all,
     lam_path,
     split_validation,
 )
@@ -63,6 +62,7 @@ from oamip.training.models import (
     mlp,
 )
 from oamip.training.train import eval_mode, evaluate, finetune, model_device, resolve_device, train
+from oamip.training.transfer import keep_all
 
 DEFAULT_RECIPE = TrainingDefaults(epochs=10, lr=1e-2)
 """How mlp and lenet5 are trained when no model is given (vgg: ``TRAINING_DEFAULTS``)."""
@@ -335,7 +335,7 @@ def _prune(
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
         subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks, layer_labels(dense)),
+        layers=_layer_reports(result, masks, layer_labels(dense, list(masks))),
         baselines=_compare(dense, dataset, masks, baseline_scores, settings),
         curve=_curve(dense, dataset, result, baseline_scores),
         max_drop=settings.max_drop,
@@ -426,24 +426,22 @@ def _budgeted(
     )
 
 
-def layer_labels(model: nn.Module) -> dict[str, str]:
+def layer_labels(model: nn.Module, names: list[str]) -> dict[str, str]:
     """Module name -> what the layer is, for people: ``fc1 Linear 784->300``, ``conv2 Conv2d
-    6->16 5x5`` (Linear and Conv2d layers numbered apart, in forward order); the scored
-    layers of ``model`` (:func:`oamip.adapters.chain.units`)."""
+    6->16 5x5``, for the scored layers ``names`` of ``model`` in forward order (Linear and
+    Conv2d layers numbered apart)."""
     counts = {"fc": 0, "conv": 0}
     labels = {}
-    for unit in units(model):
-        module = unit.module
+    for name in names:
+        module = model.get_submodule(name)
         if isinstance(module, nn.Conv2d):
             counts["conv"] += 1
             kernel = "x".join(str(k) for k in module.kernel_size)
-            what = (
-                f"conv{counts['conv']} Conv2d {module.in_channels}->{module.out_channels} {kernel}"
-            )
+            what = f"conv{counts['conv']} Conv2d {module.in_channels}->{module.out_channels}"
+            labels[name] = f"{what} {kernel}"
         else:
             counts["fc"] += 1
-            what = f"fc{counts['fc']} Linear {module.in_features}->{module.out_features}"
-        labels[unit.name] = what
+            labels[name] = f"fc{counts['fc']} Linear {module.in_features}->{module.out_features}"
     return labels
 
 
@@ -638,9 +636,11 @@ def _pieces_bar(desc: str, enabled: bool) -> Iterator[Callable[[PieceResult, int
         yield done
 
 
-def piece_line(piece: PieceResult | SubproblemReport) -> str:
-    """One line on a finished piece: its layer, class, status and seconds (and error)."""
-    layer = "all layers" if piece.layer is None else f"layer {piece.layer}"
+def piece_line(piece: PieceResult | SubproblemReport, labels: dict[str, str] | None = None) -> str:
+    """One line on a finished piece: its layer (by its label, :func:`layer_labels`, when
+    ``labels`` has it), class, status and seconds (and error)."""
+    name = None if piece.layer is None else (labels or {}).get(piece.layer, piece.layer)
+    layer = "all layers" if name is None else f"layer {name}"
     label = "all classes" if piece.label is None else f"class {piece.label}"
     how = f"{piece.seconds:.1f} s" + (", resumed" if piece.resumed else "")
     error = f": {piece.error}" if piece.error else ""

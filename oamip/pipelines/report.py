@@ -99,7 +99,8 @@ def _pieces_rows(report: PruneReport) -> list[str]:
         f"decomposed ({report.decompose}): {optimal} of {len(pieces)} pieces proven optimal"
         + (f", {resumed} resumed from the checkpoint" if resumed else "")
     ]
-    return rows + [piece_line(piece) for piece in pieces if piece.error is not None]
+    labels = {layer.name: layer.label for layer in report.layers}
+    return rows + [piece_line(piece, labels) for piece in pieces if piece.error is not None]
 
 
 def _headline(report: PruneReport) -> str:
