@@ -23,6 +23,7 @@ from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.network import MaxPoolLayer
+from oamip.solve.tightening import tighten_bounds
 from oamip.training.models import resnet
 from oamip.training.tp_importance import oamip_importance
 from tests.nets import random_bn
@@ -207,6 +208,22 @@ def test_bounds_contain_every_value_for_every_score_vector(seed, kind):
             assert np.all(values.out >= out.lower - 1e-9) and np.all(values.out <= out.upper + 1e-9)
 
 
+def test_tightened_bounds_of_a_residual_network_contain_every_value():
+    """Bound tightening (LPs over the relaxation, then propagation through the additions) keeps
+    every value the network takes under sampled score vectors."""
+    _, x, extracted = _setup(7, 2, "both")
+    network = extracted.network
+    y = np.array([0, 1])
+    tightened = tighten_bounds(network, x, y, time_budget=30).bounds
+    big_m = interval_bounds(network, x).big_m
+    rng = np.random.default_rng(7)
+    for binary in (True, False, False):
+        trace = network.trace(x, _random_scores(network, rng, binary), big_m)
+        for layer, values, b in zip(network.layers, trace, tightened.layers):
+            seen = values.out if isinstance(layer, MaxPoolLayer) else values.pre
+            assert np.all(seen >= b.lower - 1e-6) and np.all(seen <= b.upper + 1e-6)
+
+
 def _hinge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     other = z.copy()
     other[np.arange(len(y)), y] = -np.inf
@@ -277,14 +294,17 @@ def _resnet8(seed: int) -> nn.Module:
     return model.eval()
 
 
-def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model():
+@pytest.mark.parametrize("root_cuts", [0, 3])
+def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model(root_cuts):
     """Whole-network scoring of a ResNet-8: certified against PyTorch (logit error), and the
     binary optimum is the objective of the model pruned by ``apply_residual_masks``, at most
     that of keeping every unit."""
     model = _resnet8(0)
     x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 4, 4))
     y = np.array([0, 2])
-    res = oamip.score_neurons(model, x, y, loss="hinge", lam=2.0, scores="binary", mip_gap=1e-9)
+    res = oamip.score_neurons(
+        model, x, y, loss="hinge", lam=2.0, scores="binary", mip_gap=1e-9, root_cuts=root_cuts
+    )
     assert res.status == "optimal" and res.logit_error < 1e-6
     extracted = extract(model, x)
     assert set(res.scores) == set(extracted.units)

@@ -25,7 +25,7 @@ from oamip.backends import SolveOptions
 from oamip.bounds import LayerBounds, NetworkBounds, interval_bounds, propagate_after
 from oamip.errors import InvalidInputError
 from oamip.formulations import ImportanceSettings, build_importance_model
-from oamip.network import AffineLayer, Network
+from oamip.network import Affine, Network
 
 SAFETY = 1e-6
 """LP values are only accurate to the solver's tolerances: tightened bounds are widened by
@@ -83,15 +83,13 @@ def tighten_bounds(
 
 
 def _default_layers(network: Network) -> list[int]:
-    affine = [i for i, layer in enumerate(network.layers) if isinstance(layer, AffineLayer)]
+    affine = [i for i, layer in enumerate(network.layers) if isinstance(layer, Affine)]
     return affine[2:]
 
 
 def _check_layers(network: Network, layers: list[int]) -> list[int]:
     for index in layers:
-        if not (0 <= index < len(network.layers)) or not isinstance(
-            network.layers[index], AffineLayer
-        ):
+        if not (0 <= index < len(network.layers)) or not isinstance(network.layers[index], Affine):
             raise InvalidInputError(
                 f"layer {index} is not an affine layer of the network; give indices of "
                 f"Linear/Conv2d layers (0..{len(network.layers) - 1})"
