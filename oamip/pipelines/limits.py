@@ -9,6 +9,8 @@ counted as undecided).
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from oamip import backends
@@ -34,8 +36,10 @@ def check_size_limit(
     limit = backends.get(settings.backend).size_limit()
     if limit is None or settings.decompose is not None:
         return
-    network_of = model if model is not None else build(arch, dataset, DEFAULT_HIDDEN)
-    network = extract(network_of, dataset.x_train[:1]).network
+    network_of = model if model is not None else build(arch, dataset, DEFAULT_HIDDEN).eval()
+    with warnings.catch_warnings():  # only the sizes are read; the checks of the model warn
+        warnings.simplefilter("ignore")
+        network = extract(network_of, dataset.x_train[:1]).network
     samples = samples_per_class * dataset.num_classes
     size = estimate_size(network, samples, settings)
     if size.variables > limit[0] or size.constraints > limit[1]:
