@@ -325,3 +325,29 @@ def test_model_cost_reports_macs_params_and_latency_and_pruning_lowers_them():
     assert all(v > 0 for v in dense.latency_ms.values())
     assert pruned.macs < dense.macs and pruned.params < dense.params
     assert model.training is False
+
+
+def test_spr_prune_runs_on_a_resnet_and_writes_a_loadable_smaller_model(tmp_path):
+    from oamip.training.data import Dataset, load_digits
+
+    full = load_digits()
+    digits = Dataset(
+        full.x_train[:256], full.y_train[:256], full.x_test[:64], full.y_test[:64], "digits", 10
+    )
+    model = resnet8(8, widths=(4, 6, 8))
+    report = oamip.spr_prune(
+        model,
+        digits,
+        epochs=1,
+        finetune_epochs=0,
+        progress=False,
+        group_lasso_scales=(),
+        out=tmp_path / "out",
+    )
+    assert report.arch == "resnet8"
+    assert [layer.name for layer in report.layers] == [u.name for u in residual_units(model)]
+    assert list(report.M) == [layer.name for layer in report.layers]
+    loaded = oamip.load_model(tmp_path / "out" / "pruned.pt")
+    x = torch.as_tensor(digits.x_test[:16])
+    with torch.no_grad():
+        assert (loaded(x) - report.model(x)).abs().max() < 1e-5
