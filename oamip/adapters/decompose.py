@@ -20,6 +20,7 @@ from oamip.formulations.importance import check_labels
 from oamip.network import AffineLayer, MaxPoolLayer, Network
 from oamip.solve.decompose import ERROR, Piece, PieceResult
 from oamip.solve.heads import fit_head
+from oamip.solve.interrupt import INTERRUPTED
 from oamip.solve.options import ScoringOptions
 
 
@@ -139,9 +140,12 @@ def combined_scores(network: Network, results: list[PieceResult]) -> dict[int, n
 
 
 def overall_status(results: list[PieceResult]) -> str:
-    """ "optimal" when every piece is proven optimal, "error" when one failed, else
-    "feasible"."""
+    """ "optimal" when every piece is proven optimal, "error" when one failed, "interrupted"
+    when Ctrl-C stopped or skipped one, else "feasible"."""
     statuses = {r.status for r in results}
     if statuses == {"optimal"}:
         return "optimal"
-    return ERROR if ERROR in statuses else "feasible"
+    for status in (ERROR, INTERRUPTED):
+        if status in statuses:
+            return status
+    return "feasible"

@@ -7,7 +7,15 @@ result is the same whatever runs it. :func:`run_pieces` runs a list of pieces on
 other, on ``n_jobs`` local processes, or on a Dask cluster; with a checkpoint folder every
 finished piece is saved at once (atomically, named by a hash of everything it depends on) and a
 rerun loads it instead of solving it again. A piece that raises is tried once more, then
-reported with its error; the others are kept. Nothing here imports torch.
+reported with its error; the others are kept.
+
+Ctrl-C (the first SIGINT) while pieces run ends the run with what it has: the piece being
+solved stops with its best solution (status ``interrupted``; at a terminal the signal reaches
+every worker process, each of which stops its own piece), no piece starts after it, and the
+pieces never started are reported ``interrupted`` with no scores (their units are kept). A
+SIGINT sent to the main process alone starts no new piece and waits for the running ones; on
+Dask, pieces not finished are cancelled. A second SIGINT goes to the handler that was in place
+before (Python's raises KeyboardInterrupt). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +42,7 @@ from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
 from oamip.network import AffineLayer, Network, ResidualLayer
+from oamip.solve.interrupt import INTERRUPTED
 from oamip.solve.options import ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import sweep
@@ -41,6 +52,10 @@ CONNECT_SECONDS = 5
 DASK_HINT = "pip install 'oamip[dask]'"
 ERROR = "error"
 """Status of a piece that raised twice: it has an ``error`` and no scores."""
+POLL_SECONDS = 0.2
+"""How often a run on workers looks at its pieces (and at Ctrl-C)."""
+NOT_STARTED = "not solved: the run was interrupted (Ctrl-C) before this piece started"
+"""The note of a piece skipped because of Ctrl-C (status ``interrupted``, no scores)."""
 _UNHASHED = ("verbose",)
 """Options that do not change a piece's answer, left out of its hash."""
 
@@ -203,14 +218,48 @@ def run_pieces(
                 todo.append(index)
             else:
                 finished(index, found)
-        if client is not None:
-            _run_dask(client, pieces, todo, finished)
-        elif n_jobs > 1 and len(todo) > 1:
-            _run_processes(pieces, todo, min(n_jobs, len(todo)), finished)
-        else:
-            for index in todo:
-                finished(index, _run_here(pieces[index]))
+        with _first_sigint() as stop:
+            if client is not None:
+                _run_dask(client, pieces, todo, finished, stop)
+            elif n_jobs > 1 and len(todo) > 1:
+                _run_processes(pieces, todo, min(n_jobs, len(todo)), finished, stop)
+            else:
+                _run_sequentially(pieces, todo, finished, stop)
     return [results[index] for index in range(len(pieces))]
+
+
+@contextmanager
+def _first_sigint() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT while the block runs (in the main thread, where Python
+    handles signals and a handler is in place); a second SIGINT goes to the previous handler."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum, frame) -> None:
+        if stop.is_set():
+            previous(signum, frame)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_sequentially(pieces, todo: list[int], finished, stop: threading.Event) -> None:
+    """The pieces here, one after the other; none starts once a piece was interrupted."""
+    for index in todo:
+        if stop.is_set():
+            finished(index, not_started(pieces[index]))
+            continue
+        result = _run_here(pieces[index])
+        if result.status == INTERRUPTED:
+            stop.set()
+        finished(index, result)
 
 
 def _run_here(piece: Piece) -> PieceResult:
@@ -225,38 +274,90 @@ def _run_here(piece: Piece) -> PieceResult:
         return failed(piece, exc)
 
 
-def _run_processes(pieces, todo: list[int], workers: int, finished) -> None:
-    """The pieces on local spawned processes; a piece that raises is submitted once more."""
+def _run_processes(pieces, todo: list[int], workers: int, finished, stop) -> None:
+    """The pieces on local spawned processes; a piece that raises is submitted once more.
+    Workers ignore SIGINT between pieces (so an idle worker survives Ctrl-C) and answer it
+    during a solve; once ``stop`` is set, pieces not started are cancelled."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_ignore_sigint
+    ) as pool:
         running = {pool.submit(solve_piece, pieces[i]): (i, 0) for i in todo}
         while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if stop.is_set():
+                done |= {future for future in running if future.cancel()}
             for future in done:
                 index, tries = running.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool as exc:
-                    result = failed(pieces[index], exc)
-                except Exception as exc:  # noqa: BLE001 - retried once, then reported
-                    if tries == 0:
-                        running[pool.submit(solve_piece, pieces[index])] = (index, 1)
-                        continue
-                    result = failed(pieces[index], exc)
-                finished(index, result)
+                result = _collected(future, pieces[index], stop)
+                if result is None and tries == 0 and not stop.is_set():
+                    running[pool.submit(solve_piece, pieces[index])] = (index, 1)
+                    continue
+                finished(index, result or failed(pieces[index], future.exception()))
 
 
-def _run_dask(client, pieces, todo: list[int], finished) -> None:
-    """The pieces as Dask tasks (each retried once by Dask), collected as they finish."""
-    distributed = _dask()
+def _collected(future, piece: Piece, stop: threading.Event) -> PieceResult | None:
+    """A finished (or cancelled) future's result; None when it raised and may be retried."""
+    if future.cancelled():
+        return not_started(piece)
+    try:
+        result = future.result()
+    except BrokenProcessPool as exc:
+        return not_started(piece) if stop.is_set() else failed(piece, exc)
+    except Exception:  # noqa: BLE001 - retried once, then reported
+        return None
+    if result.status == INTERRUPTED:
+        stop.set()
+    return result
+
+
+def _ignore_sigint() -> None:
+    """A worker's SIGINT handler between pieces: nothing (a solve installs its own)."""
+    signal.signal(signal.SIGINT, _nothing)
+
+
+def _nothing(signum, frame) -> None:
+    """Ignore the signal, as a Python callable (so a solve's handler can chain to it)."""
+
+
+def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) -> None:
+    """The pieces as Dask tasks (each retried once by Dask), collected as they finish; once
+    ``stop`` is set, the ones not finished are cancelled."""
     futures = {client.submit(solve_piece, pieces[i], pure=False, retries=1): i for i in todo}
-    for future in distributed.as_completed(list(futures)):
-        index = futures[future]
-        try:
-            result = future.result()
-        except Exception as exc:  # noqa: BLE001 - reported with the piece, the others kept
-            result = failed(pieces[index], exc)
-        finished(index, result)
+    pending = set(futures)
+    while pending:
+        done = {future for future in pending if future.done()}
+        pending -= done
+        for future in done:
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported with the piece, the others kept
+                result = failed(pieces[futures[future]], exc)
+            finished(futures[future], result)
+        if stop.is_set() and pending:
+            client.cancel(list(pending))
+            for future in pending:
+                finished(futures[future], not_started(pieces[futures[future]]))
+            return
+        if not done:
+            time.sleep(POLL_SECONDS)
+
+
+def not_started(piece: Piece) -> PieceResult:
+    """The record of a piece skipped because the run was interrupted: no scores."""
+    return PieceResult(
+        key=piece.key,
+        layer=piece.layer,
+        label=piece.label,
+        samples=len(piece.y),
+        status=INTERRUPTED,
+        objective=None,
+        bound=None,
+        seconds=0.0,
+        scores={},
+        head_accuracy=piece.head_accuracy,
+        note=NOT_STARTED,
+    )
 
 
 def failed(piece: Piece, exc: BaseException) -> PieceResult:
