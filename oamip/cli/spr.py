@@ -21,7 +21,9 @@ from oamip.pipelines.spr import (
     DEFAULT_LAM,
     DEFAULT_M_SCALE,
     DEFAULT_OUT,
+    DEFAULT_RESIDUAL_UNITS,
     DEFAULT_SPR_LR,
+    RESIDUAL_UNITS,
     SPRReport,
     spr_prune,
 )
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a = lam alpha, b = lam (1 - alpha) (default {DEFAULT_ALPHA})",
     )
     add("--m-scale", type=float, default=DEFAULT_M_SCALE, help="M = largest weight x this")
+    add(
+        "--units",
+        choices=tuple(RESIDUAL_UNITS),
+        default=DEFAULT_RESIDUAL_UNITS,
+        help=f"residual networks: the units SPR prunes (default {DEFAULT_RESIDUAL_UNITS})",
+    )
     add("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of (dense and) SPR training")
     add("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS)
     add("--lr", type=float, default=DEFAULT_SPR_LR, help=f"Adam step (default {DEFAULT_SPR_LR})")
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         lam=args.lam,
         alpha=args.alpha,
         M_scale=args.m_scale,
+        units=args.units,
         epochs=args.epochs,
         finetune_epochs=args.finetune_epochs,
         lr=args.lr,

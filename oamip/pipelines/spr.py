@@ -35,7 +35,12 @@ from oamip.pipelines.prune import (
 )
 from oamip.training.data import Dataset
 from oamip.training.models import ARCHITECTURES, build
-from oamip.training.spr import ZERO_GROUP_TOL, SPRRegularizer
+from oamip.training.spr import (
+    DEFAULT_RESIDUAL_UNITS,
+    RESIDUAL_UNITS,
+    ZERO_GROUP_TOL,
+    SPRRegularizer,
+)
 from oamip.training.train import (
     evaluate,
     finetune,
@@ -155,6 +160,7 @@ class _Settings:
     seed: int
     device: torch.device
     progress: bool
+    units: str
 
 
 @dataclass
@@ -199,6 +205,7 @@ def spr_prune(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     group_lasso_scales: Sequence[float] = GROUP_LASSO_SCALES,
+    units: str = DEFAULT_RESIDUAL_UNITS,
 ) -> SPRReport:
     """Train with SPR, remove the units whose groups are (near) zero, fine-tune, report.
 
@@ -206,12 +213,13 @@ def spr_prune(
     the dense starting point (not modified; the report names its own architecture). The caller's
     random state is left as it was. The SPR phase then runs ``epochs`` epochs of Adam
     at ``lr`` decayed to zero on a cosine. ``group_lasso_scales`` (multiples of ``2 sqrt(ab)``,
-    empty for none) sets the group-lasso baseline. The report holds the pruned, smaller model
-    (``report.model``); with ``out``, it is written there as ``pruned.pt`` with
+    empty for none) sets the group-lasso baseline. ``units`` (a key of RESIDUAL_UNITS) picks
+    which units of a residual network SPR regularises and prunes. The report holds the pruned,
+    smaller model (``report.model``); with ``out``, it is written there as ``pruned.pt`` with
     ``report.json`` (``report.to_dict()``), all or nothing.
     """
     settings = _settings(
-        arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
+        arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress, units
     )
     scales = _check_scales(group_lasso_scales)
     dataset = dataset_of(data)
@@ -232,7 +240,7 @@ def spr_prune(
 
 
 def _settings(
-    arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress
+    arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress, units
 ) -> _Settings:
     """The settings checked for type, range and finiteness before any work."""
     checks.choice("architecture", arch, ARCHITECTURES)
@@ -248,6 +256,7 @@ def _settings(
         checked_seed(seed),
         resolve_device(device),
         progress,
+        checks.choice("SPR's units", units, tuple(RESIDUAL_UNITS)),
     )
 
 
@@ -270,7 +279,7 @@ def _dense_model(model: nn.Module | None, dataset: Dataset, s: _Settings) -> nn.
 
 def _check_prunable(model: nn.Module, s: _Settings) -> None:
     """Refuse, before any training, a model without unit layers or with an unusable one."""
-    SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
+    SPRRegularizer(model, s.lam, s.alpha, s.M_scale, s.units)
 
 
 def _penalised_run(
@@ -282,7 +291,7 @@ def _penalised_run(
 ) -> _Run:
     """Train a copy of ``dense`` with the penalty, prune its zero groups, fine-tune it."""
     model = copy.deepcopy(dense)
-    reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale)
+    reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale, s.units)
     penalty = penalty_of(reg)
     seconds = train_penalised(model, dataset, penalty, s.epochs, s.lr, s.seed, s.progress, desc)
     masks = zero_group_masks(reg)
