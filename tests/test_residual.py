@@ -319,12 +319,12 @@ def test_macs_of_a_tiny_net_are_counted_as_by_hand():
 
 def test_model_cost_reports_macs_params_and_latency_and_pruning_lowers_them():
     model = resnet8(7)
-    small = remove_residual_pruned(model, _random_masks(model, 7))
+    small = remove_residual_pruned(model, _random_masks(model, 7)).train()
     dense, pruned = (model_cost(m, (1, 8, 8), batches=(1, 4), repeats=3) for m in (model, small))
     assert dense.params == _params(model) and set(dense.latency_ms) == {1, 4}
     assert all(v > 0 for v in dense.latency_ms.values())
     assert pruned.macs < dense.macs and pruned.params < dense.params
-    assert model.training is False
+    assert small.training and not model.training, "each model keeps its own mode"
 
 
 def test_spr_prune_runs_on_a_resnet_and_writes_a_loadable_smaller_model(tmp_path):
