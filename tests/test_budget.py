@@ -27,12 +27,14 @@ from oamip.pipelines.budget import (
     baseline_steps,
     budget_floor,
     budget_table,
+    lam_path,
     most_within_budget,
     split_validation,
     step_masks,
 )
 from oamip.pipelines.prune import layer_labels
 from oamip.pipelines.report import summary_table, write_report
+from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_digits, make_dataset
 from oamip.training.models import build, lenet5
@@ -379,3 +381,31 @@ def test_piece_lines_name_the_layer_by_its_label():
         "piece layer fc1 Linear 64->12, class 3: optimal (1.2 s)"
     )
     assert pipeline.piece_line(piece).startswith("piece layer 1, class 3")
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_the_path_refines_between_the_kept_weight_and_the_next_smaller_one(interrupted):
+    """Real solves on a tiny network; a solve stopped by Ctrl-C ends the refinement."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    x, y = split.train.x_train[:6], split.train.y_train[:6]
+    calls, seen = [], []
+
+    def solve(lams):
+        calls.append(list(lams))
+        results = oamip.score_sweep(model, x, y, lams, time_limit=5.0)
+        for result in results:
+            result.status = INTERRUPTED if interrupted else result.status
+        return results
+
+    path = lam_path(solve, Evaluator(model, split), [100.0, 0.0001], 0.0, 0.1, 3, seen.append)
+    assert calls[0] == [0.0001, 100.0]
+    assert len(seen) == len(path.points) == sum(map(len, calls))
+    if interrupted:
+        assert len(calls) == 1
+        return
+    # floor 0: every mask is within, so the kept one prunes the most and lies at 0.0001
+    assert path.points[path.chosen].units_pruned == max(p.units_pruned for p in path.points)
+    assert all(len(call) == 1 for call in calls[1:])
+    for call in calls[1:]:
+        assert 0.0001 < call[0] < 100.0

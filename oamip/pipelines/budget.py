@@ -22,6 +22,7 @@ from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import ScoreResult
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import checked_lam
+from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import Dataset
 from oamip.training.train import evaluate
@@ -35,7 +36,8 @@ DEFAULT_VAL_FRACTION = 0.1
 """The share of the training split held out for validation."""
 BASELINE_STEPS = 50
 """A baseline's step ``s`` (0..BASELINE_STEPS) prunes ``round(s / BASELINE_STEPS * n)`` of the
-lowest-scored units of every layer of ``n`` units (at least ``min_keep`` kept per layer)."""
+lowest-scored units of every layer of ``n`` units (at least ``min_keep``, and one, kept per
+layer)."""
 BUDGET_SLACK = 1e-9
 """Rounding slack when comparing accuracies (fractions of samples) with the budget's floor."""
 
@@ -192,19 +194,21 @@ def lam_path(
     floor: float,
     threshold: float,
     refine_steps: int,
+    on_point: Callable[[PathPoint], None] | None = None,
 ) -> LamPath:
     """Solve ``lams`` together, then ``refine_steps`` single weights, each between the chosen
     weight and the next smaller one solved (which prunes more), and keep the mask removing the
-    most units with validation accuracy at least ``floor``."""
+    most units with validation accuracy at least ``floor``. A solve stopped by Ctrl-C ends the
+    refinement. ``on_point`` is called with each point as it is evaluated."""
     path = LamPath()
     grid = sorted(set(lams))
-    _add(path, grid, solve(grid), evaluator, threshold)
+    stopped = _add(path, grid, solve(grid), evaluator, threshold, on_point)
     _choose(path, floor)
     for _ in range(refine_steps):
         lam = _between(path)
-        if lam is None:
+        if lam is None or stopped:
             break
-        _add(path, [lam], solve([lam]), evaluator, threshold)
+        stopped = _add(path, [lam], solve([lam]), evaluator, threshold, on_point)
         _choose(path, floor)
     return path
 
@@ -215,8 +219,10 @@ def _add(
     results: list[ScoreResult],
     evaluator: Evaluator,
     threshold: float,
-) -> None:
-    """Evaluate the results solved at ``lams`` and insert them in the path by weight."""
+    on_point: Callable[[PathPoint], None] | None,
+) -> bool:
+    """Evaluate the results solved at ``lams`` and insert them in the path by weight; True if
+    a solve was interrupted."""
     for lam, result in zip(lams, results, strict=True):
         seen = evaluator(result.masks(threshold))
         point = PathPoint(
@@ -228,9 +234,12 @@ def _add(
         )
         path.points.append(point)
         path.results.append(result)
+        if on_point is not None:
+            on_point(point)
     order = sorted(range(len(path.points)), key=lambda k: path.points[k].lam)
     path.points = [path.points[k] for k in order]
     path.results = [path.results[k] for k in order]
+    return any(result.status == INTERRUPTED for result in results)
 
 
 def _choose(path: LamPath, floor: float) -> None:
@@ -268,11 +277,11 @@ def baseline_steps(
 
 def step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) -> Masks:
     """Masks pruning ``round(fraction * n)`` lowest-scored units of every layer (ties by unit
-    order), keeping at least ``min_keep`` units per layer; True means keep."""
+    order), keeping at least ``min_keep`` units (and one) per layer; True means keep."""
     masks = {}
     for name, values in scores.items():
         n = len(values)
-        drop = min(round(fraction * n), max(0, n - min_keep))
+        drop = min(round(fraction * n), max(0, n - max(min_keep, 1)))
         keep = np.ones(n, dtype=bool)
         keep[np.argsort(np.asarray(values), kind="stable")[:drop]] = False
         masks[name] = keep

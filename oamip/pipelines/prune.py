@@ -404,6 +404,7 @@ def _budgeted(
         floor,
         settings.threshold,
         settings.refine_steps,
+        _path_line if settings.progress else None,
     )
     steps = {
         method: baseline_steps(method, scores, evaluator, settings.min_keep)
@@ -423,6 +424,16 @@ def _budgeted(
         path=path,
         steps=steps,
         budget=budget_table(path, steps, floor, dense_point),
+    )
+
+
+def _path_line(point: PathPoint) -> None:
+    """One line on stderr per weight of the path, as it is evaluated."""
+    gap = "" if point.gap is None else f", gap {100 * point.gap:.2f}%"
+    tqdm.write(
+        f"lambda {point.lam:.4g}: {point.units_pruned} units pruned, validation accuracy "
+        f"{100 * point.val_accuracy:.2f}% ({point.status}{gap})",
+        file=sys.stderr,
     )
 
 

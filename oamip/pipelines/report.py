@@ -63,7 +63,7 @@ def path_rows(report: PruneReport) -> list[str]:
     ]
     for k, point in enumerate(report.path):
         mark = "*" if k == report.chosen else " "
-        gap = "n/a" if point.gap is None else f"{100 * point.gap:.1f}%"
+        gap = "n/a" if point.gap is None else _percent(point.gap)
         rows.append(
             f"{mark} {point.lam:>9.4g}{point.units_pruned:>8}{point.params_after:>9}"
             f"{_percent(point.val_accuracy):>10}{_percent(point.test_accuracy):>10}"
