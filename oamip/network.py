@@ -177,9 +177,9 @@ class ResidualLayer:
     @cached_property
     def matrix(self) -> sp.csr_matrix:
         """``[A | S]`` over the concatenated inputs (``S = I`` for an identity shortcut)."""
-        skip = sp.identity(self.n_out, format="csr") if self.shortcut is None else None
-        skip = self.shortcut.matrix if skip is None else skip
-        return sp.hstack([self.main.matrix, skip], format="csr")
+        if self.shortcut is None:
+            return sp.hstack([self.main.matrix, sp.identity(self.n_out)], format="csr")
+        return sp.hstack([self.main.matrix, self.shortcut.matrix], format="csr")
 
     @cached_property
     def offset(self) -> np.ndarray:
