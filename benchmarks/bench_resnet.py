@@ -26,7 +26,8 @@ Reports accuracy before and after, MACs and parameters, and the CPU latency (med
 ``benchmarks/results/resnet-<date>.json`` and ``.md``.
 
     nice -n 10 python benchmarks/bench_resnet.py [--data SPEC] [--base-epochs 3] [--sparse 1]
-        [--finetune 1] [--seeds 1] [--macs 0.5] [--methods spr,tp-l1,...] [--lam 0.05]
+        [--finetune 1] [--seeds 0,1] [--macs 0.5] [--methods spr,tp-l1,...] [--lam 0.05]
+    python benchmarks/bench_resnet.py --combine A.json B.json --name NAME   # seeds of two runs
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import math
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -245,10 +247,10 @@ def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     """Every seed's dense model and every method on it; ``save`` gets the results so far after
     each method, so a long run leaves its finished rows behind."""
     torch.set_num_threads(1)
-    dataset = load_data(args.data)
+    dataset = _first(load_data(args.data), args.train_size)
     example = torch.as_tensor(dataset.x_train[:1])
     per_seed: list[dict] = []
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         recipe = Recipe("resnet20", epochs=args.base_epochs, lr=BASE_LR, seed=seed, cosine=True)
         base = trained(dataset, recipe, HERE / ".cache")
         dense = base.model.eval()
@@ -269,6 +271,14 @@ def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     return _result(args, dataset, per_seed)
 
 
+def _first(dataset: Dataset, count: int | None) -> Dataset:
+    """``dataset`` with only its first ``count`` training samples (all when None)."""
+    if count is None:
+        return dataset
+    train = slice(0, count)
+    return replace(dataset, x_train=dataset.x_train[train], y_train=dataset.y_train[train])
+
+
 def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) -> dict:
     return {
         "machine": machine(),
@@ -286,12 +296,42 @@ def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) ->
             "groupnorm_reg": GROUPNORM_REG,
             "bnscale_reg": BNSCALE_REG,
             "seeds": args.seeds,
+            "train_size": len(dataset.y_train),
             "threads": 1,
             "latency_repeats": args.repeats,
         },
         "seeds": per_seed,
         "summary": summary(per_seed),
     }
+
+
+def combine(files: list[Path]) -> dict:
+    """One result from runs that differ only in their seeds: their seeds together."""
+    runs = [json.loads(f.read_text()) for f in files]
+    for run_ in runs[1:]:
+        if _without_seeds(run_["settings"]) != _without_seeds(runs[0]["settings"]):
+            raise SystemExit(f"{files[0]} and the other files were run with other settings")
+    per_seed = [seed for run_ in runs for seed in run_["seeds"]]
+    for seed in per_seed:
+        for cost in [seed["dense_cost"], *(m["cost"] for m in seed["methods"])]:
+            cost["latency_ms"] = {int(b): ms for b, ms in cost["latency_ms"].items()}
+    settings = {**runs[0]["settings"], "seeds": [s["seed"] for s in per_seed]}
+    command = " && ".join(r["command"] for r in runs)
+    return {
+        **runs[0],
+        "command": command,
+        "settings": settings,
+        "seeds": per_seed,
+        "summary": summary(per_seed),
+    }
+
+
+def _without_seeds(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "seeds"}
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
 
 
 def summary(per_seed: list[dict]) -> list[dict]:
@@ -368,7 +408,9 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=int, default=3)
     parser.add_argument("--sparse", type=int, default=1, help="sparse-training epochs")
     parser.add_argument("--finetune", type=int, default=1, help="fine-tuning epochs")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=_numbers, default=[0], help="seeds, e.g. 0,1,2")
+    parser.add_argument("--combine", type=Path, nargs="+", help="merge the seeds of results files")
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--macs", type=float, default=0.5, help="MACs kept, as a fraction")
     parser.add_argument("--lam", type=float, default=0.05)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -385,7 +427,12 @@ def main() -> None:
         write_json(stem.with_suffix(".json"), result)
         stem.with_suffix(".md").write_text(markdown(result))
 
-    print(markdown(run(args, save)))
+    if args.combine:
+        result = combine(args.combine)
+        save(result)
+    else:
+        result = run(args, save)
+    print(markdown(result))
 
 
 if __name__ == "__main__":
