@@ -54,7 +54,7 @@ from oamip.adapters import remove_pruned
 from oamip.adapters.residual import residual_units
 from oamip.files import write_json
 from oamip.pipelines.bench import machine
-from oamip.training.cost import count_macs, model_cost
+from oamip.training.cost import count_macs, model_cost, paired_latency
 from oamip.training.data import Dataset, load_data
 from oamip.training.spr import RESIDUAL_UNITS, SPRRegularizer
 from oamip.training.tp import torch_pruning
@@ -326,6 +326,40 @@ def combine(files: list[Path]) -> dict:
     }
 
 
+def add_paired_latency(path: Path, data: str, blocks: int) -> dict:
+    """``path``'s result with ``paired_latency``: for each pruned architecture of its first seed,
+    the dense and the pruned model timed in alternating blocks (batch 1 and 64), so that the
+    shared machine's changing load does not decide the speed-up."""
+    result = json.loads(path.read_text())
+    s, entry = result["settings"], result["seeds"][0]
+    dataset = _first(load_data(data), s["train_size"])
+    recipe = Recipe(
+        "resnet20", epochs=s["base_epochs"], lr=s["base_lr"], seed=entry["seed"], cosine=True
+    )
+    torch.set_num_threads(1)
+    dense = trained(dataset, recipe, HERE / ".cache").model.eval()
+    architectures: dict[tuple, list[str]] = {}
+    for row in entry["methods"]:
+        architectures.setdefault(tuple(row["widths"].items()), []).append(row["method"])
+    rows = []
+    for widths, methods in architectures.items():
+        pruned = _first_channels(dense, dict(widths))
+        for batch in (1, 64):
+            dense_ms, pruned_ms = paired_latency(dense, pruned, dataset.input_shape, batch, blocks)
+            rows.append(
+                {
+                    "methods": methods,
+                    "batch": batch,
+                    "dense_ms": dense_ms,
+                    "pruned_ms": pruned_ms,
+                    "speed_up": dense_ms / pruned_ms,
+                    "blocks": blocks,
+                }
+            )
+    result["paired_latency"] = rows
+    return result
+
+
 def _without_seeds(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "seeds"}
 
@@ -399,6 +433,21 @@ def markdown(result: dict) -> str:
             f"{r['macs'] / 1e6:.2f}M | {r['speed_up']:.2f}x | {r['params'] / 1e3:.1f}k | "
             f"{r['latency64']:.1f} ({r['dense_latency64'] / r['latency64']:.2f}x) |"
         )
+    if "paired_latency" in result:
+        lines += [
+            "",
+            "CPU latency of the dense and the pruned model timed in alternating blocks (median "
+            "of block medians; the table's column times each model once, when the load was "
+            "whatever it was):",
+            "",
+            "| Pruned architecture of | Batch | Dense (ms) | Pruned (ms) | Speed-up |",
+            "|---|---|---|---|---|",
+        ]
+        for r in result["paired_latency"]:
+            lines.append(
+                f"| {', '.join(r['methods'])} | {r['batch']} | {r['dense_ms']:.2f} | "
+                f"{r['pruned_ms']:.2f} | {r['speed_up']:.2f}x |"
+            )
     return "\n".join([*lines, ""])
 
 
@@ -410,6 +459,8 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=1, help="fine-tuning epochs")
     parser.add_argument("--seeds", type=_numbers, default=[0], help="seeds, e.g. 0,1,2")
     parser.add_argument("--combine", type=Path, nargs="+", help="merge the seeds of results files")
+    parser.add_argument("--paired-latency", type=Path, help="add paired latencies to a file")
+    parser.add_argument("--blocks", type=int, default=10, help="alternating latency blocks")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--macs", type=float, default=0.5, help="MACs kept, as a fraction")
     parser.add_argument("--lam", type=float, default=0.05)
@@ -427,7 +478,10 @@ def main() -> None:
         write_json(stem.with_suffix(".json"), result)
         stem.with_suffix(".md").write_text(markdown(result))
 
-    if args.combine:
+    if args.paired_latency:
+        result = add_paired_latency(args.paired_latency, args.data, args.blocks)
+        save(result)
+    elif args.combine:
         result = combine(args.combine)
         save(result)
     else:

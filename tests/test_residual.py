@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -217,22 +218,29 @@ def test_a_pruned_resnet_saved_loads_in_a_fresh_process_with_the_same_outputs(tm
         "with torch.no_grad():\n"
         "    diff = (model(x) - torch.load(folder + '/expected.pt')).abs().max().item()\n"
         "assert diff == 0, diff\n"
-        "print([u.size for u in oamip.adapters.residual.residual_units(model)])\n"
+        "print([(u.name, u.size) for u in oamip.adapters.residual.residual_units(model)])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str([u.size for u in residual_units(small)])
+    assert done.stdout.strip() == str([(u.name, u.size) for u in residual_units(small)])
 
 
 def test_a_graph_file_with_a_bad_operation_is_refused(tmp_path):
     path = oamip.save_model(resnet8(), tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
+    good = copy.deepcopy(payload)
     payload["ops"][3][2] = [99]
     torch.save(payload, path)
     with pytest.raises(oamip.InvalidInputError, match="operations cannot be run"):
         oamip.load_model(path)
+    for name, problem in [("forward", "hide an attribute"), ("a..b", "not a module path")]:
+        bad = copy.deepcopy(good)
+        bad["names"][0] = name
+        torch.save(bad, path)
+        with pytest.raises(oamip.InvalidInputError, match=problem):
+            oamip.load_model(path)
 
 
 def test_spr_groups_every_filter_and_batchnorm_of_a_coupled_group_together():

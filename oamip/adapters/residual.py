@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -309,10 +310,9 @@ class GraphOp:
 
 
 def forward_ops(model: nn.Module) -> tuple[dict[str, nn.Module], list[GraphOp], int]:
-    """``model``'s forward as layers (by module name, dots made underscores; a function call
-    such as ``F.relu`` becomes an equivalent module named after its node), operations, and the
-    index of the result the model returns. Identity steps are dropped. Refuses what
-    :func:`residual_units` refuses."""
+    """``model``'s forward as layers (by module name; a function call such as ``F.relu`` becomes
+    an equivalent module named after its node), operations, and the index of the result the
+    model returns. Identity steps are dropped. Refuses what :func:`residual_units` refuses."""
     modules = dict(model.named_modules())
     layers: dict[str, nn.Module] = {}
     ops: list[GraphOp] = []
@@ -334,19 +334,21 @@ def forward_ops(model: nn.Module) -> tuple[dict[str, nn.Module], list[GraphOp], 
             if step.kind == "identity":
                 index[node] = source
                 continue
-            name = step.name.replace(".", "_")
+            name = step.name
             layers.setdefault(name, step.module)
             ops.append(GraphOp("layer", name, (source,)))
             index[node] = len(ops)
     return layers, ops, output
 
 
-def graph_module(root: nn.Module, ops: list[GraphOp], output: int) -> fx.GraphModule:
-    """The ``fx.GraphModule`` that runs ``ops`` (as :func:`forward_ops` gives them) with the
-    layers that ``root`` holds as children; refuses unknown layers, kinds and inputs."""
+def graph_module(layers: dict[str, nn.Module], ops: list[GraphOp], output: int) -> fx.GraphModule:
+    """The ``fx.GraphModule`` that runs ``ops`` (as :func:`forward_ops` gives them) with
+    ``layers`` as its submodules, under their (dotted) names; refuses unknown layers, kinds and
+    inputs, and names that are not plain module paths."""
+    for name in layers:
+        _check_layer_name(name, layers)
     graph = fx.Graph()
     results = [graph.placeholder("x")]
-    children = dict(root.named_children())
     for position, op in enumerate(ops, start=1):
         arity = 1 if op.kind == "layer" else 2
         if op.kind not in OP_KINDS or len(op.inputs) != arity:
@@ -356,11 +358,27 @@ def graph_module(root: nn.Module, ops: list[GraphOp], output: int) -> fx.GraphMo
         args = tuple(results[i] for i in op.inputs)
         if op.kind == "add":
             results.append(graph.call_function(operator.add, args))
-        elif op.layer in children:
+        elif op.layer in layers:
             results.append(graph.call_module(op.layer, args))
         else:
             raise InvalidInputError(f"operation {position} applies an unknown layer {op.layer!r}")
     if type(output) is not int or not 0 <= output < len(results):
         raise InvalidInputError(f"the model returns result {output!r}, which is not computed")
     graph.output(results[output])
-    return fx.GraphModule(root, graph)
+    return fx.GraphModule(layers, graph)
+
+
+_MODULE_PATH = re.compile(r"[A-Za-z0-9]\w*(\.[A-Za-z0-9]\w*)*")
+
+
+def _check_layer_name(name, layers: dict[str, nn.Module]) -> None:
+    """A layer name is a module path (``stage1.0.conv1``) that shadows no attribute of the
+    module and holds no other layer."""
+    if not isinstance(name, str) or not _MODULE_PATH.fullmatch(name):
+        raise InvalidInputError(
+            f"layer name {name!r} is not a module path such as 'stage1.0.conv1'"
+        )
+    if hasattr(fx.GraphModule, name.split(".")[0]) or name.split(".")[0] == "training":
+        raise InvalidInputError(f"layer name {name!r} would hide an attribute of the module")
+    if any(other.startswith(name + ".") for other in layers):
+        raise InvalidInputError(f"layer {name!r} would hold other layers")

@@ -80,16 +80,19 @@ def _chain_payload(model: nn.Module) -> dict:
 
 
 def _graph_payload(model: nn.Module) -> dict:
+    """Layers stored as ``layer0``, ``layer1``, ... (their module paths in ``names``, in the same
+    order), operations naming layers by module path."""
     layers, ops, output = forward_ops(model)
     state = {
-        f"{name}.{key}": value.detach().cpu()
-        for name, module in layers.items()
+        f"layer{index}.{key}": value.detach().cpu()
+        for index, module in enumerate(layers.values())
         for key, value in module.state_dict().items()
     }
     return {
         "format": GRAPH_FORMAT,
         "version": VERSION,
-        "layers": [(name, _spec(module)) for name, module in layers.items()],
+        "layers": [(f"layer{i}", _spec(module)) for i, module in enumerate(layers.values())],
+        "names": list(layers),
         "ops": [[op.kind, op.layer, list(op.inputs)] for op in ops],
         "output": output,
         "state_dict": state,
@@ -135,7 +138,7 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     The layers are first built on the meta device and their shapes compared with the tensors
     the file holds, so a file that declares large layers without their weights allocates
     nothing. Floating-point weights are read as float32 (the layers' dtype). A residual network
-    comes back as an ``fx.GraphModule`` (its layers named with underscores for dots)."""
+    comes back as an ``fx.GraphModule`` whose layers have their original module paths."""
     path = _as_path(path)
     payload = read_payload(path)
     graph = isinstance(payload, dict) and payload.get("format") == GRAPH_FORMAT
@@ -157,11 +160,19 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     return (_graph_module(model, payload, path) if graph else model).eval()
 
 
-def _graph_module(layers: nn.Module, payload: dict, path: Path) -> nn.Module:
-    """The saved operations run over ``layers``; a malformed list of operations is refused."""
+def _graph_module(stored: nn.Sequential, payload: dict, path: Path) -> nn.Module:
+    """The saved operations run over the ``stored`` layers under their saved module paths; a
+    malformed list of names or operations is refused."""
     try:
+        names = payload["names"]
+        if (
+            not isinstance(names, list)
+            or len(names) != len(stored)
+            or len(set(names)) != len(names)
+        ):
+            raise InvalidInputError("its layer names do not match its layers one to one")
         ops = [GraphOp(kind, layer, tuple(inputs)) for kind, layer, inputs in payload["ops"]]
-        return graph_module(layers, ops, payload["output"])
+        return graph_module(dict(zip(names, stored)), ops, payload["output"])
     except (KeyError, TypeError, ValueError) as exc:
         raise _malformed(path, f"its operations cannot be run: {exc}") from exc
 

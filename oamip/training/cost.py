@@ -85,6 +85,28 @@ def model_cost(
     )
 
 
+def paired_latency(
+    first: nn.Module,
+    second: nn.Module,
+    input_shape: Sequence[int],
+    batch: int,
+    blocks: int = 15,
+    repeats: int = 5,
+) -> tuple[float, float]:
+    """Median CPU milliseconds of one forward pass of ``first`` and of ``second`` at ``batch``,
+    timed in alternating blocks of ``repeats`` runs (after one warm-up run each): on a shared
+    machine the load changes over time, and alternation makes it hit both models alike."""
+    checks.whole("blocks", blocks, 1)
+    checks.whole("repeats", repeats, 1)
+    checks.whole("the batch size", batch, 1)
+    shape = (batch, *input_shape)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(blocks):
+        for model, found in zip((first, second), times):
+            found.append(_median_ms(model, shape, repeats, 1))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def _median_ms(model: nn.Module, shape: tuple[int, ...], repeats: int, warmup: int) -> float:
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     cpu = model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
