@@ -14,7 +14,7 @@ from torch import nn
 import oamip
 from oamip.adapters.removal import remove_residual_pruned
 from oamip.adapters.residual import apply_residual_masks, residual_units, row_groups
-from oamip.training.cost import count_macs, model_cost
+from oamip.training.cost import count_macs, model_cost, paired_latency
 from oamip.training.models import ARCHITECTURES, resnet
 from oamip.training.spr import SPRRegularizer
 from tests.nets import random_bn
@@ -333,6 +333,10 @@ def test_model_cost_reports_macs_params_and_latency_and_pruning_lowers_them():
     assert all(v > 0 for v in dense.latency_ms.values())
     assert pruned.macs < dense.macs and pruned.params < dense.params
     assert small.training and not model.training, "each model keeps its own mode"
+    first, second = paired_latency(model, small, (1, 8, 8), batch=2, blocks=2, repeats=1)
+    assert first > 0 and second > 0
+    with pytest.raises(oamip.InvalidInputError, match="blocks"):
+        paired_latency(model, small, (1, 8, 8), batch=2, blocks=0)
 
 
 def test_spr_prune_runs_on_a_resnet_and_writes_a_loadable_smaller_model(tmp_path):
