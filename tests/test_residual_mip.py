@@ -414,3 +414,19 @@ def test_the_torch_pruning_importance_refuses_unknown_units_and_wrong_sizes():
 def test_an_unknown_choice_of_residual_units_is_refused():
     with pytest.raises(InvalidInputError, match="residual must be one of"):
         extract(_resnet8(0), np.zeros((1, 1, 4, 4)), "blocks")
+
+
+@pytest.mark.parametrize("residual", ["inner", "group"])
+def test_score_neurons_scores_the_residual_units_asked_for(residual):
+    """``residual=`` reaches the extraction: only that kind of unit gets scores, and the
+    answer is still certified against PyTorch."""
+    model = _resnet8(1)
+    x = np.random.default_rng(1).uniform(-1, 1, size=(2, 1, 4, 4))
+    res = oamip.score_neurons(model, x, np.array([1, 0]), scores="binary", residual=residual)
+    assert set(res.scores) == set(extract(model, x, residual).units)
+    assert res.logit_error < 1e-6
+
+
+def test_score_neurons_refuses_an_unknown_choice_of_residual_units_before_any_work():
+    with pytest.raises(InvalidInputError, match="residual must be one of both, inner, group"):
+        oamip.score_neurons(_resnet8(0), np.zeros((1, 1, 4, 4)), [0], residual="blocks")

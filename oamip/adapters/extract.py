@@ -38,9 +38,7 @@ from oamip.network import (
     ResidualLayer,
     max_pool_windows,
 )
-
-RESIDUAL_SCORES = ("both", "inner", "group")
-"""Which units of a residual network are scored: its inner channels, its coupled groups, both."""
+from oamip.solve.options import RESIDUAL_SCORES
 
 _EVAL_MEANING = {  # what a layer left in training mode computes in eval mode
     "bn": "BatchNorm '{}' uses its running statistics",

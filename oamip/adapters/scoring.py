@@ -176,7 +176,7 @@ def _score(
     started = time.perf_counter()
     solver = backends.get(options.backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
-    extracted = extract(model, x)
+    extracted = extract(model, x, options.residual)
     im = build_importance_model(extracted.network, x, y, replace(options, lam=min(lams)))
     if options.root_cuts:
         add_root_cuts(im, solver, max_rounds=options.root_cuts, time_budget=options.time_limit)
@@ -203,7 +203,7 @@ def score_decomposed(
     started = time.perf_counter()
     solver = backends.get(options.backend)
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
-    extracted = extract(model, x)
+    extracted = extract(model, x, options.residual)
     network = extracted.network
     aux = options.aux_data
     if aux is not None:

@@ -26,6 +26,8 @@ MAX_THREADS = 1024
 """Most CPU threads accepted; far more than any machine has, far less than overflows torch."""
 DECOMPOSITIONS = ("layer", "class")
 """The ways to cut the MIP into independent pieces (README, "Decomposition"); combinable."""
+RESIDUAL_SCORES = ("both", "inner", "group")
+"""Which units of a residual network are scored: its inner channels, its coupled groups, both."""
 
 
 @dataclass
@@ -62,6 +64,11 @@ class ScoringOptions(ImportanceSettings):
     checkpoint: Any = checks.option(
         None, "folder where each finished piece is saved at once; a rerun solves only the rest"
     )
+    residual: str = checks.option(
+        "both",
+        "units scored in a residual network: 'inner' (a block's inner channels), 'group' (the "
+        "channels tied together by additions) or 'both'; a chain has neither and ignores it",
+    )
 
     def validate(self) -> None:
         """Check every option before any work (InvalidInputError names the culprit) and
@@ -82,6 +89,10 @@ class ScoringOptions(ImportanceSettings):
         self.root_cuts = checks.whole("root_cuts", self.root_cuts, 0)
         for name in ("verbose", "solver_heuristics"):
             checks.flag(name, getattr(self, name))
+        if self.residual not in RESIDUAL_SCORES:
+            raise InvalidInputError(
+                f"residual must be one of {', '.join(RESIDUAL_SCORES)}, got {self.residual!r}"
+            )
         self._validate_decomposition()
 
     def _validate_decomposition(self) -> None:
