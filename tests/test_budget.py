@@ -409,3 +409,14 @@ def test_the_path_refines_between_the_kept_weight_and_the_next_smaller_one(inter
     assert all(len(call) == 1 for call in calls[1:])
     for call in calls[1:]:
         assert 0.0001 < call[0] < 100.0
+
+
+def test_oamip_prune_refuses_lams_without_max_drop_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "oamip", "prune", "--lams", "1,2", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--max-drop" in done.stderr
+    assert not (tmp_path / "o").exists()
