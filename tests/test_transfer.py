@@ -225,6 +225,27 @@ def test_different_input_shapes_refused_before_any_work(tmp_path, digits, monkey
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "digits", "--out", "afile/sub"], "--out 'afile/sub' cannot be a folder"),
+        (["--target", "npz:missing.npz"], "does not exist"),
+        (["--target", "digits", "--seeds", "0"], "number of seeds"),
+        (["--target", "digits", "--arch", "lenet"], "lenet"),
+    ],
+)
+def test_transfer_command_refuses_bad_input_in_one_line(
+    tmp_path, monkeypatch, capsys, args, message
+):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("oamip.pipelines.transfer._one_seed", _no_work)
+    assert cli.main(["transfer", "--source", "digits", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def _no_work(*_args, **_kwargs):
     raise AssertionError("work started before the input was refused")
 
