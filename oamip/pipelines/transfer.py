@@ -363,8 +363,8 @@ def summary_table(report: TransferReport) -> str:
     accuracy (mean and standard deviation over the seeds)."""
     arch = f"mlp {'-'.join(map(str, report.hidden))}" if report.hidden else report.arch
     head = [
-        f"{arch}: masks from {report.source} trained on {report.target}, "
-        f"{len(report.seeds)} seeds ({', '.join(map(str, report.seeds))}), {report.epochs} "
+        f"{arch}: masks found on {report.source}, retrained from the start on {report.target}; "
+        f"seeds {', '.join(map(str, report.seeds))}, {report.epochs} "
         f"epoch(s) each; MIP: {report.backend}, {report.loss} loss, lambda {report.lam:g}, "
         f"{report.scores} scores, threshold {report.threshold:g}"
         + (f", decomposed ({report.decompose})" if report.decompose else ""),
