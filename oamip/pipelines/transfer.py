@@ -364,8 +364,8 @@ def summary_table(report: TransferReport) -> str:
     arch = f"mlp {'-'.join(map(str, report.hidden))}" if report.hidden else report.arch
     head = [
         f"{arch}: masks found on {report.source}, retrained from the start on {report.target}; "
-        f"seeds {', '.join(map(str, report.seeds))}, {report.epochs} "
-        f"epoch(s) each; MIP: {report.backend}, {report.loss} loss, lambda {report.lam:g}, "
+        f"{report.epochs} epoch(s) on each; seeds {', '.join(map(str, report.seeds))}; "
+        f"MIP: {report.backend}, {report.loss} loss, lambda {report.lam:g}, "
         f"{report.scores} scores, threshold {report.threshold:g}"
         + (f", decomposed ({report.decompose})" if report.decompose else ""),
         f"MIP status per seed: {', '.join(report.statuses)}"
