@@ -217,6 +217,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "executor": args.scheduler,
         "checkpoint": args.checkpoint,
         "progress": progress_shown(),
+        "log": True,
         "verbose": args.verbose,
         "max_drop": args.max_drop,
         "lams": args.lams,

@@ -88,6 +88,9 @@ class PruneSettings(ScoringOptions):
     device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
     seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     progress: bool = checks.option(False, "show progress bars")
+    log: bool = checks.option(
+        False, "one line on stderr per finished piece and per weight of the path (no bars)"
+    )
     max_drop: float | None = checks.option(
         None,
         "points of validation accuracy the pruned network may lose against the dense one: "
@@ -114,6 +117,7 @@ class PruneSettings(ScoringOptions):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("progress", self.progress)
+        checks.flag("log", self.log)
         self._validate_budget()
 
     def _validate_budget(self) -> None:
@@ -404,7 +408,7 @@ def _budgeted(
         floor,
         settings.threshold,
         settings.refine_steps,
-        _path_line if settings.progress else None,
+        _path_line if settings.progress or settings.log else None,
     )
     steps = {
         method: baseline_steps(method, scores, evaluator, settings.min_keep)
@@ -628,19 +632,23 @@ def _scores_at(
             return score_sweep(model, x, y, lams, options)
     if "layer" in options.decompose.split(",") and options.aux_data is None:
         options.aux_data = (dataset.x_train, dataset.y_train)
-    with _pieces_bar(f"pieces ({settings.backend})", settings.progress) as on_done:
+    bar = f"pieces ({settings.backend})"
+    with _pieces_bar(bar, settings.progress, settings.progress or settings.log) as on_done:
         return score_decomposed(model, x, y, options, lams or [options.lam], on_done)
 
 
 @contextmanager
-def _pieces_bar(desc: str, enabled: bool) -> Iterator[Callable[[PieceResult, int], None]]:
-    """A tqdm bar over the pieces of a decomposed solve, and above it one line per finished
-    piece; yields the callback that reports a piece (and the number of pieces in all)."""
+def _pieces_bar(
+    desc: str, enabled: bool, lines: bool
+) -> Iterator[Callable[[PieceResult, int], None]]:
+    """A tqdm bar over the pieces of a decomposed solve (``enabled``), and above it one line per
+    finished piece (``lines``); yields the callback that reports a piece (and the number of
+    pieces in all)."""
     with tqdm(desc=desc, unit="piece", disable=not enabled) as bar:
 
         def done(piece: PieceResult, total: int) -> None:
             bar.total = total
-            if enabled:
+            if lines:
                 tqdm.write(piece_line(piece), file=sys.stderr)
             bar.update()
 
