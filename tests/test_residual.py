@@ -245,7 +245,7 @@ def test_a_graph_file_with_a_bad_operation_is_refused(tmp_path):
 
 def test_spr_groups_every_filter_and_batchnorm_of_a_coupled_group_together():
     model = resnet8(4)
-    reg = SPRRegularizer(model, lam=0.5, alpha=0.5)
+    reg = SPRRegularizer(model, lam=0.5, alpha=0.5, units="both")
     groups = reg.groups()
     assert list(groups) == [u.name for u in residual_units(model)]
     modules = dict(model.named_modules())
@@ -255,8 +255,8 @@ def test_spr_groups_every_filter_and_batchnorm_of_a_coupled_group_together():
     parts.append(modules["stage2.0.shortcut.1"].bias[:, None])
     assert torch.equal(groups["stage2.0.conv2"], torch.cat(parts, dim=1))
     assert groups["stage2.0.conv2"].shape == (6, 6 * 9 + 4 + 2 + 2)
-    inner = SPRRegularizer(model, lam=0.5, alpha=0.5, units="inner").groups()
-    assert list(inner) == ["stage1.0.conv1", "stage2.0.conv1", "stage3.0.conv1"]
+    inner = SPRRegularizer(model, lam=0.5, alpha=0.5).groups()
+    assert list(inner) == ["stage1.0.conv1", "stage2.0.conv1", "stage3.0.conv1"], "the default"
     assert list(SPRRegularizer(model, lam=0.5, alpha=0.5, units="group").groups()) == [
         "stem",
         "stage2.0.conv2",
@@ -268,7 +268,7 @@ def test_spr_groups_every_filter_and_batchnorm_of_a_coupled_group_together():
 
 def test_spr_masks_of_a_residual_net_prune_it_through_the_public_functions():
     model = resnet8(5)
-    reg = SPRRegularizer(model, lam=0.5, alpha=0.5)
+    reg = SPRRegularizer(model, lam=0.5, alpha=0.5, units="both")
     with torch.no_grad():
         for param in row_groups(model)[3].params:  # the stage-2 group's channel 1, everywhere
             param[1] = 0.0
@@ -288,11 +288,13 @@ def test_spr_as_torch_pruning_regularize_hook_adds_its_gradient_and_prunes_zero_
 
     model, twin = resnet8(6).train(), resnet8(6).train()
     x = torch.randn(4, 1, 8, 8)
-    pruner = spr_pruner(model, x, lam=0.5, alpha=0.5, pruning_ratio=0.17, ignored_layers=[model.fc])
+    pruner = spr_pruner(
+        model, x, lam=0.5, alpha=0.5, units="both", pruning_ratio=0.17, ignored_layers=[model.fc]
+    )
     model.train()  # building the dependency graph leaves the model in eval mode
     model(x).square().mean().backward()
     pruner.regularize(model)
-    (twin(x).square().mean() + SPRRegularizer(twin, lam=0.5, alpha=0.5)()).backward()
+    (twin(x).square().mean() + SPRRegularizer(twin, 0.5, 0.5, units="both")()).backward()
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     with torch.no_grad():
@@ -357,7 +359,8 @@ def test_spr_prune_runs_on_a_resnet_and_writes_a_loadable_smaller_model(tmp_path
         out=tmp_path / "out",
     )
     assert report.arch == "resnet8"
-    assert [layer.name for layer in report.layers] == [u.name for u in residual_units(model)]
+    inner = [u.name for u in residual_units(model) if u.kind == "inner"]
+    assert [layer.name for layer in report.layers] == inner, "SPR prunes inner channels by default"
     assert list(report.M) == [layer.name for layer in report.layers]
     loaded = oamip.load_model(tmp_path / "out" / "pruned.pt")
     x = torch.as_tensor(digits.x_test[:16])
