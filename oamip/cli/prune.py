@@ -98,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "local search does that work)",
     )
     add("--verbose", action="store_true", help="show the solver's log (and HiGHS's banner)")
+    add("--at-init", action="store_true", help="score and prune at initialisation, then train")
     _add_budget_arguments(parser)
     _add_decomposition_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
@@ -219,6 +220,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "progress": progress_shown(),
         "log": True,
         "verbose": args.verbose,
+        "at_init": args.at_init,
         "max_drop": args.max_drop,
         "lams": args.lams,
         "val_fraction": args.val_fraction,

@@ -88,6 +88,7 @@ class PruneSettings(ScoringOptions):
     device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
     seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     progress: bool = checks.option(False, "show progress bars")
+    at_init: bool = checks.option(False, "score and prune at initialisation, then train")
     log: bool = checks.option(
         False, "one line on stderr per finished piece and per weight of the path (no bars)"
     )
@@ -117,6 +118,7 @@ class PruneSettings(ScoringOptions):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("progress", self.progress)
+        checks.flag("at_init", self.at_init)
         checks.flag("log", self.log)
         self._validate_budget()
 
@@ -280,6 +282,10 @@ def prune(
         _check_model(model, dataset)
     check_size_limit(model, dataset, settings, settings.arch, settings.samples_per_class)
     with _torch_threads(settings.threads), open_executor(settings.executor) as executor:
+        if settings.at_init:
+            from oamip.pipelines.at_init import prune_at_init  # it imports this module
+
+            return prune_at_init(model, dataset, replace(settings, executor=executor))
         return _prune(model, dataset, split, replace(settings, executor=executor))
 
 
