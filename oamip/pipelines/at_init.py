@@ -109,7 +109,7 @@ def prune_at_init(
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
         subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks, layer_labels(init)),
+        layers=_layer_reports(result, masks, layer_labels(init, list(masks))),
         baselines=_baselines(init, dataset, masks, baseline_scores, settings, lr),
         curve=_curve(init, dataset, result, baseline_scores),
         max_drop=None,
