@@ -26,9 +26,9 @@ RESIDUAL_UNITS = {"both": ("inner", "group"), "inner": ("inner",), "group": ("gr
 """Which units of a residual network SPR regularises and prunes: inner channels of blocks,
 coupled groups (:mod:`oamip.adapters.residual`), or both."""
 DEFAULT_RESIDUAL_UNITS = "inner"
-"""Measured (benchmarks/bench_resnet.py, ResNet-20 / Fashion-MNIST at 2x fewer MACs, 2 seeds):
-pruning inner channels only lost the least accuracy (+0.17 points against -1.92 for both kinds
-and -2.42 for coupled groups only), and gave the fastest pruned model."""
+"""Measured (benchmarks/bench_resnet.py, ResNet-20 / Fashion-MNIST at 2x fewer MACs, 3 seeds):
+pruning inner channels only lost the least accuracy (+0.37 points against -1.35 for both kinds
+and -1.98 for coupled groups only)."""
 
 
 def group_penalty(
