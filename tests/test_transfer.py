@@ -304,3 +304,12 @@ def test_prune_command_at_init(tmp_path):
     args = ["--at-init", "--lam", "1", "--threshold", "0.2", "--finetune-epochs", "1"]
     assert cli.main(["prune", *args, "--time-limit", "2", "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["at_init"] is True
+
+
+def test_transfer_with_a_decomposed_mip(digits, flipped):
+    """``decompose="layer"`` reaches the MIP on the source (its heads fit on the source's
+    training split), and the masks it gives travel like the whole MIP's."""
+    report = oamip.transfer(digits, flipped, seeds=1, decompose="layer", **QUICK)
+    assert report.decompose == "layer"
+    pruned = sum(report.layers_pruned[0].values())
+    assert [entry.units_pruned for entry in report.methods] == [[pruned], [0], *[[pruned]] * 3]

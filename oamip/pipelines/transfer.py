@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from oamip.errors import InvalidInputError
 from oamip.files import write_json
 from oamip.pipelines.prune import (
     DEFAULT_RECIPE,
+    PruneSettings,
     _check_classes,
     _score,
     _torch_threads,
@@ -255,7 +256,7 @@ def _one_seed(
     initial = copy.deepcopy(init.state_dict())
     trained = _trained_on_source(init, source, settings, seed, epochs, lr)
     batch = mip_batch(trained, source, settings.samples_per_class, seed)
-    result = _score(trained, batch.x, batch.y, settings, source)
+    result = _score(trained, batch.x, batch.y, _scoring_settings(settings), source)
     masks = result.masks(settings.threshold)
     start = with_classes(rewind(trained, initial), target.num_classes, seed)
     by_method = compared_masks(masks, trained, start, target, settings.samples_per_class, seed)
@@ -270,6 +271,13 @@ def _one_seed(
         status=result.status,
         source_accuracy=evaluate(trained, source.x_test, source.y_test),
     )
+
+
+def _scoring_settings(settings: TransferSettings) -> PruneSettings:
+    """The prune pipeline's settings for the MIP on the source: the scoring options and
+    ``progress``, for its scoring helper (a whole solve, or the pieces of a decomposed one)."""
+    scoring = {f.name: getattr(settings, f.name) for f in fields(ScoringOptions)}
+    return PruneSettings(**scoring, progress=settings.progress)
 
 
 def _trained_on_source(
