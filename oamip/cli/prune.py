@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--time-limit",
-        type=_seconds_or_none,
+        type=seconds_or_none,
         default=d.time_limit,
         metavar="S",
         help="seconds to build and solve the MIP (each piece with --decompose), or 'none' "
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--verbose", action="store_true", help="show the solver's log (and HiGHS's banner)")
     add("--at-init", action="store_true", help="score and prune at initialisation, then train")
     _add_budget_arguments(parser)
-    _add_decomposition_arguments(parser)
+    add_decomposition_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
 
 
@@ -141,7 +141,7 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_decomposition_arguments(parser: argparse.ArgumentParser) -> None:
+def add_decomposition_arguments(parser: argparse.ArgumentParser) -> None:
     """``--decompose``, where its pieces run (``--workers`` or ``--scheduler``) and
     ``--checkpoint``."""
     add = parser.add_argument
@@ -238,7 +238,7 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _seconds_or_none(text: str) -> float | None:
+def seconds_or_none(text: str) -> float | None:
     """``none`` (any case) as None, anything else as a float."""
     if text.lower() == "none":
         return None

@@ -14,7 +14,7 @@ from oamip.cli.common import (
     say_written,
     whole_numbers,
 )
-from oamip.cli.prune import DEFAULT_THREADS, _add_decomposition_arguments, _seconds_or_none
+from oamip.cli.prune import DEFAULT_THREADS, add_decomposition_arguments, seconds_or_none
 from oamip.files import staged_output
 from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.pipelines.transfer import TransferSettings, summary_table, transfer, write_transfer
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--time-limit",
-        type=_seconds_or_none,
+        type=seconds_or_none,
         default=d.time_limit,
         metavar="S",
         help=f"seconds per MIP (per piece with --decompose), or 'none' (default {d.time_limit:g})",
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"CPU threads for PyTorch and the solver (default {DEFAULT_THREADS})",
     )
-    _add_decomposition_arguments(parser)
+    add_decomposition_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
 
 

@@ -24,13 +24,13 @@ from oamip.pipelines.prune import (
     BaselineReport,
     PruneReport,
     PruneSettings,
-    _curve,
-    _layer_reports,
-    _score,
-    _subproblem_report,
+    accuracy_curve,
     count_params,
     describe_arch,
     layer_labels,
+    layer_reports,
+    score_batch,
+    subproblem_report,
 )
 from oamip.training.criteria import Masks, all_scores, masks_like
 from oamip.training.data import Dataset
@@ -68,7 +68,7 @@ def prune_at_init(
     started = time.perf_counter()
     init = _initial(model, dataset, settings)
     batch = random_batch(dataset, settings.samples_per_class, settings.seed)
-    result = _score(init, batch.x, batch.y, settings, dataset)
+    result = score_batch(init, batch.x, batch.y, settings, dataset)
     masks = result.masks(settings.threshold)
     baseline_scores = all_scores(init, batch.x, batch.y, settings.seed)
     arch = describe_arch(init)
@@ -108,10 +108,10 @@ def prune_at_init(
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
-        subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks, layer_labels(init, list(masks))),
+        subproblems=[subproblem_report(piece) for piece in result.subproblems],
+        layers=layer_reports(result, masks, layer_labels(init, list(masks))),
         baselines=_baselines(init, dataset, masks, baseline_scores, settings, lr),
-        curve=_curve(init, dataset, result, baseline_scores),
+        curve=accuracy_curve(init, dataset, result, baseline_scores),
         max_drop=None,
         val_fraction=None,
         val_size=0,

@@ -305,7 +305,8 @@ def _prune(
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
     baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
     if split is None:
-        budgeted = _Budgeted.single(_score(dense, batch.x, batch.y, settings, dataset), settings)
+        result = score_batch(dense, batch.x, batch.y, settings, dataset)
+        budgeted = _Budgeted.single(result, settings)
     else:
         budgeted = _budgeted(dense, batch, split, baseline_scores, settings)
     result, masks = budgeted.result, budgeted.masks
@@ -344,10 +345,10 @@ def _prune(
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         decompose=settings.decompose,
-        subproblems=[_subproblem_report(piece) for piece in result.subproblems],
-        layers=_layer_reports(result, masks, layer_labels(dense, list(masks))),
+        subproblems=[subproblem_report(piece) for piece in result.subproblems],
+        layers=layer_reports(result, masks, layer_labels(dense, list(masks))),
         baselines=_compare(dense, dataset, masks, baseline_scores, settings),
-        curve=_curve(dense, dataset, result, baseline_scores),
+        curve=accuracy_curve(dense, dataset, result, baseline_scores),
         max_drop=settings.max_drop,
         val_fraction=None if split is None else settings.val_fraction,
         val_size=0 if split is None else len(split.y_val),
@@ -611,7 +612,7 @@ def _dense_model(
     return dense, time.perf_counter() - start
 
 
-def _score(
+def score_batch(
     model: nn.Module, x: np.ndarray, y: np.ndarray, settings: PruneSettings, dataset: Dataset
 ) -> ScoreResult:
     """The MIP at ``settings.lam`` (see :func:`_scores_at`)."""
@@ -672,7 +673,7 @@ def piece_line(piece: PieceResult | SubproblemReport, labels: dict[str, str] | N
     return f"piece {layer}, {label}: {piece.status} ({how}){error}"
 
 
-def _subproblem_report(piece: PieceResult) -> SubproblemReport:
+def subproblem_report(piece: PieceResult) -> SubproblemReport:
     """The report's columns of a piece (its scores and checkpoint key stay out of report.json)."""
     return SubproblemReport(**{f.name: getattr(piece, f.name) for f in fields(SubproblemReport)})
 
@@ -735,7 +736,7 @@ def _accuracy(model: nn.Module | None, dataset: Dataset) -> float | None:
     return None if model is None else evaluate(model, dataset.x_test, dataset.y_test)
 
 
-def _layer_reports(
+def layer_reports(
     result: ScoreResult, masks: dict[str, np.ndarray], labels: dict[str, str]
 ) -> list[LayerReport]:
     return [
@@ -774,7 +775,7 @@ def _quiet(settings: PruneSettings) -> PruneSettings:
     return replace(settings, progress=False)
 
 
-def _curve(
+def accuracy_curve(
     dense: nn.Module,
     dataset: Dataset,
     result: ScoreResult,

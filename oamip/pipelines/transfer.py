@@ -28,10 +28,10 @@ from oamip.pipelines.prune import (
     DEFAULT_RECIPE,
     PruneSettings,
     _check_classes,
-    _score,
     _torch_threads,
     checked_seed,
     dataset_of,
+    score_batch,
 )
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
@@ -256,7 +256,7 @@ def _one_seed(
     initial = copy.deepcopy(init.state_dict())
     trained = _trained_on_source(init, source, settings, seed, epochs, lr)
     batch = mip_batch(trained, source, settings.samples_per_class, seed)
-    result = _score(trained, batch.x, batch.y, _scoring_settings(settings), source)
+    result = score_batch(trained, batch.x, batch.y, _scoring_settings(settings), source)
     masks = result.masks(settings.threshold)
     start = with_classes(rewind(trained, initial), target.num_classes, seed)
     by_method = compared_masks(masks, trained, start, target, settings.samples_per_class, seed)
