@@ -53,18 +53,20 @@ DRIVER = textwrap.dedent(
         return solve_form(self, *args, **kwargs)
 
     solver.solve_form = announced
-    path, n_jobs = sys.argv[1], int(sys.argv[2])
-    batch = json.loads(open(path + ".json").read())
-    print("START", time.time(), flush=True)
-    found = oamip.score_neurons(
-        oamip.load_model(path), batch["x"], batch["y"], scores="continuous", time_limit=None,
-        decompose="layer", aux_data=(batch["aux_x"], batch["aux_y"]), n_jobs=n_jobs,
-    )
-    pieces = [
-        {"layer": p.layer, "status": p.status, "note": p.note, "error": p.error,
-         "scored": sorted(p.scores)} for p in found.subproblems
-    ]
-    print("DONE", time.time(), json.dumps({"status": found.status, "pieces": pieces}), flush=True)
+    if __name__ == "__main__":  # spawned workers import this file: they must not run it
+        path, n_jobs = sys.argv[1], int(sys.argv[2])
+        batch = json.loads(open(path + ".json").read())
+        print("START", time.time(), flush=True)
+        found = oamip.score_neurons(
+            oamip.load_model(path), batch["x"], batch["y"], scores="continuous", time_limit=None,
+            decompose="layer", aux_data=(batch["aux_x"], batch["aux_y"]), n_jobs=n_jobs,
+        )
+        pieces = [
+            {"layer": p.layer, "status": p.status, "note": p.note, "error": p.error,
+             "scored": sorted(p.scores)} for p in found.subproblems
+        ]
+        done = json.dumps({"status": found.status, "pieces": pieces})
+        print("DONE", time.time(), done, flush=True)
     """
 )
 
