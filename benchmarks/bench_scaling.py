@@ -1,0 +1,212 @@
+"""Issue 13's scaling benchmark: the VGG on Fashion-MNIST scored by ``decompose="layer"``.
+
+The VGG (``--arch vgg``: three stages of two 3x3 conv + BatchNorm + ReLU with max pooling, then
+two Linear layers) is trained once by :mod:`oamip.training.zoo` (seed 0, cached in
+``benchmarks/.cache``). Then, for each batch size (``--samples-per-class``, one batch of correctly
+classified training samples per size) and each number of workers (``--workers``: processes of
+one HiGHS thread each), one ``decompose="layer"`` solve runs in a fresh Python process, so that
+its peak memory is its own: wall time of the solve phase (the call to ``score_neurons``, which
+includes bounds, head fits and every piece; training excluded), the peak resident memory of the
+largest process (the solving process or one of its workers), and per piece: units, status, gap,
+seconds, head accuracy. Each result also gives units removed per layer and the test accuracy
+without fine-tuning. Optionally (``--whole-limit``) the whole-network MIP on the smallest batch
+with that time limit, for comparison.
+
+Results: ``benchmarks/results/scaling-vgg-<date>.{json,md}`` with date, machine and command.
+
+    python benchmarks/bench_scaling.py --samples-per-class 1,3,10 --workers 1,2 --time-limit 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import oamip
+from oamip.adapters.chain import units
+from oamip.adapters.masks import apply_masks
+from oamip.pipelines.bench import machine
+from oamip.solve.options import ScoringOptions
+from oamip.training.data import load_data, mip_batch
+from oamip.training.train import evaluate
+from oamip.training.zoo import Recipe, trained
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = "npz:/work/shared/data/fashion-mnist-14k.npz"
+SEED = 0
+
+
+def _model(data: str):
+    dataset = load_data(data)
+    return dataset, trained(dataset, Recipe.default("vgg"), HERE / ".cache")
+
+
+def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> dict:
+    """One solve in this process (run by the parent as a subprocess), measured."""
+    dataset, found = _model(data)
+    model = found.model
+    batch = mip_batch(model, dataset, k, seed=SEED)
+    common = {"loss": "hinge", "lam": 1.0, "scores": "binary", "backend": "highs"}
+    if whole:
+        options = ScoringOptions(**common, time_limit=time_limit, threads=workers)
+    else:
+        options = ScoringOptions(
+            **common,
+            time_limit=time_limit,
+            threads=1,
+            n_jobs=workers,
+            decompose="layer",
+            aux_data=(dataset.x_train, dataset.y_train),
+        )
+    start = time.perf_counter()
+    res = oamip.score_neurons(model, batch.x, batch.y, options)
+    wall = time.perf_counter() - start
+    masks = res.masks()
+    sizes = {u.name: u.size for u in units(model)}
+    pieces = [
+        {
+            "layer": p.layer,
+            "units": sizes.get(p.layer),
+            "status": p.status,
+            "objective": p.objective,
+            "bound": p.bound,
+            "seconds": p.seconds,
+            "head_accuracy": p.head_accuracy,
+        }
+        for p in res.subproblems
+    ]
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "method": "whole" if whole else "decompose=layer",
+        "samples": len(batch.y),
+        "workers": workers,
+        "time_limit": time_limit,
+        "status": res.status,
+        "wall_seconds": wall,
+        "peak_rss_mb": max(own, children) / 1024,
+        "pieces": pieces,
+        "proven": sum(p["status"] == "optimal" for p in pieces) if pieces else None,
+        "objective": res.objective,
+        "bound": res.bound,
+        "removed": {n: f"{int((~m).sum())}/{m.size}" for n, m in masks.items()},
+        "test_accuracy": evaluate(apply_masks(model, masks), dataset.x_test, dataset.y_test),
+    }
+
+
+def _spawn(args, k: int, workers: int, whole: bool) -> dict:
+    """:func:`one_run` in a fresh interpreter (its own peak memory); its last stdout line."""
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        f"{k},{workers},{int(whole)}",
+        "--data",
+        args.data,
+        "--time-limit",
+        str(args.whole_limit if whole else args.time_limit),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows: list[dict], meta: dict, command: str, vgg: str) -> str:
+    lines = [
+        f"# VGG on Fashion-MNIST scored by decomposition, {meta['date']}",
+        "",
+        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
+        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}. "
+        f"Load average when the run ended: {', '.join(f'{v:.1f}' for v in os.getloadavg())}.",
+        f"Command: `{command}`",
+        "",
+        f"- {vgg}",
+        '- binary scores, hinge loss, lam 1, HiGHS; `decompose="layer"`: one piece per scored '
+        "layer, processes of one thread (`workers`), the time limit per piece; `whole`: the "
+        "whole-network MIP on `workers` threads. Wall: the `score_neurons` call (bounds, heads, "
+        "pieces; training excluded). Peak RSS: the largest process. Test accuracy without "
+        "fine-tuning.",
+        "",
+        "| method | N | workers | status | proven | wall (s) | peak RSS (MB) | removed per layer "
+        "| test acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        proven = f"{r['proven']}/{len(r['pieces'])}" if r["pieces"] else "-"
+        removed = ", ".join(f"{k} {v}" for k, v in r["removed"].items())
+        lines.append(
+            f"| {r['method']} | {r['samples']} | {r['workers']} | {r['status']} | {proven} "
+            f"| {r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {removed} "
+            f"| {100 * r['test_accuracy']:.2f}% |"
+        )
+    lines += _speedups(rows)
+    lines += ["", "Pieces (layer: units, status, seconds, gap, head accuracy):", ""]
+    for r in rows:
+        text = "; ".join(_piece(p) for p in r["pieces"])
+        if text:
+            lines.append(f"- N {r['samples']}, {r['workers']} worker(s): {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _speedups(rows: list[dict]) -> list[str]:
+    by = {(r["samples"], r["workers"]): r["wall_seconds"] for r in rows if r["pieces"]}
+    found = []
+    for (n, w), wall in sorted(by.items()):
+        if w != 1 and (n, 1) in by:
+            found.append(f"- N {n}: {w} workers {by[(n, 1)] / wall:.2f}x faster than 1")
+    return ["", "Speed-up of the solve phase:", "", *found] if found else []
+
+
+def _piece(p: dict) -> str:
+    gap = None
+    if p["objective"] is not None and p["bound"] is not None:
+        gap = max(0.0, p["objective"] - p["bound"]) / max(1.0, abs(p["objective"]))
+    head = "-" if p["head_accuracy"] is None else f"{100 * p['head_accuracy']:.1f}%"
+    gap_text = "-" if gap is None else f"{100 * gap:.1f}%"
+    return f"{p['layer']}: {p['units']}, {p['status']}, {p['seconds']:.1f} s, {gap_text}, {head}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--samples-per-class", default="1,3,10")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per piece")
+    parser.add_argument("--whole-limit", type=float, default=None, help="also the whole MIP")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.one:
+        k, workers, whole = (int(v) for v in args.one.split(","))
+        print(json.dumps(one_run(args.data, k, workers, args.time_limit, bool(whole))))
+        return
+    _, found = _model(args.data)
+    vgg = f"{found.recipe}, test accuracy {100 * found.accuracy:.2f}%"
+    rows = []
+    spc = [int(v) for v in args.samples_per_class.split(",")]
+    counts = [int(v) for v in args.workers.split(",")]
+    for k in spc:
+        for workers in counts:
+            rows.append(_spawn(args, k, workers, whole=False))
+            print(json.dumps({key: v for key, v in rows[-1].items() if key != "pieces"}))
+    if args.whole_limit is not None:
+        rows.append(_spawn(args, min(spc), max(counts), whole=True))
+    meta = machine()
+    command = "python benchmarks/bench_scaling.py " + " ".join(argv)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    name = f"scaling-vgg-{meta['date'][:10]}"
+    payload = {"machine": meta, "command": command, "vgg": vgg, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    (out / f"{name}.md").write_text(markdown(rows, meta, command, vgg))
+
+
+if __name__ == "__main__":
+    main()
