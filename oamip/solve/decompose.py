@@ -345,35 +345,28 @@ def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) 
 
 def not_started(piece: Piece) -> PieceResult:
     """The record of a piece skipped because the run was interrupted: no scores."""
-    return PieceResult(
-        key=piece.key,
-        layer=piece.layer,
-        label=piece.label,
-        samples=len(piece.y),
-        status=INTERRUPTED,
-        objective=None,
-        bound=None,
-        seconds=0.0,
-        scores={},
-        head_accuracy=piece.head_accuracy,
-        note=NOT_STARTED,
-    )
+    return _unsolved(piece, INTERRUPTED, note=NOT_STARTED)
 
 
 def failed(piece: Piece, exc: BaseException) -> PieceResult:
     """The record of a piece that raised ``exc`` (after its retry)."""
+    return _unsolved(piece, ERROR, error=f"{type(exc).__name__}: {exc}")
+
+
+def _unsolved(piece: Piece, status: str, **why: str) -> PieceResult:
+    """The record of a piece with no answer: no scores, no objective, no bound."""
     return PieceResult(
         key=piece.key,
         layer=piece.layer,
         label=piece.label,
         samples=len(piece.y),
-        status=ERROR,
+        status=status,
         objective=None,
         bound=None,
         seconds=0.0,
         scores={},
         head_accuracy=piece.head_accuracy,
-        error=f"{type(exc).__name__}: {exc}",
+        **why,
     )
 
 
