@@ -27,12 +27,12 @@ from oamip.adapters import extract
 from oamip.backends import compile_model
 from oamip.cli import main
 from oamip.cli.bench import summary_table as bench_table
-from oamip.cli.common import percent
 from oamip.errors import InvalidInputError, SolverError
 from oamip.formulations.importance import ImportanceSettings, build_importance_model
 from oamip.formulations.size import estimate_size
 from oamip.pipelines import bench
 from oamip.pipelines.limits import check_size_limit
+from oamip.pipelines.report import percent
 from oamip.solve.options import ScoringOptions
 from oamip.solve.sweep import point_line
 from oamip.training.data import load_digits, mip_batch

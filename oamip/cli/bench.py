@@ -12,7 +12,6 @@ from oamip.cli.common import (
     add_out_argument,
     instance_options,
     names,
-    percent,
     progress_shown,
     say,
     say_written,
@@ -29,6 +28,7 @@ from oamip.pipelines.bench import (
     benchmark,
     write_results,
 )
+from oamip.pipelines.report import percent
 
 NAME = "bench"
 HELP = "benchmark solver backends on importance MIPs"

@@ -45,12 +45,6 @@ def progress_shown() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 
 
-def percent(fraction: float | None) -> str:
-    """A fraction (an accuracy, a gap, a share) as every command prints it: ``93.10%``; ``-``
-    for None."""
-    return "-" if fraction is None else f"{100 * fraction:.2f}%"
-
-
 def say_written(out: str | Path, paths: Iterable[Path]) -> None:
     """Print the files a command wrote, as ``--out`` names them."""
     say(f"wrote {', '.join(str(Path(out) / path.name) for path in paths)}")

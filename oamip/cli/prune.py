@@ -10,7 +10,6 @@ from oamip.cli.common import (
     add_input_arguments,
     add_out_argument,
     one_of,
-    percent,
     progress_shown,
     read_inputs,
     say,
@@ -20,7 +19,7 @@ from oamip.files import staged_output
 from oamip.formulations import LOSSES, SCORE_MODES
 from oamip.pipelines.budget import DEFAULT_LAMS
 from oamip.pipelines.prune import PruneSettings, prune
-from oamip.pipelines.report import summary_table, write_report
+from oamip.pipelines.report import percent, summary_table, write_report
 from oamip.solve.interrupt import INTERRUPTED
 
 NAME = "prune"

@@ -8,12 +8,12 @@ from pathlib import Path
 from oamip.cli.common import (
     add_input_arguments,
     add_out_argument,
-    percent,
     progress_shown,
     read_inputs,
     say,
     say_written,
 )
+from oamip.pipelines.report import percent
 from oamip.pipelines.spr import (
     DEFAULT_ALPHA,
     DEFAULT_EPOCHS,

@@ -57,16 +57,16 @@ def path_rows(report: PruneReport) -> list[str]:
     the chosen one marked with ``*``."""
     rows = [
         f"lambda path, validation budget {_points(report.max_drop)} "
-        f"({report.val_size} validation samples, dense {_percent(report.val_accuracy_before)}):",
+        f"({report.val_size} validation samples, dense {percent(report.val_accuracy_before)}):",
         f"  {'lambda':>9}{'pruned':>8}{'params':>9}{'val acc':>10}{'test acc':>10}"
         f"  {'status':<12}{'gap':>8}{'seconds':>9}",
     ]
     for k, point in enumerate(report.path):
         mark = "*" if k == report.chosen else " "
-        gap = "n/a" if point.gap is None else _percent(point.gap)
+        gap = "n/a" if point.gap is None else percent(point.gap)
         rows.append(
             f"{mark} {point.lam:>9.4g}{point.units_pruned:>8}{point.params_after:>9}"
-            f"{_percent(point.val_accuracy):>10}{_percent(point.test_accuracy):>10}"
+            f"{percent(point.val_accuracy):>10}{percent(point.test_accuracy):>10}"
             f"  {point.status:<12}{gap:>8}{point.seconds:>9.1f}"
         )
     if report.chosen is None:
@@ -82,7 +82,7 @@ def budget_rows(report: PruneReport) -> list[str]:
     for entry in report.budget:
         rows.append(
             f"{entry.method:<16}{entry.units_pruned:>8}{entry.params_after:>9}"
-            f"{_percent(entry.val_accuracy):>10}{_percent(entry.test_accuracy):>10}"
+            f"{percent(entry.val_accuracy):>10}{percent(entry.test_accuracy):>10}"
         )
     rows.append("(baselines prune the lowest-scored units of every layer in steps; no fine-tuning)")
     return rows
@@ -133,14 +133,14 @@ def _accuracy_rows(report: PruneReport) -> list[str]:
     tuned = f"fine-tuned ({report.finetune_epochs} ep)"
     rows = [
         f"{'test accuracy':<16}{'pruned':>10}{tuned:>22}",
-        f"{'dense':<16}{_percent(report.accuracy_before):>10}",
-        f"{'mip':<16}{_percent(report.accuracy_after):>10}"
-        f"{_percent(report.accuracy_after_finetune):>22}",
+        f"{'dense':<16}{percent(report.accuracy_before):>10}",
+        f"{'mip':<16}{percent(report.accuracy_after):>10}"
+        f"{percent(report.accuracy_after_finetune):>22}",
     ]
     for baseline in report.baselines:
         rows.append(
-            f"{baseline.method:<16}{_percent(baseline.accuracy_after):>10}"
-            f"{_percent(baseline.accuracy_after_finetune):>22}"
+            f"{baseline.method:<16}{percent(baseline.accuracy_after):>10}"
+            f"{percent(baseline.accuracy_after_finetune):>22}"
         )
     rows.append("(baselines prune as many units per layer as the MIP)")
     return rows
@@ -150,8 +150,10 @@ def _points(value: float) -> str:
     return f"{value:g} point" + ("" if value == 1 else "s")
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+def percent(fraction: float | None) -> str:
+    """A fraction (an accuracy, a gap, a share) as every table and command prints it:
+    ``93.10%``; ``-`` for None."""
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
 
 
 def scores_figure(report: PruneReport) -> Figure:

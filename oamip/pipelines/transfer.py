@@ -33,6 +33,7 @@ from oamip.pipelines.prune import (
     dataset_of,
     score_batch,
 )
+from oamip.pipelines.report import percent
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, Masks, get_criterion, masks_like
@@ -383,7 +384,7 @@ def summary_table(report: TransferReport) -> str:
     ]
     rows = [
         f"{entry.method:<12}{_range(entry.units_pruned) + f' of {report.units_total}':>16}"
-        f"{_percent(entry.mean) + ' ± ' + _percent(entry.std):>28}"
+        f"{percent(entry.mean) + ' ± ' + percent(entry.std):>28}"
         for entry in report.methods
     ]
     note = "(every mask prunes as many units per layer as the MIP's; ± is the std over seeds)"
@@ -393,10 +394,6 @@ def summary_table(report: TransferReport) -> str:
 def _range(values: list[int]) -> str:
     low, high = min(values), max(values)
     return str(low) if low == high else f"{low}-{high}"
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}%"
 
 
 def write_transfer(report: TransferReport, folder: str | Path) -> list[Path]:
