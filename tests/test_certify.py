@@ -3,6 +3,9 @@ objective of its scores and every feasible point known, never taken on trust."""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -125,3 +128,32 @@ def test_the_cut_loop_stops_when_its_cuts_make_no_progress(monkeypatch):
     assert len(calls) <= 3 * (STALL_ROUNDS + 2)
     assert solution.objective == pytest.approx(im.objective_at(solution.scores))
     assert solution.bound is None or solution.bound <= solution.objective
+
+
+def test_a_cut_round_stopped_before_its_own_bound_keeps_the_bound_of_the_round_before(
+    monkeypatch,
+):
+    """Ctrl-C in the second cut round, before the solver has a bound: the first round's
+    proven optimum still bounds the exact loss, so the interrupted answer keeps it."""
+    model = mlp(4, (5, 4, 3, 3))
+    x = np.random.default_rng(4).uniform(0, 1, size=(4, 5))
+    network = extract(model, x).network
+    settings = ImportanceSettings(loss="ce", lam=2.0, scores="binary")
+    im = build_importance_model(network, x, np.array([0, 1, 2, 0]), settings)
+    solver = backends.get("highs")
+    real, rounds = solver.solve, []
+    stop = threading.Event()
+
+    def stopped_in_round_two(model, options, warm_start):
+        rounds.append(real(model, options, warm_start))
+        if len(rounds) == 1:
+            return rounds[0]
+        stop.set()
+        return replace(rounds[-1], status=Status.INTERRUPTED, bound=None)
+
+    monkeypatch.setattr(solver, "solve", stopped_in_round_two)
+    solution = solve_certified(solver, im, SolveOptions(stop=stop), None, _start(im))
+    assert len(rounds) == 2 and rounds[0].status == Status.OPTIMAL
+    assert solution.status == str(Status.INTERRUPTED)
+    assert solution.bound == pytest.approx(min(rounds[0].bound, solution.objective))
+    assert solution.objective == pytest.approx(im.objective_at(solution.scores))

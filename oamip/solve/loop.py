@@ -152,7 +152,7 @@ def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm
         if result is not None and stop_requested(options) and not answer.has_solution:
             # stopped before this round found anything: the model still holds the last one's
             return replace(result, status=Status.INTERRUPTED), rounds
-        result = answer
+        result = _keeping_bound(answer, result)
         if not result.has_solution:
             return result, rounds
         if loss.exact or result.status != Status.OPTIMAL or _past(deadline):
@@ -172,6 +172,16 @@ def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm
         last = progress
         im.add_cuts(logits, violated)
         im.assign(found)
+
+
+def _keeping_bound(answer: SolveResult, earlier: SolveResult | None) -> SolveResult:
+    """``answer`` with the larger of its bound and the bound of the round before. Cuts only
+    raise the approximation, so a bound of an earlier round bounds every later one (and the
+    exact loss): a round stopped before it has a bound of its own keeps the earlier one."""
+    bounds = [b for b in (answer.bound, earlier and earlier.bound) if b is not None]
+    if not answer.has_solution or not bounds:
+        return answer
+    return replace(answer, bound=max(bounds))
 
 
 def _with_deadline(options: SolveOptions, deadline: float | None) -> SolveOptions:
