@@ -2,14 +2,14 @@
 
 A driver script loads a small MLP (64-40-10 on digits, ten samples, hinge loss so that each
 solve is one solver run; the fastest backend, Gurobi, needs about 18 s to prove it, the others
-more than 30 s) and runs ``score_neurons`` or the ``oamip prune``
-command, one call after another. It wraps the backend's ``solve_form`` and the loop's
-``certify`` only to say on stdout, with a time stamp, when the solver starts and returns and
-when its answer is certified (and, for the second signal, to wait there): nothing in the
-library knows it is being tested. This test sends SIGINT once the solver has run a few seconds (and has not returned):
-the solve must end within seconds, no solver run start after it, and the call return its best
-solution, status "interrupted", with its bound; a second SIGINT aborts (KeyboardInterrupt; exit
-130 writing nothing).
+more than 30 s) and runs ``score_neurons`` or the ``oamip prune`` command, one call after
+another. It wraps the backend's ``solve_form`` and the loop's ``certify`` only to say on
+stdout, with a time stamp, when the solver starts and returns and when its answer is certified
+(and, for the second signal, to wait there): nothing in the library knows it is being tested.
+This test sends SIGINT once the solver has run a few seconds (and has not returned): the solve
+must end within seconds, no solver run start after it, and the call return its best solution,
+status "interrupted", with its bound; a second SIGINT aborts (KeyboardInterrupt; exit 130
+writing nothing).
 """
 
 from __future__ import annotations
