@@ -231,23 +231,33 @@ def _one_input(node: fx.Node, where: str) -> fx.Node:
 class RowGroup:
     """A unit of a chain or a residual graph with the parameters that hold one row per channel
     (``ResidualUnit.row_parameters``, ``chain.Unit.row_parameters``): what SPR groups, what
-    fine-tuning holds at zero. ``kind`` is ``"inner"`` for chain units (no addition ties them).
+    fine-tuning holds at zero, what the baseline criteria score. ``kind`` is ``"inner"`` for
+    chain units (no addition ties them); ``producers`` are the Linear/Conv2d modules whose output
+    channels are the unit's (one for an inner unit, every block's layer for a coupled group).
     """
 
     name: str
     kind: str
     size: int
     params: list[nn.Parameter]
+    producers: list[nn.Module]
 
 
 def row_groups(model: nn.Module, kinds: tuple[str, ...] = UNIT_KINDS) -> list[RowGroup]:
     """The units of ``model`` whose kind is in ``kinds``, in forward order: :func:`residual_units`
-    if its forward adds tensors, else ``chain.units``."""
+    if its forward adds tensors, else ``chain.units``. The one list of units for everything
+    that treats chains and residual graphs alike."""
     if not has_additions(model):
-        found = [RowGroup(u.name, "inner", u.size, u.row_parameters()) for u in units(model)]
-    else:
         found = [
-            RowGroup(u.name, u.kind, u.size, u.row_parameters(model)) for u in residual_units(model)
+            RowGroup(u.name, "inner", u.size, u.row_parameters(), [u.module]) for u in units(model)
+        ]
+    else:
+        modules = dict(model.named_modules())
+        found = [
+            RowGroup(
+                u.name, u.kind, u.size, u.row_parameters(model), [modules[p] for p in u.producers]
+            )
+            for u in residual_units(model)
         ]
     return [group for group in found if group.kind in kinds]
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from oamip import checks
 from oamip.adapters import apply_masks, extract, load_model, read_chain, remove_pruned
 from oamip.adapters.chain import has_additions
+from oamip.adapters.residual import row_groups
 from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons, score_sweep
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
@@ -449,22 +450,40 @@ def _path_line(point: PathPoint) -> None:
 
 
 def layer_labels(model: nn.Module, names: list[str]) -> dict[str, str]:
-    """Module name -> what the layer is, for people: ``fc1 Linear 784->300``, ``conv2 Conv2d
-    6->16 5x5``, for the scored layers ``names`` of ``model`` in forward order (Linear and
-    Conv2d layers numbered apart)."""
+    """Unit name -> what the unit is, for people: ``fc1 Linear 784->300``, ``conv2 Conv2d
+    6->16 5x5`` for the scored layers ``names`` of a chain in forward order (Linear and Conv2d
+    layers numbered apart); the module path for a residual network, with ``group of N`` for a
+    coupled group (``stage2.0.conv2 group of 2 Conv2d ->32``)."""
+    if has_additions(model):
+        return _residual_labels(model, names)
     counts = {"fc": 0, "conv": 0}
     labels = {}
     for name in names:
         module = model.get_submodule(name)
-        if isinstance(module, nn.Conv2d):
-            counts["conv"] += 1
-            kernel = "x".join(str(k) for k in module.kernel_size)
-            what = f"conv{counts['conv']} Conv2d {module.in_channels}->{module.out_channels}"
-            labels[name] = f"{what} {kernel}"
-        else:
-            counts["fc"] += 1
-            labels[name] = f"fc{counts['fc']} Linear {module.in_features}->{module.out_features}"
+        kind = "conv" if isinstance(module, nn.Conv2d) else "fc"
+        counts[kind] += 1
+        labels[name] = f"{kind}{counts[kind]} {_layer_shape(module)}"
     return labels
+
+
+def _residual_labels(model: nn.Module, names: list[str]) -> dict[str, str]:
+    groups = {unit.name: unit for unit in row_groups(model)}
+    labels = {}
+    for name in names:
+        unit = groups[name]
+        if unit.kind == "group":
+            layer = type(unit.producers[0]).__name__
+            labels[name] = f"{name} group of {len(unit.producers)} {layer} ->{unit.size}"
+        else:
+            labels[name] = f"{name} {_layer_shape(unit.producers[0])}"
+    return labels
+
+
+def _layer_shape(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        kernel = "x".join(str(k) for k in module.kernel_size)
+        return f"Conv2d {module.in_channels}->{module.out_channels} {kernel}"
+    return f"Linear {module.in_features}->{module.out_features}"
 
 
 def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Module:

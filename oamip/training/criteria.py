@@ -1,8 +1,10 @@
 """Importance criteria to compare the MIP's scores with: one type, a registry, four criteria.
 
-A :class:`Criterion` scores the units of a model (:func:`oamip.adapters.chain.units`: every
-scored Linear and Conv2d, in forward order) like the MIP does: unit name -> one value per unit,
-higher means more important. ``register_criterion`` adds one, and ``oamip.prune`` compares every
+A :class:`Criterion` scores the units of a model (:func:`oamip.adapters.residual.row_groups`:
+every scored Linear and Conv2d of a chain, the inner channels and coupled groups of a residual
+network, in forward order) like the MIP does: unit name -> one value per unit, higher means more
+important. A coupled group is scored over all its producers (every block's layer that adds
+into it). ``register_criterion`` adds one, and ``oamip.prune`` compares every
 registered criterion with the MIP. The four built in (random, magnitude, SNIP, Taylor) leave the
 model unchanged: gradients are taken with respect to detached copies of the parameters, and the
 train/eval mode is restored. :func:`masks_like` turns scores into masks that prune as many units
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from oamip.adapters.chain import Unit, units
+from oamip.adapters.residual import RowGroup, row_groups
 from oamip.errors import InvalidInputError
 from oamip.training.train import eval_mode, model_device
 
@@ -39,7 +41,7 @@ class Criterion(ABC):
 
     @abstractmethod
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
-        """Unit name -> one score per unit, for every unit of ``units(model)``."""
+        """Unit name -> one score per unit, for every unit of ``row_groups(model)``."""
 
 
 _REGISTRY: dict[str, type[Criterion]] = {}
@@ -78,14 +80,14 @@ def get_criterion(name: str) -> Criterion:
 def all_scores(model: nn.Module, x: Batch, y: Batch, seed: int) -> dict[str, Scores]:
     """Every registered criterion's scores of ``model``'s units, each checked to give one finite
     value per unit of every unit layer, and nothing else (in forward order)."""
-    found = units(model)
+    found = row_groups(model)
     return {
         name: _checked(name, get_criterion(name).scores(model, x, y, seed), found)
         for name in criteria()
     }
 
 
-def _checked(criterion: str, scores: Scores, found: list[Unit]) -> Scores:
+def _checked(criterion: str, scores: Scores, found: list[RowGroup]) -> Scores:
     names = [unit.name for unit in found]
     if not isinstance(scores, dict) or set(scores) != set(names):
         given = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
@@ -128,18 +130,18 @@ class RandomCriterion(Criterion):
 
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
         rng = np.random.default_rng(seed)
-        return {unit.name: rng.random(unit.size) for unit in units(model)}
+        return {unit.name: rng.random(unit.size) for unit in row_groups(model)}
 
 
 @register_criterion
 class MagnitudeCriterion(Criterion):
-    """The L2 norm of each unit's incoming weights and bias."""
+    """The L2 norm of each unit's incoming weights and bias (over all producers of a group)."""
 
     name = "magnitude"
 
     @torch.no_grad()
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
-        return {unit.name: _to_numpy(_unit_norms(unit.module)) for unit in units(model)}
+        return {unit.name: _to_numpy(_unit_norms(unit.producers)) for unit in row_groups(model)}
 
 
 @register_criterion
@@ -152,16 +154,20 @@ class SnipCriterion(Criterion):
     name = "snip"
 
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
-        found = units(model)
+        found = row_groups(model)
         params = _detached_params(model)
         with eval_mode(model):
             logits = functional_call(model, params, (_inputs(model, x),))
         loss = F.cross_entropy(logits, _labels(model, y))
+        names = _module_names(model)
         scores = {}
         for unit in found:
-            keys = [f"{unit.name}.weight"] + (
-                [f"{unit.name}.bias"] if unit.module.bias is not None else []
-            )
+            keys = [
+                f"{names[id(layer)]}.{kind}"
+                for layer in unit.producers
+                for kind in ("weight", "bias")
+                if getattr(layer, kind) is not None
+            ]
             grads = torch.autograd.grad(loss, [params[k] for k in keys], retain_graph=True)
             saliency = sum(
                 _per_unit_sum((params[k] * g).abs()) for k, g in zip(keys, grads, strict=True)
@@ -175,19 +181,19 @@ class TaylorCriterion(Criterion):
     """First-order Taylor importance: ``|sum over positions of a * dL/da|``, averaged over samples.
 
     ``a`` is the layer's output for one sample and ``L`` that sample's cross-entropy, so the sum
-    is the first-order estimate of the loss change when the unit is switched off (eval mode).
+    is the first-order estimate of the loss change when the unit is switched off (eval mode);
+    for a coupled group the sum runs over every producer's output before the absolute value.
     """
 
     name = "taylor"
 
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
-        found = units(model)
-        outputs: dict[str, torch.Tensor] = {}
+        found = row_groups(model)
+        layers = {id(layer): layer for unit in found for layer in unit.producers}
+        outputs: dict[int, torch.Tensor] = {}
         hooks = [
-            unit.module.register_forward_hook(
-                lambda _m, _i, out, name=unit.name: outputs.__setitem__(name, out)
-            )
-            for unit in found
+            layer.register_forward_hook(lambda _m, _i, out, key=key: outputs.__setitem__(key, out))
+            for key, layer in layers.items()
         ]
         try:
             with eval_mode(model):
@@ -196,9 +202,11 @@ class TaylorCriterion(Criterion):
             for hook in hooks:
                 hook.remove()
         loss = F.cross_entropy(logits, _labels(model, y), reduction="sum")
-        grads = torch.autograd.grad(loss, [outputs[unit.name] for unit in found])
+        keys = list(outputs)
+        grads = dict(zip(keys, torch.autograd.grad(loss, [outputs[k] for k in keys]), strict=True))
         return {
-            unit.name: _taylor(outputs[unit.name], g) for unit, g in zip(found, grads, strict=True)
+            unit.name: _taylor([(outputs[id(p)], grads[id(p)]) for p in unit.producers])
+            for unit in found
         }
 
 
@@ -227,16 +235,26 @@ def masks_like(scores: Scores, reference_masks: Masks) -> Masks:
     return masks
 
 
-def _taylor(output: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
-    per_sample = (output * grad).reshape(output.shape[0], output.shape[1], -1).sum(2)
+def _taylor(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """Per channel, the mean over samples of ``|sum over producers and positions of a * g|``."""
+    per_sample = sum(
+        (output * grad).reshape(output.shape[0], output.shape[1], -1).sum(2)
+        for output, grad in pairs
+    )
     return _to_numpy(per_sample.abs().mean(0))
 
 
-def _unit_norms(layer: nn.Linear | nn.Conv2d) -> torch.Tensor:
-    squares = _per_unit_sum(layer.weight.square())
-    if layer.bias is not None:
-        squares = squares + layer.bias.square()
+def _unit_norms(layers: list[nn.Module]) -> torch.Tensor:
+    squares = 0
+    for layer in layers:
+        squares = squares + _per_unit_sum(layer.weight.square())
+        if layer.bias is not None:
+            squares = squares + layer.bias.square()
     return squares.sqrt()
+
+
+def _module_names(model: nn.Module) -> dict[int, str]:
+    return {id(module): name for name, module in model.named_modules()}
 
 
 def _per_unit_sum(values: torch.Tensor) -> torch.Tensor:
