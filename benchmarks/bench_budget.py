@@ -33,7 +33,7 @@ from oamip.training.data import load_data
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = "npz:/work/shared/data/mnist-10k.npz"
+DEFAULT_DATA = f"npz:{HERE.parent.parent / 'shared' / 'data' / 'mnist-10k.npz'}"
 RECIPES = {
     "mlp": Recipe("mlp", (300, 100), epochs=20, lr=3e-3, batch_size=128, shift=2),
     "lenet5": Recipe("lenet5", (), epochs=10, lr=2e-3, batch_size=128, shift=2),
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decompose", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    parser.add_argument("--name", default=None, help="results file stem (default budget-NETS)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     nets = args.nets.split(",")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(exist_ok=True)
     command = "python benchmarks/bench_budget.py " + " ".join(argv)
     payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
-    name = f"budget-{args.nets.replace(',', '-')}-{meta['date'][:10]}"
+    name = f"{args.name or 'budget-' + args.nets.replace(',', '-')}-{meta['date'][:10]}"
     write_json(out / f"{name}.json", payload)
     with atomic_path(out / f"{name}.md") as tmp:
         tmp.write_text(markdown(rows, meta, command, args))

@@ -17,10 +17,16 @@ Methods (the registry ``METHODS``; another method is one more entry):
 - ``tp-l1``: Torch-Pruning's MagnitudePruner with GroupMagnitudeImportance(p=1), one shot;
 - ``tp-groupnorm``: its GroupNormPruner (sparse training, reg 5e-4), then its step;
 - ``tp-bnscale``: its BNScalePruner (L1 on BatchNorm scales, reg 1e-5), then its step;
-- ``tp-random``: RandomImportance, one shot.
+- ``tp-random``: RandomImportance, one shot;
+- ``oamip``, ``oamip-inner``, ``oamip-group``: plain training in the sparse phase, then the
+  neuron-importance MIP by per-block pieces (``decompose="layer"``, heads fit on the first
+  2000 training images, ``--samples-per-class`` per class in the batch, ``--piece-seconds`` per
+  piece) on both kinds of units, inner channels only, coupled groups only; each unit keeps its
+  highest-scoring channels in the numbers the MAC target sets.
 
 Torch-Pruning's pruners prune every coupled group by one ratio, chosen (by bisection) so the
-pruned model has at most ``--macs`` of the dense MACs; SPR prunes its units to the same counts.
+pruned model has at most ``--macs`` of the dense MACs; SPR and OAMIP prune their units to the
+same counts.
 Reports accuracy before and after, MACs and parameters, and the CPU latency (median of
 ``--repeats`` runs, batch 1 and 64, one thread) of each pruned model and the dense one. Writes
 ``benchmarks/results/resnet-<date>.json`` and ``.md``.
@@ -42,7 +48,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +58,12 @@ from torch import nn
 
 from oamip.adapters import remove_pruned
 from oamip.adapters.residual import residual_units
+from oamip.adapters.scoring import score_neurons
 from oamip.files import write_json
 from oamip.pipelines.bench import machine
 from oamip.training.cost import count_macs, model_cost, paired_latency
-from oamip.training.data import Dataset, load_data
+from oamip.training.criteria import get_criterion
+from oamip.training.data import Dataset, load_data, mip_batch
 from oamip.training.spr import RESIDUAL_UNITS, SPRRegularizer
 from oamip.training.tp import torch_pruning
 from oamip.training.train import evaluate
@@ -70,6 +78,8 @@ PHASE_LR = 1e-3
 BASE_LR = 3e-3
 GROUPNORM_REG = 5e-4
 BNSCALE_REG = 1e-5
+AUX_SIZE = 2000
+"""Training images the auxiliary heads of OAMIP's pieces are fit on."""
 
 Hook = Callable[[], None]
 
@@ -84,6 +94,10 @@ class Context:
     lam: float
     alpha: float
     seed: int
+    samples_per_class: int = 1
+    piece_seconds: float = 10.0
+    notes: dict = field(default_factory=dict)
+    """What a method reports besides the common measurements (OAMIP: its solve)."""
 
 
 @dataclass
@@ -150,6 +164,47 @@ def _spr_plan(units: str):
     return setup
 
 
+def _oamip_plan(units: str):
+    """OAMIP by per-block pieces (``decompose="layer"``, auxiliary heads fit on the training
+    split) on the units ``units`` names, after a plain-training sparse phase; each unit then
+    keeps its channels of highest score, in the numbers the MAC target sets (ties, frequent with
+    scores at 0 or 1, go to the channel of larger L2 norm over its producers)."""
+
+    def setup(model: nn.Module, ctx: Context) -> Plan:
+        def prune() -> nn.Module:
+            model.eval()
+            batch = mip_batch(model, ctx.dataset, ctx.samples_per_class, ctx.seed)
+            aux = ctx.dataset.x_train[:AUX_SIZE], ctx.dataset.y_train[:AUX_SIZE]
+            start = time.perf_counter()
+            result = score_neurons(
+                model,
+                batch.x,
+                batch.y,
+                decompose="layer",
+                aux_data=aux,
+                residual=units,
+                time_limit=ctx.piece_seconds,
+                threads=1,
+            )
+            ctx.notes.update(
+                solve_seconds=round(time.perf_counter() - start, 1),
+                status=result.status,
+                pieces=[[p.layer, p.status, round(p.seconds, 1)] for p in result.subproblems],
+            )
+            counts = keep_counts(model, ctx, RESIDUAL_UNITS[units])
+            norms = get_criterion("magnitude").scores(model, None, None, ctx.seed)
+            masks = {}
+            for name, keep in counts.items():
+                order = np.lexsort((-norms[name], -result.scores[name]))
+                masks[name] = np.zeros(len(order), bool)
+                masks[name][order[:keep]] = True
+            return remove_pruned(model, masks)
+
+        return Plan(None, prune)
+
+    return setup
+
+
 METHODS: dict[str, Callable[[nn.Module, Context], Plan]] = {
     "spr": _spr_plan("both"),
     "spr-inner": _spr_plan("inner"),
@@ -158,8 +213,11 @@ METHODS: dict[str, Callable[[nn.Module, Context], Plan]] = {
     "tp-groupnorm": _tp_plan("l2", "GroupNormPruner", GROUPNORM_REG),
     "tp-bnscale": _tp_plan("bn", "BNScalePruner", BNSCALE_REG),
     "tp-random": _tp_plan("random"),
+    "oamip": _oamip_plan("both"),
+    "oamip-inner": _oamip_plan("inner"),
+    "oamip-group": _oamip_plan("group"),
 }
-"""Method name -> setup(model, context) -> Plan; OAMIP registers itself here when ready."""
+"""Method name -> setup(model, context) -> Plan."""
 
 
 def _first_channels(model: nn.Module, counts: dict[str, int]) -> nn.Module:
@@ -227,6 +285,7 @@ def run_method(
     """One method from the dense model: sparse phase, pruning, fine-tuning, measurements."""
     start = time.perf_counter()
     model = copy.deepcopy(dense)
+    ctx.notes.clear()
     plan = METHODS[name](model, ctx)
     fit(model, ctx.dataset, sparse, PHASE_LR, ctx.seed, plan.hook)
     pruned = plan.prune()
@@ -240,6 +299,7 @@ def run_method(
         "cost": asdict(cost),
         "widths": {u.name: u.size for u in residual_units(pruned)},
         "seconds": round(time.perf_counter() - start, 1),
+        **ctx.notes,
     }
 
 
@@ -254,7 +314,16 @@ def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
         recipe = Recipe("resnet20", epochs=args.base_epochs, lr=BASE_LR, seed=seed, cosine=True)
         base = trained(dataset, recipe, HERE / ".cache")
         dense = base.model.eval()
-        ctx = Context(dataset, example, args.macs, args.lam, args.alpha, seed)
+        ctx = Context(
+            dataset,
+            example,
+            args.macs,
+            args.lam,
+            args.alpha,
+            seed,
+            args.samples_per_class,
+            args.piece_seconds,
+        )
         entry = {
             "seed": seed,
             "base_accuracy": base.accuracy,
@@ -295,6 +364,9 @@ def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) ->
             "spr_alpha": args.alpha,
             "groupnorm_reg": GROUPNORM_REG,
             "bnscale_reg": BNSCALE_REG,
+            "oamip_samples_per_class": args.samples_per_class,
+            "oamip_piece_seconds": args.piece_seconds,
+            "oamip_aux_size": AUX_SIZE,
             "seeds": args.seeds,
             "train_size": len(dataset.y_train),
             "threads": 1,
@@ -465,6 +537,8 @@ def main() -> None:
     parser.add_argument("--macs", type=float, default=0.5, help="MACs kept, as a fraction")
     parser.add_argument("--lam", type=float, default=0.05)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--samples-per-class", type=int, default=1, help="OAMIP's MIP batch")
+    parser.add_argument("--piece-seconds", type=float, default=10.0, help="OAMIP per piece")
     parser.add_argument("--repeats", type=int, default=20, help="latency runs per batch size")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--name", default="resnet", help="results file stem")
