@@ -21,7 +21,7 @@ Methods (the registry ``METHODS``; another method is one more entry):
 - ``oamip``, ``oamip-inner``, ``oamip-group``: plain training in the sparse phase, then the
   neuron-importance MIP by per-block pieces (``decompose="layer"``, heads fit on the first
   2000 training images, ``--samples-per-class`` per class in the batch, ``--piece-seconds`` per
-  piece) on both kinds of units, inner channels only, coupled groups only; each unit keeps its
+  piece, ``--oamip-lam``) on both kinds of units, inner channels only, coupled groups only; each unit keeps its
   highest-scoring channels in the numbers the MAC target sets.
 
 Torch-Pruning's pruners prune every coupled group by one ratio, chosen (by bisection) so the
@@ -96,6 +96,7 @@ class Context:
     seed: int
     samples_per_class: int = 1
     piece_seconds: float = 10.0
+    oamip_lam: float = 1.0
     notes: dict = field(default_factory=dict)
     """What a method reports besides the common measurements (OAMIP: its solve)."""
 
@@ -183,6 +184,7 @@ def _oamip_plan(units: str):
                 decompose="layer",
                 aux_data=aux,
                 residual=units,
+                lam=ctx.oamip_lam,
                 time_limit=ctx.piece_seconds,
                 threads=1,
             )
@@ -323,6 +325,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
             seed,
             args.samples_per_class,
             args.piece_seconds,
+            args.oamip_lam,
         )
         entry = {
             "seed": seed,
@@ -366,6 +369,7 @@ def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) ->
             "bnscale_reg": BNSCALE_REG,
             "oamip_samples_per_class": args.samples_per_class,
             "oamip_piece_seconds": args.piece_seconds,
+            "oamip_lam": args.oamip_lam,
             "oamip_aux_size": AUX_SIZE,
             "seeds": args.seeds,
             "train_size": len(dataset.y_train),
@@ -539,6 +543,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--samples-per-class", type=int, default=1, help="OAMIP's MIP batch")
     parser.add_argument("--piece-seconds", type=float, default=10.0, help="OAMIP per piece")
+    parser.add_argument("--oamip-lam", type=float, default=1.0, help="OAMIP's loss weight")
     parser.add_argument("--repeats", type=int, default=20, help="latency runs per batch size")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--name", default="resnet", help="results file stem")
