@@ -19,10 +19,10 @@ Methods (the registry ``METHODS``; another method is one more entry):
 - ``tp-bnscale``: its BNScalePruner (L1 on BatchNorm scales, reg 1e-5), then its step;
 - ``tp-random``: RandomImportance, one shot;
 - ``oamip``, ``oamip-inner``, ``oamip-group``: plain training in the sparse phase, then the
-  neuron-importance MIP by per-block pieces (``decompose="layer"``, heads fit on the first
-  2000 training images, ``--samples-per-class`` per class in the batch, ``--piece-seconds`` per
-  piece, ``--oamip-lam``) on both kinds of units, inner channels only, coupled groups only; each unit keeps its
-  highest-scoring channels in the numbers the MAC target sets.
+  neuron-importance MIP by per-block pieces (``decompose="layer"``, heads fit on the first 2000
+  training images, ``--samples-per-class`` per class in the batch, ``--piece-seconds`` per
+  piece, ``--oamip-lam``) on both kinds of units, inner channels only, coupled groups only; each
+  unit keeps its highest-scoring channels in the numbers the MAC target sets.
 
 Torch-Pruning's pruners prune every coupled group by one ratio, chosen (by bisection) so the
 pruned model has at most ``--macs`` of the dense MACs; SPR and OAMIP prune their units to the
