@@ -227,20 +227,20 @@ class PruneReport:
     layers: list[LayerReport]
     baselines: list[BaselineReport]
     curve: list[CurvePoint]
-    max_drop: float | None
-    """The validation budget in points (None: one lam, and the budget fields stay empty)."""
-    val_fraction: float | None
-    val_size: int
-    val_accuracy_before: float | None
-    path: list[PathPoint]
-    """One entry per lam solved, sorted by lam."""
-    chosen: int | None
-    """The index in ``path`` of the mask kept (None: no lam within the budget, nothing pruned)."""
-    budget: list[BudgetEntry]
-    """The MIP and every criterion: the most units removed within the budget."""
-    baseline_path: list[StepPoint]
-    """Every criterion's steps (see ``oamip.pipelines.budget.BASELINE_STEPS``)."""
     model: nn.Sequential = field(repr=False, compare=False)
+    max_drop: float | None = None
+    """The validation budget in points (None: one lam, and the budget fields stay empty)."""
+    val_fraction: float | None = None
+    val_size: int = 0
+    val_accuracy_before: float | None = None
+    path: list[PathPoint] = field(default_factory=list)
+    """One entry per lam solved, sorted by lam."""
+    chosen: int | None = None
+    """The index in ``path`` of the mask kept (None: no lam within the budget, nothing pruned)."""
+    budget: list[BudgetEntry] = field(default_factory=list)
+    """The MIP and every criterion: the most units removed within the budget."""
+    baseline_path: list[StepPoint] = field(default_factory=list)
+    """Every criterion's steps (see ``oamip.pipelines.budget.BASELINE_STEPS``)."""
 
     def to_dict(self) -> dict:
         """The report as plain data (everything but the model), as written to report.json."""
@@ -319,35 +319,14 @@ def _prune(
     return PruneReport(
         dataset=full.name,
         arch=arch,
-        backend=result.backend,
-        status=result.status,
-        lam=budgeted.lam,
-        loss=str(settings.loss),
-        scores=settings.scores,
-        threshold=settings.threshold,
-        samples_per_class=settings.samples_per_class,
-        n_mip_samples=len(batch.y),
-        seed=settings.seed,
-        time_limit=settings.time_limit,
-        solver_heuristics=settings.solver_heuristics,
-        objective=result.objective,
-        bound=result.bound,
-        gap=result.gap,
-        units_total=sum(len(m) for m in masks.values()),
-        units_pruned=sum(int((~m).sum()) for m in masks.values()),
-        params_total=count_params(dense),
-        params_after=count_params(small),
+        **mip_fields(settings, result, masks, budgeted.lam, len(batch.y), dense, small),
         accuracy_before=accuracy_before,
         accuracy_after=accuracy_after,
         accuracy_after_finetune=_accuracy(tuned, dataset),
-        finetune_epochs=settings.finetune_epochs,
         solve_seconds=budgeted.solve_seconds,
         build_seconds=budgeted.build_seconds,
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
-        decompose=settings.decompose,
-        subproblems=[subproblem_report(piece) for piece in result.subproblems],
-        layers=layer_reports(result, masks, layer_labels(dense, list(masks))),
         baselines=_compare(dense, dataset, masks, baseline_scores, settings),
         curve=accuracy_curve(dense, dataset, result, baseline_scores),
         max_drop=settings.max_drop,
@@ -358,8 +337,46 @@ def _prune(
         chosen=budgeted.path.chosen,
         budget=budgeted.budget,
         baseline_path=[point for points in budgeted.steps.values() for point in points],
-        model=small,
     )
+
+
+def mip_fields(
+    settings: PruneSettings,
+    result: ScoreResult,
+    masks: dict[str, np.ndarray],
+    lam: float,
+    n_samples: int,
+    model: nn.Module,
+    small: nn.Module,
+) -> dict:
+    """The :class:`PruneReport` fields that say how the MIP ran and what it pruned: the same in
+    every pipeline that reports (prune, prune at initialisation). ``model`` is the network
+    scored, ``small`` the pruned one reported."""
+    return {
+        "backend": result.backend,
+        "status": result.status,
+        "lam": lam,
+        "loss": str(settings.loss),
+        "scores": settings.scores,
+        "threshold": settings.threshold,
+        "samples_per_class": settings.samples_per_class,
+        "n_mip_samples": n_samples,
+        "seed": settings.seed,
+        "time_limit": settings.time_limit,
+        "solver_heuristics": settings.solver_heuristics,
+        "objective": result.objective,
+        "bound": result.bound,
+        "gap": result.gap,
+        "units_total": sum(len(m) for m in masks.values()),
+        "units_pruned": sum(int((~m).sum()) for m in masks.values()),
+        "params_total": count_params(model),
+        "params_after": count_params(small),
+        "finetune_epochs": settings.finetune_epochs,
+        "decompose": settings.decompose,
+        "subproblems": [subproblem_report(piece) for piece in result.subproblems],
+        "layers": layer_reports(result, masks, layer_labels(model, list(masks))),
+        "model": small,
+    }
 
 
 @dataclass
