@@ -12,7 +12,8 @@ import torch
 
 import oamip
 from oamip import cli
-from oamip.adapters.chain import units
+from oamip.adapters.chain import has_additions, units
+from oamip.adapters.residual import residual_units, row_groups
 from oamip.errors import InvalidInputError
 from oamip.pipelines.transfer import (
     METHODS,
@@ -59,7 +60,7 @@ def flipped(digits):
 def _masks_pruning(model, fraction: float, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     masks = {}
-    for unit in units(model):
+    for unit in row_groups(model):
         keep = np.ones(unit.size, dtype=bool)
         keep[rng.choice(unit.size, size=int(fraction * unit.size), replace=False)] = False
         masks[unit.name] = keep
@@ -70,18 +71,28 @@ def _differ(a: dict, b: dict) -> bool:
     return any(not torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "vgg"])
+def _watched(model) -> list[tuple[str, torch.nn.Module]]:
+    """(unit name, module whose output carries the unit's channels last before the ReLU): the
+    BatchNorm after a VGG convolution, every BatchNorm of a ResNet unit (a group has several)."""
+    if has_additions(model):
+        found = residual_units(model)
+        return [(u.name, model.get_submodule(b)) for u in found for b in u.batchnorms]
+    return [(u.name, model.get_submodule(u.batchnorm or u.name)) for u in units(model)]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "vgg", "resnet8"])
 def test_pruned_units_stay_exactly_zero_at_every_training_step(digits, flipped, arch):
-    """A hook on every unit layer (the BatchNorm after a VGG convolution) sees the pruned units
-    output exactly 0 in every forward pass of the target training, train mode included."""
+    """A hook on every unit layer (the BatchNorm after a VGG convolution, every BatchNorm of a
+    ResNet unit) sees the pruned units output exactly 0 in every forward pass of the target
+    training, train mode included."""
     settings = TransferSettings(arch=arch, hidden=HIDDEN)
     start = with_classes(initial_network(digits, settings, 0), flipped.num_classes, 0)
     masks = _masks_pruning(start, 0.5, seed=1)
     seen: list[float] = []
     live: list[float] = []
-    for unit in units(start):
-        layer = start.get_submodule(unit.batchnorm or unit.name)
-        pruned = torch.as_tensor(~masks[unit.name])
+    watched = _watched(start)
+    for name, layer in watched:
+        pruned = torch.as_tensor(~masks[name])
 
         def record(_module, _inputs, output, pruned=pruned):
             seen.append(output[:, pruned].abs().max().item())
@@ -90,7 +101,7 @@ def test_pruned_units_stay_exactly_zero_at_every_training_step(digits, flipped, 
         layer.register_forward_hook(record)
     accuracy = target_accuracy(start, flipped, masks, 1, 1e-2, 0, settings)
     batches = int(np.ceil(len(flipped.y_train) / 64))
-    assert len(seen) >= len(units(start)) * batches  # every training step, then the evaluation
+    assert len(seen) >= len(watched) * batches  # every training step, then the evaluation
     assert max(seen) == 0.0
     assert max(live) > 0.0
     assert 0.0 <= accuracy <= 1.0
@@ -313,3 +324,22 @@ def test_transfer_with_a_decomposed_mip(digits, flipped):
     assert report.decompose == "layer"
     pruned = sum(report.layers_pruned[0].values())
     assert [entry.units_pruned for entry in report.methods] == [[pruned], [0], *[[pruned]] * 3]
+
+
+def test_a_resnet_transfers_to_a_data_set_with_other_classes(digits, flipped):
+    """ResNet-8: its ``fc`` is made anew for 5 classes, and every method prunes as many units as
+    the MIP."""
+    settings = TransferSettings(arch="resnet8", seeds=1, epochs=1, time_limit=3, threads=1)
+    start = initial_network(digits, settings, 0)
+    five = with_classes(start, flipped.num_classes, 0)
+    assert five.fc.out_features == 5 and start.fc.out_features == 10
+    assert not _differ(
+        {k: v for k, v in five.state_dict().items() if not k.startswith("fc.")},
+        {k: v for k, v in start.state_dict().items() if not k.startswith("fc.")},
+    )
+    report = oamip.transfer(digits, flipped, settings)
+    units_total = sum(u.size for u in residual_units(start))
+    assert report.units_total == units_total
+    pruned = {m.method: m.units_pruned for m in report.methods}
+    assert pruned["dense"] == [0]
+    assert pruned["random"] == pruned["magnitude"] == pruned["snip"] == pruned["mip"]

@@ -56,7 +56,7 @@ class TransferSettings(ScoringOptions):
     (:class:`ScoringOptions`, the authors' defaults) and the experiment's own. ``threads`` limits
     PyTorch's CPU threads as well as the solver's."""
 
-    arch: str = checks.option("mlp", "the architecture: mlp, lenet5 or vgg")
+    arch: str = checks.option("mlp", "the architecture: mlp, lenet5, vgg, resnet8 or resnet20")
     hidden: tuple[int, ...] = checks.option(DEFAULT_HIDDEN, "hidden widths of the MLP")
     seeds: int | Sequence[int] = checks.option(
         DEFAULT_SEEDS, "how many seeds (0, 1, ...), or the seeds themselves"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import read_chain, units
+from oamip.adapters.residual import forward_ops, row_groups
 from oamip.errors import InvalidInputError
 from oamip.training.data import Batch, Dataset
 
@@ -27,23 +27,31 @@ def with_classes(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
     """A copy of ``model`` whose output layer gives ``num_classes`` logits: the same model when it
     already does, otherwise with the output layer (its last Linear) initialised afresh from
     ``seed``, as PyTorch initialises a new Linear layer."""
-    output = [step for step in read_chain(model) if step.kind in ("linear", "conv")][-1]
-    if not isinstance(output.module, nn.Linear):
+    name, layer = _output_layer(model)
+    if not isinstance(layer, nn.Linear):
         raise InvalidInputError(
-            f"the output layer '{output.name}' is a {type(output.module).__name__}, not a Linear "
+            f"the output layer '{name}' is a {type(layer).__name__}, not a Linear "
             "layer; only a Linear output layer can be made for another number of classes"
         )
     changed = copy.deepcopy(model)
-    if output.module.out_features == num_classes:
+    if layer.out_features == num_classes:
         return changed
-    layer = output.module
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
-    parent, _, child = output.name.rpartition(".")
+    parent, _, child = name.rpartition(".")
     owner = changed.get_submodule(parent) if parent else changed
     setattr(owner, child, fresh.to(device=layer.weight.device, dtype=layer.weight.dtype))
     return changed
+
+
+def _output_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The name and module of the last Linear or Conv2d the forward applies (chain or graph)."""
+    layers, ops, _ = forward_ops(model)
+    kinds = (nn.Linear, nn.Conv2d)
+    applied = [op.layer for op in ops if op.kind == "layer"]
+    name = [layer for layer in applied if isinstance(layers[layer], kinds)][-1]
+    return name, layers[name]
 
 
 def random_batch(dataset: Dataset, samples_per_class: int, seed: int) -> Batch:
@@ -67,4 +75,4 @@ def random_batch(dataset: Dataset, samples_per_class: int, seed: int) -> Batch:
 def keep_all(model: nn.Module) -> dict[str, np.ndarray]:
     """Masks that keep every unit of ``model``: training with them is training the dense network
     by the same code path as the pruned ones."""
-    return {unit.name: np.ones(unit.size, dtype=bool) for unit in units(model)}
+    return {unit.name: np.ones(unit.size, dtype=bool) for unit in row_groups(model)}
