@@ -303,7 +303,15 @@ def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model(root_
     x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 4, 4))
     y = np.array([0, 2])
     res = oamip.score_neurons(
-        model, x, y, loss="hinge", lam=2.0, scores="binary", mip_gap=1e-9, root_cuts=root_cuts
+        model,
+        x,
+        y,
+        loss="hinge",
+        lam=2.0,
+        scores="binary",
+        mip_gap=1e-9,
+        root_cuts=root_cuts,
+        residual="both",
     )
     assert res.status == "optimal" and res.logit_error < 1e-6
     extracted = extract(model, x)
@@ -355,7 +363,15 @@ def test_decomposed_scoring_of_a_resnet8_is_certified_against_pytorch():
     x, y = rng.uniform(-1, 1, size=(3, 1, 4, 4)), np.array([0, 1, 2])
     aux = (rng.uniform(-1, 1, size=(30, 1, 4, 4)), rng.integers(0, 3, 30))
     res = oamip.score_neurons(
-        model, x, y, loss="hinge", lam=1.0, decompose="layer", aux_data=aux, time_limit=20
+        model,
+        x,
+        y,
+        loss="hinge",
+        lam=1.0,
+        decompose="layer",
+        aux_data=aux,
+        time_limit=20,
+        residual="both",
     )
     assert res.status == "optimal" and res.logit_error < 1e-6
     units = extract(model, x).units
