@@ -97,17 +97,18 @@ class Context:
     samples_per_class: int = 1
     piece_seconds: float = 10.0
     oamip_lam: float = 1.0
-    notes: dict = field(default_factory=dict)
-    """What a method reports besides the common measurements (OAMIP: its solve)."""
 
 
 @dataclass
 class Plan:
     """A method's run on one model: the hook applied after each ``backward()`` of the sparse
-    phase (None: plain training) and the function that returns the physically pruned model."""
+    phase (None: plain training), the function that returns the physically pruned model, and
+    what the method reports besides the common measurements (OAMIP: its solve, filled by
+    ``prune``)."""
 
     hook: Hook | None
     prune: Callable[[], nn.Module]
+    notes: dict = field(default_factory=dict)
 
 
 def _tp_plan(importance: str, pruner: str = "MagnitudePruner", reg: float | None = None):
@@ -172,6 +173,8 @@ def _oamip_plan(units: str):
     scores at 0 or 1, go to the channel of larger L2 norm over its producers)."""
 
     def setup(model: nn.Module, ctx: Context) -> Plan:
+        notes: dict = {}
+
         def prune() -> nn.Module:
             model.eval()
             batch = mip_batch(model, ctx.dataset, ctx.samples_per_class, ctx.seed)
@@ -188,7 +191,7 @@ def _oamip_plan(units: str):
                 time_limit=ctx.piece_seconds,
                 threads=1,
             )
-            ctx.notes.update(
+            notes.update(
                 solve_seconds=round(time.perf_counter() - start, 1),
                 status=result.status,
                 pieces=[[p.layer, p.status, round(p.seconds, 1)] for p in result.subproblems],
@@ -202,7 +205,7 @@ def _oamip_plan(units: str):
                 masks[name][order[:keep]] = True
             return remove_pruned(model, masks)
 
-        return Plan(None, prune)
+        return Plan(None, prune, notes)
 
     return setup
 
@@ -287,7 +290,6 @@ def run_method(
     """One method from the dense model: sparse phase, pruning, fine-tuning, measurements."""
     start = time.perf_counter()
     model = copy.deepcopy(dense)
-    ctx.notes.clear()
     plan = METHODS[name](model, ctx)
     fit(model, ctx.dataset, sparse, PHASE_LR, ctx.seed, plan.hook)
     pruned = plan.prune()
@@ -301,7 +303,7 @@ def run_method(
         "cost": asdict(cost),
         "widths": {u.name: u.size for u in residual_units(pruned)},
         "seconds": round(time.perf_counter() - start, 1),
-        **ctx.notes,
+        **plan.notes,
     }
 
 
