@@ -19,7 +19,6 @@ and command.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import oamip
+from oamip.files import atomic_path, write_json
 from oamip.pipelines.bench import machine
 from oamip.pipelines.transfer import METHODS, summary_table
 from oamip.training.criteria import MIP_METHOD
@@ -34,10 +34,8 @@ from oamip.training.data import Dataset, load_data
 from oamip.training.models import build
 
 HERE = Path(__file__).resolve().parent
-DATA = {
-    "mnist": "npz:/work/shared/data/mnist-10k.npz",
-    "fashion": "npz:/work/shared/data/fashion-mnist-14k.npz",
-}
+DATA_DIR = HERE.parent.parent / "shared" / "data"
+DATA = {"mnist": "mnist-10k.npz", "fashion": "fashion-mnist-14k.npz"}
 DIRECTIONS = (("mnist", "fashion"), ("fashion", "mnist"))
 AT_INIT = {"lam": 1.0, "threshold": 0.2, "samples_per_class": 1}
 """The authors' settings for scoring at initialisation (they used 5 samples; one per class here)."""
@@ -57,6 +55,10 @@ def run_transfer(data: dict[str, Dataset], args: argparse.Namespace) -> list[dic
             time_limit=args.time_limit,
             threads=args.threads,
             lam=args.lam,
+            decompose=args.decompose,
+            loss=args.loss,
+            scores=args.scores,
+            samples_per_class=args.samples_per_class,
         )
         print(summary_table(report), flush=True)
         reports.append(report.to_dict())
@@ -165,13 +167,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per MIP")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lam", type=float, default=5.0, help="the MIP's loss weight (transfer)")
+    parser.add_argument("--loss", default="ce", help="the MIP's loss (transfer)")
+    parser.add_argument("--scores", default="continuous", help="continuous or binary (transfer)")
+    parser.add_argument("--decompose", default=None, help="the MIP's pieces (transfer)")
+    parser.add_argument(
+        "--samples-per-class", type=int, default=1, help="MIP and SNIP batch (transfer)"
+    )
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the npz files are")
     parser.add_argument("--tag", default="", help="added to the results' file names")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.hidden = tuple(int(w) for w in args.hidden.split(","))
     meta = machine()
     started = time.perf_counter()
-    data = {name: load_data(spec) for name, spec in DATA.items()}
+    data = {name: load_data(f"npz:{args.data_dir / file}") for name, file in DATA.items()}
     transfer = args.part == "transfer"
     found = run_transfer(data, args) if transfer else run_at_init(data, args)
     command = "python benchmarks/bench_transfer.py " + " ".join(argv)
@@ -184,16 +193,23 @@ def main(argv: list[str] | None = None) -> None:
     tag = f"-{args.tag}" if args.tag else ""
     name = f"transfer-{part}{args.arch}{tag}-{meta['date'][:10]}"
     payload = {"machine": meta, "command": command, "wall_seconds": wall, "results": found}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(out / f"{name}.json", payload)
     header = [
         f"# bench_transfer: {args.part}, {arch}, {args.seeds} seeds, {args.epochs} epochs"
-        + (f", MIP lam {args.lam:g}" if transfer else ""),
+        + (f", MIP lam {args.lam:g}" if transfer else "")
+        + (
+            f", {args.loss}, {args.scores} scores, decompose {args.decompose}, "
+            f"{args.samples_per_class} samples per class"
+            if transfer and args.decompose
+            else ""
+        ),
         "",
         f"`{command}`, {meta['date']}, {meta['platform']}, {meta['cpus']} CPUs, "
         f"wall {wall:.0f} s. Test accuracy (%) after training, mean ± std over seeds.",
         "",
     ]
-    (out / f"{name}.md").write_text("\n".join([*header, *table]) + "\n")
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text("\n".join([*header, *table]) + "\n")
     print("\n".join(table))
 
 
