@@ -73,6 +73,7 @@ def settings(args) -> PruneSettings:
         decompose=args.decompose,
         lams=tuple(args.lams) if args.lams else None,
         refine_steps=args.refine_steps,
+        interpolate_steps=args.interpolate_steps,
         val_fraction=args.val_fraction,
     )
 
@@ -120,7 +121,8 @@ def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
         f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}.",
         f"Command: `{command}`",
         "",
-        f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.time_limit:g} s per "
+        f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.interpolate_steps} "
+        f"interpolation steps, {args.time_limit:g} s per "
         f"solve, {args.samples_per_class} MIP samples per class, decompose {args.decompose}, "
         f"{args.threads} threads, validation {args.val_fraction:g} of the training split. "
         "Accuracies without fine-tuning; a method's row is the most units it removes with "
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", default="0.5,1,2", help="points of validation accuracy")
     parser.add_argument("--lams", type=lambda t: [float(v) for v in t.split(",")])
     parser.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
+    parser.add_argument("--interpolate-steps", type=int, default=defaults.interpolate_steps)
     parser.add_argument("--time-limit", type=float, default=defaults.time_limit)
     parser.add_argument("--samples-per-class", type=int, default=defaults.samples_per_class)
     parser.add_argument("--decompose", default=None)

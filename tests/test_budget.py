@@ -23,6 +23,7 @@ from oamip.errors import InvalidInputError
 from oamip.pipelines import prune as pipeline
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
+    INTERPOLATED,
     Evaluator,
     baseline_steps,
     budget_floor,
@@ -220,7 +221,15 @@ def test_without_max_drop_the_budget_fields_stay_empty(trained, digits):
 
 
 def test_no_lam_within_a_zero_budget_prunes_nothing(trained, digits):
-    report = oamip.prune(trained, digits, max_drop=0.0, lams=[0.001], refine_steps=0, **FAST)
+    report = oamip.prune(
+        trained,
+        digits,
+        max_drop=0.0,
+        lams=[0.001],
+        refine_steps=0,
+        interpolate_steps=0,
+        **FAST,
+    )
     (point,) = report.path
     assert point.val_accuracy < report.val_accuracy_before
     assert report.chosen is None and report.units_pruned == 0
@@ -238,6 +247,7 @@ def test_no_lam_within_a_zero_budget_prunes_nothing(trained, digits):
         ({"max_drop": 1.0, "lams": [1.0, -2.0]}, "lam"),
         ({"max_drop": 1.0, "val_fraction": 0.0}, "validation fraction"),
         ({"max_drop": 1.0, "refine_steps": -1}, "refine steps"),
+        ({"max_drop": 1.0, "interpolate_steps": 1.5}, "interpolate steps"),
     ],
 )
 def test_bad_budget_settings_are_refused_before_any_work(options, message, digits, monkeypatch):
@@ -277,6 +287,20 @@ def _tiny_problem():
     flip = rng.random(len(y)) < 0.1
     y[flip] = (y[flip] + 1) % 3
     return model, make_dataset("tiny", x[:80], y[:80], x[80:], y[80:])
+
+
+def _steep_problem():
+    """A random 4-8-6-3 MLP whose first layer sees its inputs in [-2, 2], and data it labels:
+    one path weight prunes a little at some loss of accuracy, the other much more at more."""
+    model = nets.mlp(4, sizes=(4, 8, 6, 3))
+    with torch.no_grad():
+        first = model[1]
+        first.bias -= 2 * first.weight.sum(1)
+        first.weight *= 4
+    x = np.random.default_rng(1).random((120, 1, 2, 2)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    return model, make_dataset("steep", x[:80], y[:80], x[80:], y[80:])
 
 
 def _numpy_accuracy(model, masks, x, y) -> float:
@@ -370,7 +394,9 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert [p["lam"] for p in report["path"]] == [1.0, 10.0]
+    solved = [p["lam"] for p in report["path"] if p["status"] != INTERPOLATED]
+    assert solved == [1.0, 10.0]
+    assert {p["lam"] for p in report["path"]} == {1.0, 10.0}
     assert (report["max_drop"], report["val_fraction"]) == (2.0, 0.2)
     assert report["val_size"] == round(0.2 * 1437)
     lines = done.stdout.splitlines()
@@ -415,6 +441,58 @@ def test_the_path_refines_between_the_kept_weight_and_the_next_smaller_one(inter
     assert all(len(call) == 1 for call in calls[1:])
     for call in calls[1:]:
         assert 0.0001 < call[0] < 100.0
+
+
+@pytest.mark.parametrize("max_drop", [0.0, 20.0, 100.0])
+def test_interpolated_masks_by_hand(max_drop):
+    """Real solves at two weights on a tiny network, 4 interpolation steps. Each interpolated
+    mask is rebuilt by hand: from the solved mask kept before interpolating (all units if
+    none), prune in each layer the first round(j/4 * d) of the d units that the next sparser
+    solution prunes, ordered by its score, then by how few solved masks keep them, then by
+    magnitude. Its validation accuracy is checked by a numpy forward pass, and the kept point
+    removes the most units within the floor. The budgets: nothing solved within (steps from
+    all units), the weight that prunes less within, both within (nothing sparser)."""
+    model, data = _steep_problem()
+    split = split_validation(data, 0.5, 0)
+    x, y = split.train.x_train[:6], split.train.y_train[:6]
+    evaluator = Evaluator(model, split)
+    floor = budget_floor(evaluator(keep_all(model)).val_accuracy, max_drop)
+    magnitude = all_scores(model, x, y, 0)["magnitude"]
+
+    def solve(lams):
+        return oamip.score_sweep(model, x, y, lams, time_limit=5.0, scores="binary")
+
+    path = lam_path(solve, evaluator, [100.0, 0.01], floor, 0.5, 0, None, 4, magnitude)
+    points = path.points
+    within = [k for k, p in enumerate(points) if p.val_accuracy >= floor - 1e-12]
+    if within:
+        assert points[path.chosen].units_pruned == max(points[k].units_pruned for k in within)
+    solved = [k for k, p in enumerate(points) if p.status != INTERPOLATED]
+    assert [points[k].lam for k in solved] == [0.01, 100.0]
+    kept = most_within_budget(
+        [points[k].units_pruned for k in solved], [points[k].val_accuracy for k in solved], floor
+    )
+    start = keep_all(model) if kept is None else path.masks[solved[kept]]
+    removed = sum(int((~m).sum()) for m in start.values())
+    beyond = [k for k in solved if points[k].units_pruned > removed]
+    between = [k for k, p in enumerate(points) if p.status == INTERPOLATED]
+    if not beyond:
+        assert between == [] and max_drop == 100.0
+        return
+    sparser = min(beyond, key=lambda k: (points[k].units_pruned, points[k].lam))
+    assert len(between) == 3
+    for j, k in enumerate(between, start=1):
+        assert points[k].lam == points[sparser].lam and path.results[k] is path.results[sparser]
+        for name, keep in start.items():
+            scores = path.results[sparser].scores[name]
+            count = sum(path.masks[s][name].astype(int) for s in solved)
+            going = [u for u in range(len(keep)) if keep[u] and not path.masks[sparser][name][u]]
+            going.sort(key=lambda u: (scores[u], count[u], magnitude[name][u], u))
+            expected = keep.copy()
+            expected[going[: round(j / 4 * len(going))]] = False
+            np.testing.assert_array_equal(path.masks[k][name], expected)
+        accuracy = _numpy_accuracy(model, path.masks[k], split.x_val, split.y_val)
+        assert points[k].val_accuracy == accuracy
 
 
 def test_oamip_prune_refuses_lams_without_max_drop_in_one_line(tmp_path):

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """``--max-drop`` and the lam path's settings (``--lams``, ``--val-fraction``,
-    ``--refine-steps``)."""
+    ``--refine-steps``, ``--interpolate-steps``)."""
     d = _DEFAULTS
     add = parser.add_argument
     add(
@@ -73,6 +73,15 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="bisection steps of the path between the two lambdas around the budget "
         f"(default {d.refine_steps})",
+    )
+    add(
+        "--interpolate-steps",
+        type=int,
+        default=d.interpolate_steps,
+        metavar="N",
+        help="masks tried between the kept mask and the next sparser solution with --max-drop, "
+        f"pruning the units the latter scores lowest first (0: none; default "
+        f"{d.interpolate_steps})",
     )
 
 
@@ -114,6 +123,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "lams": args.lams,
         "val_fraction": args.val_fraction,
         "refine_steps": args.refine_steps,
+        "interpolate_steps": args.interpolate_steps,
     }
 
 

@@ -6,6 +6,11 @@ everything", refined by bisection between the two weights around the budget), ev
 evaluated on the validation split, and :func:`most_within_budget` (the one definition, used
 for the MIP and every baseline alike) keeps the mask that removes the most units while losing
 at most ``max_drop`` points of validation accuracy against the dense network.
+
+Two solved weights around the budget give masks far apart (tens of units on an MLP), so the
+path is then interpolated (:func:`interpolate`): starting from the kept mask (the dense network
+if none), the units that the next sparser solution prunes are pruned a share at a time in every
+layer, the ones that solution scores lowest first. These points cost forward passes only.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ BASELINE_STEPS = 50
 """A baseline's step ``s`` (0..BASELINE_STEPS) prunes ``round(s / BASELINE_STEPS * n)`` of the
 lowest-scored units of every layer of ``n`` units (at least ``min_keep``, and one, kept per
 layer)."""
+DEFAULT_INTERPOLATE_STEPS = 10
+"""Interpolated masks between the kept mask and the next sparser solution (0: none)."""
+INTERPOLATED = "interpolated"
+"""The status of a path point that was interpolated, not solved."""
 BUDGET_SLACK = 1e-9
 """Rounding slack when comparing accuracies (fractions of samples) with the budget's floor."""
 
@@ -146,9 +155,12 @@ class PathPoint:
     val_accuracy: float
     test_accuracy: float
     status: str
+    """The solver's status, or ``interpolated`` for a point between two solved masks (its
+    ``lam`` is the solved weight whose mask it steps towards)."""
     gap: float | None
     seconds: float
-    """The solve's seconds (a decomposed sweep: the wall time of the run it was part of)."""
+    """The solve's seconds (a decomposed sweep: the wall time of the run it was part of; 0 for an
+    interpolated point)."""
 
 
 @dataclass
@@ -176,10 +188,13 @@ class BudgetEntry:
 
 @dataclass
 class LamPath:
-    """The solved path: points sorted by ``lam``, their results, and the one kept (or None)."""
+    """The path: points sorted by ``lam`` (interpolated ones after the solved point of their
+    weight, by units removed), their results (an interpolated point: the solution it steps
+    towards) and masks, and the one kept (or None)."""
 
     points: list[PathPoint] = field(default_factory=list)
     results: list[ScoreResult] = field(default_factory=list)
+    masks: list[Masks] = field(default_factory=list)
     chosen: int | None = None
 
 
@@ -195,11 +210,14 @@ def lam_path(
     threshold: float,
     refine_steps: int,
     on_point: Callable[[PathPoint], None] | None = None,
+    interpolate_steps: int = 0,
+    tie_break: dict[str, np.ndarray] | None = None,
 ) -> LamPath:
     """Solve ``lams`` together, then ``refine_steps`` single weights, each between the chosen
-    weight and the next smaller one solved (which prunes more), and keep the mask removing the
-    most units with validation accuracy at least ``floor``. A solve stopped by Ctrl-C ends the
-    refinement. ``on_point`` is called with each point as it is evaluated."""
+    weight and the next smaller one solved (which prunes more), then ``interpolate_steps``
+    masks between the chosen mask and the next sparser one (:func:`interpolate`), and keep the
+    mask removing the most units with validation accuracy at least ``floor``. A solve stopped by
+    Ctrl-C ends the refinement. ``on_point`` is called with each point as it is evaluated."""
     path = LamPath()
     grid = sorted(set(lams))
     stopped = _add(path, grid, solve(grid), evaluator, threshold, on_point)
@@ -210,6 +228,8 @@ def lam_path(
             break
         stopped = _add(path, [lam], solve([lam]), evaluator, threshold, on_point)
         _choose(path, floor)
+    interpolate(path, evaluator, interpolate_steps, tie_break or {}, on_point)
+    _choose(path, floor)
     return path
 
 
@@ -224,7 +244,8 @@ def _add(
     """Evaluate the results solved at ``lams`` and insert them in the path by weight; True if
     a solve was interrupted."""
     for lam, result in zip(lams, results, strict=True):
-        seen = evaluator(result.masks(threshold))
+        masks = result.masks(threshold)
+        seen = evaluator(masks)
         point = PathPoint(
             lam=lam,
             status=result.status,
@@ -232,14 +253,93 @@ def _add(
             seconds=result.solve_seconds,
             **vars(seen),
         )
-        path.points.append(point)
-        path.results.append(result)
+        _insert(path, point, result, masks)
         if on_point is not None:
             on_point(point)
-    order = sorted(range(len(path.points)), key=lambda k: path.points[k].lam)
+    return any(result.status == INTERRUPTED for result in results)
+
+
+def _insert(path: LamPath, point: PathPoint, result: ScoreResult, masks: Masks) -> None:
+    """Add a point and keep the path sorted: by weight, solved before interpolated, then by
+    units removed."""
+    path.points.append(point)
+    path.results.append(result)
+    path.masks.append(masks)
+    order = sorted(
+        range(len(path.points)),
+        key=lambda k: (
+            path.points[k].lam,
+            path.points[k].status == INTERPOLATED,
+            path.points[k].units_pruned,
+        ),
+    )
     path.points = [path.points[k] for k in order]
     path.results = [path.results[k] for k in order]
-    return any(result.status == INTERRUPTED for result in results)
+    path.masks = [path.masks[k] for k in order]
+
+
+def interpolate(
+    path: LamPath,
+    evaluator: Evaluator,
+    steps: int,
+    tie_break: dict[str, np.ndarray],
+    on_point: Callable[[PathPoint], None] | None = None,
+) -> None:
+    """Add ``steps - 1`` masks between the chosen mask (all units kept if none) and the next
+    sparser solved one (the one pruning the fewest units beyond it): step ``j`` prunes, in
+    every layer, ``round(j / steps * d)`` of the ``d`` units the chosen mask keeps and the
+    sparser one prunes, in the order of :func:`step_order`."""
+    solved = [k for k, p in enumerate(path.points) if p.status != INTERPOLATED]
+    start = keep_all_like(path.masks[solved[0]]) if path.chosen is None else path.masks[path.chosen]
+    sparser = _next_sparser(path, solved, sum(int((~m).sum()) for m in start.values()))
+    if steps < 2 or sparser is None:
+        return
+    towards = path.masks[sparser]
+    order = step_order(path.results[sparser].scores, [path.masks[k] for k in solved], tie_break)
+    for j in range(1, steps):
+        masks = {}
+        for name, keep in start.items():
+            going = [u for u in order[name] if keep[u] and not towards[name][u]]
+            masks[name] = keep.copy()
+            masks[name][going[: round(j / steps * len(going))]] = False
+        point = PathPoint(
+            lam=path.points[sparser].lam,
+            status=INTERPOLATED,
+            gap=path.points[sparser].gap,
+            seconds=0.0,
+            **vars(evaluator(masks)),
+        )
+        _insert(path, point, path.results[sparser], masks)
+        if on_point is not None:
+            on_point(point)
+
+
+def keep_all_like(masks: Masks) -> Masks:
+    """Masks of the same layers and sizes keeping every unit."""
+    return {name: np.ones_like(keep, dtype=bool) for name, keep in masks.items()}
+
+
+def _next_sparser(path: LamPath, solved: list[int], removed: int) -> int | None:
+    """The solved point pruning the fewest units beyond ``removed`` (the sparsest weight's on a
+    tie), or None."""
+    beyond = [k for k in solved if path.points[k].units_pruned > removed]
+    if not beyond:
+        return None
+    return min(beyond, key=lambda k: (path.points[k].units_pruned, path.points[k].lam))
+
+
+def step_order(
+    scores: dict[str, np.ndarray], solved: list[Masks], tie_break: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per layer, the units in pruning order: the lowest score of the solution stepped
+    towards first, then the fewest solved masks keeping the unit, then the lowest
+    ``tie_break`` value (e.g. magnitude; none given: unit order)."""
+    order = {}
+    for name, values in scores.items():
+        kept = sum(masks[name].astype(int) for masks in solved)
+        ties = tie_break.get(name, np.zeros(len(values)))
+        order[name] = np.lexsort((np.arange(len(values)), ties, kept, np.asarray(values)))
+    return order
 
 
 def _choose(path: LamPath, floor: float) -> None:

@@ -29,9 +29,11 @@ from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons,
 from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
 from oamip.errors import InvalidInputError
 from oamip.pipelines.budget import (
+    DEFAULT_INTERPOLATE_STEPS,
     DEFAULT_LAMS,
     DEFAULT_REFINE_STEPS,
     DEFAULT_VAL_FRACTION,
+    INTERPOLATED,
     BudgetEntry,
     Evaluator,
     LamPath,
@@ -48,7 +50,7 @@ from oamip.pipelines.budget import (
 from oamip.pipelines.limits import check_size_limit
 from oamip.solve.decompose import PieceResult, open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
-from oamip.training.criteria import MIP_METHOD, all_scores, masks_like
+from oamip.training.criteria import MIP_METHOD, MagnitudeCriterion, all_scores, masks_like
 from oamip.training.data import DATA_SPECS, Batch, Dataset, fit_advice, load_data, mip_batch
 from oamip.training.models import (
     ARCHITECTURES,
@@ -72,6 +74,9 @@ SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 """Thresholds on the MIP's scores that give the points of the accuracy-vs-units-removed curve."""
 LIVE_LINE_INTERVAL = 0.25
 """Seconds between two updates of the line shown while the solver runs."""
+TIE_BREAK = MagnitudeCriterion.name
+"""The criterion that orders, among units the MIP scores alike, which an interpolated mask of
+the budget path prunes first."""
 SEED_MAX = 2**32 - 1
 """Largest seed: the seeds of numpy's and torch's generators that every platform takes."""
 
@@ -107,6 +112,11 @@ class PruneSettings(ScoringOptions):
     refine_steps: int = checks.option(
         DEFAULT_REFINE_STEPS, "bisection steps of the path around the budget (max_drop)"
     )
+    interpolate_steps: int = checks.option(
+        DEFAULT_INTERPOLATE_STEPS,
+        "masks interpolated between the kept mask and the next sparser solution (max_drop; "
+        "0: none)",
+    )
 
     def validate(self) -> None:
         """Check every setting before any work (InvalidInputError names the culprit) and
@@ -129,6 +139,7 @@ class PruneSettings(ScoringOptions):
             "the validation fraction", self.val_fraction, 0.0, 1.0, open_low=True
         )
         self.refine_steps = checks.whole("refine steps", self.refine_steps, 0)
+        self.interpolate_steps = checks.whole("interpolate steps", self.interpolate_steps, 0)
         if self.max_drop is None:
             if self.lams is not None:
                 raise InvalidInputError(
@@ -434,6 +445,8 @@ def _budgeted(
         settings.threshold,
         settings.refine_steps,
         _path_line if settings.progress or settings.log else None,
+        settings.interpolate_steps,
+        baseline_scores.get(TIE_BREAK),
     )
     steps = {
         method: baseline_steps(method, scores, evaluator, settings.min_keep)
@@ -443,9 +456,7 @@ def _budgeted(
     build = sum(first.build_seconds for _, first in calls)
     return _Budgeted(
         result=path.results[kept],
-        masks=keep_all(dense)
-        if path.chosen is None
-        else path.results[kept].masks(settings.threshold),
+        masks=keep_all(dense) if path.chosen is None else path.masks[kept],
         lam=path.points[kept].lam,
         solve_seconds=sum(seconds for seconds, _ in calls) - build,
         build_seconds=build,
@@ -459,9 +470,11 @@ def _budgeted(
 def _path_line(point: PathPoint) -> None:
     """One line on stderr per weight of the path, as it is evaluated."""
     gap = "" if point.gap is None else f", gap {100 * point.gap:.2f}%"
+    status = "interpolated" if point.status == INTERPOLATED else f"{point.status}{gap}"
+    towards = "towards " if point.status == INTERPOLATED else ""
     tqdm.write(
-        f"lambda {point.lam:.4g}: {point.units_pruned} units pruned, validation accuracy "
-        f"{100 * point.val_accuracy:.2f}% ({point.status}{gap})",
+        f"{towards}lambda {point.lam:.4g}: {point.units_pruned} units pruned, validation "
+        f"accuracy {100 * point.val_accuracy:.2f}% ({status})",
         file=sys.stderr,
     )
 
