@@ -39,6 +39,8 @@ DATA = {"mnist": "mnist-10k.npz", "fashion": "fashion-mnist-14k.npz"}
 DIRECTIONS = (("mnist", "fashion"), ("fashion", "mnist"))
 AT_INIT = {"lam": 1.0, "threshold": 0.2, "samples_per_class": 1}
 """The authors' settings for scoring at initialisation (they used 5 samples; one per class here)."""
+TRANSFER_LAM = 5.0
+"""The MIP's default loss weight on the source (the authors' default)."""
 
 
 def run_transfer(data: dict[str, Dataset], args: argparse.Namespace) -> list[dict]:
@@ -54,7 +56,7 @@ def run_transfer(data: dict[str, Dataset], args: argparse.Namespace) -> list[dic
             epochs=args.epochs,
             time_limit=args.time_limit,
             threads=args.threads,
-            lam=args.lam,
+            lam=TRANSFER_LAM if args.lam is None else args.lam,
             decompose=args.decompose,
             loss=args.loss,
             scores=args.scores,
@@ -80,7 +82,7 @@ def run_at_init(data: dict[str, Dataset], args: argparse.Namespace) -> list[dict
                 finetune_epochs=args.epochs,
                 time_limit=args.time_limit,
                 threads=args.threads,
-                **AT_INIT,
+                **(AT_INIT | ({} if args.lam is None else {"lam": args.lam})),
             )
             runs.append(report.to_dict())
             print(f"{name} seed {seed}: {at_init_accuracies(runs[-1])}", flush=True)
@@ -166,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs on each data set")
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per MIP")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lam", type=float, default=5.0, help="the MIP's loss weight (transfer)")
+    parser.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help=f"the MIP's loss weight (default {TRANSFER_LAM:g}; at-init {AT_INIT['lam']:g})",
+    )
     parser.add_argument("--loss", default="ce", help="the MIP's loss (transfer)")
     parser.add_argument("--scores", default="continuous", help="continuous or binary (transfer)")
     parser.add_argument("--decompose", default=None, help="the MIP's pieces (transfer)")
@@ -196,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out / f"{name}.json", payload)
     header = [
         f"# bench_transfer: {args.part}, {arch}, {args.seeds} seeds, {args.epochs} epochs"
-        + (f", MIP lam {args.lam:g}" if transfer else "")
+        + (f", MIP lam {args.lam:g}" if args.lam is not None else "")
+        + (f", MIP lam {TRANSFER_LAM:g}" if args.lam is None and transfer else "")
         + (
             f", {args.loss}, {args.scores} scores, decompose {args.decompose}, "
             f"{args.samples_per_class} samples per class"
