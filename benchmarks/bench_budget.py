@@ -71,6 +71,8 @@ def settings(args) -> PruneSettings:
         finetune_epochs=0,
         seed=SEED,
         decompose=args.decompose,
+        loss=args.loss,
+        scores=args.scores,
         lams=tuple(args.lams) if args.lams else None,
         refine_steps=args.refine_steps,
         interpolate_steps=args.interpolate_steps,
@@ -123,7 +125,8 @@ def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
         "",
         f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.interpolate_steps} "
         f"interpolation steps, {args.time_limit:g} s per "
-        f"solve, {args.samples_per_class} MIP samples per class, decompose {args.decompose}, "
+        f"solve, {args.loss} loss, {args.scores} scores, "
+        f"{args.samples_per_class} MIP samples per class, decompose {args.decompose}, "
         f"{args.threads} threads, validation {args.val_fraction:g} of the training split. "
         "Accuracies without fine-tuning; a method's row is the most units it removes with "
         "validation accuracy at most `budget` points below the dense network's.",
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=defaults.time_limit)
     parser.add_argument("--samples-per-class", type=int, default=defaults.samples_per_class)
     parser.add_argument("--decompose", default=None)
+    parser.add_argument("--loss", default=defaults.loss, help="the MIP's loss: ce, hinge, ...")
+    parser.add_argument("--scores", default=defaults.scores, help="continuous or binary")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--name", default=None, help="results file stem (default budget-NETS)")
