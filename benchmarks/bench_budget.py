@@ -27,7 +27,12 @@ from pathlib import Path
 import oamip
 from oamip.files import atomic_path, write_json
 from oamip.pipelines.bench import machine
-from oamip.pipelines.budget import DEFAULT_LAMS, DEFAULT_REFINE_STEPS, split_validation
+from oamip.pipelines.budget import (
+    DEFAULT_LAMS,
+    DEFAULT_REFINE_STEPS,
+    INTERPOLATED,
+    split_validation,
+)
 from oamip.pipelines.prune import PruneSettings
 from oamip.training.data import load_data
 from oamip.training.zoo import Recipe, trained
@@ -88,12 +93,14 @@ def network(net: str, data, args):
     return trained(split.train, RECIPES[net], HERE / ".cache").model, data
 
 
-def run(net: str, model, data, budget: float, args) -> list[Row]:
-    """One budgeted ``oamip.prune``; one row per method of its budget table."""
+def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
+    """One budgeted ``oamip.prune``: one row per method of its budget table, and the MIP's
+    path (every weight solved or interpolated, and the one kept)."""
     start = time.perf_counter()
     report = oamip.prune(model, data, settings(args), max_drop=budget)
     wall = time.perf_counter() - start
-    return [
+    path = {"net": net, "budget": budget, "path": report.path, "chosen": report.chosen}
+    rows = [
         Row(
             net=net,
             budget=budget,
@@ -108,10 +115,11 @@ def run(net: str, model, data, budget: float, args) -> list[Row]:
             accuracy_before=report.accuracy_before,
             wall_seconds=wall,
             lam=report.lam if report.chosen is not None else None,
-            lams_solved=len(report.path),
+            lams_solved=sum(point.status != INTERPOLATED for point in report.path),
         )
         for entry in report.budget
     ]
+    return rows, path
 
 
 def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
@@ -169,17 +177,19 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(args.data) if set(nets) - {DIGITS} else None
     meta = machine()
     rows: list[Row] = []
+    paths: list[dict] = []
     for net in nets:
         model, net_data = network(net, data, args)
         for budget in (float(b) for b in args.budgets.split(",")):
-            found = run(net, model, net_data, budget, args)
+            found, path = run(net, model, net_data, budget, args)
             rows.extend(found)
+            paths.append(path)
             for row in found:
                 print(json.dumps(asdict(row)), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     command = "python benchmarks/bench_budget.py " + " ".join(argv)
-    payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
+    payload = {"machine": meta, "command": command, "rows": rows, "paths": paths}
     name = f"{args.name or 'budget-' + args.nets.replace(',', '-')}-{meta['date'][:10]}"
     write_json(out / f"{name}.json", payload)
     with atomic_path(out / f"{name}.md") as tmp:
