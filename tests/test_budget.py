@@ -445,13 +445,14 @@ def test_the_path_refines_between_the_kept_weight_and_the_next_smaller_one(inter
 
 @pytest.mark.parametrize("max_drop", [0.0, 20.0, 100.0])
 def test_interpolated_masks_by_hand(max_drop):
-    """Real solves at two weights on a tiny network, 4 interpolation steps. Each interpolated
-    mask is rebuilt by hand: from the solved mask kept before interpolating (all units if
-    none), prune in each layer the first round(j/4 * d) of the d units that the next sparser
-    solution prunes, ordered by its score, then by how few solved masks keep them, then by
-    magnitude. Its validation accuracy is checked by a numpy forward pass, and the kept point
-    removes the most units within the floor. The budgets: nothing solved within (steps from
-    all units), the weight that prunes less within, both within (nothing sparser)."""
+    """Real solves at two weights on a tiny network, then the bisection redone by hand: from
+    the solved mask kept before interpolating (all units if none), the mask at share t prunes
+    in each layer the first round(t * d) of the d units the next sparser solution prunes,
+    ordered by its score, then by how few solved masks keep them, then by magnitude; t halves
+    the interval between the last share within the floor (by a numpy forward pass) and the
+    last outside, stopping when a share gives the counts of an end. The kept point removes the
+    most units within the floor. The budgets: nothing solved within (from all units), the
+    weight that prunes less within, both within (nothing sparser to search towards)."""
     model, data = _steep_problem()
     split = split_validation(data, 0.5, 0)
     x, y = split.train.x_train[:6], split.train.y_train[:6]
@@ -462,7 +463,7 @@ def test_interpolated_masks_by_hand(max_drop):
     def solve(lams):
         return oamip.score_sweep(model, x, y, lams, time_limit=5.0, scores="binary")
 
-    path = lam_path(solve, evaluator, [100.0, 0.01], floor, 0.5, 0, None, 4, magnitude)
+    path = lam_path(solve, evaluator, [100.0, 0.01], floor, 0.5, 0, None, 10, magnitude)
     points = path.points
     within = [k for k, p in enumerate(points) if p.val_accuracy >= floor - 1e-12]
     if within:
@@ -475,24 +476,40 @@ def test_interpolated_masks_by_hand(max_drop):
     start = keep_all(model) if kept is None else path.masks[solved[kept]]
     removed = sum(int((~m).sum()) for m in start.values())
     beyond = [k for k in solved if points[k].units_pruned > removed]
-    between = [k for k, p in enumerate(points) if p.status == INTERPOLATED]
+    found = [path.masks[k] for k, p in enumerate(points) if p.status == INTERPOLATED]
     if not beyond:
-        assert between == [] and max_drop == 100.0
+        assert found == [] and max_drop == 100.0
         return
     sparser = min(beyond, key=lambda k: (points[k].units_pruned, points[k].lam))
-    assert len(between) == 3
-    for j, k in enumerate(between, start=1):
-        assert points[k].lam == points[sparser].lam and path.results[k] is path.results[sparser]
-        for name, keep in start.items():
-            scores = path.results[sparser].scores[name]
-            count = sum(path.masks[s][name].astype(int) for s in solved)
-            going = [u for u in range(len(keep)) if keep[u] and not path.masks[sparser][name][u]]
-            going.sort(key=lambda u: (scores[u], count[u], magnitude[name][u], u))
-            expected = keep.copy()
-            expected[going[: round(j / 4 * len(going))]] = False
-            np.testing.assert_array_equal(path.masks[k][name], expected)
-        accuracy = _numpy_accuracy(model, path.masks[k], split.x_val, split.y_val)
-        assert points[k].val_accuracy == accuracy
+    going = {}
+    for name, keep in start.items():
+        scores = path.results[sparser].scores[name]
+        count = sum(path.masks[s][name].astype(int) for s in solved)
+        units = [u for u in range(len(keep)) if keep[u] and not path.masks[sparser][name][u]]
+        going[name] = sorted(units, key=lambda u: (scores[u], count[u], magnitude[name][u], u))
+    expected, low, high = [], 0.0, 1.0
+    for _ in range(10):
+        share = (low + high) / 2
+        counts = [[round(t * len(going[n])) for n in going] for t in (share, low, high)]
+        if counts[0] in counts[1:]:
+            break
+        masks = {n: start[n].copy() for n in start}
+        for name, units in going.items():
+            masks[name][units[: round(share * len(units))]] = False
+        expected.append(masks)
+        accuracy = _numpy_accuracy(model, masks, split.x_val, split.y_val)
+        low, high = (share, high) if accuracy >= floor - 1e-12 else (low, share)
+    assert len(expected) >= 2
+    by_units = sorted(expected, key=lambda m: sum(int((~v).sum()) for v in m.values()))
+    assert len(found) == len(by_units)
+    for got, masks in zip(found, by_units, strict=True):
+        for name in masks:
+            np.testing.assert_array_equal(got[name], masks[name])
+    for k, p in enumerate(points):
+        if p.status == INTERPOLATED:
+            assert p.lam == points[sparser].lam and path.results[k] is path.results[sparser]
+            accuracy = _numpy_accuracy(model, path.masks[k], split.x_val, split.y_val)
+            assert p.val_accuracy == accuracy
 
 
 def test_oamip_prune_refuses_lams_without_max_drop_in_one_line(tmp_path):

@@ -79,9 +79,9 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.interpolate_steps,
         metavar="N",
-        help="masks tried between the kept mask and the next sparser solution with --max-drop, "
-        f"pruning the units the latter scores lowest first (0: none; default "
-        f"{d.interpolate_steps})",
+        help="bisection steps with --max-drop between the kept mask and the next sparser "
+        "solution, pruning a share of the units the latter prunes, those it scores lowest first "
+        f"(0: none; default {d.interpolate_steps})",
     )
 
 

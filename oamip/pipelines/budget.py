@@ -9,8 +9,9 @@ at most ``max_drop`` points of validation accuracy against the dense network.
 
 Two solved weights around the budget give masks far apart (tens of units on an MLP), so the
 path is then interpolated (:func:`interpolate`): starting from the kept mask (the dense network
-if none), the units that the next sparser solution prunes are pruned a share at a time in every
-layer, the ones that solution scores lowest first. These points cost forward passes only.
+if none), a share of the units that the next sparser solution prunes is pruned in every layer,
+the ones that solution scores lowest first, the share found by bisection on the budget. These
+points cost forward passes only.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ BASELINE_STEPS = 50
 lowest-scored units of every layer of ``n`` units (at least ``min_keep``, and one, kept per
 layer)."""
 DEFAULT_INTERPOLATE_STEPS = 10
-"""Interpolated masks between the kept mask and the next sparser solution (0: none)."""
+"""Bisection steps between the kept mask and the next sparser solution (0: none): enough to
+reach single units in layers of up to about a thousand units."""
 INTERPOLATED = "interpolated"
 """The status of a path point that was interpolated, not solved."""
 BUDGET_SLACK = 1e-9
@@ -106,11 +108,16 @@ def most_within_budget(
     ``floor`` (ties: the higher validation accuracy, then the first); None if none is within."""
     best = None
     for k, (removed, accuracy) in enumerate(zip(units_pruned, val_accuracies, strict=True)):
-        if accuracy < floor - BUDGET_SLACK:
+        if not within(accuracy, floor):
             continue
         if best is None or (removed, accuracy) > (units_pruned[best], val_accuracies[best]):
             best = k
     return best
+
+
+def within(accuracy: float, floor: float) -> bool:
+    """Whether a validation accuracy is within the budget's floor (up to rounding)."""
+    return accuracy >= floor - BUDGET_SLACK
 
 
 @dataclass
@@ -214,8 +221,9 @@ def lam_path(
     tie_break: dict[str, np.ndarray] | None = None,
 ) -> LamPath:
     """Solve ``lams`` together, then ``refine_steps`` single weights, each between the chosen
-    weight and the next smaller one solved (which prunes more), then ``interpolate_steps``
-    masks between the chosen mask and the next sparser one (:func:`interpolate`), and keep the
+    weight and the next smaller one solved (which prunes more), then up to
+    ``interpolate_steps`` masks between the chosen mask and the next sparser one, by bisection
+    (:func:`interpolate`), and keep the
     mask removing the most units with validation accuracy at least ``floor``. A solve stopped by
     Ctrl-C ends the refinement. ``on_point`` is called with each point as it is evaluated."""
     path = LamPath()
@@ -228,7 +236,7 @@ def lam_path(
             break
         stopped = _add(path, [lam], solve([lam]), evaluator, threshold, on_point)
         _choose(path, floor)
-    interpolate(path, evaluator, interpolate_steps, tie_break or {}, on_point)
+    interpolate(path, evaluator, interpolate_steps, tie_break or {}, floor, on_point)
     _choose(path, floor)
     return path
 
@@ -283,25 +291,38 @@ def interpolate(
     evaluator: Evaluator,
     steps: int,
     tie_break: dict[str, np.ndarray],
+    floor: float,
     on_point: Callable[[PathPoint], None] | None = None,
 ) -> None:
-    """Add ``steps - 1`` masks between the chosen mask (all units kept if none) and the next
-    sparser solved one (the one pruning the fewest units beyond it): step ``j`` prunes, in
-    every layer, ``round(j / steps * d)`` of the ``d`` units the chosen mask keeps and the
-    sparser one prunes, in the order of :func:`step_order`."""
+    """Search the line from the chosen mask (all units kept if none) to the next sparser solved
+    mask (the one pruning the fewest units beyond it) by bisection, ``steps`` masks at most.
+    The mask at share ``t`` prunes, in every layer, ``round(t * d)`` of the ``d`` units the
+    chosen mask keeps and the sparser one prunes, in the order of :func:`step_order`; ``t``
+    halves the interval between the largest share found within ``floor`` (0 at first) and the
+    smallest found outside (1 at first), and the search stops early when a share gives no new
+    mask."""
     solved = [k for k, p in enumerate(path.points) if p.status != INTERPOLATED]
     start = keep_all_like(path.masks[solved[0]]) if path.chosen is None else path.masks[path.chosen]
     sparser = _next_sparser(path, solved, sum(int((~m).sum()) for m in start.values()))
-    if steps < 2 or sparser is None:
+    if sparser is None:
         return
-    towards = path.masks[sparser]
     order = step_order(path.results[sparser].scores, [path.masks[k] for k in solved], tie_break)
-    for j in range(1, steps):
-        masks = {}
-        for name, keep in start.items():
-            going = [u for u in order[name] if keep[u] and not towards[name][u]]
-            masks[name] = keep.copy()
-            masks[name][going[: round(j / steps * len(going))]] = False
+    going = {
+        name: [u for u in order[name] if keep[u] and not path.masks[sparser][name][u]]
+        for name, keep in start.items()
+    }
+
+    def counts(share: float) -> dict[str, int]:
+        return {name: round(share * len(units)) for name, units in going.items()}
+
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        share = (low + high) / 2
+        if counts(share) in (counts(low), counts(high)):
+            return
+        masks = {name: keep.copy() for name, keep in start.items()}
+        for name, units in going.items():
+            masks[name][units[: counts(share)[name]]] = False
         point = PathPoint(
             lam=path.points[sparser].lam,
             status=INTERPOLATED,
@@ -312,6 +333,7 @@ def interpolate(
         _insert(path, point, path.results[sparser], masks)
         if on_point is not None:
             on_point(point)
+        low, high = (share, high) if within(point.val_accuracy, floor) else (low, share)
 
 
 def keep_all_like(masks: Masks) -> Masks:

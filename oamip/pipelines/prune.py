@@ -114,8 +114,7 @@ class PruneSettings(ScoringOptions):
     )
     interpolate_steps: int = checks.option(
         DEFAULT_INTERPOLATE_STEPS,
-        "masks interpolated between the kept mask and the next sparser solution (max_drop; "
-        "0: none)",
+        "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
     )
 
     def validate(self) -> None:
