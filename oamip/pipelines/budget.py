@@ -163,7 +163,7 @@ class PathPoint:
     test_accuracy: float
     status: str
     """The solver's status, or ``interpolated`` for a point between two solved masks (its
-    ``lam`` is the solved weight whose mask it steps towards)."""
+    ``lam`` is the solved weight whose mask it steps towards; no gap)."""
     gap: float | None
     seconds: float
     """The solve's seconds (a decomposed sweep: the wall time of the run it was part of; 0 for an
@@ -326,7 +326,7 @@ def interpolate(
         point = PathPoint(
             lam=path.points[sparser].lam,
             status=INTERPOLATED,
-            gap=path.points[sparser].gap,
+            gap=None,
             seconds=0.0,
             **vars(evaluator(masks)),
         )

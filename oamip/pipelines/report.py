@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
+from oamip.pipelines.budget import INTERPOLATED
 from oamip.pipelines.prune import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
@@ -53,8 +54,9 @@ def summary_table(report: PruneReport) -> str:
 
 
 def path_rows(report: PruneReport) -> list[str]:
-    """One line per lam solved: units and parameters left, accuracies, status, gap, seconds;
-    the chosen one marked with ``*``."""
+    """One line per point of the path: units and parameters left, accuracies, status, gap,
+    seconds; an interpolated point's weight as ``->lam`` (the solution it steps towards), the
+    chosen one marked with ``*``."""
     rows = [
         f"lambda path, validation budget {_points(report.max_drop)} "
         f"({report.val_size} validation samples, dense {percent(report.val_accuracy_before)}):",
@@ -64,8 +66,9 @@ def path_rows(report: PruneReport) -> list[str]:
     for k, point in enumerate(report.path):
         mark = "*" if k == report.chosen else " "
         gap = "n/a" if point.gap is None else percent(point.gap)
+        lam = f"->{point.lam:.4g}" if point.status == INTERPOLATED else f"{point.lam:.4g}"
         rows.append(
-            f"{mark} {point.lam:>9.4g}{point.units_pruned:>8}{point.params_after:>9}"
+            f"{mark} {lam:>9}{point.units_pruned:>8}{point.params_after:>9}"
             f"{percent(point.val_accuracy):>10}{percent(point.test_accuracy):>10}"
             f"  {point.status:<12}{gap:>8}{point.seconds:>9.1f}"
         )
@@ -229,13 +232,21 @@ def path_figure(report: PruneReport) -> Figure:
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     mip = sorted(report.path, key=lambda point: point.units_pruned)
-    ax.plot(
+    line = ax.plot(
         [0] + [p.units_pruned for p in mip],
         [report.accuracy_before] + [p.test_accuracy for p in mip],
-        marker="o",
         linewidth=2,
-        label=f"{MIP_METHOD} (lambda path)",
-    )
+    )[0]
+    for interpolated, marker, label in ((False, "o", "lambda path"), (True, ".", "interpolated")):
+        points = [p for p in mip if (p.status == INTERPOLATED) == interpolated]
+        if points:
+            ax.plot(
+                [p.units_pruned for p in points],
+                [p.test_accuracy for p in points],
+                marker,
+                color=line.get_color(),
+                label=f"{MIP_METHOD} ({label})",
+            )
     methods = dict.fromkeys(step.method for step in report.baseline_path)
     for method, marker in zip(methods, cycle("sD^vx")):
         steps = [step for step in report.baseline_path if step.method == method]
