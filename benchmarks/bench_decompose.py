@@ -103,7 +103,7 @@ def mask_objective(model, x, y, masks: dict[str, np.ndarray], options: ScoringOp
     big_m = interval_bounds(network, network.check_input(x)).big_m
     logits = network.forward(x, scores, big_m)
     loss = float(np.mean(options.loss_fn.values(logits, y.astype(np.int64))))
-    return sparsity_term(network, scores) + options.lam * loss
+    return sparsity_term(network, scores, options.sparsity) + options.lam * loss
 
 
 def removed(masks: dict[str, np.ndarray]) -> dict[str, str]:

@@ -93,7 +93,7 @@ def brute_force(im: ImportanceModel, margin: float, lam: float) -> float:
         if min(v.sum() for v in scores.values()) < im.settings.min_keep:
             continue
         loss = l1_margin_values(im.forward(scores), im.y, margin)
-        best = min(best, sparsity_term(im.network, scores) + lam * float(np.mean(loss)))
+        best = min(best, sparsity_term(im.network, scores, "layer") + lam * float(np.mean(loss)))
     return best
 
 
@@ -116,7 +116,9 @@ def test_l1_margin_variant_matches_brute_force_on_every_backend(variant, name):
     assert result.objective == pytest.approx(optimum, abs=1e-5)
     scores = im.score_values()
     loss = l1_margin_values(im.forward(scores), im.y, MARGIN)
-    assert sparsity_term(im.network, scores) + LAM * loss.mean() == pytest.approx(optimum, abs=1e-5)
+    assert sparsity_term(im.network, scores, "layer") + LAM * loss.mean() == pytest.approx(
+        optimum, abs=1e-5
+    )
 
 
 # --- 2. a backend ----------------------------------------------------------------------------

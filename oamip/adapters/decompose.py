@@ -11,12 +11,12 @@ the whole-network MIP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from oamip.errors import InvalidInputError
-from oamip.formulations.importance import check_labels
+from oamip.formulations.importance import check_labels, unit_weights
 from oamip.network import AffineLayer, MaxPoolLayer, Network
 from oamip.solve.decompose import ERROR, Piece, PieceResult
 from oamip.solve.heads import fit_head
@@ -90,7 +90,9 @@ def decomposed_pieces(
     network: Network, x: np.ndarray, y: np.ndarray, options: ScoringOptions, aux
 ) -> list[Piece]:
     """The pieces of ``options.decompose`` (checked by :func:`check_decomposition`, whose
-    ``aux`` it takes), in order of block, then class."""
+    ``aux`` it takes), in order of block, then class. A per-layer piece trades its units
+    against its loss at the whole network's price: its ``lam`` is divided by the whole
+    network's weight of its units times their number (1 with the paper's sparsity term)."""
     kinds = options.decompose.split(",")
     x = network.check_input(x)
     y = check_labels(y, len(x), network.num_classes)
@@ -105,10 +107,18 @@ def decomposed_pieces(
         inputs = x if block.start == 0 else trace[block.start - 1].out
         inputs = inputs.reshape(len(x), *sub.input_shape)
         name = None if block.scored is None else network.layers[block.scored].name
+        own = solo if block.scored is None else _priced(solo, network, block.scored)
         for label in labels:
             pick = np.ones(len(y), dtype=bool) if label is None else y == label
-            pieces.append(Piece(sub, inputs[pick], y[pick], solo, name, label, accuracy))
+            pieces.append(Piece(sub, inputs[pick], y[pick], own, name, label, accuracy))
     return pieces
+
+
+def _priced(options: ScoringOptions, network: Network, scored: int) -> ScoringOptions:
+    """``options`` for the piece of one scored layer: in the piece, the layer's units weigh
+    ``1/n``; in the whole network ``w`` each, so ``lam`` is divided by ``w * n``."""
+    weight = unit_weights(network, options.sparsity)[scored]
+    return replace(options, lam=options.lam / (weight * network.layers[scored].n_units))
 
 
 def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):

@@ -262,7 +262,7 @@ class _Combined:
         notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]
         return ScoreResult(
             scores=by_name,
-            objective=sparsity_term(network, scores) + lam * loss,
+            objective=sparsity_term(network, scores, self.options.sparsity) + lam * loss,
             bound=None,
             status=overall_status(results),
             solve_seconds=self.solve_seconds,

@@ -7,7 +7,7 @@ import argparse
 
 from oamip import backends
 from oamip.cli.common import one_of, progress_shown
-from oamip.formulations import LOSSES, SCORE_MODES
+from oamip.formulations import LOSSES, SCORE_MODES, SPARSITY_MODES
 from oamip.solve.options import RESIDUAL_SCORES
 
 DEFAULT_THREADS = 1
@@ -36,6 +36,13 @@ def add_scoring_arguments(parser: argparse.ArgumentParser, defaults) -> None:
     add("--lam", type=float, default=d.lam, metavar="X", help=f"loss weight (default {d.lam:g})")
     add("--loss", metavar=one_of(LOSSES), default=d.loss, help=f"(default {d.loss})")
     add("--scores", metavar=one_of(SCORE_MODES), default=d.scores, help=f"(default {d.scores})")
+    add(
+        "--sparsity",
+        metavar=one_of(SPARSITY_MODES),
+        default=d.sparsity,
+        help="how the sparsity term weighs a unit: 1/units of its layer, every layer counting the "
+        f"same (layer, the paper's), or every unit the same (unit) (default {d.sparsity})",
+    )
     add(
         "--threshold",
         type=float,
@@ -121,6 +128,7 @@ def scoring_options(args: argparse.Namespace) -> dict:
         "lam": args.lam,
         "loss": args.loss,
         "scores": args.scores,
+        "sparsity": args.sparsity,
         "threshold": args.threshold,
         "residual": args.residual,
         "time_limit": args.time_limit,

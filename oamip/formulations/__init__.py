@@ -2,10 +2,12 @@
 
 from oamip.formulations.importance import (
     SCORE_MODES,
+    SPARSITY_MODES,
     ImportanceModel,
     ImportanceSettings,
     build_importance_model,
     sparsity_term,
+    unit_weights,
 )
 from oamip.formulations.losses import (
     LOSSES,
@@ -21,6 +23,7 @@ from oamip.formulations.losses import (
 __all__ = [
     "LOSSES",
     "SCORE_MODES",
+    "SPARSITY_MODES",
     "CrossEntropy",
     "Hinge",
     "ImportanceModel",
@@ -32,4 +35,5 @@ __all__ = [
     "loss_names",
     "register_loss",
     "sparsity_term",
+    "unit_weights",
 ]

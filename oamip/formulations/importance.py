@@ -1,6 +1,8 @@
 """The neuron-importance MIP (docs/mathematics.md §4), written once as a Pyomo model.
 
     minimise  sum_l (1/n_l) sum_i s^l_i + lam * (1/N) sum_k loss(z_k, y_k)
+
+(``sparsity="unit"`` weighs every unit ``L/N_units`` instead of ``1/n_l``.)
     s.t.      the network, with h^l_{k,i} = ReLU(a^l_{k,i} - (1 - s^l_i) M^l_i), on the batch
               sum_i s^l_i >= min_keep in every scored layer,  s in [0, 1] or {0, 1}
 
@@ -37,6 +39,10 @@ from oamip.formulations.losses import Loss, LossSite, get_loss
 from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer, Trace
 
 SCORE_MODES = ("continuous", "binary")
+SPARSITY_MODES = ("layer", "unit")
+"""How the sparsity term weighs a unit: ``layer`` (the paper's), ``1/n_l`` in a layer of ``n_l``
+units, so every layer counts the same; ``unit``, ``L/N`` for ``N`` units in ``L`` scored layers,
+so every unit counts the same (and the term's maximum is ``L`` in both)."""
 ENCODINGS = ("tight", "big-m")
 
 
@@ -63,6 +69,11 @@ class ImportanceSettings:
         "continuous", "'continuous' scores in [0, 1] (the paper's) or 'binary' (subset selection)"
     )
     min_keep: int = checks.option(1, "units every scored layer keeps")
+    sparsity: str = checks.option(
+        "layer",
+        "'layer' (the paper's): each layer's scores weigh 1/units, every layer counts the same; "
+        "'unit': every unit counts the same",
+    )
     encoding: str = checks.option(
         "tight", "'tight' (per-sample bounds, facets) or 'big-m' (the textbook encoding)"
     )
@@ -72,6 +83,7 @@ class ImportanceSettings:
         become plain floats and ints, the loss a Loss object."""
         self.loss = get_loss(self.loss)
         self.scores = checks.choice("scores", self.scores, SCORE_MODES)
+        self.sparsity = checks.choice("sparsity", self.sparsity, SPARSITY_MODES)
         self.encoding = checks.choice("encoding", self.encoding, ENCODINGS)
         self.lam = checked_lam(self.lam)
         self.min_keep = checks.whole("min_keep", self.min_keep, 0)
@@ -132,9 +144,9 @@ class ImportanceModel:
 
     def objective_at(self, scores: dict[int, np.ndarray]) -> float:
         """The objective (2) of docs/mathematics.md §4.2 at ``scores``, with the exact loss."""
-        return sparsity_term(self.network, scores) + self.settings.lam * float(
-            np.mean(self.losses_at(self.forward(scores)))
-        )
+        return sparsity_term(
+            self.network, scores, self.settings.sparsity
+        ) + self.settings.lam * float(np.mean(self.losses_at(self.forward(scores))))
 
     def losses_at(self, logits: np.ndarray) -> np.ndarray:
         """The exact per-sample loss of logits computed on the batch."""
@@ -192,9 +204,19 @@ class ImportanceModel:
         self.settings.loss_fn.add_cuts(self.loss_site, points, samples)
 
 
-def sparsity_term(network: Network, scores: dict[int, np.ndarray]) -> float:
-    """``sum_l (1/n_l) sum_i s^l_i`` over the score vectors (a coupled group counts once)."""
-    return float(sum(np.sum(scores[i]) / network.layers[i].n_units for i in network.scored))
+def unit_weights(network: Network, sparsity: str) -> dict[int, float]:
+    """The sparsity term's weight of one unit of each scored layer (see SPARSITY_MODES)."""
+    if sparsity == "layer":
+        return {i: 1.0 / network.layers[i].n_units for i in network.scored}
+    total = sum(network.layers[i].n_units for i in network.scored)
+    return dict.fromkeys(network.scored, len(network.scored) / total)
+
+
+def sparsity_term(network: Network, scores: dict[int, np.ndarray], sparsity: str) -> float:
+    """``sum_l w_l sum_i s^l_i`` over the score vectors (a coupled group counts once), with
+    the unit weights ``w_l`` of :func:`unit_weights`."""
+    weights = unit_weights(network, sparsity)
+    return float(sum(np.sum(scores[i]) * weights[i] for i in network.scored))
 
 
 def build_importance_model(
@@ -477,10 +499,11 @@ class _Builder:
 
 
 def _set_objective(im: ImportanceModel) -> None:
-    """``sum_l (1/n_l) sum_i s_i + lam/N sum_k t_k``, replacing any objective there was."""
+    """``sum_l w_l sum_i s_i + lam/N sum_k t_k``, replacing any objective there was."""
     coefs, ids = [], []
+    weights = unit_weights(im.network, im.settings.sparsity)
     for i, score in im.score_ids.items():
-        coefs += [1.0 / im.network.layers[i].n_units] * len(score)
+        coefs += [weights[i]] * len(score)
         ids += score.tolist()
     coefs += [im.settings.lam / len(im.y)] * len(im.loss_ids)
     ids += im.loss_ids.tolist()

@@ -135,7 +135,7 @@ def _start(im: ImportanceModel, known: _Known, lam: float, budget: float) -> dic
 def _line(im: ImportanceModel, source) -> Line:
     scores = source if isinstance(source, dict) else source.scores
     loss = float(np.mean(im.losses_at(im.forward(scores))))
-    return Line(sparsity_term(im.network, scores), loss, scores)
+    return Line(sparsity_term(im.network, scores, im.settings.sparsity), loss, scores)
 
 
 class _Known:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from oamip.errors import InvalidInputError
-from oamip.formulations.importance import ImportanceModel, sparsity_term
+from oamip.formulations.importance import ImportanceModel, sparsity_term, unit_weights
 from oamip.solve.interrupt import stop_requested
 
 MAX_VALUES = 20_000_000
@@ -164,7 +164,7 @@ def _evaluate(im: ImportanceModel, scores: Scores, moves: list[Move], deadline) 
     values = np.full(len(moves), np.inf)
     layers = np.array([m[0] for m in moves], dtype=int)
     trace = im.network.trace(im.x, scores, im.big_m)
-    base = sparsity_term(im.network, scores)
+    base = sparsity_term(im.network, scores, im.settings.sparsity)
     for layer in np.unique(layers).tolist():
         where = np.flatnonzero(layers == layer)
         widest = max(other.n_out for other in im.network.layers[layer:])
@@ -189,6 +189,6 @@ def _objectives(im: ImportanceModel, scores: Scores, trace, base: float, moves: 
     pre = np.tile(trace[layer].pre, (len(moves), 1))
     logits = im.network.resume(layer, pre, per_row, im.big_m, trace[:layer])[-1].out
     losses = im.losses_at_labels(logits, np.tile(im.y, len(moves))).reshape(len(moves), n)
-    n_units = im.network.layers[layer].n_units
-    sparsity = base + (rows.sum(axis=1) - scores[layer].sum()) / n_units
+    weight = unit_weights(im.network, im.settings.sparsity)[layer]
+    sparsity = base + (rows.sum(axis=1) - scores[layer].sum()) * weight
     return sparsity + im.settings.lam * losses.mean(axis=1)
