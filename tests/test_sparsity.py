@@ -14,12 +14,13 @@ from torch import nn
 import oamip
 from oamip import backends
 from oamip.adapters import apply_masks
-from oamip.adapters.decompose import decomposed_pieces
+from oamip.adapters.decompose import check_decomposition, decomposed_pieces
 from oamip.adapters.extract import extract
 from oamip.errors import InvalidInputError
 from oamip.formulations import get_loss, unit_weights
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import load_data
+from oamip.training.models import resnet
 
 LAM = 0.45
 """A weight where the two weightings' optima differ on this network (checked below)."""
@@ -116,3 +117,28 @@ def test_an_unknown_weighting_is_refused(problem):
     model, x, y, _ = problem
     with pytest.raises(InvalidInputError, match="sparsity"):
         oamip.score_neurons(model, x, y, sparsity="params")
+
+
+@pytest.mark.parametrize("residual", ["both", "inner"])
+def test_unit_pricing_of_residual_pieces_needs_one_scored_layer_per_piece(residual):
+    """With ``both``, a ResNet's per-block pieces score the inner channels and the block's
+    group: one price per piece cannot hold, so the request is refused before any work."""
+    torch.manual_seed(0)
+    model = resnet(1, num_classes=3, input_size=4, widths=(2, 3, 4)).eval()
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, size=(3, 1, 4, 4)), np.array([0, 1, 2])
+    aux = (rng.uniform(0, 1, size=(30, 1, 4, 4)), rng.integers(0, 3, 30))
+    network = extract(model, x, residual=residual).network
+    options = ScoringOptions(sparsity="unit", decompose="layer")
+    if residual == "both":
+        with pytest.raises(InvalidInputError, match="sparsity='layer'"):
+            check_decomposition(network, x, y, options, aux)
+        return
+    check_decomposition(network, x, y, options, aux)
+    pieces = decomposed_pieces(network, x, y, options, aux)
+    weights = unit_weights(network, "unit")
+    for piece in pieces:
+        (scored,) = [i for i, layer in enumerate(network.layers) if layer.name == piece.layer]
+        price = weights[scored] * network.layers[scored].n_units
+        assert piece.options.lam == pytest.approx(options.lam / price)
+    assert len({piece.options.lam for piece in pieces}) > 1

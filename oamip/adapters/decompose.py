@@ -53,6 +53,11 @@ def blocks(network: Network) -> list[Block]:
     return found
 
 
+def _scored_in(network: Network, block: Block) -> set:
+    """The score keys of the units a block scores (a coupled group counts once)."""
+    return {network.score_key(i) for i in range(block.start, block.stop)} - {None}
+
+
 def _is_pooling(layer) -> bool:
     return isinstance(layer, MaxPoolLayer) or (
         isinstance(layer, AffineLayer) and layer.kind == "avgpool"
@@ -70,6 +75,12 @@ def check_decomposition(
         raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
     if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
         return None
+    if options.sparsity == "unit" and any(len(_scored_in(network, b)) > 1 for b in blocks(network)):
+        raise InvalidInputError(
+            "sparsity='unit' with decompose='layer' prices each piece by its one scored layer, "
+            "but this network's pieces (its residual blocks) score several: use "
+            "sparsity='layer', or decompose='class'"
+        )
     if aux is None:
         raise InvalidInputError(
             "decompose='layer' on a network with several scored layers fits an auxiliary head "
