@@ -126,10 +126,12 @@ def decomposed_pieces(
 
 
 def _priced(options: ScoringOptions, network: Network, scored: int) -> ScoringOptions:
-    """``options`` for the piece of one scored layer: in the piece, the layer's units weigh
-    ``1/n``; in the whole network ``w`` each, so ``lam`` is divided by ``w * n``."""
-    weight = unit_weights(network, options.sparsity)[scored]
-    return replace(options, lam=options.lam / (weight * network.layers[scored].n_units))
+    """``options`` for the piece of one scored layer (or of a producer of a coupled group): in
+    the piece, its units weigh ``1/n``; in the whole network ``w`` each, so ``lam`` is divided
+    by ``w * n``."""
+    key = network.score_key(scored)
+    weight = unit_weights(network, options.sparsity)[key]
+    return replace(options, lam=options.lam / (weight * network.layers[key].n_units))
 
 
 def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):
