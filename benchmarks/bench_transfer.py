@@ -28,7 +28,7 @@ import numpy as np
 import oamip
 from oamip.files import atomic_path, write_json
 from oamip.pipelines.bench import machine
-from oamip.pipelines.transfer import METHODS, summary_table
+from oamip.pipelines.transfer import METHODS, TransferSettings, summary_table
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import Dataset, load_data
 from oamip.training.models import build
@@ -39,8 +39,8 @@ DATA = {"mnist": "mnist-10k.npz", "fashion": "fashion-mnist-14k.npz"}
 DIRECTIONS = (("mnist", "fashion"), ("fashion", "mnist"))
 AT_INIT = {"lam": 1.0, "threshold": 0.2, "samples_per_class": 1}
 """The authors' settings for scoring at initialisation (they used 5 samples; one per class here)."""
-TRANSFER_LAM = 5.0
-"""The MIP's default loss weight on the source (the authors' default)."""
+TRANSFER_LAM = TransferSettings().lam
+"""The MIP's default loss weight on the source (the library's, the authors' default)."""
 
 
 def run_transfer(data: dict[str, Dataset], args: argparse.Namespace) -> list[dict]:
@@ -174,11 +174,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help=f"the MIP's loss weight (default {TRANSFER_LAM:g}; at-init {AT_INIT['lam']:g})",
     )
-    parser.add_argument("--loss", default="ce", help="the MIP's loss (transfer)")
-    parser.add_argument("--scores", default="continuous", help="continuous or binary (transfer)")
+    defaults = TransferSettings()
+    parser.add_argument("--loss", default=defaults.loss, help="the MIP's loss (transfer)")
+    parser.add_argument("--scores", default=defaults.scores, help="continuous or binary (transfer)")
     parser.add_argument("--decompose", default=None, help="the MIP's pieces (transfer)")
     parser.add_argument(
-        "--samples-per-class", type=int, default=1, help="MIP and SNIP batch (transfer)"
+        "--samples-per-class",
+        type=int,
+        default=defaults.samples_per_class,
+        help="MIP and SNIP batch (transfer)",
     )
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the npz files are")
     parser.add_argument("--tag", default="", help="added to the results' file names")

@@ -1,10 +1,10 @@
 """The neuron-importance MIP (docs/mathematics.md §4), written once as a Pyomo model.
 
     minimise  sum_l (1/n_l) sum_i s^l_i + lam * (1/N) sum_k loss(z_k, y_k)
-
-(``sparsity="unit"`` weighs every unit ``L/N_units`` instead of ``1/n_l``.)
     s.t.      the network, with h^l_{k,i} = ReLU(a^l_{k,i} - (1 - s^l_i) M^l_i), on the batch
               sum_i s^l_i >= min_keep in every scored layer,  s in [0, 1] or {0, 1}
+
+(``sparsity="unit"`` weighs every unit ``L/N_units`` instead of ``1/n_l``.)
 
 The model is built from a :class:`~oamip.network.Network` and a fixed batch; its large linear
 parts are ``MatrixConstraint`` blocks. :class:`ImportanceModel` keeps the handles needed to read
@@ -144,9 +144,8 @@ class ImportanceModel:
 
     def objective_at(self, scores: dict[int, np.ndarray]) -> float:
         """The objective (2) of docs/mathematics.md §4.2 at ``scores``, with the exact loss."""
-        return sparsity_term(
-            self.network, scores, self.settings.sparsity
-        ) + self.settings.lam * float(np.mean(self.losses_at(self.forward(scores))))
+        sparsity = sparsity_term(self.network, scores, self.settings.sparsity)
+        return sparsity + self.settings.lam * float(np.mean(self.losses_at(self.forward(scores))))
 
     def losses_at(self, logits: np.ndarray) -> np.ndarray:
         """The exact per-sample loss of logits computed on the batch."""

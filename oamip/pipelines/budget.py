@@ -268,11 +268,15 @@ def _add(
 
 
 def _insert(path: LamPath, point: PathPoint, result: ScoreResult, masks: Masks) -> None:
-    """Add a point and keep the path sorted: by weight, solved before interpolated, then by
-    units removed."""
+    """Add a point and keep the path sorted."""
     path.points.append(point)
     path.results.append(result)
     path.masks.append(masks)
+    _sort(path)
+
+
+def _sort(path: LamPath) -> None:
+    """Sort the path by weight, solved points before interpolated ones, then by units removed."""
     order = sorted(
         range(len(path.points)),
         key=lambda k: (
@@ -302,11 +306,13 @@ def interpolate(
     smallest found outside (1 at first), and the search stops early when a share gives no new
     mask."""
     solved = [k for k, p in enumerate(path.points) if p.status != INTERPOLATED]
-    start = keep_all_like(path.masks[solved[0]]) if path.chosen is None else path.masks[path.chosen]
+    chosen = path.chosen
+    start = _keep_all_like(path.masks[solved[0]]) if chosen is None else path.masks[chosen]
     sparser = _next_sparser(path, solved, sum(int((~m).sum()) for m in start.values()))
     if sparser is None:
         return
-    order = step_order(path.results[sparser].scores, [path.masks[k] for k in solved], tie_break)
+    towards, result = path.points[sparser].lam, path.results[sparser]
+    order = step_order(result.scores, [path.masks[k] for k in solved], tie_break)
     going = {
         name: [u for u in order[name] if keep[u] and not path.masks[sparser][name][u]]
         for name, keep in start.items()
@@ -318,25 +324,25 @@ def interpolate(
     low, high = 0.0, 1.0
     for _ in range(steps):
         share = (low + high) / 2
-        if counts(share) in (counts(low), counts(high)):
-            return
+        pruned = counts(share)
+        if pruned in (counts(low), counts(high)):
+            break
         masks = {name: keep.copy() for name, keep in start.items()}
         for name, units in going.items():
-            masks[name][units[: counts(share)[name]]] = False
+            masks[name][units[: pruned[name]]] = False
         point = PathPoint(
-            lam=path.points[sparser].lam,
-            status=INTERPOLATED,
-            gap=None,
-            seconds=0.0,
-            **vars(evaluator(masks)),
+            lam=towards, status=INTERPOLATED, gap=None, seconds=0.0, **vars(evaluator(masks))
         )
-        _insert(path, point, path.results[sparser], masks)
+        path.points.append(point)
+        path.results.append(result)
+        path.masks.append(masks)
         if on_point is not None:
             on_point(point)
         low, high = (share, high) if within(point.val_accuracy, floor) else (low, share)
+    _sort(path)
 
 
-def keep_all_like(masks: Masks) -> Masks:
+def _keep_all_like(masks: Masks) -> Masks:
     """Masks of the same layers and sizes keeping every unit."""
     return {name: np.ones_like(keep, dtype=bool) for name, keep in masks.items()}
 
