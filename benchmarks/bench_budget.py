@@ -33,7 +33,7 @@ from oamip.pipelines.budget import (
     INTERPOLATED,
     split_validation,
 )
-from oamip.pipelines.prune import PruneSettings
+from oamip.pipelines.settings import PruneSettings
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import load_data
 from oamip.training.zoo import Recipe, trained

@@ -41,7 +41,7 @@ from oamip.pipelines.bench import machine
 from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import get_criterion, masks_like
 from oamip.training.data import Dataset, load_data, mip_batch
-from oamip.training.train import evaluate
+from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent

@@ -64,9 +64,9 @@ from oamip.pipelines.bench import machine
 from oamip.training.cost import count_macs, model_cost, paired_latency
 from oamip.training.criteria import get_criterion
 from oamip.training.data import Dataset, load_data, mip_batch
+from oamip.training.inference import evaluate
 from oamip.training.spr import RESIDUAL_UNITS, SPRRegularizer
 from oamip.training.tp import torch_pruning
-from oamip.training.train import evaluate
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent

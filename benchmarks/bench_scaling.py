@@ -34,7 +34,7 @@ from oamip.adapters.masks import apply_masks
 from oamip.pipelines.bench import machine
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import load_data, mip_batch
-from oamip.training.train import evaluate
+from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent

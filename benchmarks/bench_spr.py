@@ -28,9 +28,10 @@ from oamip.files import write_json
 from oamip.pipelines.bench import machine
 from oamip.pipelines.spr import DEFAULT_ALPHA, DEFAULT_SPR_LR, SPRReport, spr_prune
 from oamip.training.data import Dataset, load_data
+from oamip.training.inference import evaluate
 from oamip.training.models import build, mlp
 from oamip.training.spr import SPRRegularizer
-from oamip.training.train import DEFAULT_BATCH_SIZE, evaluate, train
+from oamip.training.train import DEFAULT_BATCH_SIZE, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"

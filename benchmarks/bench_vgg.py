@@ -25,7 +25,7 @@ from oamip.adapters.chain import units
 from oamip.files import write_json
 from oamip.pipelines.bench import machine
 from oamip.training.data import load_data
-from oamip.training.train import evaluate
+from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,7 @@ from oamip.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
-
-__version__ = "0.1.0"
+from oamip.version import __version__
 
 _MODULES = ("backends", "formulations")
 _LAZY = {
@@ -70,6 +69,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "__version__",
     "BackendUnavailableError",
     "CapabilityError",
     "InvalidInputError",

@@ -174,18 +174,20 @@ def _umask() -> int:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` (dataclasses, numpy values and all) as indented JSON."""
-    Path(path).write_text(json.dumps(_plain(data), indent=2) + "\n")
+    Path(path).write_text(json.dumps(plain(data), indent=2) + "\n")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: dataclasses as dicts, arrays and tuples as lists, numpy
+    scalars as Python ones, infinities and NaN as None."""
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return plain(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if hasattr(value, "tolist"):
-        return _plain(value.tolist())
+        return plain(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

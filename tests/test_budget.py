@@ -25,6 +25,7 @@ from oamip.pipelines.budget import (
     BASELINE_STEPS,
     INTERPOLATED,
     Evaluator,
+    LamPath,
     baseline_steps,
     budget_floor,
     budget_table,
@@ -33,13 +34,15 @@ from oamip.pipelines.budget import (
     split_validation,
     step_masks,
 )
-from oamip.pipelines.prune import layer_labels
+from oamip.pipelines.inputs import layer_labels
 from oamip.pipelines.report import summary_table, write_report
+from oamip.pipelines.results import SubproblemReport, piece_line
 from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_digits, make_dataset
+from oamip.training.inference import evaluate
 from oamip.training.models import build, lenet5
-from oamip.training.train import evaluate, train
+from oamip.training.train import train
 from oamip.training.transfer import keep_all
 from tests import nets
 
@@ -327,7 +330,7 @@ def test_baselines_budget_on_a_tiny_network_by_brute_force(max_drop):
     floor = budget_floor(dense.val_accuracy, max_drop)
     scores = all_scores(model, split.train.x_train[:9], split.train.y_train[:9], 0)
     steps = {m: baseline_steps(m, s, evaluator, min_keep=1) for m, s in scores.items()}
-    table = budget_table(pipeline.LamPath(), steps, floor, dense)[1:]
+    table = budget_table(LamPath(), steps, floor, dense)[1:]
     for entry, (method, layer_scores) in zip(table, scores.items(), strict=True):
         best = 0
         for step in range(BASELINE_STEPS + 1):
@@ -407,12 +410,12 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
 
 
 def test_piece_lines_name_the_layer_by_its_label():
-    piece = pipeline.SubproblemReport("1", 3, 10, "optimal", 0.5, 0.5, 1.25, 0.9, False, None)
+    piece = SubproblemReport("1", 3, 10, "optimal", 0.5, 0.5, 1.25, 0.9, False, None)
     labels = {"1": "fc1 Linear 64->12"}
-    assert pipeline.piece_line(piece, labels) == (
+    assert piece_line(piece, labels) == (
         "piece layer fc1 Linear 64->12, class 3: optimal (1.2 s)"
     )
-    assert pipeline.piece_line(piece).startswith("piece layer 1, class 3")
+    assert piece_line(piece).startswith("piece layer 1, class 3")
 
 
 @pytest.mark.parametrize("interrupted", [False, True])

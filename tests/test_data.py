@@ -14,8 +14,9 @@ from oamip.training.data import (
     load_npz,
     mip_batch,
 )
+from oamip.training.inference import predict
 from oamip.training.models import build
-from oamip.training.train import predict, train
+from oamip.training.train import train
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k.npz"
 

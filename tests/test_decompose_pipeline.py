@@ -14,7 +14,7 @@ import pytest
 
 import oamip
 from oamip import cli
-from oamip.pipelines import prune as prune_pipeline
+from oamip.pipelines import solving as prune_pipeline
 from oamip.pipelines.report import summary_table
 from oamip.solve import decompose
 from oamip.training.data import load_data

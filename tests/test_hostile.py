@@ -21,7 +21,7 @@ from torch import nn
 import oamip
 from oamip.adapters import extract
 from oamip.errors import InvalidInputError
-from oamip.pipelines.prune import read_model
+from oamip.pipelines.inputs import read_model
 from oamip.training import models
 from oamip.training.data import (
     IDX_FILES,

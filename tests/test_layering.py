@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "oamip"
 SOLVERS = {"highspy", "pyscipopt", "gurobipy"}
 ORDER = [
-    ["errors", "checks", "files"],
+    ["errors", "checks", "files", "version"],
     ["network", "bounds", "sparse"],
     ["formulations"],
     ["backends"],
@@ -31,6 +31,7 @@ ORDER = [
 THIRD_PARTY = {
     # what each layer may not import from outside the package
     "errors": {"torch", "pyomo", "numpy", *SOLVERS},
+    "version": {"torch", "pyomo", "numpy", *SOLVERS},
     "checks": {"torch", "pyomo", *SOLVERS},
     "files": {"torch", "pyomo", *SOLVERS},
     "network": {"torch", "pyomo", *SOLVERS},
@@ -97,3 +98,62 @@ def test_lower_layers_load_no_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", f"import {module} loads torch"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere (top level, inside functions, under
+    TYPE_CHECKING): ``from a import b`` names the module ``a.b`` where there is one, else ``a``."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in paths else node.module)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (a path that ends where it starts), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_anywhere():
+    """No circle of imports, late and type-only imports included, between folders or inside
+    one; the package's top (``oamip/__init__``) imports everything lazily and nothing imports
+    it back."""
+    cycle = _cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -9,8 +9,9 @@ from oamip.adapters import extract
 from oamip.adapters.chain import units
 from oamip.errors import InvalidInputError
 from oamip.training.data import Dataset, load_digits, make_dataset
+from oamip.training.inference import evaluate, predict, resolve_device
 from oamip.training.models import ARCHITECTURES, TRAINING_DEFAULTS, build, lenet5, mlp, vgg
-from oamip.training.train import evaluate, finetune, predict, resolve_device, train
+from oamip.training.train import finetune, train
 from oamip.training.zoo import Recipe
 
 

@@ -15,12 +15,14 @@ import oamip
 from oamip import cli
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.pipelines import prune as pipeline
-from oamip.pipelines.prune import PruneSettings, count_params, describe_arch, read_model
+from oamip.pipelines.inputs import count_params, describe_arch, read_model
 from oamip.pipelines.report import summary_table, write_report
+from oamip.pipelines.settings import PruneSettings
 from oamip.training.criteria import criteria
 from oamip.training.data import load_digits, make_dataset
+from oamip.training.inference import evaluate
 from oamip.training.models import TRAINING_DEFAULTS, build, mlp
-from oamip.training.train import evaluate, train
+from oamip.training.train import train
 
 ISSUE_KEYS = {
     "dataset",

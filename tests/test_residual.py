@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 import oamip
+from oamip.adapters.masks import apply_masks
 from oamip.adapters.removal import remove_residual_pruned
-from oamip.adapters.residual import apply_residual_masks, residual_units, row_groups
+from oamip.adapters.residual import residual_units
+from oamip.adapters.structure import row_groups
 from oamip.training.cost import count_macs, model_cost, paired_latency
 from oamip.training.models import ARCHITECTURES, resnet
 from oamip.training.spr import SPRRegularizer
@@ -136,7 +138,7 @@ def test_masks_zero_the_unit_channels_in_every_producer_and_batchnorm():
     model = resnet8(1)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     keep = np.array([True, False, True, False, True, True])
-    masked = apply_residual_masks(model, {"stage2.0.conv2": keep})
+    masked = apply_masks(model, {"stage2.0.conv2": keep})
     seen = {}
     for name in ("stage2.0.bn2", "stage2.0.shortcut.1", "stage2.0.relu2"):
         dict(masked.named_modules())[name].register_forward_hook(
@@ -154,11 +156,11 @@ def test_masks_zero_the_unit_channels_in_every_producer_and_batchnorm():
 def test_masks_of_unknown_units_or_wrong_sizes_are_refused():
     model = resnet8()
     with pytest.raises(oamip.InvalidInputError, match="not a unit"):
-        apply_residual_masks(model, {"stage1.0.conv2": np.ones(4, bool)})
+        apply_masks(model, {"stage1.0.conv2": np.ones(4, bool)})
     with pytest.raises(oamip.InvalidInputError, match="has shape"):
-        apply_residual_masks(model, {"stem": np.ones(5, bool)})
+        apply_masks(model, {"stem": np.ones(5, bool)})
     with pytest.raises(oamip.InvalidInputError, match="not boolean"):
-        apply_residual_masks(model, {"stem": np.full(4, 0.5)})
+        apply_masks(model, {"stem": np.full(4, 0.5)})
 
 
 def _random_masks(model: nn.Module, seed: int) -> dict[str, np.ndarray]:
@@ -189,7 +191,7 @@ def test_removal_gives_a_smaller_model_with_exactly_the_masked_outputs(blocks):
     small = remove_residual_pruned(model, masks)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
-        diff = (small(x) - apply_residual_masks(model, masks)(x)).abs().max().item()
+        diff = (small(x) - apply_masks(model, masks)(x)).abs().max().item()
     assert diff < 1e-5
     kept = {name: int(mask.sum()) for name, mask in masks.items()}
     assert [u.size for u in residual_units(small)] == [kept[u.name] for u in residual_units(model)]

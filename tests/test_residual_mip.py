@@ -17,8 +17,8 @@ import oamip
 from oamip import backends
 from oamip.adapters.decompose import blocks
 from oamip.adapters.extract import extract
-from oamip.adapters.masks import scored_logits
-from oamip.adapters.residual import apply_residual_masks, row_groups
+from oamip.adapters.masks import apply_masks, scored_logits
+from oamip.adapters.structure import row_groups
 from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
@@ -121,10 +121,10 @@ def _torch_scored(extracted, x, scores: dict[int, np.ndarray], big_m) -> np.ndar
 
 def _masked_torch(model, extracted, x, scores: dict[int, np.ndarray]) -> np.ndarray:
     """PyTorch's logits of the model with the units of zero score removed (their channels set
-    to 0 in every producer and BatchNorm) by ``apply_residual_masks``."""
+    to 0 in every producer and BatchNorm) by ``apply_masks``."""
     masks = {name: scores[u.layer] > 0.5 for name, u in extracted.units.items()}
     with torch.no_grad():
-        return apply_residual_masks(model, masks).double()(torch.as_tensor(x)).numpy()
+        return apply_masks(model, masks).double()(torch.as_tensor(x)).numpy()
 
 
 def test_extraction_reads_blocks_groups_and_inner_units():
@@ -233,7 +233,7 @@ def _hinge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _enumerate(extracted, x, y, lam: float) -> float:
     """The best objective (2) over every binary mask keeping at least one channel per unit,
     by one batched PyTorch forward with the masks applied at the ReLUs (the fixed-score test
-    shows this equals the forward of ``apply_residual_masks``)."""
+    shows this equals the forward of ``apply_masks``)."""
     keys = [u.layer for u in extracted.units.values()]
     sizes = [extracted.network.layers[i].n_units for i in keys]
     choices = [
@@ -297,7 +297,7 @@ def _resnet8(seed: int) -> nn.Module:
 @pytest.mark.parametrize("root_cuts", [0, 3])
 def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model(root_cuts):
     """Whole-network scoring of a ResNet-8: certified against PyTorch (logit error), and the
-    binary optimum is the objective of the model pruned by ``apply_residual_masks``, at most
+    binary optimum is the objective of the model pruned by ``apply_masks``, at most
     that of keeping every unit."""
     model = _resnet8(0)
     x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 4, 4))
@@ -318,7 +318,7 @@ def test_score_neurons_on_a_resnet8_is_exact_and_its_masks_prune_the_model(root_
     assert set(res.scores) == set(extracted.units)
     masks = res.masks(0.5)
     with torch.no_grad():
-        z = apply_residual_masks(model, masks).double()(torch.as_tensor(x)).numpy()
+        z = apply_masks(model, masks).double()(torch.as_tensor(x)).numpy()
     value = sum(m.mean() for m in masks.values()) + 2.0 * _hinge(z, y).mean()
     assert value == pytest.approx(res.objective, abs=1e-6)
     with torch.no_grad():
@@ -386,7 +386,7 @@ def test_oamip_scores_as_a_torch_pruning_importance_remove_the_lowest_scored_cha
 ):
     """Torch-Pruning with the OAMIP importance removes, in every unit (inner channels and
     coupled groups), the channels of lowest score: the pruned model computes exactly what the
-    model masked by ``apply_residual_masks`` (keeping the top-scored channels) computes."""
+    model masked by ``apply_masks`` (keeping the top-scored channels) computes."""
     tp = pytest.importorskip("torch_pruning")
     torch.manual_seed(6)
     model = resnet(1, num_classes=3, input_size=8, widths=(4, 4, 6)).double().eval()
@@ -415,7 +415,7 @@ def test_oamip_scores_as_a_torch_pruning_importance_remove_the_lowest_scored_cha
     assert sum(m.sum() for m in masks.values()) < sum(found.values())
     assert global_pruning or all(masks[name].sum() < size for name, size in found.items())
     with torch.no_grad():
-        expected = apply_residual_masks(model, masks)(x).numpy()
+        expected = apply_masks(model, masks)(x).numpy()
         np.testing.assert_allclose(pruned(x).numpy(), expected, atol=1e-10)
 
 

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import oamip
-from oamip.adapters.residual import apply_residual_masks, residual_units
+from oamip.adapters.masks import apply_masks
+from oamip.adapters.residual import residual_units
 from oamip.cli import main
-from oamip.pipelines.prune import PruneSettings
+from oamip.pipelines.settings import PruneSettings
 from oamip.training.criteria import all_scores, get_criterion
 from oamip.training.data import Dataset, load_digits
 from oamip.training.train import train
@@ -103,7 +104,7 @@ def test_prune_on_a_resnet_scores_its_units_and_gives_the_masked_outputs(digits,
         masks[layer.name][layer.pruned] = False
     x = torch.as_tensor(digits.x_test[:16])
     with torch.no_grad():
-        expected_logits = apply_residual_masks(model, masks)(x)
+        expected_logits = apply_masks(model, masks)(x)
         assert torch.allclose(report.model(x), expected_logits, atol=1e-5)
     assert {b.method for b in report.baselines} >= {"random", "magnitude", "snip", "taylor"}
     assert report.params_after == sum(p.numel() for p in report.model.parameters())

@@ -13,7 +13,7 @@ from oamip import load_model, remove_pruned, save_model
 from oamip.adapters import apply_masks
 from oamip.cli.spr import add_arguments, run
 from oamip.errors import InvalidInputError, OamipError
-from oamip.pipelines.prune import count_params
+from oamip.pipelines.inputs import count_params
 from oamip.pipelines.spr import (
     SPRReport,
     spr_prune,
@@ -21,9 +21,10 @@ from oamip.pipelines.spr import (
     zero_group_masks,
 )
 from oamip.training.data import Dataset, load_digits
+from oamip.training.inference import evaluate
 from oamip.training.models import build
 from oamip.training.spr import SPRRegularizer
-from oamip.training.train import evaluate, train
+from oamip.training.train import train
 
 FAST = dict(epochs=3, finetune_epochs=1, lam=0.3, lr=1e-2, progress=False)
 REPORT_KEYS = {

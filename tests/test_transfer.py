@@ -13,7 +13,8 @@ import torch
 import oamip
 from oamip import cli
 from oamip.adapters.chain import has_additions, units
-from oamip.adapters.residual import residual_units, row_groups
+from oamip.adapters.residual import residual_units
+from oamip.adapters.structure import row_groups
 from oamip.errors import InvalidInputError
 from oamip.pipelines.transfer import (
     METHODS,

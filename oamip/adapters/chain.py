@@ -8,6 +8,8 @@ the module path and type of the culprit.
 from __future__ import annotations
 
 import operator
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +44,10 @@ _METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatt
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
 _SHAPE_METHODS = {"size", "dim"}
+GRAPH_CACHE_SIZE = 64
+"""How many traced architectures :func:`trace_graph` keeps (least recently used goes first)."""
+_GRAPHS: OrderedDict[tuple, fx.Graph] = OrderedDict()
+_GRAPHS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -91,6 +97,49 @@ def has_additions(model: nn.Module) -> bool:
 
 
 def trace_graph(model: nn.Module) -> fx.Graph:
+    """``model``'s forward as an fx graph, traced once per architecture.
+
+    A graph names modules rather than holding them, so it is the graph of every model with the
+    same classes, module tree and plain attributes (:func:`architecture_key`): copies of a model
+    reuse it. The graph returned is shared; callers read it and never change it."""
+    key = architecture_key(model)
+    with _GRAPHS_LOCK:
+        graph = None if key is None else _GRAPHS.get(key)
+        if graph is not None:
+            _GRAPHS.move_to_end(key)
+            return graph
+    graph = _trace(model)
+    if key is not None:
+        with _GRAPHS_LOCK:
+            _GRAPHS[key] = graph
+            while len(_GRAPHS) > GRAPH_CACHE_SIZE:
+                _GRAPHS.popitem(last=False)
+    return graph
+
+
+def architecture_key(model: nn.Module) -> tuple | None:
+    """What a traced forward depends on: every module's name, class and plain attributes
+    (sizes, strides, flags such as ``training``). None, so that nothing is shared, when a module
+    carries an attribute the key cannot compare (a ``forward`` replaced on the instance)."""
+    parts = []
+    for name, module in model.named_modules():
+        attrs = vars(module)
+        if "forward" in attrs:
+            return None
+        plain = tuple(
+            sorted((k, v) for k, v in attrs.items() if not k.startswith("_") and _plain(v))
+        )
+        parts.append((name, type(module), plain))
+    return tuple(parts)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _trace(model: nn.Module) -> fx.Graph:
     try:
         return fx.symbolic_trace(model).graph
     except Exception as exc:

@@ -29,6 +29,7 @@ from oamip.adapters.chain import (
     step_of,
     trace_graph,
 )
+from oamip.adapters.residual import residual_units
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.network import (
     AffineLayer,
@@ -281,7 +282,7 @@ def _extract_residual(
 ) -> Extracted:
     """Read a residual network; score its units of kind ``residual`` (docs/mathematics.md
     §4.10): an inner unit's ReLU, or every ReLU of a coupled group, sharing one score vector."""
-    found = _residual().residual_units(ref)
+    found = residual_units(ref)
     reader = _ResidualReader(ref, shape)
     reader.read(graph)
     network = reader.network
@@ -301,13 +302,6 @@ def _extract_residual(
         targets[unit.name] = [(i, reader.tail(network.layers[i])) for i in sites]
     _warn_if_training(model, reader.steps)
     return Extracted(network, units, ref, reader.relus, targets)
-
-
-def _residual():
-    """:mod:`oamip.adapters.residual`, imported on use (it imports masks, which imports us)."""
-    from oamip.adapters import residual
-
-    return residual
 
 
 def _unit_sites(network: Network, unit) -> list[int]:

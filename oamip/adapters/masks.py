@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import Step, chain_units, has_additions, read_chain
+from oamip.adapters.chain import Step, read_chain
 from oamip.adapters.extract import Extracted
-from oamip.errors import InvalidInputError, UnsupportedLayerError
-
-Masks = Mapping[str, np.ndarray | torch.Tensor]
-_FROM_SCORES = "from a ScoreResult use res.masks(threshold)"
+from oamip.adapters.removal import remove_residual_pruned
+from oamip.adapters.structure import Masks, Structure
+from oamip.errors import UnsupportedLayerError
 
 
 def scored_logits(
@@ -58,63 +56,20 @@ def _shift_hook(shift: torch.Tensor):
     return hook
 
 
-def check_masks(masks: Masks, steps: list[Step]) -> dict[str, np.ndarray]:
-    """Masks as bool arrays keyed by scored module names, with types and sizes checked."""
-    if not isinstance(masks, Mapping):
-        raise InvalidInputError(
-            f"masks must be a dict {{layer name: boolean keep-mask}}, got {type(masks).__name__}; "
-            f"{_FROM_SCORES}"
-        )
-    scored = {unit.name: unit for unit in chain_units(steps)}
-    clean = {}
-    for name, mask in masks.items():
-        if name not in scored:
-            raise InvalidInputError(
-                f"mask for '{name}', which is not a scored layer; scored layers: {list(scored)}"
-            )
-        mask = as_bool_mask(name, mask)
-        size = scored[name].size
-        if mask.shape != (size,):
-            raise InvalidInputError(
-                f"mask for '{name}' has shape {mask.shape}; the layer has {size} units"
-            )
-        clean[name] = mask
-    return clean
-
-
-def as_bool_mask(name: str, mask) -> np.ndarray:
-    """A new bool array from a bool mask or one of only 0s and 1s; anything else (scores, NaN,
-    strings) is refused rather than read as "keep if non-zero"."""
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    mask = np.asarray(mask)
-    numeric = mask.dtype.kind in "biuf"
-    if not numeric or not np.isin(mask, (0, 1)).all():
-        what = "values other than 0 and 1" if numeric else f"dtype {mask.dtype}"
-        raise InvalidInputError(
-            f"mask for '{name}' is not boolean ({what}); masks must be boolean keep-masks "
-            f"(True = keep); {_FROM_SCORES}"
-        )
-    return mask.astype(bool)
-
-
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     """A copy of ``model`` in which every pruned unit outputs exactly 0: its incoming weights,
     its bias and the scale and shift of a BatchNorm right after it are zeroed. A residual
-    network's masks are keyed by its units (:func:`oamip.adapters.residual.residual_units`)."""
-    if has_additions(model):  # residual.py imports this module, hence the late import
-        from oamip.adapters.residual import apply_residual_masks
-
-        return apply_residual_masks(model, masks)
+    network's masks are keyed by its units (:func:`oamip.adapters.residual.residual_units`),
+    and every producer and BatchNorm of a unit is zeroed alike."""
+    structure = Structure.of(model)
+    clean = structure.check_masks(masks)
     pruned = copy.deepcopy(model)
-    steps = read_chain(pruned)
-    masks = check_masks(masks, steps)
-    for unit in chain_units(steps):
-        if unit.name not in masks:
+    for unit in structure.units:
+        if unit.name not in clean:
             continue
-        off = torch.from_numpy(~masks[unit.name])
+        off = torch.from_numpy(~clean[unit.name])
         with torch.no_grad():
-            for param in unit.row_parameters():
+            for param in unit.row_parameters(pruned):
                 param[off.to(param.device)] = 0.0
     return pruned
 
@@ -127,17 +82,11 @@ def remove_pruned(model: nn.Module, masks: Masks) -> nn.Module:
     for the kept units (and pruned units contributed exactly 0). A residual network keeps its
     class instead (:func:`oamip.adapters.removal.remove_residual_pruned`).
     """
-    if has_additions(model):  # removal.py imports this module, hence the late import
-        from oamip.adapters.removal import remove_residual_pruned
-
+    structure = Structure.of(model)
+    if structure.residual:
         return remove_residual_pruned(model, masks)
+    masks = structure.check_masks(masks, allow_empty=False)
     steps = read_chain(model)
-    masks = check_masks(masks, steps)
-    for name, mask in masks.items():
-        if not mask.any():
-            raise InvalidInputError(
-                f"the mask of '{name}' removes every unit; keep at least one unit per layer"
-            )
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     keep_in: np.ndarray | None = None
     keep_out: np.ndarray | None = None

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.masks import Masks
-from oamip.adapters.residual import ResidualUnit, check_residual_masks, residual_units
+from oamip.adapters.residual import ResidualUnit, residual_units
+from oamip.adapters.structure import Masks, Structure
 from oamip.errors import UnsupportedLayerError
 
 
@@ -25,11 +25,11 @@ def remove_residual_pruned(model: nn.Module, masks: Masks) -> nn.Module:
 
     Every producer and BatchNorm of a unit loses the pruned channels' rows and every consumer
     the matching input channels (a Linear after a flatten, each channel's block of features).
-    Pruned channels are exactly 0 in the masked model (:func:`apply_residual_masks`), so the
-    smaller model computes the same outputs. Each mask must keep at least one channel.
+    Pruned channels are exactly 0 in the masked model (:func:`oamip.adapters.masks.apply_masks`),
+    so the smaller model computes the same outputs. Each mask must keep at least one channel.
     """
+    clean = Structure.of(model).check_masks(masks, allow_empty=False)
     found = residual_units(model)
-    clean = check_residual_masks(masks, found, allow_empty=False)
     small = copy.deepcopy(model)
     modules = dict(small.named_modules())
     for unit in found:

@@ -19,30 +19,23 @@ the definition for chains and refuses additions):
 
 Zeroing channel ``c`` in every producer (weights, bias) and every BatchNorm (scale, shift) of a
 unit makes channel ``c`` exactly 0 everywhere in the set, additions included, which is what
-:func:`apply_residual_masks` does and what physical removal relies on.
+:func:`oamip.adapters.masks.apply_masks` does and what physical removal relies on.
 """
 
 from __future__ import annotations
 
-import copy
 import operator
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
 from torch import fx, nn
 
 from oamip.adapters.chain import (
-    has_additions,
     is_addition,
     is_shape_query,
     step_of,
     trace_graph,
-    units,
 )
-from oamip.adapters.masks import Masks, as_bool_mask
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 
 UNIT_KINDS = ("inner", "group")
@@ -225,87 +218,6 @@ def _one_input(node: fx.Node, where: str) -> fx.Node:
             "step of a residual network must take one tensor and return one"
         )
     return inputs[0]
-
-
-@dataclass
-class RowGroup:
-    """A unit of a chain or a residual graph with the parameters that hold one row per channel
-    (``ResidualUnit.row_parameters``, ``chain.Unit.row_parameters``): what SPR groups, what
-    fine-tuning holds at zero, what the baseline criteria score. ``kind`` is ``"inner"`` for
-    chain units (no addition ties them); ``producers`` are the Linear/Conv2d modules whose output
-    channels are the unit's (one for an inner unit, every block's layer for a coupled group).
-    """
-
-    name: str
-    kind: str
-    size: int
-    params: list[nn.Parameter]
-    producers: list[nn.Module]
-
-
-def row_groups(model: nn.Module, kinds: tuple[str, ...] = UNIT_KINDS) -> list[RowGroup]:
-    """The units of ``model`` whose kind is in ``kinds``, in forward order: :func:`residual_units`
-    if its forward adds tensors, else ``chain.units``. The one list of units for everything
-    that treats chains and residual graphs alike."""
-    if not has_additions(model):
-        found = [
-            RowGroup(u.name, "inner", u.size, u.row_parameters(), [u.module]) for u in units(model)
-        ]
-    else:
-        modules = dict(model.named_modules())
-        found = [
-            RowGroup(
-                u.name, u.kind, u.size, u.row_parameters(model), [modules[p] for p in u.producers]
-            )
-            for u in residual_units(model)
-        ]
-    return [group for group in found if group.kind in kinds]
-
-
-def check_residual_masks(
-    masks: Masks, found: list[ResidualUnit], allow_empty: bool = True
-) -> dict[str, np.ndarray]:
-    """Masks as bool arrays keyed by unit names, with types and sizes checked; with
-    ``allow_empty=False`` a mask that removes every channel of its unit is refused too."""
-    if not isinstance(masks, Mapping):
-        raise InvalidInputError(
-            f"masks must be a dict {{unit name: boolean keep-mask}}, got {type(masks).__name__}"
-        )
-    by_name = {unit.name: unit for unit in found}
-    clean = {}
-    for name, mask in masks.items():
-        if name not in by_name:
-            raise InvalidInputError(
-                f"mask for '{name}', which is not a unit of this residual network; units: "
-                f"{list(by_name)}"
-            )
-        clean[name] = as_bool_mask(name, mask)
-        if clean[name].shape != (by_name[name].size,):
-            raise InvalidInputError(
-                f"mask for '{name}' has shape {clean[name].shape}; the unit has "
-                f"{by_name[name].size} channels"
-            )
-        if not allow_empty and not clean[name].any():
-            raise InvalidInputError(
-                f"the mask of '{name}' removes every channel; keep at least one per unit"
-            )
-    return clean
-
-
-def apply_residual_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """A copy of ``model`` in which every pruned channel of a unit outputs exactly 0: its rows
-    of every producer's weight and bias and of every BatchNorm's scale and shift are zeroed."""
-    pruned = copy.deepcopy(model)
-    found = residual_units(pruned)
-    clean = check_residual_masks(masks, found)
-    for unit in found:
-        if unit.name not in clean:
-            continue
-        off = torch.from_numpy(~clean[unit.name])
-        with torch.no_grad():
-            for param in unit.row_parameters(pruned):
-                param[off.to(param.device)] = 0.0
-    return pruned
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from oamip.adapters.chain import has_additions
 from oamip.adapters.masks import remove_pruned
 from oamip.adapters.residual import GraphOp, forward_ops, graph_module
+from oamip.adapters.structure import Structure
 from oamip.errors import InvalidInputError
-from oamip.files import atomic_path, nearest_existing
+from oamip.files import atomic_path, nearest_existing, plain
 
 FORMAT = "oamip.sequential"
 GRAPH_FORMAT = "oamip.graph"
@@ -44,14 +44,10 @@ _BY_NAME = {cls.__name__: cls for cls in _LAYER_ARGS}
 
 def _spec(module: nn.Module) -> dict:
     cls = type(module)
-    args = {name: _plain(getattr(module, name)) for name in _LAYER_ARGS[cls]}
+    args = {name: plain(getattr(module, name)) for name in _LAYER_ARGS[cls]}
     if cls in (nn.Linear, nn.Conv2d):
         args["bias"] = module.bias is not None
     return {"type": cls.__name__, "args": args}
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -61,7 +57,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     failed save leaves no partial file."""
     path = _as_path(path)
     _check_target(path)
-    payload = _graph_payload(model) if has_additions(model) else _chain_payload(model)
+    payload = _graph_payload(model) if Structure.of(model).residual else _chain_payload(model)
     try:
         _write_atomically(payload, path)
     except OSError as exc:

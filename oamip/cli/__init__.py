@@ -5,6 +5,7 @@ console script's entry point) handles SIGINT and SIGTERM first and only then loa
 and the subcommands (:mod:`oamip.cli.commands`), one module per subcommand.
 """
 
-from oamip.cli.entry import INTERRUPTED, USAGE_ERROR, fail, main
+from oamip.cli.entry import INTERRUPTED, main
+from oamip.cli.output import USAGE_ERROR, fail
 
 __all__ = ["INTERRUPTED", "USAGE_ERROR", "fail", "main"]

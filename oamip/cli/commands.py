@@ -12,10 +12,11 @@ import argparse
 from collections.abc import Sequence
 from types import ModuleType
 
-from oamip import __version__
-from oamip.cli import USAGE_ERROR, bench, export, fail, prune, spr, transfer
+from oamip.cli import bench, export, prune, spr, transfer
 from oamip.cli.common import Parser, UsageError, check_folders
+from oamip.cli.output import USAGE_ERROR, fail
 from oamip.errors import OamipError
+from oamip.version import __version__
 
 COMMANDS = (prune, spr, transfer, bench, export)
 """The subcommand modules, in the order ``oamip --help`` lists them."""

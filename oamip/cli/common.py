@@ -18,7 +18,7 @@ from torch import nn
 from oamip.files import check_output_folder
 from oamip.formulations import SCORE_MODES
 from oamip.pipelines.bench import DEFAULT_SIZES, default_cache_dir
-from oamip.pipelines.prune import read_model
+from oamip.pipelines.inputs import read_model
 from oamip.training.data import DATA_SPECS, Dataset, load_data
 from oamip.training.models import ARCHITECTURES
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-USAGE_ERROR = 2
-"""The exit status of a bad command line or input (any OamipError)."""
+from oamip.cli.output import error_line, fail
+
 INTERRUPTED = 128 + signal.SIGINT
 """The exit status of a run stopped by Ctrl-C, or by a KeyboardInterrupt from elsewhere."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -42,16 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop.ending()
             fail(stop.message)
             return stop.status
-
-
-def fail(message: str) -> None:
-    """Report ``message`` as one line on stderr."""
-    print(error_line(message), file=sys.stderr, end="")
-
-
-def error_line(message: str) -> str:
-    """``message`` on one line, as the command reports errors."""
-    return f"oamip: error: {' '.join(message.split())}\n"
 
 
 class Stop:

@@ -19,20 +19,16 @@ from torch import nn
 
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.errors import InvalidInputError
-from oamip.pipelines.prune import (
-    DEFAULT_RECIPE,
-    BaselineReport,
-    PruneReport,
-    PruneSettings,
-    accuracy_curve,
-    describe_arch,
-    mip_fields,
-    score_batch,
-)
+from oamip.pipelines.compare import accuracy_curve
+from oamip.pipelines.inputs import dense_copy, describe_arch, test_accuracy
+from oamip.pipelines.results import BaselineReport, PruneReport, mip_fields
+from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings
+from oamip.pipelines.solving import score_batch
 from oamip.training.criteria import Masks, all_scores, masks_like
 from oamip.training.data import Dataset
+from oamip.training.inference import resolve_device
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
-from oamip.training.train import evaluate, finetune, resolve_device
+from oamip.training.train import finetune
 from oamip.training.transfer import keep_all, random_batch
 
 
@@ -79,9 +75,9 @@ def prune_at_init(
         dataset=dataset.name,
         arch=arch,
         **mip_fields(settings, result, masks, settings.lam, len(batch.y), init, small),
-        accuracy_before=_accuracy(dense, dataset),
-        accuracy_after=_accuracy(apply_masks(init, masks), dataset),
-        accuracy_after_finetune=_accuracy(pruned, dataset),
+        accuracy_before=test_accuracy(dense, dataset),
+        accuracy_after=test_accuracy(apply_masks(init, masks), dataset),
+        accuracy_after_finetune=test_accuracy(pruned, dataset),
         solve_seconds=result.solve_seconds,
         build_seconds=result.build_seconds,
         train_seconds=train_seconds,
@@ -93,10 +89,9 @@ def prune_at_init(
 
 def _initial(model: nn.Module | None, dataset: Dataset, settings: PruneSettings) -> nn.Module:
     """A float32 copy of ``model`` on the device, or a fresh network initialised by the seed."""
-    if model is None:
-        init = build(settings.arch, dataset, DEFAULT_HIDDEN, seed=settings.seed)
-    else:
-        init = copy.deepcopy(model).float()
+    if model is not None:
+        return dense_copy(model, settings.device)
+    init = build(settings.arch, dataset, DEFAULT_HIDDEN, seed=settings.seed)
     return init.to(resolve_device(settings.device)).eval()
 
 
@@ -137,12 +132,8 @@ def _baselines(
         reports.append(
             BaselineReport(
                 method,
-                _accuracy(apply_masks(init, method_masks), dataset),
-                _accuracy(trained_from(init, dataset, method_masks, settings, lr), dataset),
+                test_accuracy(apply_masks(init, method_masks), dataset),
+                test_accuracy(trained_from(init, dataset, method_masks, settings, lr), dataset),
             )
         )
     return reports
-
-
-def _accuracy(model: nn.Module, dataset: Dataset) -> float:
-    return evaluate(model, dataset.x_test, dataset.y_test)

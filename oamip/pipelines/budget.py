@@ -31,7 +31,7 @@ from oamip.formulations.importance import checked_lam
 from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import Dataset
-from oamip.training.train import evaluate
+from oamip.training.inference import evaluate
 
 DEFAULT_LAMS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 """The default grid of loss weights: at 0.01 the sparsity term wins and nearly every unit goes

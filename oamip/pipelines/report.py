@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from oamip.adapters import save_model
 from oamip.files import write_json
 from oamip.pipelines.budget import INTERPOLATED
-from oamip.pipelines.prune import PruneReport, piece_line
+from oamip.pipelines.results import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
 REPORT_FILE = "report.json"

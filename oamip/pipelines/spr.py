@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -25,15 +25,11 @@ from torch import nn
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned, save_model
 from oamip.errors import InvalidInputError
-from oamip.files import staged_output, write_json
-from oamip.pipelines.prune import (
-    check_fits,
-    checked_seed,
-    count_params,
-    dataset_of,
-    describe_arch,
-)
+from oamip.files import plain, staged_output, write_json
+from oamip.pipelines.inputs import check_fits, count_params, dataset_of, dense_copy, describe_arch
+from oamip.pipelines.settings import checked_seed
 from oamip.training.data import Dataset
+from oamip.training.inference import evaluate, resolve_device
 from oamip.training.models import ARCHITECTURES, build
 from oamip.training.spr import (
     DEFAULT_RESIDUAL_UNITS,
@@ -41,13 +37,7 @@ from oamip.training.spr import (
     ZERO_GROUP_TOL,
     SPRRegularizer,
 )
-from oamip.training.train import (
-    evaluate,
-    finetune,
-    resolve_device,
-    train,
-    train_penalised,
-)
+from oamip.training.train import finetune, train, train_penalised
 
 DEFAULT_LAM = 0.03
 DEFAULT_ALPHA = 0.5
@@ -138,14 +128,7 @@ class SPRReport:
 
     def to_dict(self) -> dict:
         """The report as plain data (everything but the model), as written to report.json."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
-
-
-def _plain(value):
-    """A nested report dataclass (or a list of them) as dicts; anything else as it is."""
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return asdict(value) if is_dataclass(value) else value
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
 
 
 @dataclass(frozen=True)
@@ -272,7 +255,7 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 def _dense_model(model: nn.Module | None, dataset: Dataset, s: _Settings) -> nn.Module:
     """A copy of ``model`` on the device, or a fresh ``s.arch`` model trained for ``s.epochs``."""
     if model is not None:
-        return copy.deepcopy(model).to(s.device).eval()
+        return dense_copy(model, s.device)
     fresh = build(s.arch, dataset, seed=s.seed)
     return train(fresh, dataset, s.epochs, s.lr, seed=s.seed, device=s.device, progress=s.progress)
 

@@ -24,22 +24,17 @@ from tqdm.auto import tqdm
 from oamip import checks
 from oamip.errors import InvalidInputError
 from oamip.files import write_json
-from oamip.pipelines.prune import (
-    DEFAULT_RECIPE,
-    PruneSettings,
-    _check_classes,
-    _torch_threads,
-    checked_seed,
-    dataset_of,
-    score_batch,
-)
+from oamip.pipelines.inputs import check_classes, dataset_of
 from oamip.pipelines.report import percent
+from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings, checked_seed, torch_threads
+from oamip.pipelines.solving import score_batch
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
 from oamip.training.criteria import MIP_METHOD, Masks, get_criterion, masks_like
 from oamip.training.data import Dataset, mip_batch
+from oamip.training.inference import evaluate, resolve_device
 from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
-from oamip.training.train import evaluate, finetune, resolve_device, train
+from oamip.training.train import finetune, train
 from oamip.training.transfer import keep_all, random_batch, rewind, with_classes
 
 METHODS = (MIP_METHOD, "dense", "random", "magnitude", "snip")
@@ -192,7 +187,7 @@ def transfer(
     settings.validate()
     source_data, target_data = dataset_of(source), dataset_of(target)
     check_pair(source_data, target_data, settings)
-    with _torch_threads(settings.threads), open_executor(settings.executor) as executor:
+    with torch_threads(settings.threads), open_executor(settings.executor) as executor:
         return _transfer(source_data, target_data, replace(settings, executor=executor))
 
 
@@ -205,8 +200,8 @@ def check_pair(source: Dataset, target: Dataset, settings: TransferSettings) -> 
             f"'{target.name}' has inputs of shape {target.input_shape}; a mask travels only "
             "between data sets of the same input shape (resize one of them)"
         )
-    _check_classes(source, settings.samples_per_class)
-    _check_classes(target, settings.samples_per_class)
+    check_classes(source, settings.samples_per_class)
+    check_classes(target, settings.samples_per_class)
     with_classes(initial_network(source, settings, 0), target.num_classes, 0)
 
 

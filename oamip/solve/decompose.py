@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oamip import __version__, backends
+from oamip import backends
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
@@ -46,6 +46,7 @@ from oamip.solve.interrupt import INTERRUPTED
 from oamip.solve.options import ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import sweep
+from oamip.version import __version__
 
 CONNECT_SECONDS = 5
 """How long connecting to a Dask scheduler given by its address may take."""

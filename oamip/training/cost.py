@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from oamip import checks
-from oamip.training.train import eval_mode, model_device
+from oamip.training.inference import eval_mode, model_device
 
 LATENCY_BATCHES = (1, 64)
 LATENCY_REPEATS = 20

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from oamip.adapters.residual import RowGroup, row_groups
+from oamip.adapters.structure import RowGroup, row_groups
 from oamip.errors import InvalidInputError
-from oamip.training.train import eval_mode, model_device
+from oamip.training.inference import eval_mode, model_device
 
 Scores = dict[str, np.ndarray]
 Masks = dict[str, np.ndarray]

@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from oamip.errors import InvalidInputError
-from oamip.training.train import predict
+from oamip.training.inference import predict
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.residual import RowGroup, row_groups
+from oamip.adapters.structure import RowGroup, row_groups
 from oamip.errors import InvalidInputError
 from oamip.formulations.spr import SPRParams
 

@@ -4,7 +4,7 @@ Torch-Pruning's pruners rank the channels of each dependency group (channels tha
 together: a convolution's filters, its BatchNorm, the next layers' inputs, and across additions
 the whole coupled group) by an importance and remove the lowest. :func:`oamip_importance` makes
 that importance the scores :func:`oamip.score_neurons` gave our units, which are the same sets of
-channels (:func:`oamip.adapters.residual.row_groups`), so Torch-Pruning's dependency graph does
+channels (:func:`oamip.adapters.structure.row_groups`), so Torch-Pruning's dependency graph does
 the removal and OAMIP decides what goes.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.residual import row_groups
+from oamip.adapters.structure import row_groups
 from oamip.errors import InvalidInputError
 from oamip.training.tp import torch_pruning
 

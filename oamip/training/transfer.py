@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.residual import forward_ops, row_groups
+from oamip.adapters.residual import forward_ops
+from oamip.adapters.structure import row_groups
 from oamip.errors import InvalidInputError
 from oamip.training.data import Batch, Dataset
 

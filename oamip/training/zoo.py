@@ -17,8 +17,9 @@ from torch import nn
 
 from oamip.adapters import load_model, save_model
 from oamip.training.data import Dataset
+from oamip.training.inference import evaluate
 from oamip.training.models import TRAINING_DEFAULTS, build
-from oamip.training.train import evaluate, train
+from oamip.training.train import train
 
 
 @dataclass(frozen=True)

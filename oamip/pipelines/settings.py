@@ -1,0 +1,120 @@
+"""The settings of ``oamip.prune``: one dataclass, its checks and the training recipe it falls
+back on, shared by every pipeline that prunes (prune, at initialisation, transfer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from oamip import checks
+from oamip.errors import InvalidInputError
+from oamip.pipelines.budget import (
+    DEFAULT_INTERPOLATE_STEPS,
+    DEFAULT_LAMS,
+    DEFAULT_REFINE_STEPS,
+    DEFAULT_VAL_FRACTION,
+    checked_lams,
+)
+from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
+from oamip.training.inference import resolve_device
+from oamip.training.models import ARCHITECTURES, TrainingDefaults
+
+DEFAULT_RECIPE = TrainingDefaults(epochs=10, lr=1e-2)
+"""How mlp and lenet5 are trained when no model is given (vgg: ``TRAINING_DEFAULTS``)."""
+
+
+DEFAULT_FINETUNE_LR = 1e-3
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: the seeds of numpy's and torch's generators that every platform takes."""
+
+
+@dataclass
+class PruneSettings(ScoringOptions):
+    """Every choice of ``oamip prune``: the scoring options (:class:`ScoringOptions`, whose
+    defaults are the authors' settings) and the pipeline's own. ``threads`` limits PyTorch's
+    CPU threads as well as the solver's."""
+
+    arch: str = checks.option("mlp", "the architecture trained when no model is given")
+    samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
+    threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")
+    finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
+    device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
+    seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
+    progress: bool = checks.option(False, "show progress bars")
+    at_init: bool = checks.option(False, "score and prune at initialisation, then train")
+    log: bool = checks.option(
+        False, "one line on stderr per finished piece and per weight of the path (no bars)"
+    )
+    max_drop: float | None = checks.option(
+        None,
+        "points of validation accuracy the pruned network may lose against the dense one: "
+        "solve the lam path and keep the sparsest mask within (None: one lam, no validation)",
+    )
+    lams: tuple[float, ...] | None = checks.option(
+        None, f"the path's loss weights with max_drop (None: {', '.join(map(str, DEFAULT_LAMS))})"
+    )
+    val_fraction: float = checks.option(
+        DEFAULT_VAL_FRACTION, "share of the training split held out for validation (max_drop)"
+    )
+    refine_steps: int = checks.option(
+        DEFAULT_REFINE_STEPS, "bisection steps of the path around the budget (max_drop)"
+    )
+    interpolate_steps: int = checks.option(
+        DEFAULT_INTERPOLATE_STEPS,
+        "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
+    )
+
+    def validate(self) -> None:
+        """Check every setting before any work (InvalidInputError names the culprit) and
+        normalise it; the backend must be installed."""
+        super().validate()
+        resolve_device(self.device)
+        checks.choice("architecture", self.arch, ARCHITECTURES)
+        self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
+        self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
+        self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
+        self.seed = checked_seed(self.seed)
+        checks.flag("progress", self.progress)
+        checks.flag("at_init", self.at_init)
+        checks.flag("log", self.log)
+        self._validate_budget()
+
+    def _validate_budget(self) -> None:
+        """The budget's settings: lams and refine_steps only make sense with max_drop."""
+        self.val_fraction = checks.real(
+            "the validation fraction", self.val_fraction, 0.0, 1.0, open_low=True
+        )
+        self.refine_steps = checks.whole("refine steps", self.refine_steps, 0)
+        self.interpolate_steps = checks.whole("interpolate steps", self.interpolate_steps, 0)
+        if self.max_drop is None:
+            if self.lams is not None:
+                raise InvalidInputError(
+                    "lams (--lams) is the path of an accuracy budget: give max_drop "
+                    "(--max-drop POINTS) too, or use lam (--lam) for one weight"
+                )
+            return
+        self.max_drop = checks.real("max_drop (points of accuracy)", self.max_drop, 0.0, 100.0)
+        if self.lams is not None:
+            self.lams = checked_lams(self.lams)
+
+
+def checked_seed(seed: int) -> int:
+    """``seed`` as an int, refused unless a whole number in 0..SEED_MAX."""
+    return checks.whole("seed", seed, 0, SEED_MAX)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with PyTorch limited to ``threads`` CPU threads (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
