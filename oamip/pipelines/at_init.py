@@ -10,16 +10,15 @@ threshold 0.2.
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
 
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.errors import InvalidInputError
-from oamip.pipelines.compare import accuracy_curve
+from oamip.pipelines.compare import accuracy_curve, finetuned
 from oamip.pipelines.inputs import dense_copy, describe_arch, test_accuracy
 from oamip.pipelines.results import BaselineReport, PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings
@@ -28,7 +27,6 @@ from oamip.training.criteria import Masks, all_scores, masks_like
 from oamip.training.data import Dataset
 from oamip.training.inference import resolve_device
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
-from oamip.training.train import finetune
 from oamip.training.transfer import keep_all, random_batch
 
 
@@ -96,24 +94,11 @@ def _initial(model: nn.Module | None, dataset: Dataset, settings: PruneSettings)
 
 
 def trained_from(
-    init: nn.Module,
-    dataset: Dataset,
-    masks: Masks,
-    settings: PruneSettings,
-    lr: float,
+    init: nn.Module, dataset: Dataset, masks: Masks, settings: PruneSettings, lr: float
 ) -> nn.Module:
-    """A copy of ``init`` trained ``settings.finetune_epochs`` epochs at learning rate ``lr``
-    (the architecture's training recipe) with the units ``masks`` prunes held at exactly zero."""
-    return finetune(
-        copy.deepcopy(init),
-        dataset,
-        masks,
-        epochs=settings.finetune_epochs,
-        lr=lr,
-        seed=settings.seed,
-        device=settings.device,
-        progress=False,
-    )
+    """A copy of ``init`` trained ``settings.finetune_epochs`` epochs (at least one, checked)
+    at the architecture's learning rate ``lr``, pruned units held at zero, silently."""
+    return finetuned(init, dataset, masks, replace(settings, progress=False), lr)
 
 
 def _baselines(

@@ -24,9 +24,14 @@ SWEEP_THRESHOLDS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 
 
 def finetuned(
-    masked: nn.Module, dataset: Dataset, masks: dict[str, np.ndarray], settings: PruneSettings
+    masked: nn.Module,
+    dataset: Dataset,
+    masks: dict[str, np.ndarray],
+    settings: PruneSettings,
+    lr: float = DEFAULT_FINETUNE_LR,
 ) -> nn.Module | None:
-    """A fine-tuned copy of the masked model, or None when no fine-tuning was asked for."""
+    """A copy of ``masked`` trained ``settings.finetune_epochs`` epochs at learning rate ``lr``
+    with the units ``masks`` prunes held at exactly zero; None when no epochs are asked for."""
     if settings.finetune_epochs == 0:
         return None
     return finetune(
@@ -34,7 +39,7 @@ def finetuned(
         dataset,
         masks,
         epochs=settings.finetune_epochs,
-        lr=DEFAULT_FINETUNE_LR,
+        lr=lr,
         seed=settings.seed,
         device=settings.device,
         progress=settings.progress,
