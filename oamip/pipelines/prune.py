@@ -133,7 +133,6 @@ def _prune(
         total_seconds=time.perf_counter() - started,
         baselines=compare(dense, dataset, masks, baseline_scores, settings),
         curve=accuracy_curve(dense, dataset, result, baseline_scores),
-        max_drop=settings.max_drop,
         val_fraction=None if split is None else settings.val_fraction,
         val_size=0 if split is None else len(split.y_val),
         val_accuracy_before=budgeted.val_accuracy_before,

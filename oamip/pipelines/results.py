@@ -15,7 +15,7 @@ from oamip.adapters.scoring import ScoreResult
 from oamip.files import plain
 from oamip.pipelines.budget import BudgetEntry, PathPoint, StepPoint
 from oamip.pipelines.inputs import count_params, layer_labels
-from oamip.pipelines.settings import PruneSettings
+from oamip.pipelines.settings import PruneSettings, report_settings
 from oamip.solve.decompose import PieceResult
 
 
@@ -125,6 +125,11 @@ class PruneReport:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
 
 
+COMPUTED = ("arch", "backend", "lam", "val_fraction")
+"""The report's fields named like settings that the run fills: the architecture the model has,
+the backend that solved, the lam kept, the validation fraction (None when no split was made)."""
+
+
 def mip_fields(
     settings: PruneSettings,
     result: ScoreResult,
@@ -138,17 +143,11 @@ def mip_fields(
     every pipeline that reports (prune, prune at initialisation). ``model`` is the network
     scored, ``small`` the pruned one reported."""
     return {
+        **report_settings(settings, PruneReport, COMPUTED),
         "backend": result.backend,
         "status": result.status,
         "lam": lam,
-        "loss": str(settings.loss),
-        "scores": settings.scores,
-        "threshold": settings.threshold,
-        "samples_per_class": settings.samples_per_class,
         "n_mip_samples": n_samples,
-        "seed": settings.seed,
-        "time_limit": settings.time_limit,
-        "solver_heuristics": settings.solver_heuristics,
         "objective": result.objective,
         "bound": result.bound,
         "gap": result.gap,
@@ -156,8 +155,6 @@ def mip_fields(
         "units_pruned": sum(int((~m).sum()) for m in masks.values()),
         "params_total": count_params(model),
         "params_after": count_params(small),
-        "finetune_epochs": settings.finetune_epochs,
-        "decompose": settings.decompose,
         "subproblems": [subproblem_report(piece) for piece in result.subproblems],
         "layers": layer_reports(result, masks, layer_labels(model, list(masks))),
         "model": small,

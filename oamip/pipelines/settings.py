@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -34,18 +34,38 @@ SEED_MAX = 2**32 - 1
 
 
 @dataclass
-class PruneSettings(ScoringOptions):
-    """Every choice of ``oamip prune``: the scoring options (:class:`ScoringOptions`, whose
-    defaults are the authors' settings) and the pipeline's own. ``threads`` limits PyTorch's
-    CPU threads as well as the solver's."""
+class ExperimentSettings(ScoringOptions):
+    """What every pipeline that trains, scores and prunes chooses beside the scoring options
+    (:class:`ScoringOptions`, whose defaults are the authors' settings): declared once here for
+    ``oamip prune`` and ``oamip transfer``. ``threads`` limits PyTorch's CPU threads as well as
+    the solver's."""
 
-    arch: str = checks.option("mlp", "the architecture trained when no model is given")
+    arch: str = checks.option(
+        "mlp", f"the architecture trained when no model is given: {', '.join(ARCHITECTURES)}"
+    )
     samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
     threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")
-    finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
     device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
-    seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     progress: bool = checks.option(False, "show progress bars")
+
+    def validate(self) -> None:
+        """Check every setting before any work (InvalidInputError names the culprit) and
+        normalise it; the backend must be installed."""
+        super().validate()
+        resolve_device(self.device)
+        checks.choice("architecture", self.arch, ARCHITECTURES)
+        self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
+        self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
+        checks.flag("progress", self.progress)
+
+
+@dataclass
+class PruneSettings(ExperimentSettings):
+    """Every choice of ``oamip prune``: the experiment's settings (:class:`ExperimentSettings`)
+    and the pipeline's own."""
+
+    finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
+    seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     at_init: bool = checks.option(False, "score and prune at initialisation, then train")
     log: bool = checks.option(
         False, "one line on stderr per finished piece and per weight of the path (no bars)"
@@ -73,13 +93,8 @@ class PruneSettings(ScoringOptions):
         """Check every setting before any work (InvalidInputError names the culprit) and
         normalise it; the backend must be installed."""
         super().validate()
-        resolve_device(self.device)
-        checks.choice("architecture", self.arch, ARCHITECTURES)
-        self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
-        self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
-        checks.flag("progress", self.progress)
         checks.flag("at_init", self.at_init)
         checks.flag("log", self.log)
         self._validate_budget()
@@ -101,6 +116,18 @@ class PruneSettings(ScoringOptions):
         self.max_drop = checks.real("max_drop (points of accuracy)", self.max_drop, 0.0, 100.0)
         if self.lams is not None:
             self.lams = checked_lams(self.lams)
+
+
+def report_settings(settings: ScoringOptions, report: type, computed: tuple[str, ...]) -> dict:
+    """The fields of the dataclass ``report`` that repeat a setting of the same name, taken from
+    ``settings`` rather than copied by hand (a loss as its name); ``computed`` names the fields
+    the run fills itself (the lam a budget chose, say)."""
+    names = {f.name for f in fields(report)} & {f.name for f in fields(settings)}
+    return {
+        name: str(value) if name in ("loss", "backend") else value
+        for name in sorted(names - set(computed))
+        for value in [getattr(settings, name)]
+    }
 
 
 def checked_seed(seed: int) -> int:

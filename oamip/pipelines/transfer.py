@@ -26,14 +26,21 @@ from oamip.errors import InvalidInputError
 from oamip.files import write_json
 from oamip.pipelines.inputs import check_classes, dataset_of
 from oamip.pipelines.report import percent
-from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings, checked_seed, torch_threads
+from oamip.pipelines.settings import (
+    DEFAULT_RECIPE,
+    ExperimentSettings,
+    PruneSettings,
+    checked_seed,
+    report_settings,
+    torch_threads,
+)
 from oamip.pipelines.solving import score_batch
 from oamip.solve.decompose import open_executor
-from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
+from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import MIP_METHOD, Masks, get_criterion, masks_like
 from oamip.training.data import Dataset, mip_batch
-from oamip.training.inference import evaluate, resolve_device
-from oamip.training.models import ARCHITECTURES, DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
+from oamip.training.inference import evaluate
+from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
 from oamip.training.train import finetune, train
 from oamip.training.transfer import keep_all, random_batch, rewind, with_classes
 
@@ -46,12 +53,11 @@ PLOT_DPI = 100
 
 
 @dataclass
-class TransferSettings(ScoringOptions):
-    """Every choice of ``oamip transfer``: the scoring options of the MIP on the source
-    (:class:`ScoringOptions`, the authors' defaults) and the experiment's own. ``threads`` limits
-    PyTorch's CPU threads as well as the solver's."""
+class TransferSettings(ExperimentSettings):
+    """Every choice of ``oamip transfer``: the experiment's settings (:class:`ExperimentSettings`,
+    shared with ``oamip prune``; the MIP and SNIP batches take ``samples_per_class``) and its
+    own."""
 
-    arch: str = checks.option("mlp", "the architecture: mlp, lenet5, vgg, resnet8 or resnet20")
     hidden: tuple[int, ...] = checks.option(DEFAULT_HIDDEN, "hidden widths of the MLP")
     seeds: int | Sequence[int] = checks.option(
         DEFAULT_SEEDS, "how many seeds (0, 1, ...), or the seeds themselves"
@@ -59,24 +65,20 @@ class TransferSettings(ScoringOptions):
     epochs: int | None = checks.option(
         None, "epochs of training on the source and on the target (None: the arch's recipe)"
     )
-    samples_per_class: int = checks.option(1, "samples per class in the MIP and SNIP batches")
-    threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")
-    device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
-    progress: bool = checks.option(False, "show progress bars")
 
     def validate(self) -> None:
         """Check every setting before any work (InvalidInputError names the culprit) and
         normalise it; the backend must be installed."""
         super().validate()
-        resolve_device(self.device)
-        checks.choice("architecture", self.arch, ARCHITECTURES)
         self.hidden = _widths(self.hidden)
         self.seeds = seed_list(self.seeds)
         if self.epochs is not None:
             self.epochs = checks.whole("epochs", self.epochs, 1)
-        self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
-        self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
-        checks.flag("progress", self.progress)
+
+
+COMPUTED = ("seeds", "hidden", "epochs")
+"""The report's fields named like settings that the run fills (seeds as a list, hidden widths
+for an MLP only, the epochs the recipe gave)."""
 
 
 def seed_list(seeds: int | Sequence[int]) -> list[int]:
@@ -222,19 +224,12 @@ def _transfer(source: Dataset, target: Dataset, settings: TransferSettings) -> T
     return TransferReport(
         source=source.name,
         target=target.name,
-        arch=settings.arch,
         seeds=list(settings.seeds),
         methods=[_method_result(name, runs) for name in METHODS],
         hidden=list(settings.hidden) if settings.arch == "mlp" else None,
         epochs=epochs,
         lr=recipe.lr,
-        backend=str(settings.backend),
-        loss=str(settings.loss),
-        lam=settings.lam,
-        scores=settings.scores,
-        threshold=settings.threshold,
-        samples_per_class=settings.samples_per_class,
-        decompose=settings.decompose,
+        **report_settings(settings, TransferReport, COMPUTED),
         units_total=units_total,
         layers_pruned=[run.layers for run in runs],
         statuses=[run.status for run in runs],
