@@ -67,32 +67,27 @@ def option(default, doc: str):
 
 
 def with_options(cls) -> Callable[[Callable], Callable]:
-    """Decorate ``func(..., **options)`` so that its signature and docstring list the fields of
-    the options dataclass ``cls`` (``help()`` shows them), and an unknown option name is refused
-    with a clear error instead of a TypeError deep inside."""
+    """Decorate ``func(..., **options)``, whose signature types its keyword options with the
+    keyword form of the options dataclass ``cls`` (``Unpack[...Keywords]``): an unknown option
+    name is refused with a clear error instead of a TypeError deep inside, and ``help()`` lists
+    every option with its default and doc."""
 
     def decorate(func: Callable) -> Callable:
-        signature = inspect.signature(func)
-        own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-        taken = {p.name for p in own}
-        extra = [
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-            for f in dataclasses.fields(cls)
-            if f.name not in taken
-        ]
-        allowed = taken | {p.name for p in extra}
+        own = {
+            p.name for p in inspect.signature(func).parameters.values() if p.kind != p.VAR_KEYWORD
+        }
+        options = [f.name for f in dataclasses.fields(cls) if f.name not in own]
 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            unknown = sorted(set(kwargs) - allowed)
+            unknown = sorted(set(kwargs) - own - set(options))
             if unknown:
                 raise InvalidInputError(
                     f"{func.__name__}() got unknown option(s) {', '.join(unknown)}; "
-                    f"its options are: {', '.join(p.name for p in extra)}"
+                    f"its options are: {', '.join(options)}"
                 )
             return func(*args, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=own + extra)
         wrapper.__doc__ = f"{func.__doc__ or ''}\n\nOptions ({cls.__name__}):\n{options_doc(cls)}\n"
         return wrapper
 

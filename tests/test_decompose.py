@@ -122,7 +122,7 @@ def test_layer_and_class_pieces_with_heads_are_optimal():
     first, last = res.subproblems[:3], res.subproblems[3:]
     assert all(0.0 <= p.head_accuracy <= 1.0 for p in first)
     assert all(p.head_accuracy is None for p in last)
-    options = ScoringOptions(decompose="layer,class", aux_data=aux, **SETTINGS)
+    options = ScoringOptions(decompose="layer,class", **SETTINGS)
     options.validate()
     network = extract(model, x).network
     pieces = decomposed_pieces(
@@ -142,7 +142,7 @@ def test_a_conv_block_gets_grid_average_pooling_and_one_linear_layer():
     network = extract(model, x).network
     cut = blocks(network)
     assert [(b.start, b.stop) for b in cut] == [(0, 2), (2, 3), (3, len(network.layers))]
-    options = ScoringOptions(decompose="layer", aux_data=aux, **SETTINGS)
+    options = ScoringOptions(decompose="layer", **SETTINGS)
     options.validate()
     pieces = decomposed_pieces(
         network, x, y, options, check_decomposition(network, x, y, options, aux)

@@ -52,9 +52,9 @@ def test_prune_by_layer_fits_heads_on_the_training_split_and_reports_the_pieces(
     seen = []
     solve = prune_pipeline.score_decomposed
 
-    def spy(model, x, y, options, lams, on_done=None):
-        seen.append(options.aux_data)
-        return solve(model, x, y, options, lams, on_done)
+    def spy(model, x, y, options, lams, on_done=None, aux_data=None, executor=None):
+        seen.append(aux_data)
+        return solve(model, x, y, options, lams, on_done, aux_data, executor)
 
     monkeypatch.setattr(prune_pipeline, "score_decomposed", spy)
     report = oamip.prune(small_model, digits, decompose="layer", **FAST)

@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "oamip"
 SOLVERS = {"highspy", "pyscipopt", "gurobipy"}
 ORDER = [
-    ["errors", "checks", "files", "version"],
+    ["errors", "checks", "files", "version", "progress"],
     ["network", "bounds", "sparse"],
     ["formulations"],
     ["backends"],
@@ -32,6 +32,7 @@ THIRD_PARTY = {
     # what each layer may not import from outside the package
     "errors": {"torch", "pyomo", "numpy", *SOLVERS},
     "version": {"torch", "pyomo", "numpy", *SOLVERS},
+    "progress": {"torch", "pyomo", "numpy", *SOLVERS},
     "checks": {"torch", "pyomo", *SOLVERS},
     "files": {"torch", "pyomo", *SOLVERS},
     "network": {"torch", "pyomo", *SOLVERS},

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyomo.environ as pyo
+from typing_extensions import Unpack
 
 from oamip import backends, checks
 from oamip.adapters.decompose import (
@@ -27,7 +29,12 @@ from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError, OamipError, VerificationError
 from oamip.formulations import ImportanceModel, build_importance_model, sparsity_term
 from oamip.solve.decompose import Piece, PieceResult, open_executor, run_pieces
-from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
+from oamip.solve.options import (
+    DEFAULT_THRESHOLD,
+    ScoringKeywords,
+    ScoringOptions,
+    check_resources,
+)
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.sweep import SweepPoint, sweep
 
@@ -99,7 +106,16 @@ def _keep(scores: np.ndarray, threshold: float, min_keep: int) -> np.ndarray:
 
 
 @checks.with_options(ScoringOptions)
-def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes) -> ScoreResult:
+def score_neurons(
+    model,
+    x,
+    y,
+    options: ScoringOptions | None = None,
+    *,
+    aux_data: tuple | None = None,
+    executor: Any = None,
+    **changes: Unpack[ScoringKeywords],
+) -> ScoreResult:
     """Solve the neuron-importance MIP of ``model`` on the batch ``(x, y)``.
 
     ``x`` and ``y`` may be numpy arrays or tensors (any device). The model is never modified.
@@ -119,9 +135,9 @@ def score_neurons(model, x, y, options: ScoringOptions | None = None, **changes)
     ``subproblems`` lists the pieces; the status is "optimal" only if every piece is; the
     objective is the whole network's at the combined scores, with no bound.
     """
-    options = _options(options, changes)
+    options = _options(options, changes, aux_data, executor)
     if options.decompose is not None:
-        return score_decomposed(model, x, y, options, [options.lam])[0]
+        return score_decomposed(model, x, y, options, [options.lam], None, aux_data, executor)[0]
     return _score(model, x, y, [options.lam], options)[0]
 
 
@@ -133,7 +149,10 @@ def score_sweep(
     lams,
     options: ScoringOptions | None = None,
     on_solved: Callable[[SweepPoint], None] | None = None,
-    **changes,
+    *,
+    aux_data: tuple | None = None,
+    executor: Any = None,
+    **changes: Unpack[ScoringKeywords],
 ) -> list[ScoreResult]:
     """``score_neurons`` for each loss weight in ``lams`` (results in that order), on one model.
 
@@ -148,20 +167,24 @@ def score_sweep(
     the pieces and their heads are cut once, and every (weight, piece) pair is solved as its own
     piece (no concavity shortcut), all in one run on the executor and checkpoint given.
     """
-    options = _options(options, changes)
+    options = _options(options, changes, aux_data, executor)
     if options.decompose is not None:
-        return score_decomposed(model, x, y, options, _weights(lams))
+        return score_decomposed(model, x, y, options, _weights(lams), None, aux_data, executor)
     return _score(model, x, y, _weights(lams), options, on_solved)
 
 
-def _options(options: ScoringOptions | None, changes: dict) -> ScoringOptions:
-    """A checked copy of ``options`` with ``changes`` applied; the caller's is not modified."""
+def _options(
+    options: ScoringOptions | None, changes: dict, aux_data: Any, executor: Any
+) -> ScoringOptions:
+    """A checked copy of ``options`` with ``changes`` applied (the caller's is not modified),
+    and the resources given beside it checked against it."""
     if options is not None and not isinstance(options, ScoringOptions):
         raise InvalidInputError(
             f"options must be an oamip.ScoringOptions, got {type(options).__name__}"
         )
     merged = replace(options.scoring() if options is not None else ScoringOptions(), **changes)
     merged.validate()
+    check_resources(merged, aux_data, executor)
     return merged
 
 
@@ -191,8 +214,11 @@ def score_decomposed(
     options: ScoringOptions,
     lams: list[float],
     on_done: Callable[[PieceResult, int], None] | None = None,
+    aux_data: tuple | None = None,
+    executor: Any = None,
 ) -> list[ScoreResult]:
-    """The pieces of ``options.decompose`` (checked options) solved for each weight in
+    """The pieces of ``options.decompose`` (checked options, with ``aux_data`` and ``executor``
+    as :func:`oamip.solve.options.check_resources` takes them) solved for each weight in
     ``lams``, their scores combined and checked against PyTorch on the whole batch; one result
     per weight, in that order.
 
@@ -205,11 +231,11 @@ def score_decomposed(
     x, y = _as_numpy(x, "x"), _as_numpy(y, "y")
     extracted = extract(model, x, options.residual)
     network = extracted.network
-    aux = options.aux_data
+    aux = aux_data
     if aux is not None:
         aux = (_as_numpy(aux[0], "aux_data's inputs"), _as_numpy(aux[1], "aux_data's labels"))
     aux = check_decomposition(network, x, y, options, aux)
-    with open_executor(options.executor) as executor:
+    with open_executor(executor) as executor:
         cut = decomposed_pieces(network, x, y, options, aux)
         pieces = [_at_weight(piece, lam) for lam in lams for piece in cut]
         build_seconds = time.perf_counter() - started

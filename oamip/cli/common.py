@@ -19,6 +19,7 @@ from oamip.files import check_output_folder
 from oamip.formulations import SCORE_MODES
 from oamip.pipelines.bench import DEFAULT_SIZES, default_cache_dir
 from oamip.pipelines.inputs import read_model
+from oamip.progress import Bars
 from oamip.training.data import DATA_SPECS, Dataset, load_data
 from oamip.training.models import ARCHITECTURES
 
@@ -37,6 +38,12 @@ class Parser(argparse.ArgumentParser):
 def say(text: str) -> None:
     """Print a result line (or table) on stdout."""
     print(text)
+
+
+def command_listener() -> Bars:
+    """How a command reports progress: every line on stderr (a piece solved, a weight of the
+    path), and bars too when stderr is a terminal (:func:`progress_shown`)."""
+    return Bars(bars=progress_shown())
 
 
 def progress_shown() -> bool:

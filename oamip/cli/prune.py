@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oamip.cli.common import add_input_arguments, add_out_argument, read_inputs, say, say_written
+from oamip.cli.common import (
+    add_input_arguments,
+    add_out_argument,
+    command_listener,
+    read_inputs,
+    say,
+    say_written,
+)
 from oamip.cli.scoring import add_scoring_arguments, scoring_options
 from oamip.files import staged_output
 from oamip.pipelines.budget import DEFAULT_LAMS
@@ -88,7 +95,9 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
     dataset, model = read_inputs(args)
-    report = prune(model, dataset, settings(args))
+    report = prune(
+        model, dataset, settings(args), executor=args.scheduler, on_progress=command_listener()
+    )
     with staged_output(args.out) as folder:
         written = write_report(report, folder)
     if report.status == INTERRUPTED:
@@ -116,7 +125,6 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "arch": args.arch or "mlp",
         "finetune_epochs": args.finetune_epochs,
         "seed": args.seed,
-        "log": True,
         "verbose": args.verbose,
         "at_init": args.at_init,
         "max_drop": args.max_drop,

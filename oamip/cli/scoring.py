@@ -139,7 +139,6 @@ def scoring_options(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "decompose": args.decompose,
         "n_jobs": args.workers,
-        "executor": args.scheduler,
         "checkpoint": args.checkpoint,
         "progress": progress_shown(),
     }

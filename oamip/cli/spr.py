@@ -8,7 +8,7 @@ from pathlib import Path
 from oamip.cli.common import (
     add_input_arguments,
     add_out_argument,
-    progress_shown,
+    command_listener,
     read_inputs,
     say,
     say_written,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out=args.out,
-        progress=progress_shown(),
+        on_progress=command_listener(),
     )
     say(summary_table(report))
     say_written(args.out, [Path("report.json"), Path("pruned.pt")])

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oamip.cli.common import add_out_argument, one_of, say, say_written, whole_numbers
+from oamip.cli.common import (
+    add_out_argument,
+    command_listener,
+    one_of,
+    say,
+    say_written,
+    whole_numbers,
+)
 from oamip.cli.scoring import add_scoring_arguments, scoring_options
 from oamip.files import staged_output
 from oamip.pipelines.transfer import TransferSettings, summary_table, transfer, write_transfer
@@ -53,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
     )
     settings.validate()
-    report = transfer(load_data(args.source), load_data(args.target), settings)
+    source, target = load_data(args.source), load_data(args.target)
+    report = transfer(
+        source, target, settings, executor=args.scheduler, on_progress=command_listener()
+    )
     with staged_output(args.out) as folder:
         written = write_transfer(report, folder)
     say(summary_table(report))

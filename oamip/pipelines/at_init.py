@@ -11,7 +11,7 @@ threshold 0.2.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
@@ -22,7 +22,9 @@ from oamip.pipelines.compare import accuracy_curve, finetuned
 from oamip.pipelines.inputs import dense_copy, describe_arch, test_accuracy
 from oamip.pipelines.results import BaselineReport, PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings
-from oamip.pipelines.solving import score_batch
+from oamip.pipelines.solving import BatchSolver
+from oamip.progress import Listener
+from oamip.solve.options import Resources
 from oamip.training.criteria import Masks, all_scores, masks_like
 from oamip.training.data import Dataset
 from oamip.training.inference import resolve_device
@@ -41,7 +43,11 @@ class AtInitReport(PruneReport):
 
 
 def prune_at_init(
-    model: nn.Module | None, dataset: Dataset, settings: PruneSettings
+    model: nn.Module | None,
+    dataset: Dataset,
+    settings: PruneSettings,
+    resources: Resources | None = None,
+    listener: Listener | None = None,
 ) -> AtInitReport:
     """Score ``model`` (None: a fresh ``settings.arch`` initialised by ``settings.seed``) at its
     initialisation, prune, train, and compare; ``settings`` and ``dataset`` are already checked
@@ -59,7 +65,8 @@ def prune_at_init(
     started = time.perf_counter()
     init = _initial(model, dataset, settings)
     batch = random_batch(dataset, settings.samples_per_class, settings.seed)
-    result = score_batch(init, batch.x, batch.y, settings, dataset)
+    solver = BatchSolver(settings, dataset, resources or Resources(), listener)
+    result = solver.one(init, batch.x, batch.y)
     masks = result.masks(settings.threshold)
     baseline_scores = all_scores(init, batch.x, batch.y, settings.seed)
     arch = describe_arch(init)
@@ -98,7 +105,7 @@ def trained_from(
 ) -> nn.Module:
     """A copy of ``init`` trained ``settings.finetune_epochs`` epochs (at least one, checked)
     at the architecture's learning rate ``lr``, pruned units held at zero, silently."""
-    return finetuned(init, dataset, masks, replace(settings, progress=False), lr)
+    return finetuned(init, dataset, masks, settings, lr)
 
 
 def _baselines(

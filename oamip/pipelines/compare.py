@@ -4,7 +4,6 @@ fine-tuning, and the accuracy curve of every criterion along the MIP's threshold
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 from torch import nn
@@ -14,6 +13,7 @@ from oamip.adapters.scoring import ScoreResult
 from oamip.pipelines.inputs import test_accuracy
 from oamip.pipelines.results import BaselineReport, CurvePoint
 from oamip.pipelines.settings import DEFAULT_FINETUNE_LR, PruneSettings
+from oamip.progress import Listener
 from oamip.training.criteria import MIP_METHOD, masks_like
 from oamip.training.data import Dataset
 from oamip.training.inference import evaluate
@@ -29,9 +29,11 @@ def finetuned(
     masks: dict[str, np.ndarray],
     settings: PruneSettings,
     lr: float = DEFAULT_FINETUNE_LR,
+    progress: bool | Listener = False,
 ) -> nn.Module | None:
     """A copy of ``masked`` trained ``settings.finetune_epochs`` epochs at learning rate ``lr``
-    with the units ``masks`` prunes held at exactly zero; None when no epochs are asked for."""
+    with the units ``masks`` prunes held at exactly zero, reporting to ``progress``; None when
+    no epochs are asked for."""
     if settings.finetune_epochs == 0:
         return None
     return finetune(
@@ -42,7 +44,7 @@ def finetuned(
         lr=lr,
         seed=settings.seed,
         device=settings.device,
-        progress=settings.progress,
+        progress=progress,
     )
 
 
@@ -58,16 +60,11 @@ def compare(
     for method, scores in baseline_scores.items():
         baseline_masks = masks_like(scores, masks)
         masked = apply_masks(dense, baseline_masks)
-        tuned = finetuned(masked, dataset, baseline_masks, _quiet(settings))
+        tuned = finetuned(masked, dataset, baseline_masks, settings)
         reports.append(
             BaselineReport(method, test_accuracy(masked, dataset), test_accuracy(tuned, dataset))
         )
     return reports
-
-
-def _quiet(settings: PruneSettings) -> PruneSettings:
-    """``settings`` without progress bars: the baselines' fine-tuning runs silently."""
-    return replace(settings, progress=False)
 
 
 def accuracy_curve(

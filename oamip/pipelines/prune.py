@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from torch import nn
+from typing_extensions import Unpack
 
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned
@@ -23,6 +25,7 @@ from oamip.pipelines.budget import (
     BudgetEntry,
     Evaluator,
     LamPath,
+    PathPoint,
     StepPoint,
     ValidationSplit,
     baseline_steps,
@@ -42,9 +45,11 @@ from oamip.pipelines.inputs import (
 )
 from oamip.pipelines.limits import check_size_limit
 from oamip.pipelines.results import PruneReport, mip_fields
-from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings, torch_threads
-from oamip.pipelines.solving import path_line, score_batch, scores_at
+from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSettings, torch_threads
+from oamip.pipelines.solving import BatchSolver, path_text
+from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
+from oamip.solve.options import Resources, check_resources
 from oamip.training.criteria import MagnitudeCriterion, all_scores
 from oamip.training.data import Batch, Dataset, mip_batch
 from oamip.training.inference import evaluate
@@ -62,7 +67,11 @@ def prune(
     model: nn.Module | None = None,
     data: Dataset | str = "digits",
     settings: PruneSettings | None = None,
-    **changes,
+    *,
+    aux_data: tuple | None = None,
+    executor: Any = None,
+    on_progress: Listener | None = None,
+    **changes: Unpack[PruneKeywords],
 ) -> PruneReport:
     """Prune ``model`` (None: train the default MLP) on ``data`` (a Dataset or a spec such as
     ``"digits"`` or ``"npz:PATH"``), with ``settings`` and/or keyword options (keywords win).
@@ -72,7 +81,12 @@ def prune(
 
     With ``decompose`` the MIP is solved in pieces (``score_neurons``); the auxiliary heads of
     ``"layer"`` are fit on the training split (unless ``aux_data`` is given), never on the
-    test set, and a Dask scheduler given as ``executor`` is connected to before any work.
+    test set, and a Dask scheduler given as ``executor`` is connected to before any work
+    (:class:`oamip.solve.options.Resources`).
+
+    Progress (training, the solve or its pieces, the lam path, fine-tuning) goes to
+    ``on_progress`` (an :mod:`oamip.progress` listener) if given, else to bars as ``progress``
+    says (by default where a person watches: a terminal or a notebook).
     """
     if settings is not None and not isinstance(settings, PruneSettings):
         raise InvalidInputError(
@@ -80,6 +94,7 @@ def prune(
         )
     settings = replace(settings or PruneSettings(), **changes)
     settings.validate()
+    check_resources(settings, aux_data, executor)
     dataset = dataset_of(data)
     split = None
     if settings.max_drop is not None:
@@ -88,10 +103,12 @@ def prune(
     if model is not None:
         check_model(model, dataset)
     check_size_limit(model, dataset, settings, settings.arch, settings.samples_per_class)
-    with torch_threads(settings.threads), open_executor(settings.executor) as executor:
+    with torch_threads(settings.threads), open_executor(executor) as opened:
+        resources = Resources(aux_data, opened)
+        listener = listener_for(settings.progress if on_progress is None else on_progress)
         if settings.at_init:
-            return prune_at_init(model, dataset, replace(settings, executor=executor))
-        return _prune(model, dataset, split, replace(settings, executor=executor))
+            return prune_at_init(model, dataset, settings, resources, listener)
+        return _prune(model, dataset, split, settings, resources, listener)
 
 
 def _prune(
@@ -99,25 +116,28 @@ def _prune(
     full: Dataset,
     split: ValidationSplit | None,
     settings: PruneSettings,
+    resources: Resources,
+    listener: Listener | None,
 ) -> PruneReport:
     """The pipeline on ``full``, or, with a budget, on the training part of ``split`` (the
     validation samples are never trained, fine-tuned or scored on)."""
     started = time.perf_counter()
     dataset = full if split is None else split.train
-    dense, train_seconds = _dense_model(model, dataset, settings)
+    dense, train_seconds = _dense_model(model, dataset, settings, listener)
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
     baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
     if split is None:
-        result = score_batch(dense, batch.x, batch.y, settings, dataset)
+        result = BatchSolver(settings, dataset, resources, listener).one(dense, batch.x, batch.y)
         budgeted = _Budgeted.single(result, settings)
     else:
-        budgeted = _budgeted(dense, batch, split, baseline_scores, settings)
+        solver = BatchSolver(settings, split.train, resources, listener)
+        budgeted = _budgeted(dense, batch, split, baseline_scores, solver)
     result, masks = budgeted.result, budgeted.masks
     masked = apply_masks(dense, masks)
     accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
-    tuned = finetuned(masked, dataset, masks, settings)
+    tuned = finetuned(masked, dataset, masks, settings, progress=listener or False)
     final = tuned if tuned is not None else masked
     small = remove_pruned(final, masks).cpu().eval()
     return PruneReport(
@@ -175,10 +195,11 @@ def _budgeted(
     batch: Batch,
     split: ValidationSplit,
     baseline_scores: dict[str, dict[str, np.ndarray]],
-    settings: PruneSettings,
+    solver: BatchSolver,
 ) -> _Budgeted:
     """The lam path and every baseline's steps, each cut at the same validation budget; the
     path's chosen mask (nothing pruned when no lam is within the budget)."""
+    settings = solver.settings
     evaluator = Evaluator(dense, split)
     dense_point = evaluator(keep_all(dense))
     floor = budget_floor(dense_point.val_accuracy, settings.max_drop)
@@ -186,21 +207,27 @@ def _budgeted(
 
     def solve(lams: list[float]) -> list[ScoreResult]:
         start = time.perf_counter()
-        results = scores_at(dense, batch.x, batch.y, settings, split.train, lams)
+        results = solver.at(dense, batch.x, batch.y, lams)
         calls.append((time.perf_counter() - start, results[0]))
         return results
 
-    path = lam_path(
-        solve,
-        evaluator,
-        settings.lams or DEFAULT_LAMS,
-        floor,
-        settings.threshold,
-        settings.refine_steps,
-        path_line if settings.progress or settings.log else None,
-        settings.interpolate_steps,
-        baseline_scores.get(TIE_BREAK),
-    )
+    with Task(solver.listener, "lam path", unit="weight") as task:
+
+        def evaluated(point: PathPoint) -> None:
+            task.line(path_text(point))
+            task.advance()
+
+        path = lam_path(
+            solve,
+            evaluator,
+            settings.lams or DEFAULT_LAMS,
+            floor,
+            settings.threshold,
+            settings.refine_steps,
+            evaluated,
+            settings.interpolate_steps,
+            baseline_scores.get(TIE_BREAK),
+        )
     steps = {
         method: baseline_steps(method, scores, evaluator, settings.min_keep)
         for method, scores in baseline_scores.items()
@@ -221,7 +248,7 @@ def _budgeted(
 
 
 def _dense_model(
-    model: nn.Module | None, dataset: Dataset, settings: PruneSettings
+    model: nn.Module | None, dataset: Dataset, settings: PruneSettings, listener: Listener | None
 ) -> tuple[nn.Module, float | None]:
     """A copy of ``model`` on the device, or a fresh ``settings.arch`` trained on ``dataset``."""
     if model is not None:
@@ -238,6 +265,6 @@ def _dense_model(
         cosine=recipe.cosine,
         seed=settings.seed,
         device=settings.device,
-        progress=settings.progress,
+        progress=listener or False,
     )
     return dense, time.perf_counter() - start

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from oamip.pipelines.budget import (
     DEFAULT_VAL_FRACTION,
     checked_lams,
 )
-from oamip.solve.options import DEFAULT_THRESHOLD, ScoringOptions
+from oamip.solve.options import DEFAULT_THRESHOLD, ScoringKeywords, ScoringOptions
 from oamip.training.inference import resolve_device
 from oamip.training.models import ARCHITECTURES, TrainingDefaults
 
@@ -46,7 +47,9 @@ class ExperimentSettings(ScoringOptions):
     samples_per_class: int = checks.option(1, "training samples per class in the MIP batch")
     threshold: float = checks.option(DEFAULT_THRESHOLD, "units scoring below it are pruned")
     device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
-    progress: bool = checks.option(False, "show progress bars")
+    progress: bool | None = checks.option(
+        None, "progress bars (None: where a person watches: a terminal or a notebook)"
+    )
 
     def validate(self) -> None:
         """Check every setting before any work (InvalidInputError names the culprit) and
@@ -56,7 +59,8 @@ class ExperimentSettings(ScoringOptions):
         checks.choice("architecture", self.arch, ARCHITECTURES)
         self.threshold = checks.real("the threshold", self.threshold, 0.0, 1.0)
         self.samples_per_class = checks.whole("samples per class", self.samples_per_class, 1)
-        checks.flag("progress", self.progress)
+        if self.progress is not None:
+            checks.flag("progress", self.progress)
 
 
 @dataclass
@@ -67,9 +71,6 @@ class PruneSettings(ExperimentSettings):
     finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
     seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     at_init: bool = checks.option(False, "score and prune at initialisation, then train")
-    log: bool = checks.option(
-        False, "one line on stderr per finished piece and per weight of the path (no bars)"
-    )
     max_drop: float | None = checks.option(
         None,
         "points of validation accuracy the pruned network may lose against the dense one: "
@@ -96,7 +97,6 @@ class PruneSettings(ExperimentSettings):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("at_init", self.at_init)
-        checks.flag("log", self.log)
         self._validate_budget()
 
     def _validate_budget(self) -> None:
@@ -118,10 +118,33 @@ class PruneSettings(ExperimentSettings):
             self.lams = checked_lams(self.lams)
 
 
-def report_settings(settings: ScoringOptions, report: type, computed: tuple[str, ...]) -> dict:
+class ExperimentKeywords(ScoringKeywords, total=False):
+    """The keyword form of :class:`ExperimentSettings` (checked against it by a test)."""
+
+    arch: str
+    samples_per_class: int
+    threshold: float
+    device: str
+    progress: bool | None
+
+
+class PruneKeywords(ExperimentKeywords, total=False):
+    """The keyword form of :class:`PruneSettings`: what ``oamip.prune`` takes as keywords."""
+
+    finetune_epochs: int
+    seed: int
+    at_init: bool
+    max_drop: float | None
+    lams: tuple[float, ...] | None
+    val_fraction: float
+    refine_steps: int
+    interpolate_steps: int
+
+
+def report_settings(settings: Any, report: type, computed: tuple[str, ...]) -> dict:
     """The fields of the dataclass ``report`` that repeat a setting of the same name, taken from
-    ``settings`` rather than copied by hand (a loss as its name); ``computed`` names the fields
-    the run fills itself (the lam a budget chose, say)."""
+    the settings dataclass ``settings`` rather than copied by hand (a loss as its name);
+    ``computed`` names the fields the run fills itself (the lam a budget chose, say)."""
     names = {f.name for f in fields(report)} & {f.name for f in fields(settings)}
     return {
         name: str(value) if name in ("loss", "backend") else value

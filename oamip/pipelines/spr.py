@@ -14,20 +14,23 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned, save_model
 from oamip.errors import InvalidInputError
 from oamip.files import plain, staged_output, write_json
 from oamip.pipelines.inputs import check_fits, count_params, dataset_of, dense_copy, describe_arch
-from oamip.pipelines.settings import checked_seed
+from oamip.pipelines.settings import checked_seed, report_settings
+from oamip.progress import Listener, listener_for
 from oamip.training.data import Dataset
 from oamip.training.inference import evaluate, resolve_device
 from oamip.training.models import ARCHITECTURES, build
@@ -52,6 +55,8 @@ FINETUNE_LR_FACTOR = 0.1
 GROUP_LASSO_SCALES = (0.5, 1.0, 2.0)
 
 Penalty = Callable[[], torch.Tensor]
+Progress = Listener | bool
+"""Where a run's training reports: a listener, or False for nobody."""
 
 
 @dataclass
@@ -131,8 +136,50 @@ class SPRReport:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
 
 
-@dataclass(frozen=True)
-class _Settings:
+@dataclass
+class SPRSettings:
+    """Every choice of ``oamip spr`` and ``oamip.spr_prune``; ``validate`` checks them all
+    (type, range, finiteness) before any work."""
+
+    arch: str = checks.option("mlp", "the architecture trained when no model is given")
+    lam: float = checks.option(DEFAULT_LAM, "SPR's weight: the strength of the regulariser")
+    alpha: float = checks.option(DEFAULT_ALPHA, "SPR's alpha in [0, 1]: l2 against on/off cost")
+    M_scale: float = checks.option(DEFAULT_M_SCALE, "SPR's bound M, as a multiple of each group's")
+    epochs: int = checks.option(DEFAULT_EPOCHS, "epochs of SPR training (and of the dense one)")
+    finetune_epochs: int = checks.option(DEFAULT_FINETUNE_EPOCHS, "epochs of fine-tuning")
+    lr: float = checks.option(DEFAULT_SPR_LR, "Adam's learning rate, decayed on a cosine")
+    seed: int = checks.option(0, "seed of training and of the data's order")
+    device: str = checks.option("cpu", "where to train and evaluate: cpu, cuda, cuda:N")
+    progress: bool | None = checks.option(
+        None, "progress bars (None: where a person watches: a terminal or a notebook)"
+    )
+    group_lasso_scales: tuple[float, ...] = checks.option(
+        GROUP_LASSO_SCALES, "group-lasso strengths of the baseline, as multiples of 2 sqrt(ab)"
+    )
+    units: str = checks.option(
+        DEFAULT_RESIDUAL_UNITS, f"which units of a residual network: {', '.join(RESIDUAL_UNITS)}"
+    )
+
+    def validate(self) -> None:
+        """Check every setting (InvalidInputError names the culprit) and normalise it."""
+        checks.choice("architecture", self.arch, ARCHITECTURES)
+        if self.progress is not None:
+            checks.flag("progress", self.progress)
+        self.lam = checks.real("SPR's lam", self.lam, 0.0)
+        self.alpha = checks.real("SPR's alpha", self.alpha, 0.0, 1.0)
+        self.M_scale = checks.real("SPR's M_scale", self.M_scale, 0.0, open_low=True)
+        self.epochs = checks.whole("epochs", self.epochs, 0)
+        self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
+        self.lr = checks.real("the learning rate", self.lr, 0.0, open_low=True)
+        self.seed = checked_seed(self.seed)
+        resolve_device(self.device)
+        self.group_lasso_scales = _check_scales(self.group_lasso_scales)
+        checks.choice("SPR's units", self.units, tuple(RESIDUAL_UNITS))
+
+
+class SPRKeywords(TypedDict, total=False):
+    """The keyword form of :class:`SPRSettings` (checked against it by a test)."""
+
     arch: str
     lam: float
     alpha: float
@@ -141,8 +188,9 @@ class _Settings:
     finetune_epochs: int
     lr: float
     seed: int
-    device: torch.device
-    progress: bool
+    device: str
+    progress: bool | None
+    group_lasso_scales: tuple[float, ...]
     units: str
 
 
@@ -172,23 +220,15 @@ def _safe_norms(groups: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, 1.0)), 0.0)
 
 
+@checks.with_options(SPRSettings)
 def spr_prune(
     model: nn.Module | None,
     data: Dataset | str,
+    settings: SPRSettings | None = None,
     *,
-    arch: str = "mlp",
-    lam: float = DEFAULT_LAM,
-    alpha: float = DEFAULT_ALPHA,
-    M_scale: float = DEFAULT_M_SCALE,
-    epochs: int = DEFAULT_EPOCHS,
-    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
-    lr: float = DEFAULT_SPR_LR,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     out: str | os.PathLike | None = None,
-    progress: bool = True,
-    group_lasso_scales: Sequence[float] = GROUP_LASSO_SCALES,
-    units: str = DEFAULT_RESIDUAL_UNITS,
+    on_progress: Listener | None = None,
+    **changes: Unpack[SPRKeywords],
 ) -> SPRReport:
     """Train with SPR, remove the units whose groups are (near) zero, fine-tune, report.
 
@@ -201,46 +241,29 @@ def spr_prune(
     smaller model (``report.model``); with ``out``, it is written there as ``pruned.pt`` with
     ``report.json`` (``report.to_dict()``), all or nothing.
     """
-    settings = _settings(
-        arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress, units
-    )
-    scales = _check_scales(group_lasso_scales)
+    if settings is not None and not isinstance(settings, SPRSettings):
+        raise InvalidInputError(
+            f"settings must be an oamip SPRSettings, got {type(settings).__name__}"
+        )
+    settings = replace(settings or SPRSettings(), **changes)
+    settings.validate()
+    listener = listener_for(settings.progress if on_progress is None else on_progress) or False
     dataset = dataset_of(data)
     if model is not None:
         check_fits(model, dataset)
     output = staged_output(out) if out is not None else nullcontext()
     with output as folder:
-        dense = _dense_model(model, dataset, settings)
+        dense = _dense_model(model, dataset, settings, listener)
         accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
         _check_prunable(dense, settings)
-        spr = _penalised_run(dense, dataset, settings, lambda reg: reg, "SPR")
-        group_lasso = _group_lasso(dense, dataset, settings, scales, spr.outcome.final_accuracy)
+        spr = _penalised_run(dense, dataset, settings, listener, lambda reg: reg, "SPR")
+        target = spr.outcome.final_accuracy
+        group_lasso = _group_lasso(dense, dataset, settings, listener, target)
         report = _report(dataset.name, settings, dense, accuracy_before, spr, group_lasso)
         if folder is not None:
             save_model(report.model, Path(folder) / "pruned.pt")
             write_json(Path(folder) / "report.json", report.to_dict())
     return report
-
-
-def _settings(
-    arch, lam, alpha, M_scale, epochs, finetune_epochs, lr, seed, device, progress, units
-) -> _Settings:
-    """The settings checked for type, range and finiteness before any work."""
-    checks.choice("architecture", arch, ARCHITECTURES)
-    checks.flag("progress", progress)
-    return _Settings(
-        arch,
-        checks.real("SPR's lam", lam, 0.0),
-        checks.real("SPR's alpha", alpha, 0.0, 1.0),
-        checks.real("SPR's M_scale", M_scale, 0.0, open_low=True),
-        checks.whole("epochs", epochs, 0),
-        checks.whole("fine-tuning epochs", finetune_epochs, 0),
-        checks.real("the learning rate", lr, 0.0, open_low=True),
-        checked_seed(seed),
-        resolve_device(device),
-        progress,
-        checks.choice("SPR's units", units, tuple(RESIDUAL_UNITS)),
-    )
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -252,15 +275,17 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return tuple(checks.real("every group-lasso scale", s, 0.0, open_low=True) for s in scales)
 
 
-def _dense_model(model: nn.Module | None, dataset: Dataset, s: _Settings) -> nn.Module:
+def _dense_model(
+    model: nn.Module | None, dataset: Dataset, s: SPRSettings, progress: Progress
+) -> nn.Module:
     """A copy of ``model`` on the device, or a fresh ``s.arch`` model trained for ``s.epochs``."""
     if model is not None:
         return dense_copy(model, s.device)
     fresh = build(s.arch, dataset, seed=s.seed)
-    return train(fresh, dataset, s.epochs, s.lr, seed=s.seed, device=s.device, progress=s.progress)
+    return train(fresh, dataset, s.epochs, s.lr, seed=s.seed, device=s.device, progress=progress)
 
 
-def _check_prunable(model: nn.Module, s: _Settings) -> None:
+def _check_prunable(model: nn.Module, s: SPRSettings) -> None:
     """Refuse, before any training, a model without unit layers or with an unusable one."""
     SPRRegularizer(model, s.lam, s.alpha, s.M_scale, s.units)
 
@@ -268,7 +293,8 @@ def _check_prunable(model: nn.Module, s: _Settings) -> None:
 def _penalised_run(
     dense: nn.Module,
     dataset: Dataset,
-    s: _Settings,
+    s: SPRSettings,
+    progress: Progress,
     penalty_of: Callable[[SPRRegularizer], Penalty],
     desc: str,
 ) -> _Run:
@@ -276,11 +302,11 @@ def _penalised_run(
     model = copy.deepcopy(dense)
     reg = SPRRegularizer(model, s.lam, s.alpha, s.M_scale, s.units)
     penalty = penalty_of(reg)
-    seconds = train_penalised(model, dataset, penalty, s.epochs, s.lr, s.seed, s.progress, desc)
+    seconds = train_penalised(model, dataset, penalty, s.epochs, s.lr, s.seed, progress, desc)
     masks = zero_group_masks(reg)
     masked = apply_masks(model, masks)
     accuracy_after = evaluate(masked, dataset.x_test, dataset.y_test)
-    accuracy_finetune = _finetune(masked, dataset, masks, s)
+    accuracy_finetune = _finetune(masked, dataset, masks, s, progress)
     pruned = remove_pruned(masked, masks)
     layers = [LayerUnits(name, len(keep), int((~keep).sum())) for name, keep in masks.items()]
     outcome = Outcome(
@@ -295,7 +321,11 @@ def _penalised_run(
 
 
 def _finetune(
-    masked: nn.Module, dataset: Dataset, masks: dict[str, np.ndarray], s: _Settings
+    masked: nn.Module,
+    dataset: Dataset,
+    masks: dict[str, np.ndarray],
+    s: SPRSettings,
+    progress: Progress,
 ) -> float | None:
     """Fine-tune with pruned units held at zero; the test accuracy, or None without epochs."""
     if not s.finetune_epochs:
@@ -309,7 +339,7 @@ def _finetune(
         lr,
         seed=s.seed,
         device=s.device,
-        progress=s.progress,
+        progress=progress,
     )
     return evaluate(masked, dataset.x_test, dataset.y_test)
 
@@ -325,17 +355,19 @@ def zero_group_masks(reg: SPRRegularizer, tol: float = ZERO_GROUP_TOL) -> dict[s
 
 
 def _group_lasso(
-    dense: nn.Module, dataset: Dataset, s: _Settings, scales: tuple[float, ...], target: float
+    dense: nn.Module, dataset: Dataset, s: SPRSettings, progress: Progress, target: float
 ) -> GroupLassoReport | None:
+    """The group-lasso baseline at each of ``s.group_lasso_scales``: the run that reaches the
+    SPR run's accuracy ``target`` with the most units pruned (None for no scales)."""
+    scales = s.group_lasso_scales
     if not scales:
         return None
     unit = 2.0 * s.lam * math.sqrt(s.alpha * (1.0 - s.alpha))
     grid = []
     for scale in scales:
         strength = scale * unit
-        run = _penalised_run(
-            dense, dataset, s, partial(_GroupLasso, strength=strength), f"group lasso x{scale:g}"
-        )
+        penalty = partial(_GroupLasso, strength=strength)
+        run = _penalised_run(dense, dataset, s, progress, penalty, f"group lasso x{scale:g}")
         grid.append(GroupLassoRun(**_fields(run.outcome), scale=scale, strength=strength))
     return GroupLassoReport(**_fields(_matched(grid, target)), grid=grid)
 
@@ -354,7 +386,7 @@ def _fields(obj) -> dict:
 
 def _report(
     dataset: str,
-    s: _Settings,
+    s: SPRSettings,
     dense: nn.Module,
     accuracy_before: float,
     spr: _Run,
@@ -364,14 +396,8 @@ def _report(
     return SPRReport(
         dataset=dataset,
         arch=describe_arch(dense),
-        lam=s.lam,
-        alpha=s.alpha,
-        M_scale=s.M_scale,
+        **report_settings(s, SPRReport, ("arch",)),
         M=spr.M,
-        epochs=s.epochs,
-        finetune_epochs=s.finetune_epochs,
-        lr=s.lr,
-        seed=s.seed,
         units_total=sum(layer.units for layer in o.layers),
         units_pruned=o.units_pruned,
         params_total=count_params(dense),

@@ -15,11 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
+from typing_extensions import Unpack
 
 from oamip import checks
 from oamip.errors import InvalidInputError
@@ -28,15 +29,17 @@ from oamip.pipelines.inputs import check_classes, dataset_of
 from oamip.pipelines.report import percent
 from oamip.pipelines.settings import (
     DEFAULT_RECIPE,
+    ExperimentKeywords,
     ExperimentSettings,
     PruneSettings,
     checked_seed,
     report_settings,
     torch_threads,
 )
-from oamip.pipelines.solving import score_batch
+from oamip.pipelines.solving import BatchSolver
+from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
-from oamip.solve.options import ScoringOptions
+from oamip.solve.options import Resources, ScoringOptions, check_resources
 from oamip.training.criteria import MIP_METHOD, Masks, get_criterion, masks_like
 from oamip.training.data import Dataset, mip_batch
 from oamip.training.inference import evaluate
@@ -74,6 +77,14 @@ class TransferSettings(ExperimentSettings):
         self.seeds = seed_list(self.seeds)
         if self.epochs is not None:
             self.epochs = checks.whole("epochs", self.epochs, 1)
+
+
+class TransferKeywords(ExperimentKeywords, total=False):
+    """The keyword form of :class:`TransferSettings`: what ``oamip.transfer`` takes."""
+
+    hidden: tuple[int, ...]
+    seeds: int | Sequence[int]
+    epochs: int | None
 
 
 COMPUTED = ("seeds", "hidden", "epochs")
@@ -170,7 +181,10 @@ def transfer(
     source: Dataset | str,
     target: Dataset | str,
     settings: TransferSettings | None = None,
-    **changes,
+    *,
+    executor: Any = None,
+    on_progress: Listener | None = None,
+    **changes: Unpack[TransferKeywords],
 ) -> TransferReport:
     """Compute masks on ``source``, retrain them from the initial weights on ``target`` (Datasets
     or specs such as ``"digits"`` or ``"npz:PATH"``) and compare with the dense network, random,
@@ -187,10 +201,12 @@ def transfer(
         )
     settings = replace(settings or TransferSettings(), **changes)
     settings.validate()
+    check_resources(settings, None, executor)
     source_data, target_data = dataset_of(source), dataset_of(target)
     check_pair(source_data, target_data, settings)
-    with torch_threads(settings.threads), open_executor(settings.executor) as executor:
-        return _transfer(source_data, target_data, replace(settings, executor=executor))
+    listener = listener_for(settings.progress if on_progress is None else on_progress)
+    with torch_threads(settings.threads), open_executor(executor) as opened:
+        return _transfer(source_data, target_data, settings, Resources(executor=opened), listener)
 
 
 def check_pair(source: Dataset, target: Dataset, settings: TransferSettings) -> None:
@@ -212,14 +228,22 @@ def initial_network(dataset: Dataset, settings: TransferSettings, seed: int) -> 
     return build(settings.arch, dataset, settings.hidden, seed=seed)
 
 
-def _transfer(source: Dataset, target: Dataset, settings: TransferSettings) -> TransferReport:
+def _transfer(
+    source: Dataset,
+    target: Dataset,
+    settings: TransferSettings,
+    resources: Resources,
+    listener: Listener | None,
+) -> TransferReport:
     started = time.perf_counter()
     recipe = TRAINING_DEFAULTS.get(settings.arch, DEFAULT_RECIPE)
     epochs = settings.epochs or recipe.epochs
-    runs = [
-        _one_seed(source, target, settings, seed, epochs, recipe.lr)
-        for seed in tqdm(settings.seeds, desc="seeds", disable=not settings.progress)
-    ]
+    solver = BatchSolver(_scoring_settings(settings), source, resources, listener)
+    runs = []
+    with Task(listener, "seeds", len(settings.seeds), "seed") as task:
+        for seed in settings.seeds:
+            runs.append(_one_seed(source, target, settings, solver, seed, epochs, recipe.lr))
+            task.advance()
     units_total = sum(_count_units(initial_network(source, settings, 0)).values())
     return TransferReport(
         source=source.name,
@@ -240,14 +264,20 @@ def _transfer(source: Dataset, target: Dataset, settings: TransferSettings) -> T
 
 
 def _one_seed(
-    source: Dataset, target: Dataset, settings: TransferSettings, seed: int, epochs: int, lr: float
+    source: Dataset,
+    target: Dataset,
+    settings: TransferSettings,
+    solver: BatchSolver,
+    seed: int,
+    epochs: int,
+    lr: float,
 ) -> _SeedRun:
     """Initialise, train on the source, score there, rewind, and train every mask on the target."""
     init = initial_network(source, settings, seed)
     initial = copy.deepcopy(init.state_dict())
     trained = _trained_on_source(init, source, settings, seed, epochs, lr)
     batch = mip_batch(trained, source, settings.samples_per_class, seed)
-    result = score_batch(trained, batch.x, batch.y, _scoring_settings(settings), source)
+    result = solver.one(trained, batch.x, batch.y)
     masks = result.masks(settings.threshold)
     start = with_classes(rewind(trained, initial), target.num_classes, seed)
     by_method = compared_masks(masks, trained, start, target, settings.samples_per_class, seed)
@@ -265,10 +295,10 @@ def _one_seed(
 
 
 def _scoring_settings(settings: TransferSettings) -> PruneSettings:
-    """The prune pipeline's settings for the MIP on the source: the scoring options and
-    ``progress``, for its scoring helper (a whole solve, or the pieces of a decomposed one)."""
+    """The prune pipeline's settings for the MIP on the source (its scoring options), for its
+    scoring helper (a whole solve, or the pieces of a decomposed one)."""
     scoring = {f.name: getattr(settings, f.name) for f in fields(ScoringOptions)}
-    return PruneSettings(**scoring, progress=settings.progress)
+    return PruneSettings(**scoring)
 
 
 def _trained_on_source(

@@ -9,13 +9,14 @@ one of these objects down to the solve, and their signatures are generated from 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from oamip import backends, checks, files
 from oamip.backends import SolveOptions
 from oamip.backends.base import DEFAULT_MIP_GAP
 from oamip.errors import InvalidInputError
 from oamip.formulations import ImportanceSettings
+from oamip.formulations.losses import Loss
 
 DEFAULT_THRESHOLD = 0.1
 """Units whose score is below this are pruned (the authors' setting)."""
@@ -52,15 +53,7 @@ class ScoringOptions(ImportanceSettings):
         "None: one MIP of the whole network; 'layer', 'class' or 'layer,class': independent "
         "pieces, one per scored layer (with an auxiliary head) and/or per class",
     )
-    aux_data: Any = checks.option(
-        None, "(x, y) training data for the auxiliary heads of decompose='layer' (never test data)"
-    )
-    executor: Any = checks.option(
-        None,
-        "where pieces run: None (here, or n_jobs local processes), a dask distributed.Client "
-        "or a scheduler address such as 'tcp://host:8786'",
-    )
-    n_jobs: int = checks.option(1, "local worker processes for the pieces (with executor None)")
+    n_jobs: int = checks.option(1, "local worker processes for the pieces (with no executor)")
     checkpoint: Any = checks.option(
         None, "folder where each finished piece is saved at once; a rerun solves only the rest"
     )
@@ -100,42 +93,19 @@ class ScoringOptions(ImportanceSettings):
         """The decomposition options: a known decomposition, and the others only with one."""
         self.n_jobs = checks.whole("n_jobs", self.n_jobs, 1, MAX_THREADS)
         if self.decompose is None:
-            given = [
-                name
-                for name, value in (
-                    ("aux_data", self.aux_data),
-                    ("executor", self.executor),
-                    ("checkpoint", self.checkpoint),
-                )
-                if value is not None
-            ] + (["n_jobs"] if self.n_jobs > 1 else [])
-            if given:
-                raise InvalidInputError(
-                    f"{', '.join(given)} only apply to a decomposed solve: set decompose to "
-                    f"one of {', '.join(DECOMPOSITIONS)} or 'layer,class'"
-                )
+            given = (["checkpoint"] if self.checkpoint is not None else []) + (
+                ["n_jobs"] if self.n_jobs > 1 else []
+            )
+            _refuse_undecomposed(given)
             return
         self.decompose = decomposition(self.decompose)
-        if self.aux_data is not None and (
-            isinstance(self.aux_data, str | bytes) or len(self.aux_data) != 2
-        ):
-            raise InvalidInputError("aux_data must be a pair (x, y) of training inputs and labels")
-        if not (
-            self.executor is None
-            or isinstance(self.executor, str)
-            or callable(getattr(self.executor, "submit", None))
-        ):
-            raise InvalidInputError(
-                "executor must be None, a dask distributed.Client or a scheduler address "
-                f"such as 'tcp://host:8786', got {type(self.executor).__name__}"
-            )
         if self.checkpoint is not None:
             self.checkpoint = str(files.check_output_folder(self.checkpoint, "checkpoint folder"))
 
     def solo(self) -> ScoringOptions:
         """These options for one piece of a decomposition: no decomposition, no executor."""
         solo = self.scoring()
-        solo.decompose = solo.aux_data = solo.executor = solo.checkpoint = None
+        solo.decompose = solo.checkpoint = None
         solo.n_jobs = 1
         return solo
 
@@ -150,6 +120,73 @@ class ScoringOptions(ImportanceSettings):
             threads=self.threads,
             verbose=self.verbose,
             heuristics=self.solver_heuristics,
+        )
+
+
+class ScoringKeywords(TypedDict, total=False):
+    """The keyword form of :class:`ScoringOptions`, for the signatures of the functions that
+    take its options as keywords (editors and type checkers read it; tests/test_settings.py
+    checks it against the dataclass's fields)."""
+
+    loss: str | Loss
+    lam: float
+    scores: str
+    min_keep: int
+    sparsity: str
+    encoding: str
+    backend: str
+    time_limit: float | None
+    mip_gap: float
+    threads: int | None
+    verbose: bool
+    root_cuts: int
+    solver_heuristics: bool
+    decompose: str | None
+    n_jobs: int
+    checkpoint: Any
+    residual: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a solve is given beside its options, as live objects rather than choices:
+    ``aux_data``, training data ``(x, y)`` for the auxiliary heads of ``decompose='layer'``
+    (never test data), and ``executor``, where pieces run: None (here, or ``n_jobs`` local
+    processes), a dask ``distributed.Client`` or a scheduler address such as
+    ``'tcp://host:8786'``. Both only apply to a decomposed solve."""
+
+    aux_data: Any = None
+    executor: Any = None
+
+
+def check_resources(options: ScoringOptions, aux_data: Any = None, executor: Any = None) -> None:
+    """Check the :class:`Resources` of a solve against its (checked) options, before any
+    work."""
+    if options.decompose is None:
+        given = [
+            name
+            for name, value in (("aux_data", aux_data), ("executor", executor))
+            if value is not None
+        ]
+        _refuse_undecomposed(given)
+        return
+    if aux_data is not None and (isinstance(aux_data, str | bytes) or len(aux_data) != 2):
+        raise InvalidInputError("aux_data must be a pair (x, y) of training inputs and labels")
+    if not (
+        executor is None or isinstance(executor, str) or callable(getattr(executor, "submit", None))
+    ):
+        raise InvalidInputError(
+            "executor must be None, a dask distributed.Client or a scheduler address "
+            f"such as 'tcp://host:8786', got {type(executor).__name__}"
+        )
+
+
+def _refuse_undecomposed(given: list[str]) -> None:
+    """Refuse the options and resources ``given`` that only a decomposed solve takes."""
+    if given:
+        raise InvalidInputError(
+            f"{', '.join(given)} only apply to a decomposed solve: set decompose to "
+            f"one of {', '.join(DECOMPOSITIONS)} or 'layer,class'"
         )
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from oamip import checks
 from oamip.adapters.structure import row_groups
 from oamip.errors import InvalidInputError
+from oamip.progress import Listener, Task, listener_for
 from oamip.training.inference import model_device, resolve_device
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def train(
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool | Listener = True,
     shift: int = 0,
     cosine: bool = False,
 ) -> nn.Module:
@@ -73,7 +73,7 @@ def train_penalised(
     epochs: int,
     lr: float,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | Listener = True,
     desc: str = "train+penalty",
 ) -> float:
     """Adam on cross-entropy plus ``penalty()``, ``lr`` cosine-decayed to 0; returns seconds.
@@ -109,7 +109,7 @@ def finetune(
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool | Listener = True,
 ) -> nn.Module:
     """Train ``model`` in place while the units that ``masks`` prune (False) stay exactly zero.
 
@@ -133,7 +133,7 @@ def _fit(
     batch_size: int,
     seed: int,
     device: str | torch.device,
-    progress: bool,
+    progress: bool | Listener,
     desc: str,
     after_step: Callable[[], None] | None,
     shift: int = 0,
@@ -154,7 +154,7 @@ def _fit(
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
         )
         model.train()
-        with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
+        with Task(listener_for(progress), desc, steps, "batch") as task:
             for _ in range(epochs):
                 for batch in torch.randperm(len(x), generator=order).split(batch_size):
                     batch = batch.to(target)
@@ -169,9 +169,8 @@ def _fit(
                         schedule.step()
                     if after_step is not None:
                         after_step()
-                    bar.update()
-                    if progress:
-                        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                    if task.listener is not None:
+                        task.advance(detail=f"loss={loss.item():.4f}")
     model.eval()
     return model
 
