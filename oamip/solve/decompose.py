@@ -294,8 +294,9 @@ def never_worse(saved: PieceResult, result: PieceResult) -> PieceResult:
             continued=True,
             note=f"{why}; the scores are the checkpoint's best",
         )
-    worse = result.objective is None or result.objective > saved.objective
-    if saved.objective is not None and worse:
+    if saved.objective is not None and (
+        result.objective is None or result.objective > saved.objective
+    ):
         note = "; ".join(filter(None, [result.note, "the checkpoint's best was better: kept"]))
         return replace(
             result,
@@ -398,7 +399,8 @@ def _run_processes(pieces, todo: list[int], workers: int, finished, stop) -> Non
     pieces not started are cancelled."""
     check_main_guard()
     context = multiprocessing.get_context("spawn")
-    stop.processes = multiprocessing.active_children
+    others = set(multiprocessing.active_children())
+    stop.processes = lambda: [p for p in multiprocessing.active_children() if p not in others]
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_in_worker
     ) as pool:
