@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 import oamip
+from oamip import backends
 from oamip.solve.decompose import NOT_STARTED
 from oamip.training.data import load_data
 
@@ -206,3 +208,52 @@ def test_sigterm_to_the_process_group_ends_as_an_interrupted_run(model_path):
     assert result["status"] == "interrupted" and seconds < RETURN_SECONDS
     for piece in result["pieces"]:
         assert piece["error"] is None and piece["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_sigint_to_a_run_on_dask_stops_the_pieces_under_way(model_path, monkeypatch, capfd):
+    """An in-process Dask worker (one thread: two HiGHS solves cannot run in threads of one
+    process): SIGINT to the process asks the piece under way, by a Dask event, to stop; it
+    returns its best solution within seconds, and the other piece never starts."""
+    distributed = pytest.importorskip("distributed")
+    batch = json.loads(model_path.with_name("mlp.pt.json").read_text())
+    highs = type(backends.get("highs"))
+    solve_form, solving, returned, sent = highs.solve_form, threading.Event(), [], []
+
+    def announced(self, *args, **kwargs):
+        solving.set()
+        result = solve_form(self, *args, **kwargs)
+        returned.append(time.time())
+        return result
+
+    def signal_once_solving() -> None:
+        if solving.wait(START_SECONDS):
+            time.sleep(2.0)
+            sent.append(time.time())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(highs, "solve_form", announced)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        threading.Thread(target=signal_once_solving, daemon=True).start()
+        found = oamip.score_neurons(
+            oamip.load_model(model_path),
+            batch["x"],
+            batch["y"],
+            scores="continuous",
+            time_limit=None,
+            decompose="layer",
+            aux_data=(batch["aux_x"], batch["aux_y"]),
+            executor=client,
+        )
+        ended = time.time()
+    assert found.status == "interrupted" and ended - sent[0] < RETURN_SECONDS
+    assert returned and max(returned) - sent[0] < STOP_SECONDS
+    first, second = found.subproblems
+    assert first.status == "interrupted" and first.error is None and sorted(first.scores) == ["1"]
+    assert second.status == "interrupted" and second.note == NOT_STARTED
+    assert "oamip: SIGINT received: stopping the pieces under way" in capfd.readouterr().err

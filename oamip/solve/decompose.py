@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -62,6 +63,9 @@ DASK_HINT = "pip install 'oamip[dask]'"
 ERROR = "error"
 """Status of a piece that raised twice: it has an ``error`` and no scores."""
 POLL_SECONDS = 0.2
+DASK_STOP_SECONDS = 10.0
+"""After a stop, how long a run on Dask waits for the pieces under way to return their best
+solutions before it cancels them."""
 """How often a run on workers looks at its pieces (and at Ctrl-C)."""
 NOT_STARTED = "not solved: the run was interrupted before this piece started"
 """The note of a piece skipped because of Ctrl-C (status ``interrupted``, no scores)."""
@@ -169,9 +173,10 @@ def _layer_content(layer) -> Iterator:
         yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)
 
 
-def solve_piece(piece: Piece) -> PieceResult:
+def solve_piece(piece: Piece, stop: threading.Event | None = None) -> PieceResult:
     """Build the piece's importance model and solve it as ``score_neurons`` does (warm start,
-    certified solve); ``time_limit`` covers this piece."""
+    certified solve); ``time_limit`` covers this piece. ``stop`` (set from elsewhere) stops it
+    with its best solution; in a local worker process it is the worker's own."""
     started = time.perf_counter()
     options = piece.options
     solver = backends.get(options.backend)
@@ -182,7 +187,8 @@ def solve_piece(piece: Piece) -> PieceResult:
     start = None
     if piece.start is not None:
         start = {i: np.asarray(piece.start[name], dtype=float) for i, name in names.items()}
-    point = sweep(im, solver, options, [options.lam], started, start=start, stop=_WORKER_STOP)[0]
+    stop = _WORKER_STOP if stop is None else stop
+    point = sweep(im, solver, options, [options.lam], started, start=start, stop=stop)[0]
     return PieceResult(
         key=piece.key,
         layer=piece.layer,
@@ -483,10 +489,14 @@ def _is_main_guard(node: ast.stmt) -> bool:
 
 
 def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) -> None:
-    """The pieces as Dask tasks (each retried once by Dask), collected as they finish; once
-    ``stop`` is set, the ones not finished are cancelled."""
-    futures = {client.submit(solve_piece, pieces[i], pure=False, retries=1): i for i in todo}
-    pending = set(futures)
+    """The pieces as Dask tasks (each retried once by Dask), collected as they finish. Once
+    ``stop`` is set, a Dask event asks the pieces under way to stop with their best solutions
+    (:func:`_solve_on_dask`) and those not back within ``DASK_STOP_SECONDS`` are cancelled."""
+    flag = _dask().Event(f"oamip-stop-{uuid.uuid4().hex}", client=client)
+    futures = {
+        client.submit(_solve_on_dask, pieces[i], flag.name, pure=False, retries=1): i for i in todo
+    }
+    pending, deadline = set(futures), None
     while pending:
         done = {future for future in pending if future.done()}
         pending -= done
@@ -496,13 +506,39 @@ def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) 
             except Exception as exc:  # noqa: BLE001 - reported with the piece, the others kept
                 result = failed(pieces[futures[future]], exc)
             finished(futures[future], result)
-        if stop.is_set() and pending:
+        if stop.is_set() and deadline is None:
+            flag.set()
+            deadline = time.monotonic() + DASK_STOP_SECONDS
+        if pending and deadline is not None and time.monotonic() >= deadline:
             client.cancel(list(pending))
             for future in pending:
                 finished(futures[future], not_started(pieces[futures[future]]))
             return
         if not done:
             time.sleep(POLL_SECONDS)
+
+
+def _solve_on_dask(piece: Piece, flag_name: str) -> PieceResult:
+    """:func:`solve_piece` on a Dask worker, stopped with its best solution once the run's Dask
+    event ``flag_name`` is set (a thread watches it); a piece that would start after that is
+    not started."""
+    flag = _dask().Event(flag_name)
+    if flag.is_set():
+        return not_started(piece)
+    stop, done = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_flag, args=(flag, stop, done), daemon=True).start()
+    try:
+        return solve_piece(piece, stop)
+    finally:
+        done.set()
+
+
+def _watch_flag(flag, stop: threading.Event, done: threading.Event) -> None:
+    """Set ``stop`` once the Dask event ``flag`` is set; return once ``done`` is."""
+    while not done.is_set():
+        if flag.wait(timeout=POLL_SECONDS):
+            stop.set()
+            return
 
 
 def not_started(piece: Piece) -> PieceResult:
