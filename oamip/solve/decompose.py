@@ -17,7 +17,9 @@ piece being solved stops with its best solution (status ``interrupted``), no pie
 it, and the pieces never started are reported ``interrupted`` with no scores (their units are
 kept). A signal to the main process of a run on worker processes is acknowledged on stderr at
 once and passed on to the workers as SIGINT, each of which stops its own piece (a signal to the
-whole process group reaches them too); on Dask, pieces not finished are cancelled. A second
+whole process group reaches them too); on Dask a Dask event asks the pieces under way to stop
+(HiGHS and CBC stop at once; Gurobi and SCIP there only at their time limit) and the pieces
+not back within ``DASK_STOP_SECONDS`` are cancelled. A second
 signal goes to the handler that was in place before (Python's SIGINT handler raises
 KeyboardInterrupt). Worker processes are spawned, so a script that starts them must keep its
 own code under ``if __name__ == "__main__":`` (:func:`check_main_guard` says so before any
