@@ -493,10 +493,11 @@ def _is_main_guard(node: ast.stmt) -> bool:
 def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) -> None:
     """The pieces as Dask tasks (each retried once by Dask), collected as they finish. Once
     ``stop`` is set, a Dask event asks the pieces under way to stop with their best solutions
-    (:func:`_solve_on_dask`) and those not back within ``DASK_STOP_SECONDS`` are cancelled."""
+    (:func:`solve_piece_on_dask`) and those not back within ``DASK_STOP_SECONDS`` are cancelled."""
     flag = _dask().Event(f"oamip-stop-{uuid.uuid4().hex}", client=client)
     futures = {
-        client.submit(_solve_on_dask, pieces[i], flag.name, pure=False, retries=1): i for i in todo
+        client.submit(solve_piece_on_dask, pieces[i], flag.name, pure=False, retries=1): i
+        for i in todo
     }
     pending, deadline = set(futures), None
     while pending:
@@ -520,7 +521,7 @@ def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) 
             time.sleep(POLL_SECONDS)
 
 
-def _solve_on_dask(piece: Piece, flag_name: str) -> PieceResult:
+def solve_piece_on_dask(piece: Piece, flag_name: str) -> PieceResult:
     """:func:`solve_piece` on a Dask worker, stopped with its best solution once the run's Dask
     event ``flag_name`` is set (a thread watches it); a piece that would start after that is
     not started."""
