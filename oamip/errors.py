@@ -25,6 +25,10 @@ class SolverError(OamipError):
     """The solver ran but returned no usable solution."""
 
 
+class LicenceLimitError(SolverError):
+    """The solver's licence does not cover a model this size: no retry can help."""
+
+
 class VerificationError(OamipError):
     """The solver's solution disagrees with the network's own forward pass."""
 

@@ -6,7 +6,9 @@ after another or on two worker processes. It wraps the backend's ``solve_form`` 
 stdout when a solver run starts in the driver's own process. The test sends SIGINT to the
 driver's whole process group, as a terminal's Ctrl-C does: the call must return within seconds
 with status "interrupted", the piece under way keeping its best solution, no piece started after
-it and none reported as an error.
+it and none reported as an error. The same holds for SIGINT or SIGTERM sent to the driver's
+main process alone (as a scheduler or a parent process sends it), which must say on stderr at
+once that it stops and stop the workers' solves within seconds, and for SIGTERM to the group.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 import oamip
+from oamip import backends
 from oamip.solve.decompose import NOT_STARTED
 from oamip.training.data import load_data
 
@@ -38,6 +42,9 @@ START_SECONDS = 240.0
 WORKER_SECONDS = 25.0
 """With worker processes, the SIGINT is sent this long after the call starts (spawned workers
 import the package and build their pieces first)."""
+STOP_SECONDS = 5.0
+"""Every solver run must return within this many seconds of the signal (about two; more on a
+busy machine)."""
 
 DRIVER = textwrap.dedent(
     """
@@ -50,7 +57,9 @@ DRIVER = textwrap.dedent(
 
     def announced(self, *args, **kwargs):
         print("SOLVING", time.time(), flush=True)
-        return solve_form(self, *args, **kwargs)
+        result = solve_form(self, *args, **kwargs)
+        print("RETURNED", time.time(), result.status, flush=True)
+        return result
 
     solver.solve_form = announced
     if __name__ == "__main__":  # spawned workers import this file: they must not run it
@@ -100,9 +109,13 @@ def model_path(tmp_path_factory) -> Path:
     return path
 
 
-def _interrupted_run(path: Path, n_jobs: int) -> tuple[dict, float, list[str]]:
-    """Run the driver, send SIGINT to its process group once a solve is under way; the
-    driver's result, the seconds from the SIGINT to its answer, and its output lines."""
+def _interrupted_run(
+    path: Path, n_jobs: int, signum: int = signal.SIGINT, group: bool = True
+) -> tuple[dict, float, list[str]]:
+    """Run the driver, send ``signum`` to its process group (or, not ``group``, to its main
+    process alone, two seconds after a worker's solve started) once a solve is under way; the
+    driver's result, the seconds from the signal to its answer, and its output lines (the
+    signal's time last)."""
     script = path.with_name("driver.py")
     script.write_text(DRIVER)
     process = subprocess.Popen(
@@ -115,14 +128,18 @@ def _interrupted_run(path: Path, n_jobs: int) -> tuple[dict, float, list[str]]:
     lines: list[str] = []
     try:
         _wait_for(process, lines, "START")
-        if n_jobs == 1:
+        if n_jobs == 1 or not group:
             _wait_for(process, lines, "SOLVING")
             time.sleep(2.0)
         else:
             time.sleep(WORKER_SECONDS)
-        os.killpg(process.pid, signal.SIGINT)
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
         sent = time.time()
         done = _wait_for(process, lines, "DONE", RETURN_SECONDS)
+        lines.append(f"SENT {sent}")
         return json.loads(done.split(" ", 2)[2]), float(done.split()[1]) - sent, lines
     finally:
         if process.poll() is None:
@@ -161,3 +178,82 @@ def test_ctrl_c_ends_a_run_on_worker_processes_without_errors(model_path):
         assert piece["error"] is None
         assert piece["status"] == "interrupted"
         assert piece["scored"] == [piece["layer"]] or piece["note"] == NOT_STARTED
+
+
+def _check_stopped_on_workers(result: dict, seconds: float, lines: list[str], name: str) -> None:
+    """Acknowledged at once, every solver run ended within seconds, and the run interrupted
+    with each piece's best solution or none started."""
+    sent = float(lines[-1].split()[1])
+    said = [line for line in lines if line.startswith(f"oamip: {name} received: stopping")]
+    assert len(said) == 1
+    returned = [float(line.split()[1]) for line in lines if line.startswith("RETURNED ")]
+    assert returned and max(returned) - sent < STOP_SECONDS
+    assert seconds < RETURN_SECONDS
+    assert result["status"] == "interrupted"
+    for piece in result["pieces"]:
+        assert piece["error"] is None and piece["status"] == "interrupted"
+        assert piece["scored"] == [piece["layer"]] or piece["note"] == NOT_STARTED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_main_process_alone_stops_the_workers_solves(model_path, signum):
+    result, seconds, lines = _interrupted_run(model_path, n_jobs=2, signum=signum, group=False)
+    _check_stopped_on_workers(result, seconds, lines, signal.Signals(signum).name)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_ends_as_an_interrupted_run(model_path):
+    result, seconds, lines = _interrupted_run(model_path, n_jobs=2, signum=signal.SIGTERM)
+    assert result["status"] == "interrupted" and seconds < RETURN_SECONDS
+    for piece in result["pieces"]:
+        assert piece["error"] is None and piece["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_sigint_to_a_run_on_dask_stops_the_pieces_under_way(model_path, monkeypatch, capfd):
+    """An in-process Dask worker (one thread: two HiGHS solves cannot run in threads of one
+    process): SIGINT to the process asks the piece under way, by a Dask event, to stop; it
+    returns its best solution within seconds, and the other piece never starts."""
+    distributed = pytest.importorskip("distributed")
+    batch = json.loads(model_path.with_name("mlp.pt.json").read_text())
+    highs = type(backends.get("highs"))
+    solve_form, solving, returned, sent = highs.solve_form, threading.Event(), [], []
+
+    def announced(self, *args, **kwargs):
+        solving.set()
+        result = solve_form(self, *args, **kwargs)
+        returned.append(time.time())
+        return result
+
+    def signal_once_solving() -> None:
+        if solving.wait(START_SECONDS):
+            time.sleep(2.0)
+            sent.append(time.time())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(highs, "solve_form", announced)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        threading.Thread(target=signal_once_solving, daemon=True).start()
+        found = oamip.score_neurons(
+            oamip.load_model(model_path),
+            batch["x"],
+            batch["y"],
+            scores="continuous",
+            time_limit=None,
+            decompose="layer",
+            aux_data=(batch["aux_x"], batch["aux_y"]),
+            executor=client,
+        )
+        ended = time.time()
+    assert found.status == "interrupted" and ended - sent[0] < RETURN_SECONDS
+    assert returned and max(returned) - sent[0] < STOP_SECONDS
+    first, second = found.subproblems
+    assert first.status == "interrupted" and first.error is None and sorted(first.scores) == ["1"]
+    assert second.status == "interrupted" and second.note == NOT_STARTED
+    assert "oamip: SIGINT received: stopping the pieces under way" in capfd.readouterr().err

@@ -79,6 +79,7 @@ def test_prune_by_layer_fits_heads_on_the_training_split_and_reports_the_pieces(
         "head_accuracy",
         "resumed",
         "error",
+        "continued",
     }
     json.dumps(plain)
     optimal = sum(p.status == "optimal" for p in report.subproblems)

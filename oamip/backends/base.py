@@ -111,6 +111,8 @@ class SolveResult:
     coefficient_range: tuple[float, float] | None = None
     """Smallest and largest absolute nonzero of the constraint matrix (None if it has none):
     a ratio far above 1e9 warns of numerical trouble. Set by :meth:`Backend.solve`."""
+    note: str = ""
+    """The solver's own words where it failed (status ``error``), e.g. why its process died."""
 
     @property
     def has_solution(self) -> bool:

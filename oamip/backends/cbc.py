@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from oamip.errors import InvalidInputError, SolverError
 
 INSTALL_HINT = "apt-get install coinor-cbc (or: conda install -c conda-forge coin-or-cbc)"
 _LOG_TAIL_LINES = 20
+WATCH_SECONDS = 0.1
+"""How often a stoppable solve checks ``SolveOptions.stop``."""
 
 
 class CbcBackend(Backend):
@@ -44,6 +47,8 @@ class CbcBackend(Backend):
     executable = "cbc"
     _child: subprocess.Popen | None = None
     """The cbc process of the solve running now, for :meth:`interrupt`."""
+    _interrupted: subprocess.Popen | None = None
+    """The cbc process already sent SIGINT (once: a second one may end it without an answer)."""
 
     def solve_form(
         self, form: StandardForm, options: SolveOptions, warm_start: bool
@@ -68,10 +73,11 @@ class CbcBackend(Backend):
         return self._result(form, header, values, log, seconds, load_seconds)
 
     def interrupt(self) -> None:
-        """Send SIGINT to the running cbc: it stops its search and still writes its best
+        """Send SIGINT to the running cbc, once: it stops its search and still writes its best
         solution (its log says ``User ctrl-c``)."""
         child = self._child
-        if child is not None and child.poll() is None:
+        if child is not None and child.poll() is None and self._interrupted is not child:
+            self._interrupted = child
             child.send_signal(signal.SIGINT)
 
     def _run(self, command: list[str], options: SolveOptions) -> list[str] | None:
@@ -79,7 +85,8 @@ class CbcBackend(Backend):
         a stop asked for ended cbc before it could catch SIGINT (it had found nothing yet). A
         stoppable solve runs cbc in a session of its own, so that a Ctrl-C at the terminal
         reaches it only once, through :meth:`interrupt`; an exception here (a second Ctrl-C)
-        kills it."""
+        kills it. A thread watches ``SolveOptions.stop`` and interrupts cbc once it is set, so
+        that a stop asked for from another thread (no signal handler there) stops it too."""
         lines = []
         with subprocess.Popen(
             command,
@@ -89,9 +96,9 @@ class CbcBackend(Backend):
             start_new_session=options.stop is not None,
         ) as process:
             self._child = process
+            if options.stop is not None:
+                threading.Thread(target=self._watch, args=(options.stop,), daemon=True).start()
             try:
-                if stop_requested(options):
-                    self.interrupt()
                 for line in process.stdout:
                     lines.append(line.rstrip("\n"))
                     if options.verbose:
@@ -107,6 +114,14 @@ class CbcBackend(Backend):
             raise SolverError(f"cbc exited with status {process.returncode}:\n" + _tail(lines))
         _check_understood(lines)
         return lines
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Interrupt the cbc running now once ``stop`` is set (returns when cbc ends)."""
+        child = self._child
+        while child is not None and child.poll() is None:
+            if stop.wait(WATCH_SECONDS):
+                self.interrupt()
+                return
 
     def _result(
         self,

@@ -23,7 +23,12 @@ from oamip.backends.base import (
     stop_requested,
 )
 from oamip.backends.standard_form import QuadraticRow, StandardForm
-from oamip.errors import BackendUnavailableError, InvalidInputError, SolverError
+from oamip.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    LicenceLimitError,
+    SolverError,
+)
 
 INSTALL_HINT = "pip install gurobipy"
 PIP_LICENCE_LIMIT = 2000
@@ -197,7 +202,7 @@ def _optimize(gp, model, form: StandardForm) -> None:
             model.optimize()
     except gp.GurobiError as exc:
         if exc.errno == _SIZE_LIMIT_EXCEEDED:
-            raise SolverError(_licence_message(model, form)) from exc
+            raise LicenceLimitError(_licence_message(model, form)) from exc
         raise SolverError(f"gurobi failed: {exc.message}") from exc
 
 

@@ -98,9 +98,16 @@ def _pieces_rows(report: PruneReport) -> list[str]:
     pieces = report.subproblems
     optimal = sum(piece.status == "optimal" for piece in pieces)
     resumed = sum(piece.resumed for piece in pieces)
+    continued = sum(piece.continued for piece in pieces)
+    anew = len(pieces) - resumed - continued
     rows = [
         f"decomposed ({report.decompose}): {optimal} of {len(pieces)} pieces proven optimal"
-        + (f", {resumed} resumed from the checkpoint" if resumed else "")
+        + (
+            f", {resumed} resumed from the checkpoint (final), {continued} continued from "
+            f"their best in it, {anew} solved anew"
+            if resumed or continued
+            else ""
+        )
     ]
     labels = {layer.name: layer.label for layer in report.layers}
     return rows + [piece_line(piece, labels) for piece in pieces if piece.error is not None]

@@ -65,6 +65,7 @@ class SubproblemReport:
     head_accuracy: float | None
     resumed: bool
     error: str | None
+    continued: bool = False
 
 
 @dataclass
@@ -189,6 +190,7 @@ def piece_line(piece: PieceResult | SubproblemReport, labels: dict[str, str] | N
     name = None if piece.layer is None else (labels or {}).get(piece.layer, piece.layer)
     layer = "all layers" if name is None else f"layer {name}"
     label = "all classes" if piece.label is None else f"class {piece.label}"
-    how = f"{piece.seconds:.1f} s" + (", resumed" if piece.resumed else "")
+    how = f"{piece.seconds:.1f} s" + (", reused from an earlier run" if piece.resumed else "")
+    how += ", continued from an earlier run's best" if piece.continued else ""
     error = f": {piece.error}" if piece.error else ""
     return f"piece {layer}, {label}: {piece.status} ({how}){error}"

@@ -5,33 +5,45 @@ batch and the scoring options. Each worker builds and solves its own Pyomo model
 (:func:`solve_piece`), so pieces travel as numpy data, never as Pyomo or torch objects, and the
 result is the same whatever runs it. :func:`run_pieces` runs a list of pieces one after the
 other, on ``n_jobs`` local processes, or on a Dask cluster; with a checkpoint folder every
-finished piece is saved at once (atomically, named by a hash of everything it depends on) and a
-rerun loads it instead of solving it again. A piece that raises is tried once more, then
-reported with its error; the others are kept.
+solved piece is saved at once (atomically, named by a hash of everything its answer depends on,
+the time limit left out and saved with the result). A rerun reuses a saved piece only when its
+result is final for the settings asked (:func:`is_final`: proven optimal, or stopped by a time
+limit at least as long); an interrupted piece, or one the rerun gives more time, is solved
+again from its saved best solution (``continued``), never ending worse than it. A piece that
+raises is tried once more, then reported with its error; the others are kept.
 
-Ctrl-C (the first SIGINT) while pieces run ends the run with what it has: the piece being
-solved stops with its best solution (status ``interrupted``; at a terminal the signal reaches
-every worker process, each of which stops its own piece), no piece starts after it, and the
-pieces never started are reported ``interrupted`` with no scores (their units are kept). A
-SIGINT sent to the main process alone starts no new piece and waits for the running ones; on
-Dask, pieces not finished are cancelled. A second SIGINT goes to the handler that was in place
-before (Python's raises KeyboardInterrupt). Nothing here imports torch.
+Ctrl-C (the first SIGINT), or a SIGTERM, while pieces run ends the run with what it has: the
+piece being solved stops with its best solution (status ``interrupted``), no piece starts after
+it, and the pieces never started are reported ``interrupted`` with no scores (their units are
+kept). A signal to the main process of a run on worker processes is acknowledged on stderr at
+once and passed on to the workers as SIGINT, each of which stops its own piece (a signal to the
+whole process group reaches them too); on Dask a Dask event asks the pieces under way to stop
+(HiGHS and CBC stop at once; Gurobi and SCIP there only at their time limit) and the pieces
+not back within ``DASK_STOP_SECONDS`` are cancelled. A second
+signal goes to the handler that was in place before (Python's SIGINT handler raises
+KeyboardInterrupt). Worker processes are spawned, so a script that starts them must keep its
+own code under ``if __name__ == "__main__":`` (:func:`check_main_guard` says so before any
+starts). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -54,11 +66,27 @@ DASK_HINT = "pip install 'oamip[dask]'"
 ERROR = "error"
 """Status of a piece that raised twice: it has an ``error`` and no scores."""
 POLL_SECONDS = 0.2
+DASK_STOP_SECONDS = 10.0
+"""After a stop, how long a run on Dask waits for the pieces under way to return their best
+solutions before it cancels them."""
 """How often a run on workers looks at its pieces (and at Ctrl-C)."""
-NOT_STARTED = "not solved: the run was interrupted (Ctrl-C) before this piece started"
+NOT_STARTED = "not solved: the run was interrupted before this piece started"
 """The note of a piece skipped because of Ctrl-C (status ``interrupted``, no scores)."""
-_UNHASHED = ("verbose",)
-"""Options that do not change a piece's answer, left out of its hash."""
+_UNHASHED = ("verbose", "time_limit")
+"""Options left out of a piece's hash: they do not change its answer, or (the time limit) only
+how far its solve gets, which :func:`is_final` judges from the saved result."""
+FINAL_STATUSES = ("time_limit", "feasible")
+"""Statuses of a saved piece that a rerun reuses when its time limit is at least as long as the
+one asked (an optimal piece is always reused)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ACKNOWLEDGED = (
+    "oamip: {signal} received: stopping the pieces under way, keeping their best solutions "
+    "(a second signal aborts)\n"
+)
+"""The line written on stderr as soon as the run's first stop signal arrives."""
+_WORKER_STOP: threading.Event | None = None
+"""In a local worker process: set by a SIGINT that arrives while no solve handles it (between
+pieces, or while a piece's model is built), so that its piece stops as soon as it can."""
 
 
 @dataclass
@@ -77,6 +105,8 @@ class Piece:
     layer: str | None = None
     label: int | None = None
     head_accuracy: float | None = None
+    start: dict[str, np.ndarray] | None = None
+    """Scores by layer name to start from (a checkpoint's best); not part of the key."""
 
     @cached_property
     def key(self) -> str:
@@ -113,9 +143,13 @@ class PieceResult:
     scores: dict[str, np.ndarray]
     head_accuracy: float | None = None
     resumed: bool = False
-    """True when read from the checkpoint folder instead of solved."""
+    """True when read from the checkpoint folder and reused, final, instead of solved."""
     error: str | None = None
     note: str = ""
+    time_limit: float | None = None
+    """The time limit the piece was solved under (saved with it, out of its key)."""
+    continued: bool = False
+    """True when solved again from the checkpoint's best solution of an earlier run."""
 
 
 def _content(piece: Piece) -> Iterator:
@@ -142,17 +176,22 @@ def _layer_content(layer) -> Iterator:
         yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)
 
 
-def solve_piece(piece: Piece) -> PieceResult:
+def solve_piece(piece: Piece, stop: threading.Event | None = None) -> PieceResult:
     """Build the piece's importance model and solve it as ``score_neurons`` does (warm start,
-    certified solve); ``time_limit`` covers this piece."""
+    certified solve); ``time_limit`` covers this piece. ``stop`` (set from elsewhere) stops it
+    with its best solution; in a local worker process it is the worker's own."""
     started = time.perf_counter()
     options = piece.options
     solver = backends.get(options.backend)
     im = build_importance_model(piece.network, piece.x, piece.y, options)
     if options.root_cuts:
         add_root_cuts(im, solver, max_rounds=options.root_cuts, time_budget=options.time_limit)
-    point = sweep(im, solver, options, [options.lam], started)[0]
     names = dict(zip(piece.network.scored, piece.scored_names))
+    start = None
+    if piece.start is not None:
+        start = {i: np.asarray(piece.start[name], dtype=float) for i, name in names.items()}
+    stop = _WORKER_STOP if stop is None else stop
+    point = sweep(im, solver, options, [options.lam], started, start=start, stop=stop)[0]
     return PieceResult(
         key=piece.key,
         layer=piece.layer,
@@ -165,6 +204,7 @@ def solve_piece(piece: Piece) -> PieceResult:
         scores={names[i]: np.asarray(s, dtype=float) for i, s in point.scores.items()},
         head_accuracy=piece.head_accuracy,
         note=point.solution.note if point.solution else "",
+        time_limit=options.time_limit,
     )
 
 
@@ -199,14 +239,19 @@ def run_pieces(
 ) -> list[PieceResult]:
     """Solve every piece (results in the order of ``pieces``): here, on ``n_jobs`` local
     processes (spawned), or on ``executor`` (a Dask client or scheduler address). With
-    ``checkpoint`` (a folder), pieces saved there are loaded (``resumed``) and each piece
+    ``checkpoint`` (a folder), a saved piece final for its settings is reused (``resumed``),
+    any other saved piece is solved again from its saved best (``continued``), and each piece
     solved is saved as soon as it is done. ``on_done`` is called with each finished piece."""
     with open_executor(executor) as client:
         store = _Checkpoint(Path(checkpoint)) if checkpoint is not None else None
+        work, earlier = list(pieces), {}
         results: dict[int, PieceResult] = {}
 
         def finished(index: int, result: PieceResult) -> None:
-            if store is not None and result.error is None and not result.resumed:
+            solved = result.error is None and not result.resumed and bool(result.scores)
+            if index in earlier:
+                result = never_worse(earlier[index], result)
+            if store is not None and solved:
                 store.save(result)
             results[index] = result
             if on_done is not None:
@@ -215,40 +260,121 @@ def run_pieces(
         todo = []
         for index, piece in enumerate(pieces):
             found = store.load(piece) if store is not None else None
-            if found is None:
-                todo.append(index)
-            else:
+            if found is not None and is_final(found, piece.options.time_limit):
                 finished(index, found)
-        with _first_sigint() as stop:
+                continue
+            if found is not None:
+                earlier[index] = found
+                work[index] = replace(piece, start=found.scores)
+            todo.append(index)
+        with _first_stop() as stop:
             if client is not None:
-                _run_dask(client, pieces, todo, finished, stop)
+                _run_dask(client, work, todo, finished, stop)
             elif n_jobs > 1 and len(todo) > 1:
-                _run_processes(pieces, todo, min(n_jobs, len(todo)), finished, stop)
+                _run_processes(work, todo, min(n_jobs, len(todo)), finished, stop)
             else:
-                _run_sequentially(pieces, todo, finished, stop)
+                _run_sequentially(work, todo, finished, stop)
     return [results[index] for index in range(len(pieces))]
 
 
+def is_final(saved: PieceResult, time_limit: float | None) -> bool:
+    """Whether a saved piece answers a run with ``time_limit``: proven optimal, or ended (by
+    its time limit, or unproven with time left) under a time limit at least as long."""
+    if saved.status == "optimal":
+        return True
+    if saved.status not in FINAL_STATUSES:
+        return False
+    if time_limit is None:
+        return saved.time_limit is None
+    return saved.time_limit is None or saved.time_limit >= time_limit
+
+
+def never_worse(saved: PieceResult, result: PieceResult) -> PieceResult:
+    """A piece solved again from its saved result (``continued``): the new result, with the
+    saved best scores where the new solve ended worse, or found nothing (not started, or an
+    error: then the saved result, its status ``interrupted`` if the run was)."""
+    if not result.scores:
+        why = f"solving it again failed ({result.error})" if result.error else result.note
+        status = result.status if result.status == INTERRUPTED else saved.status
+        return replace(
+            saved,
+            status=status,
+            resumed=False,
+            continued=True,
+            note=f"{why}; the scores are the checkpoint's best",
+        )
+    if saved.objective is not None and (
+        result.objective is None or result.objective > saved.objective
+    ):
+        note = "; ".join(filter(None, [result.note, "the checkpoint's best was better: kept"]))
+        return replace(
+            result,
+            scores=saved.scores,
+            objective=saved.objective,
+            continued=True,
+            note=note,
+        )
+    return replace(result, continued=True)
+
+
+class _Stop(threading.Event):
+    """The run's stop, set by the first stop signal (or an interrupted piece); ``processes``
+    gives the worker processes to pass a signal on to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: Callable[[], list] = list
+
+    def forward(self) -> None:
+        """Send SIGINT to every worker process alive: each stops its own piece."""
+        for process in self.processes():
+            if process.pid is not None and process.is_alive():
+                with suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGINT)
+
+
 @contextmanager
-def _first_sigint() -> Iterator[threading.Event]:
-    """An event set by the first SIGINT while the block runs (in the main thread, where Python
-    handles signals and a handler is in place); a second SIGINT goes to the previous handler."""
-    stop = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+def _first_stop() -> Iterator[_Stop]:
+    """A stop set by the first SIGINT or SIGTERM while the block runs (in the main thread, where
+    Python handles signals): acknowledged on stderr, passed on to the worker processes, and to a
+    solve running here (as SIGINT). A second signal goes to the previous handler."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    if not callable(previous[signal.SIGINT]):
         yield stop
         return
 
-    def handle(signum, frame) -> None:
+    def handle(signum: int, frame) -> None:
         if stop.is_set():
-            previous(signum, frame)
+            _chain(previous[signum], signum, frame)
+            return
         stop.set()
+        os.write(2, ACKNOWLEDGED.format(signal=signal.Signals(signum).name).encode())
+        stop.forward()
+        here = signal.getsignal(signal.SIGINT)
+        if signum != signal.SIGINT and callable(here) and here is not handle:
+            here(signal.SIGINT, frame)  # a solve running here stops as at Ctrl-C
 
-    signal.signal(signal.SIGINT, handle)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handle)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _chain(handler, signum: int, frame) -> None:
+    """Hand a signal to ``handler``, a signal handler that was in place before: call it, or do
+    what the default would (end the process)."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def _run_sequentially(pieces, todo: list[int], finished, stop: threading.Event) -> None:
@@ -277,11 +403,15 @@ def _run_here(piece: Piece) -> PieceResult:
 
 def _run_processes(pieces, todo: list[int], workers: int, finished, stop) -> None:
     """The pieces on local spawned processes; a piece that raises is submitted once more.
-    Workers ignore SIGINT between pieces (so an idle worker survives Ctrl-C) and answer it
-    during a solve; once ``stop`` is set, pieces not started are cancelled."""
+    A worker survives SIGINT between pieces (an idle one, Ctrl-C) and stops its piece on it;
+    the first stop signal to this process is passed on to the workers; once ``stop`` is set,
+    pieces not started are cancelled."""
+    check_main_guard()
     context = multiprocessing.get_context("spawn")
+    others = set(multiprocessing.active_children())
+    stop.processes = lambda: [p for p in multiprocessing.active_children() if p not in others]
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_ignore_sigint
+        max_workers=workers, mp_context=context, initializer=_in_worker
     ) as pool:
         running = {pool.submit(solve_piece, pieces[i]): (i, 0) for i in todo}
         while running:
@@ -312,20 +442,65 @@ def _collected(future, piece: Piece, stop: threading.Event) -> PieceResult | Non
     return result
 
 
-def _ignore_sigint() -> None:
-    """A worker's SIGINT handler between pieces: nothing (a solve installs its own)."""
-    signal.signal(signal.SIGINT, _nothing)
+def _in_worker() -> None:
+    """A worker process's start: SIGINT while no solve handles it sets the worker's stop (a
+    solve installs its own handler, chained to this one), SIGTERM is taken as SIGINT."""
+    global _WORKER_STOP
+    _WORKER_STOP = threading.Event()
+    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
-def _nothing(signum, frame) -> None:
-    """Ignore the signal, as a Python callable (so a solve's handler can chain to it)."""
+def _worker_sigint(signum, frame) -> None:
+    """Stop the worker's piece as soon as it can (never raise: the worker survives)."""
+    _WORKER_STOP.set()
+
+
+def _worker_sigterm(signum, frame) -> None:
+    """Handle SIGTERM as the SIGINT handler in place does (a solve's, or the worker's)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def check_main_guard() -> None:
+    """Refuse, before any worker process is spawned, to start them from a script that runs its
+    code on import (no ``if __name__ == "__main__":``): each spawned worker imports the script,
+    which would start workers of its own (multiprocessing's bootstrapping RuntimeError)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if path is None or (spec is not None and spec.name.endswith("__main__")):
+        return  # an interactive session, -c, or a package's __main__: never imported again
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return
+    if not any(_is_main_guard(node) for node in tree.body):
+        raise InvalidInputError(
+            f"worker processes (n_jobs > 1) import the script '{path}', which runs its code "
+            'on import: put that code under `if __name__ == "__main__":` (or use n_jobs=1)'
+        )
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (either side of the ``==``)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    names = {side.id for side in sides if isinstance(side, ast.Name)}
+    values = {side.value for side in sides if isinstance(side, ast.Constant)}
+    return names == {"__name__"} and values == {"__main__"}
 
 
 def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) -> None:
-    """The pieces as Dask tasks (each retried once by Dask), collected as they finish; once
-    ``stop`` is set, the ones not finished are cancelled."""
-    futures = {client.submit(solve_piece, pieces[i], pure=False, retries=1): i for i in todo}
-    pending = set(futures)
+    """The pieces as Dask tasks (each retried once by Dask), collected as they finish. Once
+    ``stop`` is set, a Dask event asks the pieces under way to stop with their best solutions
+    (:func:`solve_piece_on_dask`) and those not back within ``DASK_STOP_SECONDS`` are cancelled."""
+    flag = _dask().Event(f"oamip-stop-{uuid.uuid4().hex}", client=client)
+    futures = {
+        client.submit(solve_piece_on_dask, pieces[i], flag.name, pure=False, retries=1): i
+        for i in todo
+    }
+    pending, deadline = set(futures), None
     while pending:
         done = {future for future in pending if future.done()}
         pending -= done
@@ -335,13 +510,39 @@ def _run_dask(client, pieces, todo: list[int], finished, stop: threading.Event) 
             except Exception as exc:  # noqa: BLE001 - reported with the piece, the others kept
                 result = failed(pieces[futures[future]], exc)
             finished(futures[future], result)
-        if stop.is_set() and pending:
+        if stop.is_set() and deadline is None:
+            flag.set()
+            deadline = time.monotonic() + DASK_STOP_SECONDS
+        if pending and deadline is not None and time.monotonic() >= deadline:
             client.cancel(list(pending))
             for future in pending:
                 finished(futures[future], not_started(pieces[futures[future]]))
             return
         if not done:
             time.sleep(POLL_SECONDS)
+
+
+def solve_piece_on_dask(piece: Piece, flag_name: str) -> PieceResult:
+    """:func:`solve_piece` on a Dask worker, stopped with its best solution once the run's Dask
+    event ``flag_name`` is set (a thread watches it); a piece that would start after that is
+    not started."""
+    flag = _dask().Event(flag_name)
+    if flag.is_set():
+        return not_started(piece)
+    stop, done = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_flag, args=(flag, stop, done), daemon=True).start()
+    try:
+        return solve_piece(piece, stop)
+    finally:
+        done.set()
+
+
+def _watch_flag(flag, stop: threading.Event, done: threading.Event) -> None:
+    """Set ``stop`` once the Dask event ``flag`` is set; return once ``done`` is."""
+    while not done.is_set():
+        if flag.wait(timeout=POLL_SECONDS):
+            stop.set()
+            return
 
 
 def not_started(piece: Piece) -> PieceResult:
@@ -381,8 +582,12 @@ def _dask():
     return distributed
 
 
+_RUN = ("resumed", "continued")
+"""Fields of a piece's result that say what this run did with it: not saved."""
+
+
 class _Checkpoint:
-    """A folder of finished pieces, one JSON file each, named by the piece's hash."""
+    """A folder of solved pieces, one JSON file each, named by the piece's hash."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -392,7 +597,7 @@ class _Checkpoint:
         return self.folder / f"piece-{key}.json"
 
     def save(self, result: PieceResult) -> None:
-        record = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "resumed"}
+        record = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in _RUN}
         record["scores"] = {name: s.tolist() for name, s in result.scores.items()}
         with atomic_path(self.path(result.key)) as tmp:
             tmp.write_text(json.dumps(record))

@@ -36,10 +36,14 @@ def stop_requested() -> bool:
 
 
 @contextmanager
-def interruptible(solver: Backend) -> Iterator[threading.Event]:
+def interruptible(
+    solver: Backend, stop: threading.Event | None = None
+) -> Iterator[threading.Event]:
     """Run a block of solves of ``solver`` with the first SIGINT stopping them and keeping their
-    best solution; yields the event to pass as ``SolveOptions.stop`` (set once stopped)."""
-    stop = threading.Event()
+    best solution; yields the event to pass as ``SolveOptions.stop`` (set once stopped):
+    ``stop`` if given (a worker process's, which its own SIGINT handler may have set already),
+    else a new one."""
+    stop = threading.Event() if stop is None else stop
     token = _STOP.set(stop)
     try:
         with _handler(solver, stop):

@@ -8,7 +8,10 @@ of the start and the solver's answer is kept, a bound is reported only if it is 
 every feasible point known, and the status is "optimal" only if that bound proves the objective
 within the gap asked for. A stop asked for (``SolveOptions.stop``, set by Ctrl-C through
 :mod:`oamip.solve.interrupt`) ends the loop with the solver's best solution, status
-"interrupted" unless proven. Nothing here imports torch.
+"interrupted" unless proven. A solver that crashes (its process dies, its library raises) is
+one more doubtful answer (:func:`solver_run`): retried carefully, then without the start, and
+if every attempt fails the answer is the start, "feasible", the solver's words in its note.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from oamip.backends import Backend, SolveOptions, SolveResult, Status
 from oamip.backends.base import stop_requested
+from oamip.errors import LicenceLimitError, OamipError, SolverError
 from oamip.formulations import ImportanceModel
 
 CE_CUT_TOL = 1e-6
@@ -40,6 +44,9 @@ FEASIBLE = "feasible"
 optimum its numbers do not support or gave up (infeasible, error) on a problem that has a
 solution: the start."""
 NO_BOUND_STATUSES = (Status.INFEASIBLE, Status.UNBOUNDED, Status.ERROR)
+CRASH_WORDS = 400
+"""Most characters of a crashed solver's message kept in the note (its end, where the reason
+is)."""
 
 
 @dataclass
@@ -146,9 +153,12 @@ def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm
     rounds, stalled, last, result = 0, 0, (-np.inf, np.inf), None
     while True:
         rounds += 1
-        answer = solver.solve(im.model, _with_deadline(options, deadline), warm_start=warm)
+        answer = solver_run(solver, im.model, _with_deadline(options, deadline), warm)
         if answer.status == Status.INTERRUPTED and options.stop is not None:
             options.stop.set()  # Gurobi and SCIP catch SIGINT themselves
+        if answer.status == Status.ERROR and result is not None and result.has_solution:
+            # crashed after a cut round: the model still holds that round's solution
+            return replace(result, status=Status.ERROR, bound=None, note=answer.note), rounds
         if result is not None and stop_requested(options) and not answer.has_solution:
             # stopped before this round found anything: the model still holds the last one's
             return replace(result, status=Status.INTERRUPTED), rounds
@@ -172,6 +182,32 @@ def _solve_with_cuts(solver, im: ImportanceModel, options, deadline, start, warm
         last = progress
         im.add_cuts(logits, violated)
         im.assign(found)
+
+
+def solver_run(solver: Backend, model, options: SolveOptions, warm: bool) -> SolveResult:
+    """One run of ``solver`` on ``model``. A crash (an exception from the solver or its
+    library, a solver process that dies or fails) is the result "error" with the solver's words
+    in ``note``, so that :func:`solve_certified` retries it as it retries any doubtful answer,
+    the same way for every backend. Errors of the input, of a capability or of a licence limit
+    are raised: no retry can mend them."""
+    try:
+        return solver.solve(model, options, warm_start=warm)
+    except LicenceLimitError:
+        raise
+    except SolverError as exc:
+        return _crashed(solver, exc)
+    except OamipError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a solver library's own failure, see above
+        return _crashed(solver, exc)
+
+
+def _crashed(solver: Backend, exc: Exception) -> SolveResult:
+    """The result of a solver run that failed with ``exc``: no solution, no bound."""
+    words = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(words) > CRASH_WORDS:
+        words = "..." + words[-CRASH_WORDS:]
+    return SolveResult(solver.name, Status.ERROR, None, None, 0.0, note=f"it failed ({words})")
 
 
 def _keeping_bound(answer: SolveResult, earlier: SolveResult | None) -> SolveResult:
@@ -223,7 +259,8 @@ def certify(
     slack = CERTIFY_RTOL * max(1.0, abs(best_known))
     bound, notes = result.bound, []
     if result.status in NO_BOUND_STATUSES:
-        notes.append(f"the solver ended '{result.status}' on a feasible problem")
+        why = f": {result.note}" if result.note else ""
+        notes.append(f"the solver ended '{result.status}' on a feasible problem{why}")
         bound = None
     if not agree:
         notes.append(

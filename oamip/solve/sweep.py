@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -88,24 +89,31 @@ def sweep(
     lams: list[float],
     started: float,
     on_solved: Callable[[SweepPoint], None] | None = None,
+    start: dict[int, np.ndarray] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[SweepPoint]:
     """One point per weight of ``lams`` (in that order). ``started`` (a perf_counter value) is
     when the call began: the first solve's time limit covers building the model. ``on_solved``
     is called with each weight's point as soon as its solve ends (e.g. to print
-    :func:`point_line`); weights proven by concavity are not solved and not reported.
+    :func:`point_line`); weights proven by concavity are not solved and not reported. ``start``
+    (scores by layer index, e.g. a checkpoint's best) replaces the warm start of the first
+    solve, which then never ends worse than it; ``stop`` is the event of
+    :func:`oamip.solve.interrupt.interruptible` (None: a new one).
 
     Ctrl-C (:func:`oamip.solve.interrupt.interruptible`) stops the sweep: the solve running
     keeps its best solution, status "interrupted", and the weights not solved yet get the best
     solution known, "optimal" only where concavity proves it."""
     known = _Known(sorted(set(lams)), options.mip_gap)
     budget = warm_start_budget(options.time_limit)
-    with interruptible(solver) as stop:
+    given = start
+    with interruptible(solver, stop) as stop:
         solve_options = replace(options.solve_options(), stop=stop)
         while (lam := known.next_to_solve()) is not None and not (stop.is_set() and known.solved):
             im.set_lam(lam)
             if known.solved:
                 started = time.perf_counter()
-            start = _start(im, known, lam, budget)
+            start = _start(im, known, lam, budget) if given is None else given
+            given = None
             build_seconds = time.perf_counter() - started
             remaining = None
             if options.time_limit is not None:
