@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+
 @dataclass(frozen=True)
 class Event:
     """What one task has done: ``done`` of ``total`` (None: not known), counted in ``unit``;

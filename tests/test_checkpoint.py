@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from oamip.adapters.extract import extract
-from oamip.pipelines.prune import piece_line
+from oamip.pipelines.results import piece_line
 from oamip.pipelines.report import _pieces_rows
 from oamip.solve import sweep
 from oamip.solve.decompose import (
