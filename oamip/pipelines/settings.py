@@ -12,6 +12,7 @@ import torch
 from oamip import checks
 from oamip.errors import InvalidInputError
 from oamip.pipelines.budget import (
+    DEFAULT_BASELINE_SAMPLES,
     DEFAULT_INTERPOLATE_STEPS,
     DEFAULT_LAMS,
     DEFAULT_REFINE_STEPS,
@@ -64,6 +65,11 @@ class PruneSettings(ScoringOptions):
     refine_steps: int = checks.option(
         DEFAULT_REFINE_STEPS, "bisection steps of the path around the budget (max_drop)"
     )
+    baseline_samples: int = checks.option(
+        DEFAULT_BASELINE_SAMPLES,
+        "training samples the baseline criteria score on (SNIP and Taylor use them; at most "
+        "the training split, never validation or test)",
+    )
     interpolate_steps: int = checks.option(
         DEFAULT_INTERPOLATE_STEPS,
         "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
@@ -82,6 +88,7 @@ class PruneSettings(ScoringOptions):
         checks.flag("progress", self.progress)
         checks.flag("at_init", self.at_init)
         checks.flag("log", self.log)
+        self.baseline_samples = checks.whole("baseline samples", self.baseline_samples, 1)
         self._validate_budget()
 
     def _validate_budget(self) -> None:
