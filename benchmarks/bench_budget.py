@@ -68,8 +68,9 @@ class Row:
     wall_seconds: float
     lam: float | None
     lams_solved: int
-    test_at_mip_counts: float
-    """Test accuracy at the MIP's kept per-layer counts (the MIP's own for ``mip``)."""
+    test_at_mip_counts: float | None
+    """Test accuracy at the MIP's kept per-layer counts (the MIP's own for ``mip``; None for a
+    global schedule, which sets its own counts per layer)."""
 
 
 def settings(args) -> PruneSettings:
@@ -127,7 +128,7 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
             wall_seconds=wall,
             lam=report.lam if report.chosen is not None else None,
             lams_solved=sum(point.status != INTERPOLATED for point in report.path),
-            test_at_mip_counts=at_counts[entry.method],
+            test_at_mip_counts=at_counts.get(entry.method),
         )
         for entry in report.budget
     ]
@@ -164,10 +165,14 @@ def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
             f"| {r.params_removed}/{r.params_total} | {r.macs_removed}/{r.macs_total} "
             f"| {100 * r.val_accuracy:.2f}% ({100 * r.val_accuracy_before:.2f}%) "
             f"| {100 * r.test_accuracy:.2f}% ({100 * r.accuracy_before:.2f}%) "
-            f"| {100 * r.test_at_mip_counts:.2f}% "
+            f"| {_percent(r.test_at_mip_counts)} "
             f"| {'-' if r.lam is None else format(r.lam, '.3g')} | {r.wall_seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
 
 
 def main(argv: list[str] | None = None) -> None:
