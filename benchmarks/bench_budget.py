@@ -59,6 +59,8 @@ class Row:
     units_total: int
     params_removed: int
     params_total: int
+    macs_removed: int
+    macs_total: int
     val_accuracy: float
     test_accuracy: float
     val_accuracy_before: float
@@ -66,8 +68,9 @@ class Row:
     wall_seconds: float
     lam: float | None
     lams_solved: int
-    test_at_mip_counts: float
-    """Test accuracy at the MIP's kept per-layer counts (the MIP's own for ``mip``)."""
+    test_at_mip_counts: float | None
+    """Test accuracy at the MIP's kept per-layer counts (the MIP's own for ``mip``; None for a
+    global schedule, which sets its own counts per layer)."""
 
 
 def settings(args) -> PruneSettings:
@@ -86,6 +89,7 @@ def settings(args) -> PruneSettings:
         refine_steps=args.refine_steps,
         interpolate_steps=args.interpolate_steps,
         val_fraction=args.val_fraction,
+        baseline_samples=args.baseline_samples,
     )
 
 
@@ -115,6 +119,8 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
             units_total=report.units_total,
             params_removed=report.params_total - entry.params_after,
             params_total=report.params_total,
+            macs_removed=entry.macs_removed,
+            macs_total=entry.macs_after + entry.macs_removed,
             val_accuracy=entry.val_accuracy,
             test_accuracy=entry.test_accuracy,
             val_accuracy_before=report.val_accuracy_before,
@@ -122,7 +128,7 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
             wall_seconds=wall,
             lam=report.lam if report.chosen is not None else None,
             lams_solved=sum(point.status != INTERPOLATED for point in report.path),
-            test_at_mip_counts=at_counts[entry.method],
+            test_at_mip_counts=at_counts.get(entry.method),
         )
         for entry in report.budget
     ]
@@ -145,22 +151,28 @@ def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
         f"{args.threads} threads, validation {args.val_fraction:g} of the training split. "
         "Accuracies without fine-tuning; a method's row is the most units it removes with "
         "validation accuracy at most `budget` points below the dense network's; every method's "
-        "test accuracy at the per-layer counts the MIP kept (the paper's protocol) beside it.",
+        "test accuracy at the per-layer counts the MIP kept (the paper's protocol) beside it. "
+        "Every criterion runs per layer and global (`<criterion>-global`, one ranking of "
+        f"layer-normalised scores), scoring on {args.baseline_samples} training samples.",
         "",
-        "| net | budget | method | units removed | params removed | val acc (dense) "
-        "| test acc (dense) | test acc at the MIP's counts | lam | wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| net | budget | method | units removed | params removed | MACs removed "
+        "| val acc (dense) | test acc (dense) | test acc at the MIP's counts | lam | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.net} | {r.budget:g} | {r.method} | {r.units_pruned}/{r.units_total} "
-            f"| {r.params_removed}/{r.params_total} "
+            f"| {r.params_removed}/{r.params_total} | {r.macs_removed}/{r.macs_total} "
             f"| {100 * r.val_accuracy:.2f}% ({100 * r.val_accuracy_before:.2f}%) "
             f"| {100 * r.test_accuracy:.2f}% ({100 * r.accuracy_before:.2f}%) "
-            f"| {100 * r.test_at_mip_counts:.2f}% "
+            f"| {_percent(r.test_at_mip_counts)} "
             f"| {'-' if r.lam is None else format(r.lam, '.3g')} | {r.wall_seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", default=defaults.sparsity, help="layer or unit")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    parser.add_argument("--baseline-samples", type=int, default=defaults.baseline_samples)
     parser.add_argument("--name", default=None, help="results file stem (default budget-NETS)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)

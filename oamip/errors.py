@@ -35,3 +35,8 @@ class VerificationError(OamipError):
 
 class PyomoVersionError(OamipError):
     """The installed Pyomo changed an internal attribute that the standard-form compiler reads."""
+
+
+class ValidationWarning(UserWarning):
+    """The validation samples of an accuracy budget cannot be trusted to hold it: the model has
+    probably seen them, or they are too few to resolve the budget."""

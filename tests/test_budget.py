@@ -153,7 +153,7 @@ def test_baselines_budget_figures_are_the_most_units_within_the_budget(budgeted)
     report, _ = budgeted
     floor = report.val_accuracy_before - MAX_DROP / 100
     methods = [entry.method for entry in report.budget]
-    assert methods == [MIP_METHOD, *criteria()]
+    assert methods == [MIP_METHOD, *(m + s for m in criteria() for s in ("", "-global"))]
     mip = report.budget[0]
     chosen = report.path[report.chosen]
     assert (mip.units_pruned, mip.val_accuracy, mip.test_accuracy) == (
@@ -484,6 +484,7 @@ def test_interpolated_masks_by_hand(max_drop):
         assert found == [] and max_drop == 100.0
         return
     sparser = min(beyond, key=lambda k: (points[k].units_pruned, points[k].lam))
+    start = {name: keep | path.masks[sparser][name] for name, keep in start.items()}
     going = {}
     for name, keep in start.items():
         scores = path.results[sparser].scores[name]
@@ -511,6 +512,9 @@ def test_interpolated_masks_by_hand(max_drop):
     for k, p in enumerate(points):
         if p.status == INTERPOLATED:
             assert p.lam == points[sparser].lam and path.results[k] is path.results[sparser]
+            for name, keep in path.masks[k].items():
+                assert not (~keep & path.masks[sparser][name]).any()
+            assert p.units_pruned <= points[sparser].units_pruned
             accuracy = _numpy_accuracy(model, path.masks[k], split.x_val, split.y_val)
             assert p.val_accuracy == accuracy
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from oamip.adapters.extract import extract
-from oamip.pipelines.results import piece_line
 from oamip.pipelines.report import _pieces_rows
+from oamip.pipelines.results import piece_line
 from oamip.solve import sweep
 from oamip.solve.decompose import (
     Piece,

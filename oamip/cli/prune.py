@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from oamip.cli.common import (
@@ -14,11 +16,13 @@ from oamip.cli.common import (
     say_written,
 )
 from oamip.cli.scoring import add_scoring_arguments, scoring_options
+from oamip.errors import ValidationWarning
 from oamip.files import staged_output
 from oamip.pipelines.budget import DEFAULT_LAMS
 from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import percent, summary_table, write_report
 from oamip.solve.interrupt import INTERRUPTED
+from oamip.training.data import load_validation
 
 NAME = "prune"
 HELP = "score units with the neuron-importance MIP, prune, fine-tune, report"
@@ -66,6 +70,20 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the path's lambdas with --max-drop (default {','.join(map(str, DEFAULT_LAMS))})",
     )
     add(
+        "--val-data",
+        metavar="SPEC",
+        help="validation samples for --max-drop, a data spec like --data's: its x_val/y_val "
+        "if it has them, else its test split (an .npz needs only those arrays; default: the "
+        "--data's x_val/y_val, else --val-fraction of the training split)",
+    )
+    add(
+        "--baseline-samples",
+        type=int,
+        default=d.baseline_samples,
+        metavar="N",
+        help=f"training samples the baseline criteria score on (default {d.baseline_samples})",
+    )
+    add(
         "--val-fraction",
         type=float,
         default=d.val_fraction,
@@ -95,9 +113,17 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
     dataset, model = read_inputs(args)
-    report = prune(
-        model, dataset, settings(args), executor=args.scheduler, on_progress=command_listener()
-    )
+    val_data = load_validation(args.val_data) if args.val_data else None
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(warnings.showwarning)
+        report = prune(
+            model,
+            dataset,
+            settings(args),
+            val_data=val_data,
+            executor=args.scheduler,
+            on_progress=command_listener(),
+        )
     with staged_output(args.out) as folder:
         written = write_report(report, folder)
     if report.status == INTERRUPTED:
@@ -105,6 +131,18 @@ def run(args: argparse.Namespace) -> int:
     say(summary_table(report))
     say_written(Path(args.out).expanduser(), written)
     return 0
+
+
+def _show_warning(show):
+    """``show`` (how Python prints warnings), but a ValidationWarning as one line on stderr."""
+
+    def shown(message, category, *args, **kwargs) -> None:
+        if issubclass(category, ValidationWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return shown
 
 
 def interrupted_line(gap: float | None) -> str:
@@ -130,6 +168,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "max_drop": args.max_drop,
         "lams": args.lams,
         "val_fraction": args.val_fraction,
+        "baseline_samples": args.baseline_samples,
         "refine_steps": args.refine_steps,
         "interpolate_steps": args.interpolate_steps,
     }

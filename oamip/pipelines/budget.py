@@ -1,6 +1,7 @@
 """Pruning to an accuracy budget: the lam path of the MIP and the step paths of the baselines.
 
-A validation split is held out of the training split (:func:`split_validation`). The MIP is
+Validation samples are given (``val_data``, or the data set's ``x_val``/``y_val``:
+:func:`given_validation`) or held out of the training split (:func:`split_validation`). The MIP is
 solved for one loss weight after another (a grid from "prune almost nothing" to "prune almost
 everything", refined by bisection between the two weights around the budget), every mask is
 evaluated on the validation split, and :func:`most_within_budget` (the one definition, used
@@ -11,7 +12,12 @@ Two solved weights around the budget give masks far apart (tens of units on an M
 path is then interpolated (:func:`interpolate`): starting from the kept mask (the dense network
 if none), a share of the units that the next sparser solution prunes is pruned in every layer,
 the ones that solution scores lowest first, the share found by bisection on the budget. These
-points cost forward passes only.
+points cost forward passes only. An interpolated mask prunes only units that the solution it
+steps towards prunes, so it never goes past that solution.
+
+Every criterion is stepped in two schedules (:data:`SCHEDULES`): per layer (the same fraction
+of every layer, :func:`step_masks`) and global (one ranking of layer-normalised scores over
+all layers, :func:`global_step_masks`), the latter reported as ``<criterion>-global``.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from oamip.adapters.scoring import ScoreResult
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import checked_lam
 from oamip.solve.interrupt import INTERRUPTED
+from oamip.training.cost import count_macs
 from oamip.training.criteria import MIP_METHOD
-from oamip.training.data import Dataset
+from oamip.training.data import Dataset, checked_validation
 from oamip.training.inference import evaluate
 
 DEFAULT_LAMS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -40,10 +47,15 @@ DEFAULT_REFINE_STEPS = 2
 """Bisection steps between the chosen weight and the next smaller one solved (geometric mean)."""
 DEFAULT_VAL_FRACTION = 0.1
 """The share of the training split held out for validation."""
+DEFAULT_BASELINE_SAMPLES = 512
+"""Training samples the criteria score on by default: data-driven ones (SNIP, Taylor) rank
+units far better on hundreds of samples than on the MIP's batch of one per class."""
 BASELINE_STEPS = 50
 """A baseline's step ``s`` (0..BASELINE_STEPS) prunes ``round(s / BASELINE_STEPS * n)`` of the
-lowest-scored units of every layer of ``n`` units (at least ``min_keep``, and one, kept per
-layer)."""
+lowest-scored units of every layer of ``n`` units (per layer), or of the network's ``n`` units
+(global); at least ``min_keep``, and one, kept per layer."""
+GLOBAL_SUFFIX = "-global"
+"""The suffix of a criterion's name in its global schedule: ``magnitude-global``."""
 DEFAULT_INTERPOLATE_STEPS = 10
 """Bisection steps between the kept mask and the next sparser solution (0: none): enough to
 reach single units in layers of up to about a thousand units."""
@@ -51,6 +63,11 @@ INTERPOLATED = "interpolated"
 """The status of a path point that was interpolated, not solved."""
 BUDGET_SLACK = 1e-9
 """Rounding slack when comparing accuracies (fractions of samples) with the budget's floor."""
+GIVEN, SPLIT = "given", "split"
+"""Where validation samples come from: given by the user, or split off the training data."""
+SEEN_POINTS = 3.0
+"""Validation accuracy this many points above test accuracy means the model has probably been
+trained on the validation samples (a warning)."""
 
 Masks = dict[str, np.ndarray]
 
@@ -65,6 +82,12 @@ class ValidationSplit:
     x_val: np.ndarray
     y_val: np.ndarray
     indices: np.ndarray
+    source: str = SPLIT
+    """``split`` (held out of the training split, rows ``indices``) or ``given`` (no rows)."""
+
+    def describe(self) -> dict:
+        """The report's ``validation`` entry: where the samples came from and how many."""
+        return {"source": self.source, "samples": len(self.y_val)}
 
 
 def split_validation(dataset: Dataset, fraction: float, seed: int) -> ValidationSplit:
@@ -84,6 +107,55 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> Validation
     rest = np.setdiff1d(np.arange(n), held)
     train = replace(dataset, x_train=dataset.x_train[rest], y_train=dataset.y_train[rest])
     return ValidationSplit(train, dataset.x_train[held], dataset.y_train[held], held)
+
+
+def given_validation(dataset: Dataset, x, y) -> ValidationSplit:
+    """Validation samples given apart from ``dataset`` (checked like its splits); the whole
+    training split stays training data."""
+    x, y = checked_validation(dataset, x, y)
+    return ValidationSplit(dataset, x, y, np.arange(0), GIVEN)
+
+
+def validation_of(
+    dataset: Dataset, val_data: tuple | None, fraction: float, seed: int
+) -> ValidationSplit:
+    """The validation samples of a budget: ``val_data`` (inputs, labels) if given, else the
+    data set's own ``x_val``/``y_val``, else ``fraction`` of the training split
+    (:func:`split_validation`)."""
+    if val_data is not None:
+        if not isinstance(val_data, tuple | list) or len(val_data) != 2:
+            raise InvalidInputError(
+                f"val_data must be a pair (inputs, labels), got {type(val_data).__name__}"
+            )
+        return given_validation(dataset, *val_data)
+    if dataset.x_val is not None:
+        return given_validation(dataset, dataset.x_val, dataset.y_val)
+    return split_validation(dataset, fraction, seed)
+
+
+def validation_warnings(dense: Evaluation, samples: int, max_drop: float) -> list[str]:
+    """What makes a budget untrustworthy: a dense validation accuracy more than
+    :data:`SEEN_POINTS` above test accuracy (the model has seen those samples), or too few
+    samples to tell masks ``max_drop / 2`` points apart (one sample is ``100 / samples``)."""
+    found = []
+    gap = 100 * (dense.val_accuracy - dense.test_accuracy)
+    if gap > SEEN_POINTS:
+        found.append(
+            f"the dense network scores {100 * dense.val_accuracy:.2f}% on the validation "
+            f"samples but {100 * dense.test_accuracy:.2f}% on the test split ({gap:.2f} points "
+            "higher): it has probably been trained on them, so the budget is not held on "
+            "unseen data; give unseen samples with val_data (--val-data) or an npz's x_val/y_val"
+        )
+    if max_drop > 0 and 100 / samples > max_drop / 2:
+        needed = math.ceil(200 / max_drop)
+        unit = "point" if max_drop == 1 else "points"
+        found.append(
+            f"{samples} validation samples: one sample is {100 / samples:.2f} points of "
+            f"accuracy, too coarse for a budget of {max_drop:g} {unit} (one point needs 100 "
+            f"samples; give at least {needed} to resolve half the budget) with val_data "
+            "(--val-data), x_val/y_val or a larger val_fraction"
+        )
+    return found
 
 
 def checked_lams(lams) -> tuple[float, ...]:
@@ -122,11 +194,12 @@ def within(accuracy: float, floor: float) -> bool:
 
 @dataclass
 class Evaluation:
-    """A mask's units removed (total and per layer), parameters left and accuracies."""
+    """A mask's units removed (total and per layer), parameters and MACs left and accuracies."""
 
     units_pruned: int
     layers_pruned: dict[str, int]
     params_after: int
+    macs_after: int
     val_accuracy: float
     test_accuracy: float
 
@@ -139,13 +212,16 @@ class Evaluator:
     split: ValidationSplit
 
     def __call__(self, masks: Masks) -> Evaluation:
-        """The mask's counts, the parameters of the physically pruned model and accuracies."""
+        """The mask's counts, the parameters and MACs per sample of the physically pruned
+        model, and accuracies."""
         masked = apply_masks(self.dense, masks)
+        small = remove_pruned(self.dense, masks)
         test = self.split.train
         return Evaluation(
             units_pruned=sum(int((~m).sum()) for m in masks.values()),
             layers_pruned={name: int((~m).sum()) for name, m in masks.items()},
-            params_after=sum(p.numel() for p in remove_pruned(self.dense, masks).parameters()),
+            params_after=sum(p.numel() for p in small.parameters()),
+            macs_after=count_macs(small, test.input_shape),
             val_accuracy=evaluate(masked, self.split.x_val, self.split.y_val),
             test_accuracy=evaluate(masked, test.x_test, test.y_test),
         )
@@ -159,6 +235,7 @@ class PathPoint:
     units_pruned: int
     layers_pruned: dict[str, int]
     params_after: int
+    macs_after: int
     val_accuracy: float
     test_accuracy: float
     status: str
@@ -178,17 +255,22 @@ class StepPoint:
     units_pruned: int
     layers_pruned: dict[str, int]
     params_after: int
+    macs_after: int
     val_accuracy: float
     test_accuracy: float
 
 
 @dataclass
 class BudgetEntry:
-    """The most units a method removes within the validation budget (``budget`` entries)."""
+    """The most units a method removes within the validation budget (``budget`` entries), and
+    the parameters and MACs per sample it leaves and removes."""
 
     method: str
     units_pruned: int
     params_after: int
+    params_removed: int
+    macs_after: int
+    macs_removed: int
     val_accuracy: float
     test_accuracy: float
 
@@ -300,8 +382,9 @@ def interpolate(
 ) -> None:
     """Search the line from the chosen mask (all units kept if none) to the next sparser solved
     mask (the one pruning the fewest units beyond it) by bisection, ``steps`` masks at most.
-    The mask at share ``t`` prunes, in every layer, ``round(t * d)`` of the ``d`` units the
-    chosen mask keeps and the sparser one prunes, in the order of :func:`step_order`; ``t``
+    The mask at share ``t`` prunes the units both masks prune and, in every layer,
+    ``round(t * d)`` of the ``d`` units the chosen mask keeps and the sparser one prunes, in
+    the order of :func:`step_order`: only units the sparser mask prunes, so never more. ``t``
     halves the interval between the largest share found within ``floor`` (0 at first) and the
     smallest found outside (1 at first), and the search stops early when a share gives no new
     mask."""
@@ -311,10 +394,11 @@ def interpolate(
     sparser = _next_sparser(path, solved, sum(int((~m).sum()) for m in start.values()))
     if sparser is None:
         return
-    towards, result = path.points[sparser].lam, path.results[sparser]
+    towards, result, target = path.points[sparser].lam, path.results[sparser], path.masks[sparser]
+    start = {name: keep | target[name] for name, keep in start.items()}
     order = step_order(result.scores, [path.masks[k] for k in solved], tie_break)
     going = {
-        name: [u for u in order[name] if keep[u] and not path.masks[sparser][name][u]]
+        name: [u for u in order[name] if keep[u] and not target[name][u]]
         for name, keep in start.items()
     }
 
@@ -386,15 +470,25 @@ def _between(path: LamPath) -> float | None:
     return None if lam in (high, low) else lam
 
 
+Schedule = Callable[[dict[str, np.ndarray], float, int], Masks]
+"""Masks of a criterion's scores at a fraction of the units, keeping ``min_keep`` per layer."""
+
+
 def baseline_steps(
-    method: str, scores: dict[str, np.ndarray], evaluator: Evaluator, min_keep: int
+    method: str,
+    scores: dict[str, np.ndarray],
+    evaluator: Evaluator,
+    min_keep: int,
+    schedule: Schedule | None = None,
 ) -> list[StepPoint]:
-    """A criterion's masks at every step of the grid (see BASELINE_STEPS), evaluated; steps
-    giving the same mask as the one before are left out."""
+    """A criterion's masks at every step of the grid (see BASELINE_STEPS) in ``schedule``
+    (None: :func:`step_masks`, per layer), evaluated; steps giving the same counts per layer
+    as an earlier one are left out."""
+    schedule = schedule or step_masks
     points: list[StepPoint] = []
     seen: set[tuple[int, ...]] = set()
     for step in range(BASELINE_STEPS + 1):
-        masks = step_masks(scores, step / BASELINE_STEPS, min_keep)
+        masks = schedule(scores, step / BASELINE_STEPS, min_keep)
         counts = tuple(int((~m).sum()) for m in masks.values())
         if counts in seen:
             continue
@@ -416,6 +510,82 @@ def step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) ->
     return masks
 
 
+def global_step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) -> Masks:
+    """Masks pruning the first ``round(fraction * N)`` units of :func:`global_order` (``N``
+    units in all layers); True means keep."""
+    masks = {name: np.ones(len(values), dtype=bool) for name, values in scores.items()}
+    total = sum(len(values) for values in scores.values())
+    for name, unit in global_order(scores, min_keep)[: round(fraction * total)]:
+        masks[name][unit] = False
+    return masks
+
+
+def global_order(scores: dict[str, np.ndarray], min_keep: int) -> list[tuple[str, int]]:
+    """The units that a global schedule prunes, in order: one ranking over all layers by
+    :func:`layer_normalised` score (ties by layer, then unit order), leaving out each layer's
+    ``max(min_keep, 1)`` best units so that every layer keeps them."""
+    ranked = []
+    for position, (name, values) in enumerate(scores.items()):
+        normalised = layer_normalised(np.asarray(values, dtype=float))
+        droppable = max(0, len(values) - max(min_keep, 1))
+        for unit in np.argsort(normalised, kind="stable")[:droppable]:
+            ranked.append((normalised[unit], position, int(unit), name))
+    ranked.sort()
+    return [(name, unit) for _, _, unit, name in ranked]
+
+
+def layer_normalised(values: np.ndarray) -> np.ndarray:
+    """A layer's scores divided by their L2 norm (all zero stays zero): a unit's share of its
+    layer's importance, comparable across layers of different sizes and scales. A layer of
+    ``n`` alike units scores ``1/sqrt(n)`` each, so wide layers give up units first."""
+    norm = float(np.linalg.norm(values))
+    return values / norm if norm > 0 else np.zeros_like(values)
+
+
+SCHEDULES: dict[str, Schedule] = {"": step_masks, GLOBAL_SUFFIX: global_step_masks}
+"""Every criterion's schedules by the suffix of its method name: per layer, global."""
+
+
+def schedule_steps(
+    scores: dict[str, dict[str, np.ndarray]], evaluator: Evaluator, min_keep: int
+) -> dict[str, list[StepPoint]]:
+    """Every criterion's steps in every schedule, a criterion's schedules side by side:
+    ``magnitude``, ``magnitude-global``, ``snip``, ..."""
+    return {
+        method + suffix: baseline_steps(method + suffix, values, evaluator, min_keep, schedule)
+        for method, values in scores.items()
+        for suffix, schedule in SCHEDULES.items()
+    }
+
+
+def monotony_note(points: Sequence[PathPoint]) -> str | None:
+    """None when no solved weight prunes more units than the next smaller one solved (a larger
+    weight on the loss should keep at least as many units), else which ones and why."""
+    solved = sorted((p for p in points if p.status != INTERPOLATED), key=lambda p: p.lam)
+    breaks = [(a, b) for a, b in zip(solved, solved[1:]) if b.units_pruned > a.units_pruned]
+    if not breaks:
+        return None
+    said = "; ".join(
+        f"lambda {b.lam:.4g} prunes {b.units_pruned} units, more than lambda {a.lam:.4g} "
+        f"({a.units_pruned})"
+        for a, b in breaks
+    )
+    unproven = [p for a, b in breaks for p in (a, b) if p.status != "optimal"]
+    if unproven:
+        why = (
+            "not every solve was proven optimal ("
+            + ", ".join(f"lambda {p.lam:.4g}: {p.status}" for p in unproven)
+            + "), and a better solution may prune otherwise"
+        )
+    else:
+        why = (
+            "the objective weighs the units' scores (each scaled by its layer's size unless "
+            "sparsity is 'unit'), not the number of units below the threshold, so a larger "
+            "weight can still leave fewer units above it"
+        )
+    return f"the path is not monotone in lambda: {said}. Why: {why}"
+
+
 def budget_table(
     path: LamPath, steps: dict[str, list[StepPoint]], floor: float, dense: Evaluation
 ) -> list[BudgetEntry]:
@@ -433,9 +603,12 @@ def budget_table(
 def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEntry:
     source = dense if best is None else points[best]
     return BudgetEntry(
-        method,
-        source.units_pruned,
-        source.params_after,
-        source.val_accuracy,
-        source.test_accuracy,
+        method=method,
+        units_pruned=source.units_pruned,
+        params_after=source.params_after,
+        params_removed=dense.params_after - source.params_after,
+        macs_after=source.macs_after,
+        macs_removed=dense.macs_after - source.macs_after,
+        val_accuracy=source.val_accuracy,
+        test_accuracy=source.test_accuracy,
     )

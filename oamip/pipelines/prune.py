@@ -8,6 +8,7 @@ pruned units physically, and compare with the baselines at the same units remove
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,21 +19,24 @@ from typing_extensions import Unpack
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import ScoreResult
-from oamip.errors import InvalidInputError
+from oamip.errors import InvalidInputError, ValidationWarning
 from oamip.pipelines.at_init import prune_at_init
 from oamip.pipelines.budget import (
     DEFAULT_LAMS,
+    SPLIT,
     BudgetEntry,
     Evaluator,
     LamPath,
     PathPoint,
     StepPoint,
     ValidationSplit,
-    baseline_steps,
     budget_floor,
     budget_table,
     lam_path,
-    split_validation,
+    monotony_note,
+    schedule_steps,
+    validation_of,
+    validation_warnings,
 )
 from oamip.pipelines.compare import accuracy_curve, compare, finetuned
 from oamip.pipelines.inputs import (
@@ -51,7 +55,7 @@ from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import Resources, check_resources
 from oamip.training.criteria import MagnitudeCriterion, all_scores
-from oamip.training.data import Batch, Dataset, mip_batch
+from oamip.training.data import Batch, Dataset, mip_batch, random_rows
 from oamip.training.inference import evaluate
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
 from oamip.training.train import train
@@ -68,6 +72,7 @@ def prune(
     data: Dataset | str = "digits",
     settings: PruneSettings | None = None,
     *,
+    val_data: tuple | None = None,
     aux_data: tuple | None = None,
     executor: Any = None,
     on_progress: Listener | None = None,
@@ -75,6 +80,13 @@ def prune(
 ) -> PruneReport:
     """Prune ``model`` (None: train the default MLP) on ``data`` (a Dataset or a spec such as
     ``"digits"`` or ``"npz:PATH"``), with ``settings`` and/or keyword options (keywords win).
+
+    With ``max_drop`` the budget is held on validation samples: ``val_data`` (inputs, labels)
+    if given, else the data's ``x_val``/``y_val``, else ``val_fraction`` of the training split
+    (then a model given should not have been trained on those rows; see
+    :func:`oamip.pipelines.budget.split_validation`). ``val_data`` without ``max_drop`` is
+    refused. A :class:`oamip.errors.ValidationWarning` says when the validation samples look
+    seen by the model or too few for the budget.
 
     The model given is never modified, nor the caller's torch random state; bad settings, data
     or models are refused before any work. The report holds the pruned, smaller model.
@@ -98,7 +110,12 @@ def prune(
     dataset = dataset_of(data)
     split = None
     if settings.max_drop is not None:
-        split = split_validation(dataset, settings.val_fraction, settings.seed)
+        split = validation_of(dataset, val_data, settings.val_fraction, settings.seed)
+    elif val_data is not None:
+        raise InvalidInputError(
+            "val_data (--val-data) is the validation set of an accuracy budget: give max_drop "
+            "(--max-drop POINTS) too, or drop it"
+        )
     check_classes(dataset if split is None else split.train, settings.samples_per_class)
     if model is not None:
         check_model(model, dataset)
@@ -127,7 +144,8 @@ def _prune(
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
-    baseline_scores = all_scores(dense, batch.x, batch.y, settings.seed)
+    rows = random_rows(dataset, settings.baseline_samples, settings.seed)
+    baseline_scores = all_scores(dense, rows.x, rows.y, settings.seed)
     if split is None:
         result = BatchSolver(settings, dataset, resources, listener).one(dense, batch.x, batch.y)
         budgeted = _Budgeted.single(result, settings)
@@ -153,8 +171,12 @@ def _prune(
         total_seconds=time.perf_counter() - started,
         baselines=compare(dense, dataset, masks, baseline_scores, settings),
         curve=accuracy_curve(dense, dataset, result, baseline_scores),
-        val_fraction=None if split is None else settings.val_fraction,
+        val_fraction=None if split is None or split.source != SPLIT else settings.val_fraction,
         val_size=0 if split is None else len(split.y_val),
+        validation=None if split is None else split.describe(),
+        warnings=budgeted.warnings,
+        path_note=budgeted.path_note,
+        n_baseline_samples=len(rows.y),
         val_accuracy_before=budgeted.val_accuracy_before,
         path=budgeted.path.points,
         chosen=budgeted.path.chosen,
@@ -177,6 +199,8 @@ class _Budgeted:
     path: LamPath = field(default_factory=LamPath)
     steps: dict[str, list[StepPoint]] = field(default_factory=dict)
     budget: list[BudgetEntry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    path_note: str | None = None
 
     @classmethod
     def single(cls, result: ScoreResult, settings: PruneSettings) -> _Budgeted:
@@ -197,12 +221,16 @@ def _budgeted(
     baseline_scores: dict[str, dict[str, np.ndarray]],
     solver: BatchSolver,
 ) -> _Budgeted:
-    """The lam path and every baseline's steps, each cut at the same validation budget; the
-    path's chosen mask (nothing pruned when no lam is within the budget)."""
+    """The lam path and every baseline's steps in both schedules, each cut at the same
+    validation budget; the path's chosen mask (nothing pruned when no lam is within the
+    budget). Doubts about the validation samples are warned of before any solve."""
     settings = solver.settings
     evaluator = Evaluator(dense, split)
     dense_point = evaluator(keep_all(dense))
     floor = budget_floor(dense_point.val_accuracy, settings.max_drop)
+    doubts = validation_warnings(dense_point, len(split.y_val), settings.max_drop)
+    for doubt in doubts:
+        warnings.warn(doubt, ValidationWarning, stacklevel=2)
     calls: list[tuple[float, ScoreResult]] = []
 
     def solve(lams: list[float]) -> list[ScoreResult]:
@@ -228,10 +256,7 @@ def _budgeted(
             settings.interpolate_steps,
             baseline_scores.get(TIE_BREAK),
         )
-    steps = {
-        method: baseline_steps(method, scores, evaluator, settings.min_keep)
-        for method, scores in baseline_scores.items()
-    }
+    steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
     build = sum(first.build_seconds for _, first in calls)
     return _Budgeted(
@@ -244,6 +269,8 @@ def _budgeted(
         path=path,
         steps=steps,
         budget=budget_table(path, steps, floor, dense_point),
+        warnings=doubts,
+        path_note=monotony_note(path.points),
     )
 
 

@@ -59,7 +59,7 @@ def path_rows(report: PruneReport) -> list[str]:
     chosen one marked with ``*``."""
     rows = [
         f"lambda path, validation budget {_points(report.max_drop)} "
-        f"({report.val_size} validation samples, dense {percent(report.val_accuracy_before)}):",
+        f"({_validation_text(report)}, dense {percent(report.val_accuracy_before)}):",
         f"  {'lambda':>9}{'pruned':>8}{'params':>9}{'val acc':>10}{'test acc':>10}"
         f"  {'status':<12}{'gap':>8}{'seconds':>9}",
     ]
@@ -74,20 +74,34 @@ def path_rows(report: PruneReport) -> list[str]:
         )
     if report.chosen is None:
         rows.append("no lambda stays within the budget: nothing is pruned")
-    return rows
+    if report.path_note:
+        rows.append(report.path_note)
+    return rows + [f"warning: {text}" for text in report.warnings]
+
+
+def _validation_text(report: PruneReport) -> str:
+    """``validation: given, 500 samples`` or ``validation: split, 144 samples``."""
+    validation = report.validation or {"source": "split", "samples": report.val_size}
+    return f"validation: {validation['source']}, {validation['samples']} samples"
 
 
 def budget_rows(report: PruneReport) -> list[str]:
-    """For every method, the most units it removes within the validation budget."""
+    """For every method, the most units it removes within the validation budget, and the
+    parameters and MACs per sample that removes."""
     rows = [
-        f"{'within budget':<16}{'pruned':>8}{'params':>9}{'val acc':>10}{'test acc':>10}",
+        f"{'within budget':<20}{'pruned':>8}{'params':>9}{'params -':>10}{'MACs -':>11}"
+        f"{'val acc':>10}{'test acc':>10}",
     ]
     for entry in report.budget:
         rows.append(
-            f"{entry.method:<16}{entry.units_pruned:>8}{entry.params_after:>9}"
+            f"{entry.method:<20}{entry.units_pruned:>8}{entry.params_after:>9}"
+            f"{entry.params_removed:>10}{entry.macs_removed:>11}"
             f"{percent(entry.val_accuracy):>10}{percent(entry.test_accuracy):>10}"
         )
-    rows.append("(baselines prune the lowest-scored units of every layer in steps; no fine-tuning)")
+    rows.append(
+        "(baselines prune their lowest-scored units in steps, the same share of every layer, "
+        "or by one ranking of layer-normalised scores for -global; no fine-tuning)"
+    )
     return rows
 
 

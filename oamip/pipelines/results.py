@@ -119,7 +119,16 @@ class PruneReport:
     budget: list[BudgetEntry] = field(default_factory=list)
     """The MIP and every criterion: the most units removed within the budget."""
     baseline_path: list[StepPoint] = field(default_factory=list)
-    """Every criterion's steps (see ``oamip.pipelines.budget.BASELINE_STEPS``)."""
+    """Every criterion's steps in both schedules, per layer and ``<criterion>-global`` (see
+    ``oamip.pipelines.budget.BASELINE_STEPS``)."""
+    validation: dict | None = None
+    """With a budget: ``{"source": "given" | "split", "samples": N}``."""
+    warnings: list[str] = field(default_factory=list)
+    """Why the validation samples may not hold the budget (also raised as ValidationWarning)."""
+    path_note: str | None = None
+    """Why the path is not monotone in lambda (None: it is, or there is no path)."""
+    n_baseline_samples: int = 0
+    """Training samples the baseline criteria scored on."""
 
     def to_dict(self) -> dict:
         """The report as plain data (everything but the model), as written to report.json."""

@@ -13,6 +13,7 @@ import torch
 from oamip import checks
 from oamip.errors import InvalidInputError
 from oamip.pipelines.budget import (
+    DEFAULT_BASELINE_SAMPLES,
     DEFAULT_INTERPOLATE_STEPS,
     DEFAULT_LAMS,
     DEFAULT_REFINE_STEPS,
@@ -85,6 +86,11 @@ class PruneSettings(ExperimentSettings):
     refine_steps: int = checks.option(
         DEFAULT_REFINE_STEPS, "bisection steps of the path around the budget (max_drop)"
     )
+    baseline_samples: int = checks.option(
+        DEFAULT_BASELINE_SAMPLES,
+        "training samples the baseline criteria score on (SNIP and Taylor use them; at most "
+        "the training split, never validation or test)",
+    )
     interpolate_steps: int = checks.option(
         DEFAULT_INTERPOLATE_STEPS,
         "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
@@ -97,6 +103,7 @@ class PruneSettings(ExperimentSettings):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("at_init", self.at_init)
+        self.baseline_samples = checks.whole("baseline samples", self.baseline_samples, 1)
         self._validate_budget()
 
     def _validate_budget(self) -> None:
@@ -139,6 +146,7 @@ class PruneKeywords(ExperimentKeywords, total=False):
     val_fraction: float
     refine_steps: int
     interpolate_steps: int
+    baseline_samples: int
 
 
 def report_settings(settings: Any, report: type, computed: tuple[str, ...]) -> dict:

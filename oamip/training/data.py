@@ -25,6 +25,9 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_PIXEL = 16.0
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NPZ_VAL_KEYS = ("x_val", "y_val")
+"""Optional arrays of an ``.npz``: a validation set (both or neither), used by a budgeted
+``oamip.prune`` instead of a split of the training data."""
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -44,7 +47,8 @@ DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH | PATH.npz"
 
 @dataclass
 class Dataset:
-    """A train/test split: float32 inputs in [0, 1], int64 labels ``0..num_classes-1``."""
+    """A train/test split: float32 inputs in [0, 1], int64 labels ``0..num_classes-1``; and
+    optionally a validation set (``x_val``/``y_val``, both or neither) kept apart from both."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -52,6 +56,8 @@ class Dataset:
     y_test: np.ndarray
     name: str
     num_classes: int
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -109,7 +115,8 @@ def load_idx_folder(path: str | Path, name: str = "mnist") -> Dataset:
 
 
 def load_npz(path: str | Path, name: str | None = None) -> Dataset:
-    """An ``.npz`` with x_train, y_train, x_test, y_test; inputs uint8 0..255 or float in [0, 1]."""
+    """An ``.npz`` with x_train, y_train, x_test, y_test, and optionally x_val, y_val; inputs
+    uint8 0..255 or float in [0, 1]."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise InvalidInputError(f"data file '{file}' does not exist; give the path of an .npz")
@@ -121,6 +128,29 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
             f"{', '.join(NPZ_KEYS)}"
         )
     return make_dataset(name or file.stem, **arrays)
+
+
+def load_validation(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """The validation set a data spec names (``--val-data``): the ``x_val``/``y_val`` of its
+    data set if it has them, else its test split. An ``.npz`` needs only those arrays (x_val
+    and y_val, or x_test and y_test); inputs and labels are converted like every split's."""
+    kind, _, path = spec.partition(":")
+    if kind == "npz" or (kind not in DATA_KINDS and spec.lower().endswith(".npz")):
+        file = Path(path if kind == "npz" else spec).expanduser()
+        if not file.is_file():
+            raise InvalidInputError(f"validation file '{file}' does not exist; give an .npz")
+        arrays = _read_npz(file)
+        for x_key, y_key in (NPZ_VAL_KEYS, ("x_test", "y_test")):
+            if x_key in arrays and y_key in arrays:
+                return _inputs(arrays[x_key], x_key), _labels(arrays[y_key], y_key)
+        raise InvalidInputError(
+            f"'{file}' holds neither x_val and y_val nor x_test and y_test; a validation .npz "
+            "needs one of those pairs"
+        )
+    dataset = load_data(spec)
+    if dataset.x_val is not None:
+        return dataset.x_val, dataset.y_val
+    return dataset.x_test, dataset.y_test
 
 
 def load_data(spec: str) -> Dataset:
@@ -191,29 +221,64 @@ def make_dataset(
     y_train: np.ndarray,
     x_test: np.ndarray,
     y_test: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
 ) -> Dataset:
-    """Check raw arrays; inputs become float32 in [0, 1] with a channel axis, labels int64."""
-    x_train, x_test = _inputs(x_train, "x_train"), _inputs(x_test, "x_test")
-    y_train, y_test = _labels(y_train, "y_train"), _labels(y_test, "y_test")
-    if x_train.shape[1:] != x_test.shape[1:]:
+    """Check raw arrays; inputs become float32 in [0, 1] with a channel axis, labels int64. A
+    validation set (``x_val`` and ``y_val``, both or neither) is checked like the other splits."""
+    if (x_val is None) != (y_val is None):
         raise InvalidInputError(
-            f"training inputs have shape {x_train.shape[1:]} but test inputs "
-            f"{x_test.shape[1:]}; both splits must hold inputs of one shape"
+            "a validation set needs both x_val and y_val; give both arrays or neither"
         )
-    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-        if len(x) != len(y) or len(x) == 0:
-            raise InvalidInputError(
-                f"the {split} split has {len(x)} inputs and {len(y)} labels; it needs the same "
-                "number of each, and at least one"
-            )
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    if num_classes > len(y_train) + len(y_test):
+    splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
+    if x_val is not None:
+        splits["validation"] = (x_val, y_val)
+    key = {"train": "train", "test": "test", "validation": "val"}
+    checked = {
+        split: (_inputs(x, f"x_{key[split]}"), _labels(y, f"y_{key[split]}"))
+        for split, (x, y) in splits.items()
+    }
+    for split, (x, y) in checked.items():
+        _check_split(split, x, y, checked["train"][0].shape[1:])
+    labels = [y for _, y in checked.values()]
+    num_classes = int(max(y.max() for y in labels)) + 1
+    total = sum(len(y) for y in labels)
+    if num_classes > total:
         raise InvalidInputError(
             f"the largest label is {num_classes - 1}, so there would be {num_classes} classes "
-            f"for only {len(y_train) + len(y_test)} samples; labels must number the classes "
+            f"for only {total} samples; labels must number the classes "
             "0..K-1 with K at most the number of samples"
         )
-    return Dataset(x_train, y_train, x_test, y_test, name, num_classes)
+    (x_train, y_train), (x_test, y_test) = checked["train"], checked["test"]
+    x_val, y_val = checked.get("validation", (None, None))
+    return Dataset(x_train, y_train, x_test, y_test, name, num_classes, x_val, y_val)
+
+
+def _check_split(split: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> None:
+    """One split's inputs must have the training inputs' shape, and as many labels, at least one."""
+    if x.shape[1:] != shape:
+        raise InvalidInputError(
+            f"training inputs have shape {shape} but {split} inputs {x.shape[1:]}; every split "
+            "must hold inputs of one shape"
+        )
+    if len(x) != len(y) or len(x) == 0:
+        raise InvalidInputError(
+            f"the {split} split has {len(x)} inputs and {len(y)} labels; it needs the same "
+            "number of each, and at least one"
+        )
+
+
+def checked_validation(dataset: Dataset, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """A validation set given for ``dataset``: inputs converted like every split's (float32 in
+    [0, 1]), of the data's input shape, as many labels, each a class of the data set."""
+    x, y = _inputs(np.asarray(x), "the validation inputs"), _labels(y, "the validation labels")
+    _check_split("validation", x, y, dataset.input_shape)
+    if y.max() >= dataset.num_classes:
+        raise InvalidInputError(
+            f"the validation labels include class {int(y.max())}, but '{dataset.name}' has "
+            f"{dataset.num_classes} classes (0..{dataset.num_classes - 1})"
+        )
+    return x, y
 
 
 def mip_batch(
@@ -235,6 +300,14 @@ def mip_batch(
     return Batch(dataset.x_train[indices], dataset.y_train[indices], indices)
 
 
+def random_rows(dataset: Dataset, size: int, seed: int) -> Batch:
+    """``size`` training samples drawn at random by ``seed`` (all of them if fewer), in row
+    order: the batch the baseline criteria score on, larger than the MIP's."""
+    n = len(dataset.y_train)
+    indices = np.sort(np.random.default_rng(seed).permutation(n)[: min(size, n)])
+    return Batch(dataset.x_train[indices], dataset.y_train[indices], indices)
+
+
 def _choose(rng: np.random.Generator, candidates: np.ndarray, k: int, label: int) -> np.ndarray:
     if len(candidates) < k:
         raise InvalidInputError(
@@ -250,7 +323,7 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single array, not named arrays")
         with loaded:
-            return {key: loaded[key] for key in NPZ_KEYS if key in loaded.files}
+            return {key: loaded[key] for key in NPZ_KEYS + NPZ_VAL_KEYS if key in loaded.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInputError(
             f"'{file}' is not a readable .npz ({exc}); save it with numpy.savez or "

@@ -1,0 +1,473 @@
+"""The budget held honestly: validation samples given (``val_data``, ``--val-data``, an npz's
+``x_val``/``y_val``) and reported, the warnings on seen or too few validation samples, every
+criterion in a per-layer and a global schedule checked by enumeration on a tiny network, the
+baselines' larger training batch, and the path's rules (monotone in lambda or said why not; an
+interpolated mask never goes past the solution it steps towards).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import oamip
+from oamip.errors import InvalidInputError, ValidationWarning
+from oamip.pipelines import prune as pipeline
+from oamip.pipelines.budget import (
+    BASELINE_STEPS,
+    INTERPOLATED,
+    Evaluation,
+    Evaluator,
+    LamPath,
+    PathPoint,
+    budget_floor,
+    budget_table,
+    given_validation,
+    global_order,
+    global_step_masks,
+    interpolate,
+    lam_path,
+    monotony_note,
+    schedule_steps,
+    split_validation,
+    validation_warnings,
+)
+from oamip.pipelines.report import summary_table
+from oamip.training.criteria import MIP_METHOD, all_scores, criteria
+from oamip.training.data import load_data, load_validation, make_dataset
+from oamip.training.models import build
+from oamip.training.train import train
+from oamip.training.transfer import keep_all
+from tests import nets
+from tests.test_budget import _numpy_accuracy
+
+FAST = {"time_limit": 1.0, "threads": 1, "finetune_epochs": 0}
+ONE_WEIGHT = {"lams": [10.0], "refine_steps": 0, "interpolate_steps": 0, **FAST}
+LAYERS = {"1": 5, "3": 4}
+"""The tiny problem's unit layers (a 4-5-4-3 MLP) and their sizes."""
+
+
+def _tiny_problem():
+    """A random 4-5-4-3 MLP whose first layer sees its inputs centred, and data it labels in
+    all three classes (20, 42 and 98 of 160), a tenth of the labels changed so that the dense
+    network is not perfect: 100 training and 60 test samples."""
+    model = nets.mlp(9, sizes=(4, 5, 4, 3))
+    with torch.no_grad():
+        first = model[1]
+        first.bias -= 0.5 * first.weight.sum(1)
+        first.weight *= 3
+    rng = np.random.default_rng(1)
+    x = rng.random((160, 1, 2, 2)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    flip = rng.random(len(y)) < 0.1
+    y[flip] = (y[flip] + 1) % 3
+    return model, make_dataset("tiny", x[:100], y[:100], x[100:], y[100:])
+
+
+def _masks(pruned: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    masks = {name: np.ones(size, dtype=bool) for name, size in LAYERS.items()}
+    for name, units in pruned.items():
+        masks[name][units] = False
+    return masks
+
+
+def _tiny_cost(masks) -> tuple[int, int]:
+    """Parameters and MACs of the tiny 4-5-4-3 MLP with the masked units removed, by hand."""
+    a, b = int(masks["1"].sum()), int(masks["3"].sum())
+    macs = 4 * a + a * b + b * 3
+    return macs + a + b + 3, macs
+
+
+# --- validation given, and reported -------------------------------------------------------
+
+
+def test_val_data_is_used_instead_of_a_split_and_reported(monkeypatch):
+    """The given samples are the validation set; the MIP batch and the criteria's batch are
+    drawn from the whole training split; report.json and the summary say so."""
+    model, data = _tiny_problem()
+    rng = np.random.default_rng(5)
+    x_val = rng.random((30, 1, 2, 2)).astype(np.float32)
+    y_val = rng.integers(0, data.num_classes, 30)
+    seen = {}
+    draw, score = pipeline.mip_batch, pipeline.all_scores
+
+    def batch(model, dataset, samples_per_class, seed):
+        seen["mip"] = dataset
+        return draw(model, dataset, samples_per_class, seed)
+
+    def scored(model, x, y, seed):
+        seen["rows"] = x
+        return score(model, x, y, seed)
+
+    monkeypatch.setattr(pipeline, "mip_batch", batch)
+    monkeypatch.setattr(pipeline, "all_scores", scored)
+    with pytest.warns(ValidationWarning, match="30 validation samples"):
+        report = oamip.prune(model, data, max_drop=5.0, val_data=(x_val, y_val), **ONE_WEIGHT)
+    assert report.validation == {"source": "given", "samples": 30}
+    assert report.val_fraction is None and report.val_size == 30
+    assert report.val_accuracy_before == _numpy_accuracy(model, _masks({}), x_val, y_val)
+    np.testing.assert_array_equal(seen["mip"].x_train, data.x_train)
+    np.testing.assert_array_equal(seen["rows"], data.x_train)
+    assert report.n_baseline_samples == len(data.y_train)
+    data_json = json.loads(json.dumps(report.to_dict()))
+    assert data_json["validation"] == {"source": "given", "samples": 30}
+    assert "validation: given, 30 samples" in summary_table(report)
+
+
+def test_a_split_is_reported_as_such():
+    model, data = _tiny_problem()
+    report = oamip.prune(model, data, max_drop=100.0, val_fraction=0.5, **ONE_WEIGHT)
+    assert report.validation == {"source": "split", "samples": 50}
+    assert report.val_fraction == 0.5
+    assert "validation: split, 50 samples" in summary_table(report)
+
+
+def test_an_npz_with_x_val_gives_the_validation_set(tmp_path):
+    model, data = _tiny_problem()
+    file = tmp_path / "with-val.npz"
+    x_val, y_val = data.x_test[:25], data.y_test[:25]
+    train, test = (
+        {"x_train": data.x_train, "y_train": data.y_train},
+        {
+            "x_test": data.x_test[25:],
+            "y_test": data.y_test[25:],
+        },
+    )
+    np.savez(file, **train, **test, x_val=x_val, y_val=y_val)
+    loaded = load_data(f"npz:{file}")
+    np.testing.assert_array_equal(loaded.x_val, x_val)
+    np.testing.assert_array_equal(loaded.y_val, y_val)
+    report = oamip.prune(model, loaded, max_drop=100.0, **ONE_WEIGHT)
+    assert report.validation == {"source": "given", "samples": 25}
+    assert report.val_accuracy_before == _numpy_accuracy(model, _masks({}), x_val, y_val)
+    without = oamip.prune(model, loaded, **FAST)
+    assert without.validation is None and without.path == []
+
+
+def test_load_validation_reads_x_val_else_the_test_split(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 2, 2)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "val.npz", x_val=x, y_val=y, x_test=x[:2], y_test=y[:2])
+    np.savez(tmp_path / "test.npz", x_test=x[:4], y_test=y[:4])
+    np.savez(tmp_path / "none.npz", x_train=x, y_train=y)
+    assert len(load_validation(f"npz:{tmp_path / 'val.npz'}")[1]) == 6
+    assert len(load_validation(str(tmp_path / "test.npz"))[1]) == 4
+    with pytest.raises(InvalidInputError, match="neither x_val and y_val nor x_test"):
+        load_validation(str(tmp_path / "none.npz"))
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_validation(str(tmp_path / "missing.npz"))
+    x_val, y_val = load_validation("digits")
+    assert x_val.shape[1:] == (1, 8, 8) and len(y_val) == len(load_data("digits").y_test)
+
+
+@pytest.mark.parametrize(
+    ("x_val", "y_val", "message"),
+    [
+        (np.zeros((3, 1, 2, 3)), np.zeros(3), "validation inputs"),
+        (np.zeros((3, 1, 2, 2)), np.zeros(2), "3 inputs and 2 labels"),
+        (np.zeros((3, 1, 2, 2)), np.array([0, 1, 9]), "class 9"),
+        (np.full((3, 1, 2, 2), 2.0), np.zeros(3), "outside \\[0, 1\\]"),
+        (np.zeros((0, 1, 2, 2)), np.zeros(0), "at least one"),
+    ],
+)
+def test_bad_validation_sets_are_refused(x_val, y_val, message):
+    _, data = _tiny_problem()
+    with pytest.raises(InvalidInputError, match=message):
+        given_validation(data, x_val, y_val)
+
+
+def test_an_npz_validation_set_is_checked_like_the_other_splits():
+    x, y = np.zeros((4, 1, 2, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(InvalidInputError, match="both x_val and y_val"):
+        make_dataset("half", x, y, x, y, x_val=x)
+    with pytest.raises(InvalidInputError, match="validation inputs"):
+        make_dataset("shape", x, y, x, y, x_val=np.zeros((2, 1, 3, 3)), y_val=y[:2])
+    with pytest.raises(InvalidInputError, match="y_val"):
+        make_dataset("labels", x, y, x, y, x_val=x, y_val=np.array([0, 1, 0.5, 1]))
+    assert make_dataset("ok", x, y, x, y, x_val=x, y_val=np.array([0, 2, 0, 1])).num_classes == 3
+
+
+def test_val_data_without_max_drop_is_refused_before_any_work(monkeypatch):
+    model, data = _tiny_problem()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the pipeline started working on bad input")
+
+    monkeypatch.setattr(pipeline, "_prune", fail)
+    with pytest.raises(InvalidInputError, match="give max_drop"):
+        oamip.prune(model, data, val_data=(data.x_test, data.y_test))
+    with pytest.raises(InvalidInputError, match="pair"):
+        oamip.prune(model, data, max_drop=1.0, val_data=data.x_test)
+
+
+# --- warnings ----------------------------------------------------------------------------
+
+
+def test_a_model_evaluated_on_its_own_training_data_is_warned_of():
+    """An MLP trained on 100 digits scores them far better than the test split."""
+    digits = load_data("digits")
+    few = make_dataset(
+        "few", digits.x_train[:100], digits.y_train[:100], digits.x_test, digits.y_test
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train(build("mlp", few, (16,), seed=0), few, epochs=60, lr=1e-2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.warns(ValidationWarning, match="probably been trained on them") as caught:
+        report = oamip.prune(
+            model, digits, max_drop=50.0, val_data=(few.x_train, few.y_train), **ONE_WEIGHT
+        )
+    assert any("--val-data" in str(w.message) for w in caught)
+    assert any("probably been trained" in text for text in report.warnings)
+    assert "warning: the dense network scores" in summary_table(report)
+
+
+def test_a_20_sample_validation_set_is_warned_of():
+    model, data = _tiny_problem()
+    val = (data.x_test[:20], data.y_test[:20])
+    with pytest.warns(ValidationWarning, match="one sample is 5.00 points") as caught:
+        report = oamip.prune(model, data, max_drop=1.0, val_data=val, **ONE_WEIGHT)
+    (text,) = [str(w.message) for w in caught if "20 validation samples" in str(w.message)]
+    assert "one point needs 100 samples" in text and "at least 200" in text
+    assert text in report.warnings
+
+
+def _dense(val: float, test: float) -> Evaluation:
+    return Evaluation(0, {}, 10, 10, val, test)
+
+
+def test_validation_warnings_thresholds():
+    assert validation_warnings(_dense(0.95, 0.94), 400, 1.0) == []
+    assert validation_warnings(_dense(0.95, 0.925), 400, 1.0) == []
+    (seen,) = validation_warnings(_dense(0.96, 0.92), 400, 1.0)
+    assert "4.00 points higher" in seen
+    (few,) = validation_warnings(_dense(0.9, 0.9), 199, 1.0)
+    assert "at least 200" in few
+    assert validation_warnings(_dense(0.9, 0.9), 200, 1.0) == []
+    assert validation_warnings(_dense(0.9, 0.9), 10, 0.0) == []  # no budget to resolve
+    (two,) = validation_warnings(_dense(0.9, 0.9), 50, 2.0)
+    assert "budget of 2 points" in two and "at least 100" in two
+
+
+def test_the_cli_takes_val_data_and_prints_warnings_on_stderr(tmp_path):
+    model, data = _tiny_problem()
+    oamip.save_model(model, tmp_path / "model.pt")
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=data.x_train,
+        y_train=data.y_train,
+        x_test=data.x_test,
+        y_test=data.y_test,
+    )
+    np.savez(tmp_path / "val.npz", x_test=data.x_test[:20], y_test=data.y_test[:20])
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "oamip", "prune", "--model", str(tmp_path / "model.pt")]
+        + ["--data", f"npz:{tmp_path / 'data.npz'}", "--val-data", str(tmp_path / "val.npz")]
+        + ["--max-drop", "1", "--lams", "10", "--refine-steps", "0", "--interpolate-steps", "0"]
+        + ["--time-limit", "1", "--finetune-epochs", "0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"] == {"source": "given", "samples": 20}
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("20 validation samples" in line for line in warned)
+    refused = subprocess.run(
+        [sys.executable, "-m", "oamip", "prune", "--val-data", str(tmp_path / "val.npz")]
+        + ["--out", str(tmp_path / "refused")],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "--max-drop" in refused.stderr
+
+
+# --- every criterion, per layer and global, by enumeration ---------------------------------
+
+
+def test_global_order_ranks_layer_normalised_scores_and_keeps_min_keep():
+    scores = {"a": np.array([3.0, 4.0, 0.0]), "b": np.array([1.0, 1.0, 1.0, 1.0])}
+    # a / 5 = [0.6, 0.8, 0]; b / 2 = [0.5] * 4
+    assert global_order(scores, 1) == [("a", 2), ("b", 0), ("b", 1), ("b", 2), ("a", 0)]
+    assert global_order(scores, 3) == [("b", 0)]
+    masks = global_step_masks(scores, 3 / 7, 1)
+    assert masks["a"].tolist() == [True, True, False]
+    assert masks["b"].tolist() == [False, False, True, True]
+    everything = global_step_masks(scores, 1.0, 2)
+    assert [int(m.sum()) for m in everything.values()] == [2, 2]
+    zero = global_step_masks({"z": np.zeros(3)}, 1.0, 1)
+    assert zero["z"].tolist() == [False, False, True]
+
+
+def _by_hand(layer_scores, fraction: float, schedule: str) -> dict[str, np.ndarray]:
+    """A step's masks recomputed independently: per layer, or one ranking of scores divided
+    by their layer's L2 norm; one unit kept per layer."""
+    if schedule == "":
+        masks = {}
+        for name, values in layer_scores.items():
+            drop = min(round(fraction * len(values)), len(values) - 1)
+            order = sorted(range(len(values)), key=lambda i: (values[i], i))
+            masks[name] = np.isin(np.arange(len(values)), order[:drop], invert=True)
+        return masks
+    units = []
+    for position, (name, values) in enumerate(layer_scores.items()):
+        norm = np.linalg.norm(values)
+        ranked = sorted(range(len(values)), key=lambda i: (values[i], i))[: len(values) - 1]
+        units += [(values[i] / norm if norm else 0.0, position, i, name) for i in ranked]
+    total = sum(len(v) for v in layer_scores.values())
+    pruned: dict[str, list[int]] = {name: [] for name in layer_scores}
+    for _, _, unit, name in sorted(units)[: round(fraction * total)]:
+        pruned[name].append(unit)
+    return _masks(pruned)
+
+
+def _best_enumerated(model, split, floor) -> int:
+    """The most units any mask removes within the floor."""
+    best = 0
+    for bits in itertools.product([True, False], repeat=sum(LAYERS.values())):
+        masks = {"1": np.array(bits[:5]), "3": np.array(bits[5:])}
+        if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
+            best = max(best, int((~masks["1"]).sum() + (~masks["3"]).sum()))
+    return best
+
+
+@pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0])
+def test_every_methods_budget_entry_by_enumeration(max_drop):
+    """On a 4-5-4-3 MLP every mask can be enumerated: the best within the validation budget is
+    known. Every method (the MIP, every criterion per layer and global) gets the most units of
+    its own steps within the budget (recomputed by hand), never more than the best mask, its
+    parameters and MACs removed counted by hand."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    dense = evaluator(keep_all(model))
+    floor = budget_floor(dense.val_accuracy, max_drop)
+    scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
+    steps = schedule_steps(scores, evaluator, min_keep=1)
+    x, y = split.train.x_train[:6], split.train.y_train[:6]
+    path = lam_path(
+        lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
+        evaluator,
+        [0.01, 1.0, 100.0],
+        floor,
+        0.5,
+        1,
+        interpolate_steps=4,
+        tie_break=scores["magnitude"],
+    )
+    table = budget_table(path, steps, floor, dense)
+    expected = [MIP_METHOD, *(m + s for m in criteria() for s in ("", "-global"))]
+    assert [entry.method for entry in table] == expected
+    best = _best_enumerated(model, split, floor)
+    params, macs = _tiny_cost(keep_all(model))
+    for entry in table:
+        assert entry.units_pruned <= best
+        assert entry.val_accuracy >= floor - 1e-12
+        assert entry.macs_removed + entry.macs_after == macs
+        assert entry.params_removed + entry.params_after == params
+    for entry in table[1:]:
+        criterion, _, schedule = entry.method.partition("-")
+        found = [0]
+        for step in range(BASELINE_STEPS + 1):
+            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, schedule and "global")
+            if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
+                found.append(sum(int((~m).sum()) for m in masks.values()))
+        assert entry.units_pruned == max(found), entry.method
+        if entry.units_pruned:
+            point = max(
+                (p for p in steps[entry.method] if p.val_accuracy >= floor - 1e-12),
+                key=lambda p: (p.units_pruned, p.val_accuracy),
+            )
+            layers = {n: np.arange(LAYERS[n]) >= point.layers_pruned[n] for n in LAYERS}
+            assert (entry.params_after, entry.macs_after) == _tiny_cost(layers)
+    within = [p.units_pruned for p in path.points if p.val_accuracy >= floor - 1e-12]
+    assert table[0].units_pruned == max(within, default=0)
+
+
+def test_the_baselines_score_on_up_to_baseline_samples_training_rows(monkeypatch):
+    model, data = _tiny_problem()
+    seen = []
+    score = pipeline.all_scores
+    monkeypatch.setattr(
+        pipeline, "all_scores", lambda m, x, y, s: seen.append(np.asarray(x)) or score(m, x, y, s)
+    )
+    split = split_validation(data, 0.5, 0)
+    for size, expected in ((16, 16), (512, 50)):
+        report = oamip.prune(
+            model, data, max_drop=100.0, val_fraction=0.5, baseline_samples=size, **ONE_WEIGHT
+        )
+        rows = {row.tobytes() for row in seen[-1]}
+        assert len(seen[-1]) == expected == report.n_baseline_samples
+        assert rows <= {row.tobytes() for row in split.train.x_train}
+        assert not rows & {row.tobytes() for row in split.x_val}
+    with pytest.raises(InvalidInputError, match="baseline samples"):
+        oamip.prune(model, data, baseline_samples=0)
+
+
+# --- the path's rules -----------------------------------------------------------------------
+
+
+def _point(lam: float, pruned: int, status: str = "optimal") -> PathPoint:
+    return PathPoint(lam, pruned, {}, 0, 0, 0.5, 0.5, status, 0.0, 0.0)
+
+
+def test_the_path_is_monotone_in_lambda_or_says_why_not():
+    """A larger weight on the loss keeps at least as many units; interpolated points do not
+    count; a break names both weights and its cause."""
+    assert monotony_note([]) is None
+    monotone = [_point(0.1, 9), _point(0.5, 9), _point(1.0, 4), _point(0.5, 12, INTERPOLATED)]
+    assert monotony_note(monotone) is None
+    note = monotony_note([_point(0.7401, 57), _point(1.0, 58), _point(0.1, 70)])
+    assert "lambda 1 prunes 58 units, more than lambda 0.7401 (57)" in note
+    assert "units' scores" in note and "proven" not in note
+    unproven = monotony_note([_point(0.7401, 57, "time_limit"), _point(1.0, 58)])
+    assert "not every solve was proven optimal (lambda 0.7401: time_limit)" in unproven
+
+
+def test_the_report_carries_the_paths_monotony_note():
+    model, data = _tiny_problem()
+    report = oamip.prune(
+        model, data, max_drop=20.0, val_fraction=0.5, lams=[0.01, 0.3, 3.0, 100.0], **FAST
+    )
+    assert report.path_note == monotony_note(report.path)
+    if report.path_note:
+        assert report.path_note in summary_table(report)
+
+
+def test_an_interpolated_mask_never_goes_past_the_solution_it_steps_towards():
+    """The chosen mask prunes a unit the sparser solution keeps: the interpolated masks keep
+    it, prune only units the sparser solution prunes, and so never more units."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    chosen, sparser = _masks({"1": [0, 1]}), _masks({"1": [1, 2, 3], "3": [0, 1, 2]})
+    path = LamPath()
+    for lam, masks in ((1.0, chosen), (0.1, sparser)):
+        path.points.append(
+            PathPoint(lam=lam, status="optimal", gap=0.0, seconds=0.0, **vars(evaluator(masks)))
+        )
+        scores = {name: np.linspace(0, 1, LAYERS[name]) for name in LAYERS}
+        path.results.append(SimpleNamespace(scores=scores))
+        path.masks.append(masks)
+    path.points.sort(key=lambda p: p.lam)
+    path.masks.reverse()
+    path.results.reverse()
+    path.chosen = 1
+    interpolate(path, evaluator, 10, {}, 0.0)
+    found = [k for k, p in enumerate(path.points) if p.status == INTERPOLATED]
+    assert found
+    for k in found:
+        for name, keep in path.masks[k].items():
+            assert not (~keep & sparser[name]).any()
+        assert path.points[k].units_pruned <= 6 and path.masks[k]["1"][0]
