@@ -3,9 +3,10 @@
 A page's plain ```python blocks run in order, as one script, in a fresh interpreter and an empty
 folder (later blocks use what earlier ones define). A ```python script block is a complete
 script of its own and runs alone (a process pool needs one: its workers import the script
-again). A ```python no-run block cannot run here; such blocks are few, and each says why in a
-comment on its first line. Each block keeps its line number in the page, so a traceback names
-the page's own line."""
+again). A ```python NAME.py block is a module that the page's other blocks import: it is saved
+under that name in the folder first. A ```python no-run block cannot run here; such blocks are
+few, and each says why in a comment on its first line. Each block keeps its line number in the
+page, so a traceback names the page's own line."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\w*)[ \t]*([\w-]*)[ \t]*$")
+FENCE = re.compile(r"^```(\w*)[ \t]*([\w.-]*)[ \t]*$")
 KINDS = ("", "script", "no-run")
+MODULE = re.compile(r"^\w+\.py$")
 MAX_NO_RUN = 3
 TIMEOUT = 600
 
@@ -70,11 +72,12 @@ def script(parts: list[Block]) -> str:
 
 
 def runs() -> list[tuple[str, list[Block]]]:
-    """What the tests run: each page's plain blocks as one script, each script block alone."""
+    """What the tests run: each page's plain blocks as one script (after its module blocks),
+    each script block alone."""
     found = []
     for page in PAGES:
         pyblocks = python_blocks(page)
-        plain = [b for b in pyblocks if b.kind == ""]
+        plain = [b for b in pyblocks if b.kind == "" or MODULE.match(b.kind)]
         if plain:
             found.append((str(page.relative_to(ROOT)), plain))
         found += [(f"{b.where} (script)", [b]) for b in pyblocks if b.kind == "script"]
@@ -82,6 +85,10 @@ def runs() -> list[tuple[str, list[Block]]]:
 
 
 def run_script(name: str, parts: list[Block], folder: Path) -> subprocess.CompletedProcess:
+    """Run ``parts`` as one script in ``folder``; module blocks are saved as their files."""
+    for module in (b for b in parts if MODULE.match(b.kind)):
+        (folder / module.kind).write_text(module.code, encoding="utf-8")
+    parts = [b for b in parts if not MODULE.match(b.kind)]
     file = folder / (re.sub(r"\W+", "_", name).strip("_") + ".py")
     file.write_text(script(parts), encoding="utf-8")
     env = {
@@ -112,7 +119,8 @@ def test_the_python_blocks_run_as_written(name, parts, tmp_path):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_python_block_is_valid_python_of_a_known_kind(page):
     for block in python_blocks(page):
-        assert block.kind in KINDS, f"{block.where}: unknown kind '{block.kind}', use {KINDS}"
+        known = block.kind in KINDS or MODULE.match(block.kind)
+        assert known, f"{block.where}: unknown kind '{block.kind}', use {KINDS} or NAME.py"
         compile(script([block]), block.where, "exec")
 
 
