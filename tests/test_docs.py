@@ -205,7 +205,7 @@ def usage_flags(page: str, command: str) -> set[str]:
     return set(FLAG.findall(usage.group(1)))
 
 
-@pytest.mark.parametrize("command", ["prune", "spr", "transfer"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_the_usage_blocks_list_every_flag_of_their_command(command, command_flags):
     documented = usage_flags((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), command)
     actual = command_flags[command] - {"--help"}
