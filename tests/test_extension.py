@@ -1,10 +1,10 @@
-"""The README's extension examples, kept honest by running them.
+"""The extension examples of docs/extending.md, kept honest by running them.
 
 1. A formulation variant: the importance MIP with an L1 multi-class margin loss
    ``sum_{j != y} max(0, margin + z_j - z_y)`` instead of cross-entropy, built from the
    formulation's own pieces (variable table, row blocks, logit and score handles) and solved by
    every installed backend, checked against brute force over all binary score vectors.
-2. A backend: scipy's ``milp`` as one module, taken from the README's "Solver backends"
+2. A backend: scipy's ``milp`` as one module, taken from docs/extending.md's "A backend"
    section, added by one ``register`` call and, in a fresh interpreter, as an installed entry
    point that ``oamip.backends``, the generic backend tests, ``--backend`` and ``oamip bench``
    find without any import.
@@ -127,14 +127,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_blocks(section: str) -> list[tuple[str, str]]:
-    """The fenced code blocks ``(language, text)`` of the README section with this heading."""
-    text = (ROOT / "README.md").read_text()
+    """The fenced code blocks ``(language, text)`` of the docs/extending.md section with this
+    heading."""
+    text = (ROOT / "docs" / "extending.md").read_text()
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
-    return re.findall(r"```(\w+)\n(.*?)```", text[start : end if end > 0 else None], re.S)
+    return re.findall(r"```(\w+)[^\n]*\n(.*?)```", text[start : end if end > 0 else None], re.S)
 
 
-BLOCKS = readme_blocks("Solver backends")
+BLOCKS = readme_blocks("A backend")
 MODULE = next(code for lang, code in BLOCKS if "class ScipyMilpBackend(Backend)" in code)
 REGISTRATION = next(code for lang, code in BLOCKS if "backends.register(" in code)
 PYPROJECT = next(code for lang, code in BLOCKS if lang == "toml")

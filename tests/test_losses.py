@@ -1,5 +1,5 @@
-"""Losses are one class plus one registration: the README's worked example, run from the README,
-is selectable by name and solves to the optimum of an enumeration of every mask."""
+"""Losses are one class plus one registration: the worked example of docs/extending.md, run from
+the page, is selectable by name and solves to the optimum of an enumeration of every mask."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import oamip
 from oamip.formulations import LOSSES, CrossEntropy, Hinge, get_loss, loss_names, losses
 from tests.nets import mlp
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def readme_loss(monkeypatch):
     section = text[text.index("**A loss** is one class") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace: dict = {}
-    exec(compile(code, "README.md (A loss)", "exec"), namespace)
+    exec(compile(code, "docs/extending.md (A loss)", "exec"), namespace)
     return namespace["TrueLogitHinge"]
 
 
