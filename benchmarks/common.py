@@ -20,9 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import oamip
 from oamip.files import atomic_path, write_json
 from oamip.pipelines.bench import machine
+from oamip.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -91,7 +91,7 @@ def run_info(argv: Sequence[str] | None = None) -> dict:
         "memory_gib": _memory_gib(),
         "command": command_line(argv),
         **_git_state(),
-        "oamip": oamip.__version__,
+        "oamip": __version__,
     }
 
 
