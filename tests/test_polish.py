@@ -96,6 +96,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo")
 
 
+@pytest.mark.slow
 def test_bench_shows_a_bar_with_time_left_on_a_terminal_and_none_in_a_log(cache, tmp_path, capfd):
     status, terminal = _on_a_terminal(_bench_argv(cache, tmp_path / "a"))
     assert status == 0, terminal[-2000:]
@@ -158,6 +159,7 @@ def test_stdout_is_restored_after_an_exception_in_the_silenced_block():
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.slow
 def test_oamip_prune_prints_the_highs_banner_only_with_verbose(trained, tmp_path, verbose):
     model = tmp_path / "model.pt"
     oamip.save_model(trained, model)
