@@ -108,6 +108,7 @@ def test_bench_shows_a_bar_with_time_left_on_a_terminal_and_none_in_a_log(cache,
     assert "\r" not in logged and "bench:" not in logged
 
 
+@pytest.mark.slow
 def test_the_bench_bar_counts_every_solve_and_gap_point(cache, monkeypatch):
     counted = []
 
@@ -320,6 +321,7 @@ def test_gurobi_over_its_licence_is_refused_before_training(digits, monkeypatch)
 
 
 @pytest.mark.skipif(not GUROBI, reason="gurobipy not installed")
+@pytest.mark.slow
 def test_a_model_under_the_licence_is_not_refused_and_solves_with_gurobi(digits):
     if backends.get("gurobi").size_limit() is None:
         pytest.skip("this Gurobi has a full licence")
