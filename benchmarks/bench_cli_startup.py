@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import ROOT, run_info, today, write_results
 
-BEFORE = "9243a8e"
+BEFORE = "8a57aaa"
 """The last commit whose command line imported the whole stack before reading its arguments."""
 COMMANDS = {
     "oamip --version": ["--version"],
