@@ -14,7 +14,8 @@ import pytest
 from oamip import backends
 from oamip.cli import defaults
 
-HEAVY = ("torch", "pyomo", "numpy", "scipy", "sklearn", "matplotlib", "highspy", "pyscipopt")
+SOLVERS = ("highspy", "pyscipopt", "gurobipy")
+HEAVY = ("torch", "pyomo", "numpy", "scipy", "sklearn", "matplotlib", *SOLVERS)
 """Modules that must not be loaded before a subcommand runs."""
 PROBE = """
 import sys
