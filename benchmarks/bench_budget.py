@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common import MNIST, add_data_arguments, data_spec, run_info, today, write_results
+
 import oamip
-from oamip.files import atomic_path, write_json
-from oamip.pipelines.bench import machine
 from oamip.pipelines.budget import (
     DEFAULT_LAMS,
     DEFAULT_REFINE_STEPS,
@@ -39,7 +38,6 @@ from oamip.training.data import load_data
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = f"npz:{HERE.parent.parent / 'shared' / 'data' / 'mnist-10k.npz'}"
 RECIPES = {
     "mlp": Recipe("mlp", (300, 100), epochs=20, lr=3e-3, batch_size=128, shift=2),
     "lenet5": Recipe("lenet5", (), epochs=10, lr=2e-3, batch_size=128, shift=2),
@@ -135,14 +133,10 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
     return rows, path
 
 
-def markdown(rows: list[Row], meta: dict, command: str, args) -> str:
+def markdown(rows: list[Row], meta: dict, args) -> str:
     lams = ", ".join(f"{v:g}" for v in (args.lams or DEFAULT_LAMS))
     lines = [
         f"# Pruning to an accuracy budget, {meta['date']}",
-        "",
-        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
-        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}.",
-        f"Command: `{command}`",
         "",
         f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.interpolate_steps} "
         f"interpolation steps, {args.time_limit:g} s per "
@@ -178,7 +172,7 @@ def _percent(fraction: float | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     defaults = PruneSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="a data spec for the MNIST nets")
+    add_data_arguments(parser, MNIST)
     parser.add_argument("--nets", default="mlp,lenet5,digits", help="mlp, lenet5, digits")
     parser.add_argument("--budgets", default="0.5,1,2", help="points of validation accuracy")
     parser.add_argument("--lams", type=lambda t: [float(v) for v in t.split(",")])
@@ -194,11 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--baseline-samples", type=int, default=defaults.baseline_samples)
     parser.add_argument("--name", default=None, help="results file stem (default budget-NETS)")
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     nets = args.nets.split(",")
-    data = load_data(args.data) if set(nets) - {DIGITS} else None
-    meta = machine()
+    data = load_data(data_spec(args, MNIST)) if set(nets) - {DIGITS} else None
+    meta = run_info(argv)
     rows: list[Row] = []
     paths: list[dict] = []
     for net in nets:
@@ -209,14 +202,8 @@ def main(argv: list[str] | None = None) -> None:
             paths.append(path)
             for row in found:
                 print(json.dumps(asdict(row)), flush=True)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    command = "python benchmarks/bench_budget.py " + " ".join(argv)
-    payload = {"machine": meta, "command": command, "rows": rows, "paths": paths}
-    name = f"{args.name or 'budget-' + args.nets.replace(',', '-')}-{meta['date'][:10]}"
-    write_json(out / f"{name}.json", payload)
-    with atomic_path(out / f"{name}.md") as tmp:
-        tmp.write_text(markdown(rows, meta, command, args))
+    name = f"{args.name or 'budget-' + args.nets.replace(',', '-')}-{today(meta)}"
+    write_results(name, {"rows": rows, "paths": paths}, markdown(rows, meta, args), meta)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from common import MNIST, add_data_arguments, data_spec, run_info, today, write_results
 
 import oamip
 from oamip.adapters import extract
 from oamip.adapters.masks import apply_masks
 from oamip.bounds import interval_bounds
 from oamip.formulations import sparsity_term
-from oamip.pipelines.bench import machine
 from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import get_criterion, masks_like
 from oamip.training.data import Dataset, load_data, mip_batch
@@ -45,7 +44,6 @@ from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = "npz:/work/shared/data/mnist-10k.npz"
 RECIPES = {
     "mlp": Recipe("mlp", (300, 100), epochs=20, lr=3e-3, batch_size=128, shift=2),
     "lenet5": Recipe("lenet5", (), epochs=10, lr=2e-3, batch_size=128, shift=2),
@@ -195,13 +193,9 @@ def _show(row: Row) -> None:
     print(json.dumps(asdict(row)), flush=True)
 
 
-def markdown(rows: list[Row], meta: dict, command: str, nets: dict, args) -> str:
+def markdown(rows: list[Row], meta: dict, nets: dict, args) -> str:
     lines = [
         f"# Whole-network MIP against decomposition, {meta['date']}",
-        "",
-        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
-        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}.",
-        f"Command: `{command}`",
         "",
         f"Settings: {args.scores} scores, {args.loss} loss, lam {args.lam:g}; HiGHS with "
         f"{args.workers} threads in total: decomposed runs on {args.workers} processes of one "
@@ -251,7 +245,7 @@ def _number(value: float | None, spec: str = ".4g") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="a data spec for load_data")
+    add_data_arguments(parser, MNIST)
     parser.add_argument("--nets", default="mlp", help="comma-separated: mlp, lenet5")
     parser.add_argument("--samples-per-class", default="1,10")
     parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per piece")
@@ -259,10 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scores", default="binary")
     parser.add_argument("--loss", default="hinge")
     parser.add_argument("--lam", type=float, default=1.0)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    dataset = load_data(args.data)
-    meta = machine()
+    dataset = load_data(data_spec(args, MNIST))
+    meta = run_info(argv)
     rows: list[Row] = []
     nets = {}
     for net in args.nets.split(","):
@@ -270,14 +263,10 @@ def main(argv: list[str] | None = None) -> None:
         nets[net] = f"{RECIPES[net]}, test accuracy {100 * found.accuracy:.2f}%"
         for k in (int(v) for v in args.samples_per_class.split(",")):
             rows.extend(run_batch(net, found.model, dataset, k, args))
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    command = "python benchmarks/bench_decompose.py " + " ".join(argv)
-    payload = {"machine": meta, "command": command, "nets": nets, "rows": [asdict(r) for r in rows]}
     spc = args.samples_per_class.replace(",", "-")
-    name = f"decompose-{args.nets.replace(',', '-')}-spc{spc}-{meta['date'][:10]}"
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(rows, meta, command, nets, args))
+    name = f"decompose-{args.nets.replace(',', '-')}-spc{spc}-{today(meta)}"
+    payload = {"nets": nets, "rows": [asdict(r) for r in rows]}
+    write_results(name, payload, markdown(rows, meta, nets, args), meta)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import json
-import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import ROOT, run_info, today, write_results
 
-from oamip import backends  # noqa: E402
+from oamip import backends
+
+sys.path.insert(0, str(ROOT))
+
 from tests import fuzzing  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -51,15 +48,13 @@ def main() -> None:
 
 
 def _write(args, names: list[str], verdicts: list, seconds: float) -> None:
+    meta = run_info()
     counts = collections.Counter((v.backend, v.status) for v in verdicts)
     wrong = [asdict(v) for v in verdicts if v.wrong]
     honest = [asdict(v) for v in verdicts if not v.wrong and v.status != "optimal"]
     slow = max(verdicts, key=lambda v: v.seconds)
-    date = datetime.date.today().isoformat()
+    date = today(meta)
     result = {
-        "date": date,
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
-        "command": "python benchmarks/bench_fuzz.py " + " ".join(sys.argv[1:]),
         "instances": args.instances,
         "first_seed": args.first,
         "backends": names,
@@ -71,13 +66,11 @@ def _write(args, names: list[str], verdicts: list, seconds: float) -> None:
         "slowest": asdict(slow),
     }
     stem = f"fuzz{'-' + args.tag if args.tag else ''}-{date}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     lines = [
         f"# Fuzz campaign, {date}",
         "",
-        f"`{result['command']}` on {result['machine']}: {len(verdicts)} solves "
-        f"({args.instances} instances x {len(names)} backends) in {seconds:.0f} s.",
+        f"{len(verdicts)} solves ({args.instances} instances x {len(names)} backends) in "
+        f"{seconds:.0f} s.",
         "",
         "| backend | optimal | honest non-optimal | wrong | slowest (s) |",
         "|---|---|---|---|---|",
@@ -94,7 +87,7 @@ def _write(args, names: list[str], verdicts: list, seconds: float) -> None:
     lines += (
         ["", "Wrong answers:", ""] + [f"- {w}" for w in wrong] + (["- none"] if not wrong else [])
     )
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, result, "\n".join(lines), meta)
     print("\n".join(lines))
 
 

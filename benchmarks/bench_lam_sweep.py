@@ -12,21 +12,17 @@ values solved independently. Target: the sweep costs at most 3x the single solve
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import run_info, today, write_results
 
 import oamip
-from oamip.pipelines.bench import machine
 from oamip.training.data import load_digits, mip_batch
 from oamip.training.models import mlp
 from oamip.training.train import train
 
-HERE = Path(__file__).resolve().parent
 LAMS = np.round(np.geomspace(0.5, 10.0, 10), 3).tolist()
 TARGET = 3.0
 
@@ -38,7 +34,6 @@ def _timed(call):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loss", default="hinge", choices=["hinge", "ce"])
     args = parser.parse_args(argv)
@@ -58,10 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     for lam, a, b in zip(LAMS, sweep, alone):
         if abs(a.objective - b.objective) > 1e-4 * max(1.0, abs(b.objective)):
             raise SystemExit(f"lam {lam}: sweep objective {a.objective} != {b.objective}")
-    meta = machine()
+    meta = run_info(argv)
     record = {
-        "machine": meta,
-        "command": "python benchmarks/bench_lam_sweep.py " + " ".join(argv),
         "lams": LAMS,
         "single_seconds": single_s,
         "sweep_seconds": sweep_s,
@@ -76,22 +69,16 @@ def main(argv: list[str] | None = None) -> None:
             abs(r.start_objective - r.objective) <= 1e-9 * max(1.0, abs(r.objective)) for r in sweep
         ],
     }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    name = f"lam-sweep-{args.loss}-{meta['date'][:10]}"
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{name}.md").write_text(_markdown(record, args.loss))
-    print(_markdown(record, args.loss))
+    text = _markdown(record, meta, args.loss)
+    write_results(f"lam-sweep-{args.loss}-{today(meta)}", record, text, meta)
+    print(text)
 
 
-def _markdown(r: dict, loss: str) -> str:
+def _markdown(r: dict, meta: dict, loss: str) -> str:
     verdict = "met" if r["ratio"] <= TARGET else "MISSED"
     return "\n".join(
         [
-            f"# lam sweep, {r['machine']['date']}",
-            "",
-            f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs. "
-            f"Command: `{r['command']}`",
+            f"# lam sweep, {meta['date']}",
             "",
             f"MLP 64-16-8-10 on digits, 10 samples, binary scores, {loss} loss, HiGHS, 1 thread.",
             "",

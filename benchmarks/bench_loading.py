@@ -21,10 +21,7 @@ with 10 samples (one per class) and an MLP 784-256-256-10 with 16 samples, both 
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +30,13 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 import torch
+from common import MNIST, add_data_arguments, data_spec, run_info, today, write_results
 from scipy.special import logsumexp, softmax
 
 from oamip.adapters import extract
 from oamip.backends import compile_model
 from oamip.backends.highs import pass_model
 from oamip.bounds import NetworkBounds, interval_bounds
-from oamip.files import write_json
 from oamip.formulations.blocks import RowBlock
 from oamip.formulations.encodings import (
     Operand,
@@ -50,13 +47,10 @@ from oamip.formulations.encodings import (
 )
 from oamip.formulations.importance import ImportanceSettings, build_importance_model
 from oamip.network import AffineLayer, MaxPoolLayer, Network
-from oamip.pipelines.bench import machine
 from oamip.training.data import Dataset, load_data, mip_batch
 from oamip.training.zoo import Recipe, trained
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / ".cache"
 TARGET_RATIO = 3.0
 CASES = {
@@ -407,15 +401,9 @@ def summary(case: Case) -> dict:
     }
 
 
-def markdown(record: dict) -> str:
-    m = record["machine"]
+def markdown(record: dict, meta: dict) -> str:
     lines = [
-        f"# Fast loading into HiGHS, {record['date']}",
-        "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, Pyomo {m['pyomo']}, "
-        f"highspy {m['highspy']}, numpy {m['numpy']}.",
-        "",
-        f"Command: `{record['command']}`",
+        f"# Fast loading into HiGHS, {today(meta)}",
         "",
         f"Median of {record['rounds']} alternating rounds; no solve. Target: Pyomo path <= "
         f"{TARGET_RATIO:g}x the direct path. Both paths give the same matrix (checked).",
@@ -453,8 +441,9 @@ def _where(result: dict) -> str:
 
 def main() -> None:
     args = _parse()
+    meta = run_info()
     torch.set_num_threads(1)
-    dataset = load_data(f"mnist:{args.data}")
+    dataset = load_data(data_spec(args, MNIST, "mnist"))
     settings = ImportanceSettings()
     results = []
     for name, (recipe, samples) in CASES.items():
@@ -463,25 +452,19 @@ def main() -> None:
         measure(case, settings, args.rounds)
         results.append(summary(case))
     record = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "command": "python " + shlex.join(sys.argv),
         "rounds": args.rounds,
         "settings": settings,
         "target_ratio": TARGET_RATIO,
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"loading-{record['date']}"
-    write_json(stem.with_suffix(".json"), record)
-    table = markdown(record)
-    stem.with_suffix(".md").write_text(table)
+    table = markdown(record, meta)
+    write_results(f"loading-{today(meta)}", record, table, meta)
     print(table)
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz or IDX folder")
+    add_data_arguments(parser, MNIST)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     return parser.parse_args()
 

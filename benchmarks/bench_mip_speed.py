@@ -10,10 +10,10 @@ the textbook encoding a generic network-to-MIP encoder produces.
   whole input domain [0, 1]^d and a big-M binary on every unit, started from the trained
   network (every score 1), the solver's settings left at their defaults.
 
-Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of ``../shared/data``
-(fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly classified training images
-per class. Results go to ``benchmarks/results/mip-speed-<nets>-<date>.{json,md}``, with date
-and machine.
+Networks: an MLP 784-100-100-10 and LeNet-5 trained on the MNIST archive of the data folder
+(``--data-dir``; fixed seeds, cached in ``benchmarks/.cache``). Batches: K correctly
+classified training images per class. Results go to
+``benchmarks/results/mip-speed-<nets>-<date>.{json,md}``, with date and machine.
 
     python benchmarks/bench_mip_speed.py --time-limit 300            # the full matrix
     python benchmarks/bench_mip_speed.py --nets mlp --time-limit 60  # what the README quotes
@@ -30,22 +30,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from common import MNIST, add_data_arguments, data_spec, run_info, today, write_results
 
 from oamip import backends
 from oamip.adapters import extract
 from oamip.bounds import NetworkBounds, box_bounds, interval_bounds
 from oamip.formulations import ImportanceSettings, build_importance_model
-from oamip.pipelines.bench import machine
 from oamip.solve.root_cuts import add_root_cuts
 from oamip.solve.tightening import tighten_bounds
 from oamip.solve.warm_start import warm_start_scores
-from oamip.training.data import load_npz, mip_batch
+from oamip.training.data import load_data, mip_batch
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
@@ -148,13 +147,9 @@ def solve_one(net, extracted, batch, scores, loss, lam, formulation, args) -> Ro
     )
 
 
-def markdown(rows: list[Row], meta: dict, command: str) -> str:
+def markdown(rows: list[Row], meta: dict) -> str:
     lines = [
         f"# MIP speed, {meta['date']}",
-        "",
-        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
-        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}.",
-        f"Command: `{command}`",
         "",
         "gap = (objective - bound) / max(1, |objective|), as `SolveResult.gap` defines it; with "
         "objectives below 1 it is the absolute difference.",
@@ -208,7 +203,7 @@ def _targets(rows: list[Row]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared/data/mnist-10k.npz"))
+    add_data_arguments(parser, MNIST)
     parser.add_argument("--nets", default="mlp,lenet5")
     parser.add_argument("--samples-per-class", default="1,3")
     parser.add_argument("--scores", default="binary,continuous")
@@ -229,11 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--first", type=int, default=0, help="keep only the batch's first N samples (scaling)"
     )
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    dataset = load_npz(args.data, name="mnist")
-    meta = machine()
-    stamp = meta["date"][:10]
+    dataset = load_data(data_spec(args, MNIST, "mnist"))
+    meta = run_info(argv)
     rows: list[Row] = []
     for net in args.nets.split(","):
         model = trained(dataset, RECIPES[net], HERE / ".cache").model
@@ -252,14 +245,9 @@ def main(argv: list[str] | None = None) -> None:
                 row = solve_one(net, extracted, batch, scores, loss, lam, formulation, args)
                 rows.append(row)
                 print(json.dumps(asdict(row)), flush=True)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    command = "python benchmarks/bench_mip_speed.py " + " ".join(argv)
-    payload = {"machine": meta, "command": command, "rows": [asdict(r) for r in rows]}
     tag = f"-{args.tag}" if args.tag else ""
-    name = f"mip-speed-{args.nets.replace(',', '-')}{tag}-{stamp}"
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(rows, meta, command))
+    name = f"mip-speed-{args.nets.replace(',', '-')}{tag}-{today(meta)}"
+    write_results(name, {"rows": [asdict(r) for r in rows]}, markdown(rows, meta), meta)
 
 
 if __name__ == "__main__":

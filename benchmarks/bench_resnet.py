@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -54,13 +52,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import FASHION_MNIST, add_data_arguments, data_spec, run_info, today, write_results
 from torch import nn
 
 from oamip.adapters import remove_pruned
 from oamip.adapters.residual import residual_units
 from oamip.adapters.scoring import score_neurons
-from oamip.files import write_json
-from oamip.pipelines.bench import machine
 from oamip.training.cost import count_macs, model_cost, paired_latency
 from oamip.training.criteria import get_criterion
 from oamip.training.data import Dataset, load_data, mip_batch
@@ -70,9 +67,6 @@ from oamip.training.tp import torch_pruning
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-DEFAULT_DATA = f"npz:{ROOT.parent / 'shared' / 'data' / 'fashion-mnist-14k.npz'}"
-RESULTS = HERE / "results"
 BATCH = 64
 PHASE_LR = 1e-3
 BASE_LR = 3e-3
@@ -311,7 +305,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     """Every seed's dense model and every method on it; ``save`` gets the results so far after
     each method, so a long run leaves its finished rows behind."""
     torch.set_num_threads(1)
-    dataset = _first(load_data(args.data), args.train_size)
+    dataset = _first(load_data(data_spec(args, FASHION_MNIST)), args.train_size)
     example = torch.as_tensor(dataset.x_train[:1])
     per_seed: list[dict] = []
     for seed in args.seeds:
@@ -355,8 +349,6 @@ def _first(dataset: Dataset, count: int | None) -> Dataset:
 
 def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) -> dict:
     return {
-        "machine": machine(),
-        "command": shlex.join(["python", "benchmarks/bench_resnet.py", *sys.argv[1:]]),
         "data": {"name": dataset.name, "train": len(dataset.y_train), "test": len(dataset.y_test)},
         "settings": {
             "base_epochs": args.base_epochs,
@@ -385,7 +377,7 @@ def _result(args: argparse.Namespace, dataset: Dataset, per_seed: list[dict]) ->
 
 def combine(files: list[Path]) -> dict:
     """One result from runs that differ only in their seeds: their seeds together."""
-    runs = [json.loads(f.read_text()) for f in files]
+    runs = [_measured(json.loads(f.read_text())) for f in files]
     for run_ in runs[1:]:
         if _without_seeds(run_["settings"]) != _without_seeds(runs[0]["settings"]):
             raise SystemExit(f"{files[0]} and the other files were run with other settings")
@@ -394,10 +386,9 @@ def combine(files: list[Path]) -> dict:
         for cost in [seed["dense_cost"], *(m["cost"] for m in seed["methods"])]:
             cost["latency_ms"] = {int(b): ms for b, ms in cost["latency_ms"].items()}
     settings = {**runs[0]["settings"], "seeds": [s["seed"] for s in per_seed]}
-    command = " && ".join(r["command"] for r in runs)
     return {
         **runs[0],
-        "command": command,
+        "combined": [str(f) for f in files],
         "settings": settings,
         "seeds": per_seed,
         "summary": summary(per_seed),
@@ -408,7 +399,7 @@ def add_paired_latency(path: Path, data: str, blocks: int) -> dict:
     """``path``'s result with ``paired_latency``: for each pruned architecture of its first seed,
     the dense and the pruned model timed in alternating blocks (batch 1 and 64), so that the
     shared machine's changing load does not decide the speed-up."""
-    result = json.loads(path.read_text())
+    result = {**_measured(json.loads(path.read_text())), "latency_added_to": str(path)}
     s, entry = result["settings"], result["seeds"][0]
     dataset = _first(load_data(data), s["train_size"])
     recipe = Recipe(
@@ -436,6 +427,12 @@ def add_paired_latency(path: Path, data: str, blocks: int) -> dict:
             )
     result["paired_latency"] = rows
     return result
+
+
+def _measured(result: dict) -> dict:
+    """A results file's measurements, without the provenance of the run that wrote it (the
+    new file records its own)."""
+    return {k: v for k, v in result.items() if k not in ("run", "machine", "command")}
 
 
 def _without_seeds(settings: dict) -> dict:
@@ -476,17 +473,13 @@ def summary(per_seed: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(result: dict) -> str:
-    m, s = result["machine"], result["settings"]
+def markdown(result: dict, meta: dict) -> str:
+    s = result["settings"]
     lines = [
         f"# ResNet-20 on {result['data']['name']} at about {1 / s['macs_fraction']:.0f}x fewer "
-        "MACs, "
-        f"{m['date'][:10]}",
+        f"MACs, {today(meta)}",
         "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs (shared with other jobs), Python "
-        f"{m['python']}, torch {m['torch']}; one torch thread.",
-        "",
-        f"Command: `{result['command']}`",
+        "One torch thread, on a machine shared with other jobs.",
         "",
         f"Data: {result['data']['name']} ({result['data']['train']} training, "
         f"{result['data']['test']} test images). Dense: {s['base_epochs']} epochs, Adam lr "
@@ -531,7 +524,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="a data spec, e.g. npz:PATH")
+    add_data_arguments(parser, FASHION_MNIST)
     parser.add_argument("--base-epochs", type=int, default=3)
     parser.add_argument("--sparse", type=int, default=1, help="sparse-training epochs")
     parser.add_argument("--finetune", type=int, default=1, help="fine-tuning epochs")
@@ -553,21 +546,22 @@ def main() -> None:
     unknown = [name for name in args.methods if name not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    stem = RESULTS / f"{args.name}-{datetime.date.today().isoformat()}"
+    meta = run_info()
 
     def save(result: dict) -> None:
-        write_json(stem.with_suffix(".json"), result)
-        stem.with_suffix(".md").write_text(markdown(result))
+        write_results(f"{args.name}-{today(meta)}", result, markdown(result, meta), meta)
 
     if args.paired_latency:
-        result = add_paired_latency(args.paired_latency, args.data, args.blocks)
+        result = add_paired_latency(
+            args.paired_latency, data_spec(args, FASHION_MNIST), args.blocks
+        )
         save(result)
     elif args.combine:
         result = combine(args.combine)
         save(result)
     else:
         result = run(args, save)
-    print(markdown(result))
+    print(markdown(result, meta))
 
 
 if __name__ == "__main__":

@@ -28,17 +28,17 @@ import sys
 import time
 from pathlib import Path
 
+from common import FASHION_MNIST, add_data_arguments, data_spec, run_info, today, write_results
+
 import oamip
 from oamip.adapters.chain import units
 from oamip.adapters.masks import apply_masks
-from oamip.pipelines.bench import machine
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import load_data, mip_batch
 from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = "npz:/work/shared/data/fashion-mnist-14k.npz"
 SEED = 0
 
 
@@ -118,14 +118,11 @@ def _spawn(args, k: int, workers: int, whole: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def markdown(rows: list[dict], meta: dict, command: str, vgg: str) -> str:
+def markdown(rows: list[dict], meta: dict, vgg: str) -> str:
     lines = [
         f"# VGG on Fashion-MNIST scored by decomposition, {meta['date']}",
         "",
-        f"Machine: {meta['platform']}, {meta['cpus']} CPUs, Python {meta['python']}, "
-        f"HiGHS {meta['highspy']}, Pyomo {meta['pyomo']}, torch {meta['torch']}. "
         f"Load average when the run ended: {', '.join(f'{v:.1f}' for v in os.getloadavg())}.",
-        f"Command: `{command}`",
         "",
         f"- {vgg}",
         '- binary scores, hinge loss, lam 1, HiGHS; `decompose="layer"`: one piece per scored '
@@ -175,14 +172,14 @@ def _piece(p: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    add_data_arguments(parser, FASHION_MNIST)
     parser.add_argument("--samples-per-class", default="1,3,10")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per piece")
     parser.add_argument("--whole-limit", type=float, default=None, help="also the whole MIP")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.data = data_spec(args, FASHION_MNIST)
     if args.one:
         k, workers, whole = (int(v) for v in args.one.split(","))
         print(json.dumps(one_run(args.data, k, workers, args.time_limit, bool(whole))))
@@ -198,14 +195,10 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({key: v for key, v in rows[-1].items() if key != "pieces"}))
     if args.whole_limit is not None:
         rows.append(_spawn(args, min(spc), max(counts), whole=True))
-    meta = machine()
-    command = "python benchmarks/bench_scaling.py " + " ".join(argv)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    name = f"scaling-vgg-{meta['date'][:10]}"
-    payload = {"machine": meta, "command": command, "vgg": vgg, "rows": rows}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    (out / f"{name}.md").write_text(markdown(rows, meta, command, vgg))
+    meta = run_info(argv)
+    write_results(
+        f"scaling-vgg-{today(meta)}", {"vgg": vgg, "rows": rows}, markdown(rows, meta, vgg), meta
+    )
 
 
 if __name__ == "__main__":

@@ -7,25 +7,20 @@ against the better of the dense model and the dense model trained as long again 
 The training step time with and without the SPR term is measured side by side, in alternating
 blocks on the same batches. Writes ``benchmarks/results/spr-<date>.json`` and ``.md``.
 
-    python benchmarks/bench_spr.py [--data PATH] [--epochs E] [--threads T]
+    python benchmarks/bench_spr.py [--data-dir DIR] [--epochs E] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import MNIST, add_data_arguments, data_spec, run_info, today, write_results
 
-from oamip.files import write_json
-from oamip.pipelines.bench import machine
 from oamip.pipelines.spr import DEFAULT_ALPHA, DEFAULT_SPR_LR, SPRReport, spr_prune
 from oamip.training.data import Dataset, load_data
 from oamip.training.inference import evaluate
@@ -33,9 +28,6 @@ from oamip.training.models import build, mlp
 from oamip.training.spr import SPRRegularizer
 from oamip.training.train import DEFAULT_BATCH_SIZE, train
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist-10k.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 MLP_HIDDEN = (300, 100)
 LAMS = (0.003, 0.01, 0.03, 0.1)
 # Group lasso runs with strength scale * 2 sqrt(ab) at lam REF_LAM: the same range as LAMS.
@@ -48,32 +40,29 @@ TIMING_STEPS = 20
 
 def main() -> None:
     args = _parse()
+    meta = run_info()
     torch.set_num_threads(args.threads)
-    dataset = load_data(f"mnist:{args.data}")
+    data = data_spec(args, MNIST, "mnist")
+    dataset = load_data(data)
     start = time.perf_counter()
     results = {arch: _bench_arch(arch, dataset, args.epochs) for arch in ("mlp", "lenet5")}
     record = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine() | {"torch_threads": args.threads},
-        "command": "python " + shlex.join(sys.argv),
-        "data": str(args.data),
+        "torch_threads": args.threads,
+        "data": data,
         "epochs": args.epochs,
         "alpha": DEFAULT_ALPHA,
         "max_accuracy_loss": MAX_LOSS,
         "seconds": time.perf_counter() - start,
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"spr-{record['date']}"
-    write_json(stem.with_suffix(".json"), record)
-    table = _markdown(record)
-    stem.with_suffix(".md").write_text(table)
+    table = _markdown(record, meta)
+    write_results(f"spr-{today(meta)}", record, table, meta)
     print(table)
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz or IDX folder")
+    add_data_arguments(parser, MNIST)
     parser.add_argument("--epochs", type=int, default=12, help="dense and SPR training epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args()
@@ -160,17 +149,13 @@ def _step_times(dense: torch.nn.Module, dataset: Dataset) -> dict:
     }
 
 
-def _markdown(record: dict) -> str:
-    m = record["machine"]
+def _markdown(record: dict, meta: dict) -> str:
     lines = [
-        f"# SPR benchmark, {record['date']}",
+        f"# SPR benchmark, {today(meta)}",
         "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
-        f"torch {m['torch']}. Data: {Path(record['data']).name}; {record['epochs']} epochs of "
-        f"dense and of penalised training, alpha {record['alpha']}, 1 fine-tuning epoch; "
-        f"{record['seconds'] / 60:.1f} min in all.",
-        "",
-        f"Command: `{record['command']}`",
+        f"{record['torch_threads']} torch threads. Data: {record['data']}; {record['epochs']} "
+        f"epochs of dense and of penalised training, alpha {record['alpha']}, 1 fine-tuning "
+        f"epoch; {record['seconds'] / 60:.1f} min in all.",
         "",
         "Best run per method with at most 1 point of test accuracy lost against the reference: "
         "the better of the dense model and the dense model trained as long again without "

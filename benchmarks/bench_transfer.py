@@ -19,23 +19,18 @@ and command.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from common import FASHION_MNIST, MNIST, add_data_dir, data_dir, run_info, today, write_results
 
 import oamip
-from oamip.files import atomic_path, write_json
-from oamip.pipelines.bench import machine
 from oamip.pipelines.transfer import METHODS, TransferSettings, summary_table
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import Dataset, load_data
 from oamip.training.models import build
 
-HERE = Path(__file__).resolve().parent
-DATA_DIR = HERE.parent.parent / "shared" / "data"
-DATA = {"mnist": "mnist-10k.npz", "fashion": "fashion-mnist-14k.npz"}
+DATA = {"mnist": MNIST, "fashion": FASHION_MNIST}
 DIRECTIONS = (("mnist", "fashion"), ("fashion", "mnist"))
 AT_INIT = {"lam": 1.0, "threshold": 0.2, "samples_per_class": 1}
 """The authors' settings for scoring at initialisation (they used 5 samples; one per class here)."""
@@ -184,27 +179,22 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.samples_per_class,
         help="MIP and SNIP batch (transfer)",
     )
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the npz files are")
+    add_data_dir(parser)
     parser.add_argument("--tag", default="", help="added to the results' file names")
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.hidden = tuple(int(w) for w in args.hidden.split(","))
-    meta = machine()
+    meta = run_info(argv)
     started = time.perf_counter()
-    data = {name: load_data(f"npz:{args.data_dir / file}") for name, file in DATA.items()}
+    folder = data_dir(args.data_dir)
+    data = {name: load_data(f"npz:{folder / file}") for name, file in DATA.items()}
     transfer = args.part == "transfer"
     found = run_transfer(data, args) if transfer else run_at_init(data, args)
-    command = "python benchmarks/bench_transfer.py " + " ".join(argv)
     arch = f"mlp {args.hidden}" if args.arch == "mlp" else args.arch
     table = transfer_markdown(found) if transfer else at_init_markdown(found)
     wall = time.perf_counter() - started
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
     part = "" if transfer else "at-init-"
     tag = f"-{args.tag}" if args.tag else ""
-    name = f"transfer-{part}{args.arch}{tag}-{meta['date'][:10]}"
-    payload = {"machine": meta, "command": command, "wall_seconds": wall, "results": found}
-    write_json(out / f"{name}.json", payload)
+    name = f"transfer-{part}{args.arch}{tag}-{today(meta)}"
     header = [
         f"# bench_transfer: {args.part}, {arch}, {args.seeds} seeds, {args.epochs} epochs"
         + (f", MIP lam {args.lam:g}" if args.lam is not None else "")
@@ -216,12 +206,11 @@ def main(argv: list[str] | None = None) -> None:
             else ""
         ),
         "",
-        f"`{command}`, {meta['date']}, {meta['platform']}, {meta['cpus']} CPUs, "
-        f"wall {wall:.0f} s. Test accuracy (%) after training, mean ± std over seeds.",
+        f"Wall {wall:.0f} s. Test accuracy (%) after training, mean ± std over seeds.",
         "",
     ]
-    with atomic_path(out / f"{name}.md") as tmp:
-        tmp.write_text("\n".join([*header, *table]) + "\n")
+    payload = {"wall_seconds": wall, "results": found}
+    write_results(name, payload, "\n".join([*header, *table]), meta)
     print("\n".join(table))
 
 

@@ -6,38 +6,30 @@ Builds ``build("vgg", ...)`` (three stages of two 3x3 conv + BatchNorm + ReLU wi
 test images, the wall time and the CPU time of training. Target: at least 90% test accuracy in a
 few minutes. Writes ``benchmarks/results/vgg-train-<date>.json`` and ``.md``.
 
-    python benchmarks/bench_vgg.py [--data PATH] [--threads N] [--epochs E]
+    python benchmarks/bench_vgg.py [--data-dir DIR] [--threads N] [--epochs E]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
+from common import FASHION_MNIST, add_data_arguments, data_spec, run_info, today, write_results
 
 from oamip.adapters.chain import units
-from oamip.files import write_json
-from oamip.pipelines.bench import machine
 from oamip.training.data import load_data
 from oamip.training.inference import evaluate
 from oamip.training.zoo import Recipe, trained
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-14k.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET_ACCURACY = 0.90
 
 
-def run(data: Path, threads: int, epochs: int | None) -> dict:
-    """Train the VGG once from seed 0 and measure it."""
+def run(data: str, threads: int, epochs: int | None) -> dict:
+    """Train the VGG once from seed 0 (``data``: a data spec) and measure it."""
     torch.set_num_threads(threads)
-    dataset = load_data(f"npz:{data}")
+    dataset = load_data(data)
     recipe = Recipe.default("vgg")
     if epochs is not None:
         recipe = Recipe(**{**asdict(recipe), "epochs": epochs})
@@ -46,9 +38,7 @@ def run(data: Path, threads: int, epochs: int | None) -> dict:
     model, wall, cpu = result.model, result.train_seconds, time.process_time() - cpu
     accuracy = result.accuracy
     return {
-        "machine": machine(),
-        "command": shlex.join(["python", "benchmarks/bench_vgg.py", *sys.argv[1:]]),
-        "data": {"file": data.name, "train": len(dataset.y_train), "test": len(dataset.y_test)},
+        "data": {"spec": data, "train": len(dataset.y_train), "test": len(dataset.y_test)},
         "threads": threads,
         "recipe": asdict(recipe),
         "scored_units": {u.name: u.size for u in units(model)},
@@ -61,22 +51,19 @@ def run(data: Path, threads: int, epochs: int | None) -> dict:
     }
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, meta: dict) -> str:
     """The result as a short Markdown report."""
-    m, r = result["machine"], result["recipe"]
+    r = result["recipe"]
     met = "met" if result["target_met"] else "MISSED"
     units_text = ", ".join(f"{name}: {size}" for name, size in result["scored_units"].items())
     return "\n".join(
         [
-            f"# VGG training on Fashion-MNIST, {m['date'][:10]}",
+            f"# VGG training on Fashion-MNIST, {today(meta)}",
             "",
-            f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch "
-            f"{m['torch']}; {result['threads']} torch thread(s). The machine was shared with "
-            "other jobs, so wall time can exceed CPU time.",
+            f"{result['threads']} torch thread(s). The machine was shared with other jobs, so "
+            "wall time can exceed CPU time.",
             "",
-            f"Command: `{result['command']}`",
-            "",
-            f"Data: {result['data']['file']} ({result['data']['train']} training, "
+            f"Data: {result['data']['spec']} ({result['data']['train']} training, "
             f"{result['data']['test']} test images). Recipe: {r['epochs']} epochs, Adam lr "
             f"{r['lr']}{' cosine-decayed to 0' if r['cosine'] else ''}, batch {r['batch_size']}, "
             f"random shifts of up to {r['shift']} pixels, seed {r['seed']}.",
@@ -94,15 +81,14 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_arguments(parser, FASHION_MNIST)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=None, help="default: the VGG's recipe")
     args = parser.parse_args()
-    result = run(args.data, args.threads, args.epochs)
-    stem = RESULTS / f"vgg-train-{datetime.date.today().isoformat()}"
-    write_json(stem.with_suffix(".json"), result)
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    meta = run_info()
+    result = run(data_spec(args, FASHION_MNIST), args.threads, args.epochs)
+    write_results(f"vgg-train-{today(meta)}", result, markdown(result, meta), meta)
+    print(markdown(result, meta))
 
 
 if __name__ == "__main__":

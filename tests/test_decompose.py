@@ -201,6 +201,7 @@ def dask_client():
         yield client
 
 
+@pytest.mark.slow
 def test_sequential_processes_and_dask_give_the_same_scores(dask_client):
     model = mlp(5, sizes=(6, 4, 3, 3))
     x, y = _batch(5, n=9)

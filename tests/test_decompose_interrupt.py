@@ -159,6 +159,7 @@ def _wait_for(process, lines: list[str], word: str, seconds: float = START_SECON
     raise AssertionError(f"no {word} line within {seconds} s; output:\n" + "\n".join(lines))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_piece_under_way_and_starts_no_other(model_path):
     result, seconds, lines = _interrupted_run(model_path, n_jobs=1)
     assert seconds < RETURN_SECONDS
@@ -170,6 +171,7 @@ def test_ctrl_c_stops_the_piece_under_way_and_starts_no_other(model_path):
     assert sum(line.startswith("SOLVING ") for line in lines) >= 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_on_worker_processes_without_errors(model_path):
     result, seconds, _ = _interrupted_run(model_path, n_jobs=2)
     assert seconds < RETURN_SECONDS

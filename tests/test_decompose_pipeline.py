@@ -146,6 +146,7 @@ def _prune_args(model_file, out, checkpoint) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_the_cli_runs_pieces_on_workers_and_a_rerun_resumes_every_piece(
     model_file, tmp_path, capsys
 ):

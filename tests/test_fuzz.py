@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from oamip import backends
@@ -30,6 +31,7 @@ def _record(case: fuzzing.Instance, verdict: fuzzing.Verdict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_no_wrong_answer_no_invalid_bound_no_hang_on_random_instances():
     base = _base_seed()
     names = backends.available()

@@ -258,6 +258,7 @@ def jobs(model_path, tmp_path_factory) -> tuple[dict[str, Job], Path]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
 def test_sigint_stops_the_solver_and_score_neurons_returns_its_best_solution(jobs, backend):
     job = jobs[0][backend]
     job.check_stopped()
@@ -270,12 +271,14 @@ def test_sigint_stops_the_solver_and_score_neurons_returns_its_best_solution(job
     assert result["kept"] >= 1
 
 
+@pytest.mark.slow
 def test_a_second_sigint_aborts_score_neurons(jobs):
     job = jobs[0]["score twice"]
     assert job.after_signal("SOLVING") == []
     assert job.done == {"aborted": "KeyboardInterrupt"}
 
 
+@pytest.mark.slow
 def test_oamip_prune_goes_on_with_the_interrupted_solve_and_writes_its_results(jobs):
     job, folder = jobs[0]["cli 1"], jobs[1]
     assert job.done == {"exit": 0}
@@ -287,6 +290,7 @@ def test_oamip_prune_goes_on_with_the_interrupted_solve_and_writes_its_results(j
     assert len(said) == 1 and "best solution found" in said[0]
 
 
+@pytest.mark.slow
 def test_a_second_sigint_stops_oamip_prune_writing_nothing(jobs):
     job, folder = jobs[0]["cli 2"], jobs[1]
     assert job.done == {"exit": 130}

@@ -102,6 +102,7 @@ def test_apply_masks_zeroes_the_batchnorm_of_the_masked_layer():
     assert torch.equal(masked.fc1.weight, model.fc1.weight)
 
 
+@pytest.mark.slow
 def test_prune_scores_masks_and_reports_fc1_and_fc2(trained, digits, tmp_path):
     report = oamip.prune(trained, digits, time_limit=5, finetune_epochs=1)
     assert [layer.name for layer in report.layers] == FORWARD

@@ -96,6 +96,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo")
 
 
+@pytest.mark.slow
 def test_bench_shows_a_bar_with_time_left_on_a_terminal_and_none_in_a_log(cache, tmp_path, capfd):
     status, terminal = _on_a_terminal(_bench_argv(cache, tmp_path / "a"))
     assert status == 0, terminal[-2000:]
@@ -107,6 +108,7 @@ def test_bench_shows_a_bar_with_time_left_on_a_terminal_and_none_in_a_log(cache,
     assert "\r" not in logged and "bench:" not in logged
 
 
+@pytest.mark.slow
 def test_the_bench_bar_counts_every_solve_and_gap_point(cache, monkeypatch):
     counted = []
 
@@ -158,6 +160,7 @@ def test_stdout_is_restored_after_an_exception_in_the_silenced_block():
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.slow
 def test_oamip_prune_prints_the_highs_banner_only_with_verbose(trained, tmp_path, verbose):
     model = tmp_path / "model.pt"
     oamip.save_model(trained, model)
@@ -318,6 +321,7 @@ def test_gurobi_over_its_licence_is_refused_before_training(digits, monkeypatch)
 
 
 @pytest.mark.skipif(not GUROBI, reason="gurobipy not installed")
+@pytest.mark.slow
 def test_a_model_under_the_licence_is_not_refused_and_solves_with_gurobi(digits):
     if backends.get("gurobi").size_limit() is None:
         pytest.skip("this Gurobi has a full licence")

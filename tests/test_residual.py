@@ -204,6 +204,7 @@ def test_removal_refuses_a_mask_that_empties_a_unit():
         remove_residual_pruned(resnet8(), {"stage1.0.conv1": np.zeros(4, bool)})
 
 
+@pytest.mark.slow
 def test_a_pruned_resnet_saved_loads_in_a_fresh_process_with_the_same_outputs(tmp_path):
     model = resnet8(3)
     small = remove_residual_pruned(model, _random_masks(model, 3))
@@ -343,6 +344,7 @@ def test_model_cost_reports_macs_params_and_latency_and_pruning_lowers_them():
         paired_latency(model, small, (1, 8, 8), batch=2, blocks=0)
 
 
+@pytest.mark.slow
 def test_spr_prune_runs_on_a_resnet_and_writes_a_loadable_smaller_model(tmp_path):
     from oamip.training.data import Dataset, load_digits
 

@@ -87,6 +87,7 @@ def test_taylor_of_every_unit_is_the_loss_slope_of_scaling_its_channel_in_every_
 
 
 @pytest.mark.parametrize("residual", ["both", "inner"])
+@pytest.mark.slow
 def test_prune_on_a_resnet_scores_its_units_and_gives_the_masked_outputs(digits, trained, residual):
     model = trained
     settings = PruneSettings(
@@ -110,6 +111,7 @@ def test_prune_on_a_resnet_scores_its_units_and_gives_the_masked_outputs(digits,
     assert report.params_after == sum(p.numel() for p in report.model.parameters())
 
 
+@pytest.mark.slow
 def test_oamip_prune_trains_and_prunes_a_resnet8_from_the_command_line(tmp_path):
     out = tmp_path / "out"
     args = ["prune", "--arch", "resnet8", "--data", "digits", "--time-limit", "5"]

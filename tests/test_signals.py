@@ -136,6 +136,7 @@ command.write_report = write_report
 
 
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.slow
 def test_a_signal_while_writing_output_leaves_nothing(signum, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -164,6 +165,7 @@ oamip.files.os.replace = replace
 
 
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.slow
 def test_a_signal_while_moving_the_files_in_lets_the_whole_set_arrive(signum, tmp_path):
     """A signal between the moves of two files is delivered once all are in place: the
     folder holds the complete new set, never half of it, and the run still reports it."""

@@ -327,6 +327,7 @@ def test_transfer_with_a_decomposed_mip(digits, flipped):
     assert [entry.units_pruned for entry in report.methods] == [[pruned], [0], *[[pruned]] * 3]
 
 
+@pytest.mark.slow
 def test_a_resnet_transfers_to_a_data_set_with_other_classes(digits, flipped):
     """ResNet-8: its ``fc`` is made anew for 5 classes, and every method prunes as many units as
     the MIP."""

@@ -2,7 +2,7 @@
 
 Importing this package loads nothing heavy: :func:`main` (from :mod:`oamip.cli.entry`, the
 console script's entry point) handles SIGINT and SIGTERM first and only then loads the parser
-and the subcommands (:mod:`oamip.cli.commands`), one module per subcommand.
+(:mod:`oamip.cli.commands`, light) and, once the arguments are read, the subcommand's module.
 """
 
 from oamip.cli.entry import INTERRUPTED, main

@@ -1,4 +1,7 @@
-"""``oamip bench``: benchmark the solver backends on importance MIPs of trained networks."""
+"""``oamip bench``: benchmark the solver backends on importance MIPs of trained networks.
+
+The run half of the command; its options are in :mod:`oamip.cli.parsers.bench`.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +10,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from oamip.cli.common import (
-    add_instance_arguments,
-    add_out_argument,
-    instance_options,
-    names,
-    progress_shown,
-    say,
-    say_written,
-)
+from oamip.cli.common import instance_options, progress_shown, say, say_written
+from oamip.cli.parsers.bench import HELP, NAME, add_arguments
 from oamip.files import staged_output
-from oamip.pipelines.bench import (
-    DEFAULT_GAP_POINTS,
-    DEFAULT_OUT,
-    DEFAULT_REPEATS,
-    DEFAULT_THREADS,
-    DEFAULT_TIME_LIMIT,
-    MAX_GAP_POINTS,
-    BenchRow,
-    benchmark,
-    write_results,
-)
+from oamip.pipelines.bench import BenchRow, benchmark, write_results
 from oamip.pipelines.report import percent
 
-NAME = "bench"
-HELP = "benchmark solver backends on importance MIPs"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip bench``; the defaults are those of :func:`benchmark`."""
-    add_instance_arguments(parser)
-    add = parser.add_argument
-    add("--backends", type=names, help="comma-separated backends (default: every installed one)")
-    add(
-        "--time-limit",
-        type=float,
-        default=DEFAULT_TIME_LIMIT,
-        metavar="S",
-        help=f"(default {DEFAULT_TIME_LIMIT:g})",
-    )
-    add(
-        "--repeats",
-        type=int,
-        default=DEFAULT_REPEATS,
-        metavar="N",
-        help=f"(default {DEFAULT_REPEATS})",
-    )
-    add(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        metavar="N",
-        help=f"(default {DEFAULT_THREADS})",
-    )
-    add(
-        "--gap-points",
-        type=int,
-        default=DEFAULT_GAP_POINTS,
-        metavar="P",
-        help=f"shorter time limits (halving) for the gap curve, 0 to {MAX_GAP_POINTS} "
-        f"(default {DEFAULT_GAP_POINTS})",
-    )
-    add_out_argument(parser, DEFAULT_OUT)
+__all__ = ["HELP", "NAME", "add_arguments", "run", "summary_table"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""What the subcommands of ``oamip`` share: one-line errors, options, inputs and output lines.
+"""What the subcommands of ``oamip`` share: one-line errors, options and output lines.
 
 Options only convert text to values here (numbers, lists, paths); whether a value is allowed is
 decided once, by the library function or settings class that receives it, and its OamipError
-reaches the user as one line on stderr with exit status 2.
+reaches the user as one line on stderr with exit status 2. This module imports only the
+standard library and light oamip modules: the parser is built from it (see
+:mod:`oamip.cli.defaults`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from torch import nn
-
+from oamip.cli.defaults import ARCHITECTURES, BENCH_SIZES, DATA_SPECS, SCORE_MODES
 from oamip.files import check_output_folder
-from oamip.formulations import SCORE_MODES
-from oamip.pipelines.bench import DEFAULT_SIZES, default_cache_dir
-from oamip.pipelines.inputs import read_model
 from oamip.progress import Bars
-from oamip.training.data import DATA_SPECS, Dataset, load_data
-from oamip.training.models import ARCHITECTURES
 
 
 class UsageError(Exception):
@@ -61,7 +57,15 @@ def check_folders(args: argparse.Namespace) -> None:
     """Refuse an unwritable ``--out`` or ``--cache-dir`` before the command does any work."""
     check_output_folder(args.out, "--out")
     if "cache_dir" in args:
-        check_output_folder(args.cache_dir or default_cache_dir(), "--cache-dir")
+        check_output_folder(args.cache_dir or _default_cache_dir(), "--cache-dir")
+
+
+def _default_cache_dir() -> Path:
+    """The benchmark's cache of trained networks (imported here: only commands that run need
+    it, and its module loads torch)."""
+    from oamip.pipelines.bench import default_cache_dir
+
+    return default_cache_dir()
 
 
 def one_of(choices: Sequence[str]) -> str:
@@ -88,20 +92,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", default="digits", help=f"{DATA_SPECS} (default digits)")
 
 
-def read_inputs(args: argparse.Namespace) -> tuple[Dataset, nn.Module | None]:
-    """The data set of ``--data`` and the model of ``--model`` (None: train one)."""
-    dataset = load_data(args.data)
-    model = read_model(args.model, args.arch, dataset) if args.model else None
-    return dataset, model
-
-
 def add_instance_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose benchmark instances (``oamip bench`` and ``oamip export``)."""
     add = parser.add_argument
     add("--data", metavar="mnist:PATH", help="add MNIST instances (MLP and LeNet-5) from PATH")
-    add(
-        "--sizes", type=whole_numbers, default=DEFAULT_SIZES, help="samples per class (default 1,2)"
-    )
+    add("--sizes", type=whole_numbers, default=BENCH_SIZES, help="samples per class (default 1,2)")
     add("--scores", type=names, default=SCORE_MODES, help="score modes (default both)")
     add("--seed", type=int, default=0, help="seed of the samples chosen (default 0)")
     add(
@@ -145,3 +140,13 @@ def whole_numbers(text: str) -> tuple[int, ...]:
 def folder(text: str) -> Path:
     """A folder path, ``~`` expanded."""
     return Path(text).expanduser()
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers, e.g. ``0.1,1,10``."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas (e.g. 0.1,1,10), got '{text}'"
+        ) from None

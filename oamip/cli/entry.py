@@ -1,11 +1,11 @@
 """The entry point of the ``oamip`` command; imports only the standard library.
 
-:func:`main` handles SIGINT and SIGTERM before it loads the parser and the subcommands
-(:mod:`oamip.cli.commands`: torch, Pyomo and the solvers, seconds of imports), so a signal at
-any moment ends the command with one line on stderr and status 128 + the signal's number (130
-for SIGINT, 143 for SIGTERM):
+:func:`main` handles SIGINT and SIGTERM before it loads the parser (:mod:`oamip.cli.commands`)
+and, once the command line is read, the subcommand's run half (torch, Pyomo and the solvers,
+seconds of imports), so a signal at any moment ends the command with one line on stderr and
+status 128 + the signal's number (130 for SIGINT, 143 for SIGTERM):
 
-- while the subcommands load, nothing has been touched on disk and third-party imports do not
+- while the command loads, nothing has been touched on disk and third-party imports do not
   survive an exception thrown into them, so the command reports the signal and exits at once;
 - once they are loaded, the signal raises KeyboardInterrupt in the running command, every
   ``finally`` runs (a staging folder is removed, see :mod:`oamip.files`) and ``main`` reports it.
@@ -31,10 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``oamip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the status."""
     with stop_on_signals() as stop:
         try:
-            from oamip.cli.commands import dispatch
+            from oamip.cli.commands import prepare
 
+            command = prepare(argv)
             stop.started()
-            return dispatch(argv)
+            return command()
         except BaseException as exc:
             if not stop.interrupted(exc):
                 raise

@@ -1,36 +1,17 @@
-"""``oamip export``: write benchmark instances (importance MIPs) as MPS or LP files."""
+"""``oamip export``: write benchmark instances (importance MIPs) as MPS or LP files.
+
+The run half of the command; its options are in :mod:`oamip.cli.parsers.export`.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import (
-    add_instance_arguments,
-    add_out_argument,
-    instance_options,
-    one_of,
-    say_written,
-)
-from oamip.pipelines.bench import EXPORT_FORMATS, export_instances
+from oamip.cli.common import instance_options, say_written
+from oamip.cli.parsers.export import HELP, NAME, add_arguments
+from oamip.pipelines.bench import export_instances
 
-NAME = "export"
-HELP = "write an importance MIP instance as MPS or LP"
-DEFAULT_OUT = "oamip-instances"
-DEFAULT_FORMAT = "mps"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip export``."""
-    add_instance_arguments(parser)
-    add = parser.add_argument
-    add("--instance", action="append", metavar="NAME", help="instance to write (repeatable)")
-    add(
-        "--format",
-        metavar=one_of(EXPORT_FORMATS),
-        default=DEFAULT_FORMAT,
-        help=f"(default {DEFAULT_FORMAT})",
-    )
-    add_out_argument(parser, DEFAULT_OUT)
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,14 +1,19 @@
 """The options of the MIP's scoring shared by ``oamip prune`` and ``oamip transfer``: one
-definition of their names, help and defaults (read from the command's settings class)."""
+definition of their names, help and defaults (the command's copy of its settings class's
+defaults, from :mod:`oamip.cli.defaults`); imports nothing heavy."""
 
 from __future__ import annotations
 
 import argparse
 
-from oamip import backends
 from oamip.cli.common import one_of, progress_shown
-from oamip.formulations import LOSSES, SCORE_MODES, SPARSITY_MODES
-from oamip.solve.options import RESIDUAL_SCORES
+from oamip.cli.defaults import (
+    LOSSES,
+    RESIDUAL_SCORES,
+    SCORE_MODES,
+    SPARSITY_MODES,
+    backend_names,
+)
 
 DEFAULT_THREADS = 1
 """The commands run on one CPU thread unless told otherwise (the library keeps the default)."""
@@ -16,13 +21,14 @@ DEFAULT_THREADS = 1
 
 def add_scoring_arguments(parser: argparse.ArgumentParser, defaults) -> None:
     """The solver, the objective, the scores and where the pieces run; ``defaults`` is the
-    command's settings object (a :class:`~oamip.solve.options.ScoringOptions` with
-    ``samples_per_class``, ``threshold`` and ``device``)."""
+    command's defaults (:data:`oamip.cli.defaults.PRUNE` or ``TRANSFER``: those of a
+    :class:`~oamip.solve.options.ScoringOptions` with ``samples_per_class``, ``threshold`` and
+    ``device``)."""
     d = defaults
     add = parser.add_argument
     add(
         "--backend",
-        metavar=one_of(backends.known()),
+        metavar=one_of(backend_names()),
         default=d.backend,
         help=f"solver (default {d.backend})",
     )

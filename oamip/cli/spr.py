@@ -1,61 +1,20 @@
-"""``oamip spr``: train with the SPR regulariser, remove the zero units, fine-tune, report."""
+"""``oamip spr``: train with the SPR regulariser, remove the zero units, fine-tune, report.
+
+The run half of the command; its options are in :mod:`oamip.cli.parsers.spr`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from oamip.cli.common import (
-    add_input_arguments,
-    add_out_argument,
-    command_listener,
-    read_inputs,
-    say,
-    say_written,
-)
+from oamip.cli.common import command_listener, say, say_written
+from oamip.cli.inputs import read_inputs
+from oamip.cli.parsers.spr import HELP, NAME, add_arguments
 from oamip.pipelines.report import percent
-from oamip.pipelines.spr import (
-    DEFAULT_ALPHA,
-    DEFAULT_EPOCHS,
-    DEFAULT_FINETUNE_EPOCHS,
-    DEFAULT_LAM,
-    DEFAULT_M_SCALE,
-    DEFAULT_OUT,
-    DEFAULT_RESIDUAL_UNITS,
-    DEFAULT_SPR_LR,
-    RESIDUAL_UNITS,
-    SPRReport,
-    spr_prune,
-)
+from oamip.pipelines.spr import SPRReport, spr_prune
 
-NAME = "spr"
-HELP = "train with the SPR regulariser, remove zero units, fine-tune"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip spr``; the defaults are those of :func:`oamip.spr_prune`."""
-    add = parser.add_argument
-    add_input_arguments(parser)
-    add("--lam", type=float, default=DEFAULT_LAM, help=f"SPR strength (default {DEFAULT_LAM})")
-    add(
-        "--alpha",
-        type=float,
-        default=DEFAULT_ALPHA,
-        help=f"a = lam alpha, b = lam (1 - alpha) (default {DEFAULT_ALPHA})",
-    )
-    add("--m-scale", type=float, default=DEFAULT_M_SCALE, help="M = largest weight x this")
-    add(
-        "--units",
-        choices=tuple(RESIDUAL_UNITS),
-        default=DEFAULT_RESIDUAL_UNITS,
-        help=f"residual networks: the units SPR prunes (default {DEFAULT_RESIDUAL_UNITS})",
-    )
-    add("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of (dense and) SPR training")
-    add("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS)
-    add("--lr", type=float, default=DEFAULT_SPR_LR, help=f"Adam step (default {DEFAULT_SPR_LR})")
-    add("--seed", type=int, default=0)
-    add("--device", default="cpu", help="cpu or cuda")
-    add_out_argument(parser, DEFAULT_OUT)
+__all__ = ["HELP", "NAME", "add_arguments", "run", "summary_table"]
 
 
 def run(args: argparse.Namespace) -> int:

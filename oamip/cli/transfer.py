@@ -1,53 +1,21 @@
-"""``oamip transfer``: masks found on one data set, retrained from the start on another."""
+"""``oamip transfer``: masks found on one data set, retrained from the start on another.
+
+The run half of the command; its options are in :mod:`oamip.cli.parsers.transfer`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from oamip.cli.common import (
-    add_out_argument,
-    command_listener,
-    one_of,
-    say,
-    say_written,
-    whole_numbers,
-)
-from oamip.cli.scoring import add_scoring_arguments, scoring_options
+from oamip.cli.common import command_listener, say, say_written
+from oamip.cli.parsers.transfer import HELP, NAME, add_arguments
+from oamip.cli.scoring import scoring_options
 from oamip.files import staged_output
 from oamip.pipelines.transfer import TransferSettings, summary_table, transfer, write_transfer
-from oamip.training.data import DATA_SPECS, load_data
-from oamip.training.models import ARCHITECTURES
+from oamip.training.data import load_data
 
-NAME = "transfer"
-HELP = "compute masks on one data set, retrain them from the initial weights on another"
-DEFAULT_OUT = "oamip-transfer-out"
-_DEFAULTS = TransferSettings()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``oamip transfer``; the defaults are those of :class:`TransferSettings`."""
-    d = _DEFAULTS
-    add = parser.add_argument
-    add("--source", required=True, metavar="SPEC", help=f"data the mask is found on: {DATA_SPECS}")
-    add("--target", required=True, metavar="SPEC", help="data the mask is retrained on")
-    add("--arch", metavar=one_of(ARCHITECTURES), default=d.arch, help=f"(default {d.arch})")
-    add(
-        "--hidden",
-        type=whole_numbers,
-        default=d.hidden,
-        metavar="W,W",
-        help=f"the MLP's hidden widths (default {','.join(map(str, d.hidden))})",
-    )
-    add("--seeds", type=int, default=d.seeds, metavar="N", help=f"seeds 0..N-1 (default {d.seeds})")
-    add(
-        "--epochs",
-        type=int,
-        metavar="E",
-        help="epochs of training on the source and on the target (default: the arch's recipe)",
-    )
-    add_scoring_arguments(parser, d)
-    add_out_argument(parser, DEFAULT_OUT)
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
