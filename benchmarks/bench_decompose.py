@@ -77,7 +77,7 @@ class Row:
     piece_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def options_for(method: str, args, dataset: Dataset, budget: float | None) -> ScoringOptions:
+def options_for(method: str, args, budget: float | None) -> ScoringOptions:
     """HiGHS with ``args.workers`` threads in all: pieces of one thread on that many processes,
     or one whole-network MIP on that many threads."""
     common = {"loss": args.loss, "lam": args.lam, "scores": args.scores, "backend": "highs"}
@@ -89,7 +89,6 @@ def options_for(method: str, args, dataset: Dataset, budget: float | None) -> Sc
         threads=1,
         n_jobs=args.workers,
         decompose=method,
-        aux_data=(dataset.x_train, dataset.y_train),
     )
 
 
@@ -110,9 +109,10 @@ def removed(masks: dict[str, np.ndarray]) -> dict[str, str]:
 
 def mip_row(net, model, batch, dataset, method, args, budget) -> tuple[Row, dict]:
     """One MIP run (whole or decomposed), timed from the call to its return."""
-    options = options_for(method, args, dataset, budget)
+    options = options_for(method, args, budget)
     start = time.perf_counter()
-    res = oamip.score_neurons(model, batch.x, batch.y, options)
+    aux = None if options.decompose is None else (dataset.x_train, dataset.y_train)
+    res = oamip.score_neurons(model, batch.x, batch.y, options, aux_data=aux)
     wall = time.perf_counter() - start
     masks = res.masks()
     pieces = res.subproblems
@@ -147,7 +147,7 @@ def _gap(objective: float | None, bound: float | None) -> float | None:
 
 def baseline_rows(net, model, batch, dataset, reference: Row, masks, args) -> list[Row]:
     """Magnitude and random pruning at ``reference``'s units removed per layer."""
-    options = options_for("whole", args, dataset, None)
+    options = options_for("whole", args, None)
     rows = []
     for name in BASELINES:
         scores = get_criterion(name).scores(model, batch.x, batch.y, SEED)

@@ -62,10 +62,10 @@ def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> 
             threads=1,
             n_jobs=workers,
             decompose="layer",
-            aux_data=(dataset.x_train, dataset.y_train),
         )
+    aux = None if whole else (dataset.x_train, dataset.y_train)
     start = time.perf_counter()
-    res = oamip.score_neurons(model, batch.x, batch.y, options)
+    res = oamip.score_neurons(model, batch.x, batch.y, options, aux_data=aux)
     wall = time.perf_counter() - start
     masks = res.masks()
     sizes = {u.name: u.size for u in units(model)}
