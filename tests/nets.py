@@ -102,3 +102,20 @@ def deep_pool_net(seed: int) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(3 * 2 * 2, 3),
     ).eval()
+
+
+def digits_mlp(x: torch.Tensor, y: torch.Tensor, hidden: tuple[int, ...]) -> nn.Sequential:
+    """An MLP 64-hidden-10 with a leading Flatten, trained by 150 full-batch Adam steps on
+    ``(x, y)`` from seed 0: the small trained network of the signal and interrupt drivers."""
+    torch.manual_seed(0)
+    widths = (64, *hidden)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for inputs, outputs in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(inputs, outputs), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimiser.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    return model.eval()

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import oamip
 from oamip import backends
 from oamip.solve.decompose import NOT_STARTED
 from oamip.training.data import load_data
+from tests import nets
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -85,19 +85,10 @@ def model_path(tmp_path_factory) -> Path:
     """An MLP 64-20-20-10 trained briefly on digits, ten samples (one per class) and the
     training split for the heads, saved for the driver."""
     data = load_data("digits")
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 10)
-    )
     x = torch.as_tensor(data.x_train, dtype=torch.float32)
-    y = torch.as_tensor(data.y_train)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        optimiser.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimiser.step()
+    model = nets.digits_mlp(x, torch.as_tensor(data.y_train), (20, 20))
     path = tmp_path_factory.mktemp("decompose-interrupt") / "mlp.pt"
-    oamip.save_model(model.eval(), path)
+    oamip.save_model(model, path)
     first = [int(np.flatnonzero(data.y_train == c)[0]) for c in range(10)]
     batch = {
         "x": data.x_train[first].tolist(),

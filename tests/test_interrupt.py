@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import oamip
 from oamip import backends
 from oamip.solve.loop import Solution
 from oamip.solve.sweep import Line, _Known
 from oamip.training.data import load_data
+from tests import nets
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -115,17 +115,10 @@ def model_path(tmp_path_factory) -> Path:
     """An MLP 64-40-10 trained briefly on digits, and the ten samples of its MIP (one per
     class), saved for the driver."""
     data = load_data("digits")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 10))
     x = torch.as_tensor(data.x_train, dtype=torch.float32)
-    y = torch.as_tensor(data.y_train)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        optimiser.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimiser.step()
+    model = nets.digits_mlp(x, torch.as_tensor(data.y_train), (40,))
     path = tmp_path_factory.mktemp("interrupt") / "mlp.pt"
-    oamip.save_model(model.eval(), path)
+    oamip.save_model(model, path)
     first = [int(np.flatnonzero(data.y_train == c)[0]) for c in range(10)]
     batch = {"x": data.x_train[first].tolist(), "y": data.y_train[first].tolist()}
     path.with_name("mlp.pt.json").write_text(json.dumps(batch))
