@@ -29,7 +29,7 @@ import oamip
 from oamip.pipelines.budget import (
     DEFAULT_LAMS,
     DEFAULT_REFINE_STEPS,
-    INTERPOLATED,
+    NOT_SOLVED,
     split_validation,
 )
 from oamip.pipelines.settings import PruneSettings
@@ -86,6 +86,7 @@ def settings(args) -> PruneSettings:
         lams=tuple(args.lams) if args.lams else None,
         refine_steps=args.refine_steps,
         interpolate_steps=args.interpolate_steps,
+        rank_scores=args.rank_scores,
         val_fraction=args.val_fraction,
         baseline_samples=args.baseline_samples,
     )
@@ -125,7 +126,7 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
             accuracy_before=report.accuracy_before,
             wall_seconds=wall,
             lam=report.lam if report.chosen is not None else None,
-            lams_solved=sum(point.status != INTERPOLATED for point in report.path),
+            lams_solved=sum(point.status not in NOT_SOLVED for point in report.path),
             test_at_mip_counts=at_counts.get(entry.method),
         )
         for entry in report.budget
@@ -139,7 +140,8 @@ def markdown(rows: list[Row], meta: dict, args) -> str:
         f"# Pruning to an accuracy budget, {meta['date']}",
         "",
         f"Settings: lams {lams}, {args.refine_steps} refine steps, {args.interpolate_steps} "
-        f"interpolation steps, {args.time_limit:g} s per "
+        f"interpolation steps, ranking {'on' if args.rank_scores else 'off'}, "
+        f"{args.time_limit:g} s per "
         f"solve, {args.loss} loss, {args.scores} scores, {args.sparsity} sparsity, "
         f"{args.samples_per_class} MIP samples per class, decompose {args.decompose}, "
         f"{args.threads} threads, validation {args.val_fraction:g} of the training split. "
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lams", type=lambda t: [float(v) for v in t.split(",")])
     parser.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
     parser.add_argument("--interpolate-steps", type=int, default=defaults.interpolate_steps)
+    parser.add_argument(
+        "--rank-scores",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.rank_scores,
+        help="step each solved weight's scores as one global ranking (default on)",
+    )
     parser.add_argument("--time-limit", type=float, default=defaults.time_limit)
     parser.add_argument("--samples-per-class", type=int, default=defaults.samples_per_class)
     parser.add_argument("--decompose", default=None)

@@ -231,6 +231,7 @@ def test_no_lam_within_a_zero_budget_prunes_nothing(trained, digits):
         lams=[0.001],
         refine_steps=0,
         interpolate_steps=0,
+        rank_scores=False,
         **FAST,
     )
     (point,) = report.path

@@ -61,6 +61,15 @@ DEFAULT_INTERPOLATE_STEPS = 10
 reach single units in layers of up to about a thousand units."""
 INTERPOLATED = "interpolated"
 """The status of a path point that was interpolated, not solved."""
+RANKED = "ranked"
+"""The status of a path point stepped along the global ranking of a solved weight's scores
+(:func:`rank_path`), not solved."""
+NOT_SOLVED = (INTERPOLATED, RANKED)
+"""The statuses of path points derived from solved ones (no solve of their own)."""
+DEFAULT_RANK_SCORES = True
+"""Whether the path also steps each solved weight's scores as one global ranking."""
+RANK_PATIENCE = 3
+"""A ranking's steps stop after this many steps in a row below the budget's floor."""
 BUDGET_SLACK = 1e-9
 """Rounding slack when comparing accuracies (fractions of samples) with the budget's floor."""
 GIVEN, SPLIT = "given", "split"
@@ -301,11 +310,14 @@ def lam_path(
     on_point: Callable[[PathPoint], None] | None = None,
     interpolate_steps: int = 0,
     tie_break: dict[str, np.ndarray] | None = None,
+    rank: bool = False,
+    min_keep: int = 1,
 ) -> LamPath:
     """Solve ``lams`` together, then ``refine_steps`` single weights, each between the chosen
     weight and the next smaller one solved (which prunes more), then up to
     ``interpolate_steps`` masks between the chosen mask and the next sparser one, by bisection
-    (:func:`interpolate`), and keep the
+    (:func:`interpolate`), then, with ``rank``, every solved weight's scores stepped as one
+    global ranking (:func:`rank_path`, ``min_keep`` units kept per layer), and keep the
     mask removing the most units with validation accuracy at least ``floor``. A solve stopped by
     Ctrl-C ends the refinement. ``on_point`` is called with each point as it is evaluated."""
     path = LamPath()
@@ -319,8 +331,61 @@ def lam_path(
         stopped = _add(path, [lam], solve([lam]), evaluator, threshold, on_point)
         _choose(path, floor)
     interpolate(path, evaluator, interpolate_steps, tie_break or {}, floor, on_point)
+    if rank:
+        rank_path(path, evaluator, tie_break or {}, min_keep, floor, on_point)
     _choose(path, floor)
     return path
+
+
+def rank_path(
+    path: LamPath,
+    evaluator: Evaluator,
+    tie_break: dict[str, np.ndarray],
+    min_keep: int,
+    floor: float,
+    on_point: Callable[[PathPoint], None] | None = None,
+) -> None:
+    """Step every solved weight's scores as one global ranking, as the global baselines are
+    stepped (:func:`global_step_masks`, :data:`BASELINE_STEPS` steps): the units ranked by
+    layer-normalised score, ties (e.g. every unit the MIP keeps at score 1) by the
+    layer-normalised ``tie_break`` score (e.g. magnitude; :func:`global_order`). A weight's
+    steps stop after :data:`RANK_PATIENCE` steps in a row below ``floor``; the step removing
+    the most units within ``floor`` (if any, and not already on the path) is added to the path
+    as a point of status :data:`RANKED` at the weight whose scores ranked it."""
+    solved = [k for k, p in enumerate(path.points) if p.status not in NOT_SOLVED]
+    seen = {_mask_key(masks) for masks in path.masks}
+    for k in solved:
+        result, lam = path.results[k], path.points[k].lam
+        order = global_order(result.scores, min_keep, tie_break)
+        total = sum(len(values) for values in result.scores.values())
+        best: tuple[Evaluation, Masks] | None = None
+        outside = 0
+        for step in range(1, BASELINE_STEPS + 1):
+            masks = _keep_all_like(path.masks[k])
+            for name, unit in order[: round(step / BASELINE_STEPS * total)]:
+                masks[name][unit] = False
+            seen_now = evaluator(masks)
+            if not within(seen_now.val_accuracy, floor):
+                outside += 1
+                if outside >= RANK_PATIENCE:
+                    break
+                continue
+            outside = 0
+            best = (seen_now, masks)
+        if best is None or _mask_key(best[1]) in seen:
+            continue
+        seen.add(_mask_key(best[1]))
+        point = PathPoint(lam=lam, status=RANKED, gap=None, seconds=0.0, **vars(best[0]))
+        path.points.append(point)
+        path.results.append(result)
+        path.masks.append(best[1])
+        if on_point is not None:
+            on_point(point)
+    _sort(path)
+
+
+def _mask_key(masks: Masks) -> tuple:
+    return tuple((name, keep.tobytes()) for name, keep in sorted(masks.items()))
 
 
 def _add(
@@ -363,7 +428,9 @@ def _sort(path: LamPath) -> None:
         range(len(path.points)),
         key=lambda k: (
             path.points[k].lam,
-            path.points[k].status == INTERPOLATED,
+            NOT_SOLVED.index(path.points[k].status) + 1
+            if path.points[k].status in NOT_SOLVED
+            else 0,
             path.points[k].units_pruned,
         ),
     )
@@ -388,7 +455,7 @@ def interpolate(
     halves the interval between the largest share found within ``floor`` (0 at first) and the
     smallest found outside (1 at first), and the search stops early when a share gives no new
     mask."""
-    solved = [k for k, p in enumerate(path.points) if p.status != INTERPOLATED]
+    solved = [k for k, p in enumerate(path.points) if p.status not in NOT_SOLVED]
     chosen = path.chosen
     start = _keep_all_like(path.masks[solved[0]]) if chosen is None else path.masks[chosen]
     sparser = _next_sparser(path, solved, sum(int((~m).sum()) for m in start.values()))
@@ -520,18 +587,25 @@ def global_step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: 
     return masks
 
 
-def global_order(scores: dict[str, np.ndarray], min_keep: int) -> list[tuple[str, int]]:
+def global_order(
+    scores: dict[str, np.ndarray],
+    min_keep: int,
+    tie_break: dict[str, np.ndarray] | None = None,
+) -> list[tuple[str, int]]:
     """The units that a global schedule prunes, in order: one ranking over all layers by
-    :func:`layer_normalised` score (ties by layer, then unit order), leaving out each layer's
-    ``max(min_keep, 1)`` best units so that every layer keeps them."""
+    :func:`layer_normalised` score (ties by the layer-normalised ``tie_break`` score if given,
+    then by layer, then unit order), leaving out each layer's ``max(min_keep, 1)`` best units
+    so that every layer keeps them."""
     ranked = []
     for position, (name, values) in enumerate(scores.items()):
         normalised = layer_normalised(np.asarray(values, dtype=float))
+        ties = (tie_break or {}).get(name)
+        ties = np.zeros(len(values)) if ties is None else layer_normalised(np.asarray(ties, float))
         droppable = max(0, len(values) - max(min_keep, 1))
-        for unit in np.argsort(normalised, kind="stable")[:droppable]:
-            ranked.append((normalised[unit], position, int(unit), name))
+        for unit in np.lexsort((np.arange(len(values)), ties, normalised))[:droppable]:
+            ranked.append((normalised[unit], ties[unit], position, int(unit), name))
     ranked.sort()
-    return [(name, unit) for _, _, unit, name in ranked]
+    return [(name, unit) for _, _, _, unit, name in ranked]
 
 
 def layer_normalised(values: np.ndarray) -> np.ndarray:
@@ -561,7 +635,7 @@ def schedule_steps(
 def monotony_note(points: Sequence[PathPoint]) -> str | None:
     """None when no solved weight prunes more units than the next smaller one solved (a larger
     weight on the loss should keep at least as many units), else which ones and why."""
-    solved = sorted((p for p in points if p.status != INTERPOLATED), key=lambda p: p.lam)
+    solved = sorted((p for p in points if p.status not in NOT_SOLVED), key=lambda p: p.lam)
     breaks = [(a, b) for a, b in zip(solved, solved[1:]) if b.units_pruned > a.units_pruned]
     if not breaks:
         return None

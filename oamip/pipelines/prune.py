@@ -255,6 +255,8 @@ def _budgeted(
             evaluated,
             settings.interpolate_steps,
             baseline_scores.get(TIE_BREAK),
+            settings.rank_scores,
+            settings.min_keep,
         )
     steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
     kept = len(path.points) - 1 if path.chosen is None else path.chosen

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
-from oamip.pipelines.budget import INTERPOLATED
+from oamip.pipelines.budget import INTERPOLATED, NOT_SOLVED, RANKED
 from oamip.pipelines.results import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
@@ -258,8 +258,13 @@ def path_figure(report: PruneReport) -> Figure:
         [report.accuracy_before] + [p.test_accuracy for p in mip],
         linewidth=2,
     )[0]
-    for interpolated, marker, label in ((False, "o", "lambda path"), (True, ".", "interpolated")):
-        points = [p for p in mip if (p.status == INTERPOLATED) == interpolated]
+    kinds = (
+        (lambda p: p.status not in NOT_SOLVED, "o", "lambda path"),
+        (lambda p: p.status == INTERPOLATED, ".", "interpolated"),
+        (lambda p: p.status == RANKED, "P", "ranked"),
+    )
+    for kind, marker, label in kinds:
+        points = [p for p in mip if kind(p)]
         if points:
             ax.plot(
                 [p.units_pruned for p in points],

@@ -16,6 +16,7 @@ from oamip.pipelines.budget import (
     DEFAULT_BASELINE_SAMPLES,
     DEFAULT_INTERPOLATE_STEPS,
     DEFAULT_LAMS,
+    DEFAULT_RANK_SCORES,
     DEFAULT_REFINE_STEPS,
     DEFAULT_VAL_FRACTION,
     checked_lams,
@@ -95,6 +96,11 @@ class PruneSettings(ExperimentSettings):
         DEFAULT_INTERPOLATE_STEPS,
         "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
     )
+    rank_scores: bool = checks.option(
+        DEFAULT_RANK_SCORES,
+        "also step every solved weight's scores as one global ranking, ties by magnitude, like "
+        "the global baselines, and keep the sparsest mask within the budget (max_drop)",
+    )
 
     def validate(self) -> None:
         """Check every setting before any work (InvalidInputError names the culprit) and
@@ -113,6 +119,7 @@ class PruneSettings(ExperimentSettings):
         )
         self.refine_steps = checks.whole("refine steps", self.refine_steps, 0)
         self.interpolate_steps = checks.whole("interpolate steps", self.interpolate_steps, 0)
+        checks.flag("rank_scores", self.rank_scores)
         if self.max_drop is None:
             if self.lams is not None:
                 raise InvalidInputError(
@@ -146,6 +153,7 @@ class PruneKeywords(ExperimentKeywords, total=False):
     val_fraction: float
     refine_steps: int
     interpolate_steps: int
+    rank_scores: bool
     baseline_samples: int
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from oamip.adapters.scoring import ScoreResult, score_decomposed, score_neurons, score_sweep
-from oamip.pipelines.budget import INTERPOLATED, PathPoint
+from oamip.pipelines.budget import INTERPOLATED, NOT_SOLVED, PathPoint
 from oamip.pipelines.results import piece_line
 from oamip.pipelines.settings import PruneSettings
 from oamip.progress import Listener, Task
@@ -105,7 +105,7 @@ def _clock(listener: Listener | None, desc: str, time_limit: float | None) -> It
 def path_text(point: PathPoint) -> str:
     """The line that reports one weight of the path, as it is evaluated."""
     gap = "" if point.gap is None else f", gap {100 * point.gap:.2f}%"
-    status = "interpolated" if point.status == INTERPOLATED else f"{point.status}{gap}"
+    status = point.status if point.status in NOT_SOLVED else f"{point.status}{gap}"
     towards = "towards " if point.status == INTERPOLATED else ""
     return (
         f"{towards}lambda {point.lam:.4g}: {point.units_pruned} units pruned, validation "
