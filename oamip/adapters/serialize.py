@@ -23,6 +23,8 @@ from oamip.files import atomic_path, nearest_existing, plain
 
 FORMAT = "oamip.sequential"
 GRAPH_FORMAT = "oamip.graph"
+MODEL_FORMATS = (FORMAT, GRAPH_FORMAT)
+"""The formats of a complete model written by :func:`save_model` (a chain, a residual graph)."""
 VERSION = 1
 _WRITE_ONE = "give a file written by oamip.save_model or torch.save(model.state_dict(), path)"
 
@@ -34,6 +36,8 @@ _LAYER_ARGS: dict[type, tuple[str, ...]] = {
     nn.ReLU: (),
     nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    nn.AdaptiveMaxPool2d: ("output_size",),
+    nn.AdaptiveAvgPool2d: ("output_size",),
     nn.Flatten: ("start_dim", "end_dim"),
     nn.Dropout: ("p",),
     nn.Dropout1d: ("p",),

@@ -13,7 +13,7 @@ from torch import nn
 
 from oamip import checks
 from oamip.adapters import extract, load_model, read_chain
-from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
+from oamip.adapters.serialize import MODEL_FORMATS, read_payload, tensor_problem
 from oamip.adapters.structure import Structure
 from oamip.errors import InvalidInputError
 from oamip.training.data import DATA_SPECS, Dataset, fit_advice, load_data
@@ -117,7 +117,7 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
     if arch is not None:
         checks.choice("architecture", arch, ARCHITECTURES)
     payload = read_payload(path)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+    if isinstance(payload, dict) and payload.get("format") in MODEL_FORMATS:
         if arch is not None:
             raise InvalidInputError(
                 f"'{path}' is a complete model written by oamip.save_model, so an architecture "
