@@ -1,8 +1,8 @@
 """The layering of the package: each folder imports only the layers listed before it.
 
 The order (README, "Layout"): errors/checks/files -> network/bounds -> formulations -> backends
--> solve -> adapters -> training -> pipelines -> cli. Folders are checked by their source
-(every module, every import statement); the lowest layers are also imported in a fresh
+-> solve -> adapters -> training -> pipelines -> integrations -> cli. Folders are checked by their
+source (every module, every import statement); the lowest layers are also imported in a fresh
 interpreter to prove that they load no torch.
 """
 
@@ -26,6 +26,7 @@ ORDER = [
     ["adapters"],
     ["training"],
     ["pipelines"],
+    ["integrations"],
     ["cli"],
 ]
 THIRD_PARTY = {
