@@ -102,6 +102,19 @@ def test_lower_layers_load_no_torch(module):
     assert out.stdout.strip() == "False", f"import {module} loads torch"
 
 
+def test_the_package_imports_and_reads_models_without_onnx():
+    """onnx is imported only when an .onnx file is read or written; without it, that is an
+    error naming the extra."""
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import oamip, oamip.adapters, oamip.pipelines.inputs, oamip.cli.commands\n"
+        "try:\n    oamip.load_model('net.onnx')\n"
+        "except oamip.InvalidInputError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "oamip[onnx]" in out.stdout
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

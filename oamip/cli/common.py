@@ -79,7 +79,10 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str) -> None:
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--arch`` and ``--data``: the model to prune and its data."""
     add = parser.add_argument
-    add("--model", help="model file from oamip.save_model, or a state dict with --arch")
+    add(
+        "--model",
+        help="model file from oamip.save_model, an .onnx file, or a state dict with --arch",
+    )
     add(
         "--arch",
         metavar=one_of(ARCHITECTURES),
