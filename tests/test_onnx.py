@@ -177,14 +177,37 @@ def test_save_model_asks_for_the_input_shape_of_a_convolutional_network(tmp_path
         oamip.save_model(nn.Sequential(nn.Conv2d(1, 2, 3)), tmp_path / "conv.onnx")
 
 
-def test_oamip_prune_takes_an_onnx_model(tmp_path):
-    """An MLP written as ONNX is pruned from the command line, its report as for a .pt."""
+def _digits_net(kind: str) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
-    train(model, load_digits(), epochs=5, lr=1e-2, progress=False)
-    path = oamip.save_model(model, tmp_path / "mlp.onnx", input_shape=(1, 8, 8))
+    if kind == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_oamip_prune_takes_an_onnx_model_and_writes_one_back(kind, tmp_path):
+    """An ONNX MLP and CNN pruned from the command line; ``--export-onnx`` writes pruned.onnx,
+    which onnxruntime runs as the pruned.pt beside it."""
+    model = _digits_net(kind)
+    data = load_digits()
+    train(model, data, epochs=10, lr=1e-2, progress=False)
+    path = oamip.save_model(model, tmp_path / "net.onnx", input_shape=(1, 8, 8))
     out = tmp_path / "out"
     args = ["prune", "--model", str(path), "--data", "digits", "--time-limit", "2"]
-    assert main([*args, "--finetune-epochs", "0", "--out", str(out)]) == 0
+    assert main([*args, "--finetune-epochs", "0", "--export-onnx", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["params_after"] <= sum(p.numel() for p in model.parameters())
+    pruned = oamip.load_model(out / "pruned.pt")
+    assert sum(p.numel() for p in pruned.parameters()) == report["params_after"]
+    x = data.x_test[:20]
+    np.testing.assert_allclose(_runtime(out / "pruned.onnx", x), _torch(pruned, x), atol=1e-5)

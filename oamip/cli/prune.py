@@ -7,7 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from oamip.adapters.onnx_io import onnx_module
 from oamip.cli.common import (
+    add_export_onnx_argument,
     add_input_arguments,
     add_out_argument,
     command_listener,
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--at-init", action="store_true", help="score and prune at initialisation, then train")
     _add_budget_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
+    add_export_onnx_argument(parser)
 
 
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +115,8 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
+    if args.export_onnx:
+        onnx_module()  # missing onnx is refused before any work
     dataset, model = read_inputs(args)
     val_data = load_validation(args.val_data) if args.val_data else None
     with warnings.catch_warnings():
@@ -125,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
             on_progress=command_listener(),
         )
     with staged_output(args.out) as folder:
-        written = write_report(report, folder)
+        onnx_input = dataset.input_shape if args.export_onnx else None
+        written = write_report(report, folder, onnx_input)
     if report.status == INTERRUPTED:
         say(interrupted_line(report.gap))
     say(summary_table(report))
