@@ -64,9 +64,20 @@ class _Reader:
     readers: dict[str, int] = field(default_factory=dict)
 
     def layer(self, name: str, module: nn.Module, source: str, output: str, rank: int) -> None:
+        """Apply ``module`` (named ``name``, made unique) to ``source``, giving ``output``."""
+        if name in self.layers:
+            name = f"{name}_{len(self.ops)}"
         self.layers[name] = module
         self.ops.append(GraphOp("layer", name, (self.index[source],)))
         self.index[output], self.rank[output] = len(self.ops), rank
+
+    def add(self, first: str, second: str, output: str) -> None:
+        self.ops.append(GraphOp("add", None, (self.index[first], self.index[second])))
+        self.index[output], self.rank[output] = len(self.ops), self.rank[first]
+
+    def alias(self, output: str, source: str) -> None:
+        """``output`` is ``source``'s value (Identity, Dropout, a bias folded into a Linear)."""
+        self.index[output], self.rank[output] = self.index[source], self.rank[source]
 
 
 def read_onnx(path: str | Path) -> nn.Module:
@@ -116,46 +127,40 @@ def _read_node(reader: _Reader, node, position: int, onnx) -> None:
     tensors = [name for name in node.input if name and name not in reader.constants]
     if any(name not in reader.index for name in tensors):
         raise InvalidInputError(f"{where} reads a tensor that no earlier node computes")
+    if not tensors:
+        raise UnsupportedLayerError(f"{where} computes on constants only; fold it into them")
     if node.op_type in ("Identity", "Dropout"):
-        reader.index[node.output[0]] = reader.index[tensors[0]]
-        reader.rank[node.output[0]] = reader.rank[tensors[0]]
-        return
-    if node.op_type == "Add" and len(tensors) == 2:
-        reader.ops.append(GraphOp("add", None, tuple(reader.index[t] for t in tensors)))
-        reader.index[node.output[0]], reader.rank[node.output[0]] = (
-            len(reader.ops),
-            reader.rank[tensors[0]],
-        )
-        return
-    if node.op_type == "Add":
-        _add_bias(reader, node, tensors, where)
-        return
+        reader.alias(node.output[0], tensors[0])
+    elif node.op_type == "Add" and len(tensors) == 2:
+        reader.add(*tensors, node.output[0])
+    elif node.op_type == "Add":
+        _add_bias(reader, node, tensors[0], where)
+    else:
+        _read_layer(reader, node, attrs, tensors, position, where)
+
+
+def _read_layer(reader: _Reader, node, attrs: dict, tensors: list[str], position, where) -> None:
+    """A node of one tensor input that becomes a module (:data:`_BUILDERS`)."""
     build = _BUILDERS.get(node.op_type)
     if build is None or len(tensors) != 1:
         raise UnsupportedLayerError(f"{where} is not supported; supported operators: {SUPPORTED}")
-    source = tensors[0]
-    module, rank = build(node, attrs, reader.constants, reader.rank[source], where)
-    reader.layer(_layer_name(node, position), module, source, node.output[0], rank)
+    module, rank = build(node, attrs, reader.constants, reader.rank[tensors[0]], where)
+    reader.layer(_layer_name(node, position), module, tensors[0], node.output[0], rank)
 
 
-def _add_bias(reader: _Reader, node, tensors: list[str], where: str) -> None:
+def _add_bias(reader: _Reader, node, source: str, where: str) -> None:
     """``MatMul(x, W) + b``: the bias of the Linear the MatMul became, read by nothing else."""
     constant = next(name for name in node.input if name in reader.constants)
-    op = reader.ops[reader.index[tensors[0]] - 1] if reader.index[tensors[0]] else None
+    op = reader.ops[reader.index[source] - 1] if reader.index[source] else None
     linear = reader.layers.get(op.layer) if op is not None and op.kind == "layer" else None
-    if (
-        not isinstance(linear, nn.Linear)
-        or linear.bias is not None
-        or reader.readers[tensors[0]] > 1
-    ):
+    if not isinstance(linear, nn.Linear) or linear.bias is not None or reader.readers[source] > 1:
         raise UnsupportedLayerError(
             f"{where} adds a constant to something other than a MatMul; supported operators: "
             f"{SUPPORTED}"
         )
     bias = np.broadcast_to(reader.constants[constant], (linear.out_features,))
     linear.bias = nn.Parameter(_tensor(bias))
-    reader.index[node.output[0]] = reader.index[tensors[0]]
-    reader.rank[node.output[0]] = reader.rank[tensors[0]]
+    reader.alias(node.output[0], source)
 
 
 def _layer_name(node, position: int) -> str:
