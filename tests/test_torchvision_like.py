@@ -109,12 +109,12 @@ def test_fixed_scores_reproduce_the_scored_torch_forward(name, binary):
     settings = ImportanceSettings("hinge", scores="binary" if binary else "continuous", min_keep=0)
     im = build_importance_model(extracted.network, x, y, settings)
     rng = np.random.default_rng(1)
-    scores = {
-        i: rng.integers(0, 2, layer.n_units).astype(float)
-        if binary
-        else rng.uniform(0, 1, layer.n_units)
-        for i, layer in ((i, extracted.network.layers[i]) for i in extracted.network.scored)
-    }
+    network = extracted.network
+
+    def draw(n: int) -> np.ndarray:
+        return rng.integers(0, 2, n).astype(float) if binary else rng.uniform(0, 1, n)
+
+    scores = {i: draw(network.layers[i].n_units) for i in network.scored}
     im.fix_scores(scores)
     assert backends.get("highs").solve(im.model).status == "optimal"
     expected = scored_logits(extracted, x, extracted.scores_by_name(scores), im.big_m)
