@@ -211,3 +211,13 @@ def test_oamip_prune_takes_an_onnx_model_and_writes_one_back(kind, tmp_path):
     assert sum(p.numel() for p in pruned.parameters()) == report["params_after"]
     x = data.x_test[:20]
     np.testing.assert_allclose(_runtime(out / "pruned.onnx", x), _torch(pruned, x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_oamip_spr_writes_the_pruned_model_as_onnx_too(tmp_path):
+    out = tmp_path / "out"
+    args = ["spr", "--arch", "mlp", "--data", "digits", "--epochs", "2", "--finetune-epochs", "0"]
+    assert main([*args, "--export-onnx", "--out", str(out)]) == 0
+    pruned = oamip.load_model(out / "pruned.pt")
+    x = load_digits().x_test[:20]
+    np.testing.assert_allclose(_runtime(out / "pruned.onnx", x), _torch(pruned, x), atol=1e-5)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from oamip.cli.common import (
+    add_export_onnx_argument,
     add_input_arguments,
     add_out_argument,
     command_listener,
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0)
     add("--device", default="cpu", help="cpu or cuda")
     add_out_argument(parser, DEFAULT_OUT)
+    add_export_onnx_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out=args.out,
+        export_onnx=args.export_onnx,
         on_progress=command_listener(),
     )
     say(summary_table(report))
-    say_written(args.out, [Path("report.json"), Path("pruned.pt")])
+    models = ["pruned.pt", "pruned.onnx"] if args.export_onnx else ["pruned.pt"]
+    say_written(args.out, [Path(name) for name in ["report.json", *models]])
     return 0
 
 
