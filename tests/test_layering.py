@@ -1,8 +1,8 @@
 """The layering of the package: each folder imports only the layers listed before it.
 
 The order (README, "Layout"): errors/checks/files -> network/bounds -> formulations -> backends
--> solve -> adapters -> training -> pipelines -> cli. Folders are checked by their source
-(every module, every import statement); the lowest layers are also imported in a fresh
+-> solve -> adapters -> training -> pipelines -> integrations -> cli. Folders are checked by their
+source (every module, every import statement); the lowest layers are also imported in a fresh
 interpreter to prove that they load no torch.
 """
 
@@ -26,6 +26,7 @@ ORDER = [
     ["adapters"],
     ["training"],
     ["pipelines"],
+    ["integrations"],
     ["cli"],
 ]
 THIRD_PARTY = {
@@ -99,6 +100,19 @@ def test_lower_layers_load_no_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", f"import {module} loads torch"
+
+
+def test_the_package_imports_and_reads_models_without_onnx():
+    """onnx is imported only when an .onnx file is read or written; without it, that is an
+    error naming the extra."""
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import oamip, oamip.adapters, oamip.pipelines.inputs, oamip.cli.commands\n"
+        "try:\n    oamip.load_model('net.onnx')\n"
+        "except oamip.InvalidInputError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "oamip[onnx]" in out.stdout
 
 
 def _module_name(path: Path) -> str:

@@ -125,7 +125,7 @@ def _stopped_with_one_error_line(done: subprocess.CompletedProcess, signum: int)
 WRITE_HALF_A_REPORT_THEN_SIGNAL = """
 import oamip.cli.prune as command
 
-def write_report(report, folder):
+def write_report(report, folder, *_):
     (folder / "report.json").write_text('{"dataset": "dig')
     os.kill(os.getpid(), SIGNUM)
     time.sleep(30)

@@ -26,6 +26,8 @@ _MODULE_KINDS: list[tuple[type, str]] = [
     (nn.ReLU, "relu"),
     (nn.MaxPool2d, "maxpool"),
     (nn.AvgPool2d, "avgpool"),
+    (nn.AdaptiveMaxPool2d, "maxpool"),
+    (nn.AdaptiveAvgPool2d, "avgpool"),
     (nn.Flatten, "flatten"),
     (nn.Dropout, "dropout"),
     (nn.Dropout1d, "dropout"),
@@ -38,7 +40,19 @@ _FUNCTION_KINDS = {
     torch.flatten: "flatten",
     F.max_pool2d: "maxpool",
     F.avg_pool2d: "avgpool",
+    F.adaptive_max_pool2d: "maxpool",
+    F.adaptive_avg_pool2d: "avgpool",
     F.dropout: "dropout",
+}
+_ADAPTIVE_POOLS: dict[type, type] = {
+    nn.AdaptiveMaxPool2d: nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d: nn.AvgPool2d,
+}
+"""Each adaptive pooling and the fixed pooling it equals when its output size divides its input
+size (:func:`fixed_pool`)."""
+_ADAPTIVE_CALLS = {
+    F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
 }
 _METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten"}
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
@@ -182,7 +196,8 @@ def step_of(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
                 return Step(kind, node.target, module, node)
         raise UnsupportedLayerError(
             f"layer '{node.target}' of type {type(module).__name__} is not supported; supported: "
-            "Linear, Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Dropout, Identity"
+            "Linear, Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveMaxPool2d, "
+            "AdaptiveAvgPool2d, Flatten, Dropout, Identity"
         )
     if node.op == "call_function" and node.target in _FUNCTION_KINDS:
         kind = _FUNCTION_KINDS[node.target]
@@ -193,13 +208,15 @@ def step_of(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     what = getattr(node.target, "__name__", str(node.target))
     raise UnsupportedLayerError(
         f"operation '{what}' at '{node.name}' is not supported; supported activations and "
-        "operations: ReLU, max/avg pooling, flatten/view/reshape, dropout"
+        "operations: ReLU, max/avg pooling (fixed or adaptive), flatten/view/reshape, dropout"
     )
 
 
 def _module_for_call(kind: str, node: fx.Node) -> nn.Module:
     """An equivalent module for a function call, so the chain can be rebuilt as modules."""
     args, kwargs = list(node.args[1:]), dict(node.kwargs)
+    if node.target in _ADAPTIVE_CALLS:
+        return _ADAPTIVE_CALLS[node.target](kwargs.get("output_size", args[0] if args else None))
     if kind == "relu":
         return nn.ReLU()
     if kind == "flatten":
@@ -210,6 +227,29 @@ def _module_for_call(kind: str, node: fx.Node) -> nn.Module:
     params = dict(zip(names, args[: len(names)]))
     params.update({k: v for k, v in kwargs.items() if k in (*names, "ceil_mode")})
     return nn.MaxPool2d(**params) if kind == "maxpool" else nn.AvgPool2d(**params)
+
+
+def fixed_pool(step: Step, shape: tuple[int, ...]) -> nn.Module:
+    """The pooling module of ``step`` for inputs of ``shape`` (channels, height, width): an
+    adaptive pooling becomes the fixed pooling it equals (kernel = stride = input / output
+    size), which exists exactly when the output size divides the input size; any other pooling
+    is returned as it is."""
+    module = step.module
+    fixed = _ADAPTIVE_POOLS.get(type(module))
+    if fixed is None:
+        return module
+    size = module.output_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    inputs = tuple(int(v) for v in shape[-2:])
+    outputs = tuple(i if o is None else int(o) for i, o in zip(inputs, size))
+    if any(o <= 0 or i % o for i, o in zip(inputs, outputs)):
+        raise UnsupportedLayerError(
+            f"layer '{step.name}' ({type(module).__name__}) pools {inputs[0]}x{inputs[1]} inputs "
+            f"to {outputs[0]}x{outputs[1]}; the output size must divide the input size (then it "
+            "is a fixed pooling, encoded exactly)"
+        )
+    kernel = tuple(i // o for i, o in zip(inputs, outputs))
+    return fixed(kernel_size=kernel, stride=kernel)
 
 
 SCORED_PATTERNS = (

@@ -23,6 +23,7 @@ from oamip.adapters.chain import (
     Step,
     Unit,
     chain_units,
+    fixed_pool,
     is_addition,
     is_shape_query,
     read_chain,
@@ -389,7 +390,7 @@ def _affine(step: Step, shape: tuple[int, ...]) -> AffineLayer:
         raise InvalidInputError(
             f"layer '{step.name}' needs (channels, height, width) inputs, got {shape}"
         )
-    geometry = _geometry(step)
+    geometry = _geometry(step, shape)
     out_h, out_w = geometry.out_size(shape[1], shape[2])
     if step.kind == "avgpool":
         k = geometry.kernel
@@ -416,8 +417,9 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
-def _geometry(step: Step) -> Conv:
-    """Kernel, stride, padding, dilation of a Conv2d or pooling; refuses what we can't encode."""
+def _geometry(step: Step, shape: tuple[int, ...]) -> Conv:
+    """Kernel, stride, padding, dilation of a Conv2d or pooling (an adaptive one as the fixed
+    pooling it equals on inputs of ``shape``); refuses what we can't encode."""
     m = step.module
     if step.kind == "conv":
         if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -426,6 +428,7 @@ def _geometry(step: Step) -> Conv:
                 "only groups=1 with numeric zero padding is supported"
             )
         return Conv(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation))
+    m = fixed_pool(step, shape)
     if m.ceil_mode:
         raise UnsupportedLayerError(f"layer '{step.name}' uses ceil_mode=True; use ceil_mode=False")
     stride = m.stride if m.stride is not None else m.kernel_size
@@ -473,7 +476,7 @@ def _mark_relu(step: Step, owner: Unit | None, layer: AffineLayer | None) -> Uni
 def _max_pool(step: Step, shape, position: int) -> MaxPoolLayer:
     if len(shape) != 3:
         raise InvalidInputError(f"max pooling '{step.name}' needs (channels, height, width) inputs")
-    geometry = _geometry(step)
+    geometry = _geometry(step, shape)
     out_h, out_w = geometry.out_size(shape[1], shape[2])
     return MaxPoolLayer(
         step.name, shape, (shape[0], out_h, out_w), max_pool_windows(shape, geometry)

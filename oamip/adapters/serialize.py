@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from oamip.adapters.masks import remove_pruned
+from oamip.adapters.onnx_io import is_onnx, read_onnx, write_onnx
 from oamip.adapters.residual import GraphOp, forward_ops, graph_module
 from oamip.adapters.structure import Structure
 from oamip.errors import InvalidInputError
@@ -23,6 +24,8 @@ from oamip.files import atomic_path, nearest_existing, plain
 
 FORMAT = "oamip.sequential"
 GRAPH_FORMAT = "oamip.graph"
+MODEL_FORMATS = (FORMAT, GRAPH_FORMAT)
+"""The formats of a complete model written by :func:`save_model` (a chain, a residual graph)."""
 VERSION = 1
 _WRITE_ONE = "give a file written by oamip.save_model or torch.save(model.state_dict(), path)"
 
@@ -34,6 +37,8 @@ _LAYER_ARGS: dict[type, tuple[str, ...]] = {
     nn.ReLU: (),
     nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    nn.AdaptiveMaxPool2d: ("output_size",),
+    nn.AdaptiveAvgPool2d: ("output_size",),
     nn.Flatten: ("start_dim", "end_dim"),
     nn.Dropout: ("p",),
     nn.Dropout1d: ("p",),
@@ -50,22 +55,45 @@ def _spec(module: nn.Module) -> dict:
     return {"type": cls.__name__, "args": args}
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (a chain of supported layers) to ``path`` atomically; returns the path.
+def save_model(
+    model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None
+) -> Path:
+    """Write ``model`` (a chain or residual graph of supported layers) to ``path`` atomically;
+    returns the path. A path ending in ``.onnx`` gets an ONNX file (``oamip[onnx]``) taking
+    inputs of ``input_shape`` per sample (read from a first Linear layer when not given).
 
     The file is written under a temporary name in the same folder and renamed into place, so a
     failed save leaves no partial file."""
     path = _as_path(path)
     _check_target(path)
-    payload = _graph_payload(model) if Structure.of(model).residual else _chain_payload(model)
     try:
-        _write_atomically(payload, path)
+        if is_onnx(path):
+            _write_onnx_atomically(model, path, input_shape)
+        else:
+            payload = (
+                _graph_payload(model) if Structure.of(model).residual else _chain_payload(model)
+            )
+            _write_atomically(payload, path)
     except OSError as exc:
         raise InvalidInputError(
             f"cannot save the model to '{path}': {exc.strerror or exc}; give a file path in a "
             "folder you can write to"
         ) from exc
     return path
+
+
+def _write_onnx_atomically(model: nn.Module, path: Path, input_shape) -> None:
+    if input_shape is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)), None)
+        if not isinstance(first, nn.Linear):
+            raise InvalidInputError(
+                f"writing '{path}' as ONNX needs the shape of one input, e.g. "
+                "save_model(model, path, input_shape=(3, 32, 32))"
+            )
+        input_shape = (first.in_features,)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        write_onnx(model, tmp, tuple(input_shape))
 
 
 def _chain_payload(model: nn.Module) -> dict:
@@ -134,8 +162,11 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     The layers are first built on the meta device and their shapes compared with the tensors
     the file holds, so a file that declares large layers without their weights allocates
     nothing. Floating-point weights are read as float32 (the layers' dtype). A residual network
-    comes back as an ``fx.GraphModule`` whose layers have their original module paths."""
+    comes back as an ``fx.GraphModule`` whose layers have their original module paths. An
+    ``.onnx`` file is rebuilt from its operators (:func:`oamip.adapters.onnx_io.read_onnx`)."""
     path = _as_path(path)
+    if is_onnx(path):
+        return read_onnx(path)
     payload = read_payload(path)
     graph = isinstance(payload, dict) and payload.get("format") == GRAPH_FORMAT
     _check_header(payload, path, GRAPH_FORMAT if graph else FORMAT)

@@ -80,10 +80,22 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def add_export_onnx_argument(parser: argparse.ArgumentParser) -> None:
+    """``--export-onnx``: the pruned model also as ONNX, beside ``pruned.pt``."""
+    parser.add_argument(
+        "--export-onnx",
+        action="store_true",
+        help="also write the pruned model as pruned.onnx (needs pip install 'oamip[onnx]')",
+    )
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--arch`` and ``--data``: the model to prune and its data."""
     add = parser.add_argument
-    add("--model", help="model file from oamip.save_model, or a state dict with --arch")
+    add(
+        "--model",
+        help="model file from oamip.save_model, an .onnx file, or a state dict with --arch",
+    )
     add(
         "--arch",
         metavar=one_of(ARCHITECTURES),

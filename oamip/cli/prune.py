@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from oamip.adapters.onnx_io import onnx_module
 from oamip.cli.common import command_listener, say, say_written
 from oamip.cli.inputs import read_inputs
 from oamip.cli.parsers.prune import HELP, NAME, add_arguments
@@ -27,6 +28,8 @@ __all__ = ["HELP", "NAME", "add_arguments", "interrupted_line", "run", "settings
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline (which checks every setting first), write ``--out``, print a summary."""
+    if args.export_onnx:
+        onnx_module()  # missing onnx is refused before any work
     dataset, model = read_inputs(args)
     val_data = load_validation(args.val_data) if args.val_data else None
     with warnings.catch_warnings():
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
             on_progress=command_listener(),
         )
     with staged_output(args.out) as folder:
-        written = write_report(report, folder)
+        onnx_input = dataset.input_shape if args.export_onnx else None
+        written = write_report(report, folder, onnx_input)
     if report.status == INTERRUPTED:
         say(interrupted_line(report.gap))
     say(summary_table(report))

@@ -34,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out=args.out,
+        export_onnx=args.export_onnx,
         on_progress=command_listener(),
     )
     say(summary_table(report))
-    say_written(args.out, [Path("report.json"), Path("pruned.pt")])
+    models = ["pruned.pt", "pruned.onnx"] if args.export_onnx else ["pruned.pt"]
+    say_written(args.out, [Path(name) for name in ["report.json", *models]])
     return 0
 
 

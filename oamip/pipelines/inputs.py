@@ -13,7 +13,8 @@ from torch import nn
 
 from oamip import checks
 from oamip.adapters import extract, load_model, read_chain
-from oamip.adapters.serialize import FORMAT, read_payload, tensor_problem
+from oamip.adapters.onnx_io import is_onnx
+from oamip.adapters.serialize import MODEL_FORMATS, read_payload, tensor_problem
 from oamip.adapters.structure import Structure
 from oamip.errors import InvalidInputError
 from oamip.training.data import DATA_SPECS, Dataset, fit_advice, load_data
@@ -107,8 +108,8 @@ def dense_copy(model: nn.Module, device: str) -> nn.Module:
 
 
 def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Module:
-    """A model from ``path``: a file of :func:`oamip.save_model` (``arch`` None), or a state
-    dict plus ``arch``.
+    """A model from ``path``: a file of :func:`oamip.save_model` or an ONNX file (``arch``
+    None), or a state dict plus ``arch``.
 
     For ``arch="mlp"`` the hidden widths are read from the state dict's shapes. The model must
     take ``dataset``'s inputs and give at least one logit per class.
@@ -116,12 +117,13 @@ def read_model(path: str | Path, arch: str | None, dataset: Dataset) -> nn.Modul
     path = Path(path).expanduser()
     if arch is not None:
         checks.choice("architecture", arch, ARCHITECTURES)
-    payload = read_payload(path)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+    payload = None if is_onnx(path) else read_payload(path)
+    if is_onnx(path) or (isinstance(payload, dict) and payload.get("format") in MODEL_FORMATS):
         if arch is not None:
             raise InvalidInputError(
-                f"'{path}' is a complete model written by oamip.save_model, so an architecture "
-                f"('{arch}', --arch) does not apply: it is for state dicts only; drop it"
+                f"'{path}' is a complete model (ONNX or written by oamip.save_model), so an "
+                f"architecture ('{arch}', --arch) does not apply: it is for state dicts only; "
+                "drop it"
             )
         model = load_model(path)
     else:

@@ -19,6 +19,7 @@ from oamip.training.criteria import MIP_METHOD
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "pruned.pt"
+ONNX_FILE = "pruned.onnx"
 SCORES_PLOT = "scores_per_layer.png"
 UNITS_PLOT = "units_kept_per_layer.png"
 ACCURACY_PLOT = "accuracy_vs_units_removed.png"
@@ -27,15 +28,22 @@ KEEP_COLOR = "tab:blue"
 PRUNE_COLOR = "tab:red"
 
 
-def write_report(report: PruneReport, folder: str | Path) -> list[Path]:
-    """Write report.json, pruned.pt and the three plots into ``folder``; returns their paths."""
+def write_report(
+    report: PruneReport, folder: str | Path, onnx_input: tuple[int, ...] | None = None
+) -> list[Path]:
+    """Write report.json, pruned.pt and the three plots into ``folder``, and pruned.onnx for
+    inputs of shape ``onnx_input`` when given; returns their paths."""
     folder = Path(folder)
     write_json(folder / REPORT_FILE, report.to_dict())
     save_model(report.model, folder / MODEL_FILE)
+    models = [MODEL_FILE]
+    if onnx_input is not None:
+        save_model(report.model, folder / ONNX_FILE, input_shape=onnx_input)
+        models.append(ONNX_FILE)
     plots = {SCORES_PLOT: scores_figure, UNITS_PLOT: units_figure, ACCURACY_PLOT: accuracy_figure}
     for name, draw in plots.items():
         draw(report).savefig(folder / name, dpi=PLOT_DPI)
-    return [folder / name for name in (REPORT_FILE, MODEL_FILE, *plots)]
+    return [folder / name for name in (REPORT_FILE, *models, *plots)]
 
 
 TIME_LIMIT_NOTE = (

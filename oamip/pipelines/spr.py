@@ -26,6 +26,7 @@ from typing_extensions import Unpack
 
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned, save_model
+from oamip.adapters.onnx_io import onnx_module
 from oamip.errors import InvalidInputError
 from oamip.files import plain, staged_output, write_json
 from oamip.pipelines.inputs import check_fits, count_params, dataset_of, dense_copy, describe_arch
@@ -227,6 +228,7 @@ def spr_prune(
     settings: SPRSettings | None = None,
     *,
     out: str | os.PathLike | None = None,
+    export_onnx: bool = False,
     on_progress: Listener | None = None,
     **changes: Unpack[SPRKeywords],
 ) -> SPRReport:
@@ -239,7 +241,8 @@ def spr_prune(
     empty for none) sets the group-lasso baseline. ``units`` (a key of RESIDUAL_UNITS) picks
     which units of a residual network SPR regularises and prunes. The report holds the pruned,
     smaller model (``report.model``); with ``out``, it is written there as ``pruned.pt`` with
-    ``report.json`` (``report.to_dict()``), all or nothing.
+    ``report.json`` (``report.to_dict()``), all or nothing, and with ``export_onnx`` also as
+    ``pruned.onnx`` (``oamip[onnx]``, checked before any work).
     """
     if settings is not None and not isinstance(settings, SPRSettings):
         raise InvalidInputError(
@@ -247,6 +250,8 @@ def spr_prune(
         )
     settings = replace(settings or SPRSettings(), **changes)
     settings.validate()
+    if export_onnx:
+        onnx_module()
     listener = listener_for(settings.progress if on_progress is None else on_progress) or False
     dataset = dataset_of(data)
     if model is not None:
@@ -262,6 +267,8 @@ def spr_prune(
         report = _report(dataset.name, settings, dense, accuracy_before, spr, group_lasso)
         if folder is not None:
             save_model(report.model, Path(folder) / "pruned.pt")
+            if export_onnx:
+                save_model(report.model, Path(folder) / "pruned.onnx", dataset.input_shape)
             write_json(Path(folder) / "report.json", report.to_dict())
     return report
 

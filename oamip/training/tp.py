@@ -45,14 +45,12 @@ def spr_pruner(
     whose default importance is the group L2 norm, so the groups SPR drove to zero go first.
     ``pruner_args`` go to ``BasePruner`` (``pruning_ratio``, ``ignored_layers``, ...). After a
     ``step()`` call ``update_regularizer()``: it rebuilds SPR on the smaller model."""
-    tp = torch_pruning()
-    pruner_args.setdefault("importance", tp.importance.GroupMagnitudeImportance(p=2))
     reg = SPRRegularizer(model, lam, alpha, M_scale, units)
-    return _pruner_class()(model, example_inputs, reg, **pruner_args)
+    return pruner_class()(model, example_inputs, reg, **pruner_args)
 
 
 @cache
-def _pruner_class() -> type:
+def pruner_class() -> type:
     """The pruner class, defined once Torch-Pruning is known to be importable."""
     tp = torch_pruning()
 
@@ -60,6 +58,8 @@ def _pruner_class() -> type:
         """Torch-Pruning's pruner with SPR as its sparse-training regulariser."""
 
         def __init__(self, model, example_inputs, reg: SPRRegularizer, **kwargs) -> None:
+            if kwargs.get("importance") is None:
+                kwargs["importance"] = tp.importance.GroupMagnitudeImportance(p=2)
             super().__init__(model, example_inputs, **kwargs)
             self.spr = reg
             self.spr_settings = (reg.lam, reg.alpha, reg.M_scale, reg.units)

@@ -27,6 +27,15 @@ def oamip_importance(model: nn.Module, scores: Mapping[str, np.ndarray]):
     in ``scores`` (unit name -> one score per channel, e.g. ``score_neurons(...).scores``);
     groups of no scored unit (the output layer's, or units left unscored) get None, which
     Torch-Pruning skips. Build it on the model the pruner prunes, before pruning."""
+    return importance_class()(*importance_tables(model, scores))
+
+
+def importance_tables(
+    model: nn.Module, scores: Mapping[str, np.ndarray]
+) -> tuple[dict[int, str], dict[str, torch.Tensor]]:
+    """What the importance looks up: the unit owning each parameter (by id) of ``model``, and
+    each unit's scores as a tensor; scores of an unknown unit or of the wrong size are
+    refused."""
     units = {group.name: group for group in row_groups(model)}
     owner = {}
     for name, values in scores.items():
@@ -41,11 +50,11 @@ def oamip_importance(model: nn.Module, scores: Mapping[str, np.ndarray]):
             )
         owner.update({id(param): name for param in units[name].params})
     table = {name: torch.as_tensor(np.asarray(v, dtype=float)) for name, v in scores.items()}
-    return _importance_class()(owner, table)
+    return owner, table
 
 
 @cache
-def _importance_class() -> type:
+def importance_class() -> type:
     """The importance class, defined once Torch-Pruning is known to be importable."""
     tp = torch_pruning()
     out_channels = (

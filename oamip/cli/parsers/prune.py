@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import add_input_arguments, add_out_argument, floats
+from oamip.cli.common import add_export_onnx_argument, add_input_arguments, add_out_argument, floats
 from oamip.cli.defaults import DEFAULT_LAMS, PRUNE
 from oamip.cli.scoring import add_scoring_arguments
 
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--at-init", action="store_true", help="score and prune at initialisation, then train")
     _add_budget_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
+    add_export_onnx_argument(parser)
 
 
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:

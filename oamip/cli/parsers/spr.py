@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import add_input_arguments, add_out_argument
+from oamip.cli.common import add_export_onnx_argument, add_input_arguments, add_out_argument
 from oamip.cli.defaults import (
     SPR_ALPHA,
     SPR_DEFAULT_UNITS,
@@ -45,3 +45,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0)
     add("--device", default="cpu", help="cpu or cuda")
     add_out_argument(parser, SPR_OUT)
+    add_export_onnx_argument(parser)
