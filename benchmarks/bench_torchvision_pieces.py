@@ -3,8 +3,8 @@
 The ResNet-18 and VGG-11-BN copies of tests/torchvision_nets.py (widths 4-8, random weights and
 BatchNorm statistics, 32x32x3 inputs) are cut into their pieces; per piece, the importance model
 is built (``build_importance_model``, interval bounds included) and compiled to standard form
-(``compile_model``), the work before a solver starts. Prints per network the number of pieces
-and the median and largest build time.
+(``compile_model``), the work before a solver starts. Writes, per network, the number of pieces
+and the median and largest build time to results/torchvision-pieces-DATE.{json,md}.
 
     PYTHONPATH=. python benchmarks/bench_torchvision_pieces.py [--samples N] [--rounds R]
 """
@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+from common import run_info, today, write_results
 
 from oamip.adapters.decompose import decomposed_pieces
 from oamip.adapters.extract import extract
@@ -50,12 +51,28 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    run = run_info()
+    rows = {}
     for name, model in (("ResNet-18", ResNet18()), ("VGG-11-BN", VGG())):
         times = piece_times(randomised(model, 0), args.samples, args.rounds)
-        print(
-            f"{name}: {len(times)} pieces, {args.samples} samples; build + compile per piece: "
-            f"median {statistics.median(times):.2f} s, largest {max(times):.2f} s"
+        rows[name] = {"pieces": len(times), "seconds": times}
+    lines = [
+        f"# Building one decompose='layer' piece, torchvision-style networks, {today(run)}",
+        "",
+        f"{args.samples} samples; build + compile per piece, the fastest of {args.rounds} rounds.",
+        "",
+        "| network | pieces | median s | largest s |",
+        "|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        times = row["seconds"]
+        lines.append(
+            f"| {name} | {row['pieces']} | {statistics.median(times):.2f} | {max(times):.2f} |"
         )
+    text = "\n".join(lines)
+    print(text)
+    record = {"samples": args.samples, "rounds": args.rounds, "networks": rows}
+    write_results(f"torchvision-pieces-{today(run)}", record, text, run)
 
 
 if __name__ == "__main__":
