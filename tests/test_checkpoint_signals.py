@@ -28,6 +28,7 @@ import torch
 import oamip
 from oamip.training.data import load_data
 from tests import nets
+from tests.drivers import wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -104,27 +105,15 @@ def _run(script: Path, args: list[str], interrupt: bool) -> list[str]:
     lines: list[str] = []
     try:
         if interrupt:
-            _wait_for(process, lines, "SOLVING", START_SECONDS)
+            wait_for(process, lines, "SOLVING", START_SECONDS)
             time.sleep(2.0)
             os.killpg(process.pid, signal.SIGINT)
-        _wait_for(process, lines, "EXIT", RUN_SECONDS)
+        wait_for(process, lines, "EXIT", RUN_SECONDS)
         return lines
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def _wait_for(process, lines: list[str], word: str, seconds: float) -> str:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip())
-        if line.startswith(word + " "):
-            return line
-    raise AssertionError(f"no {word} line within {seconds} s; output:\n" + "\n".join(lines))
 
 
 def _pieces(out: Path) -> list[dict]:

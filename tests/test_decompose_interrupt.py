@@ -32,6 +32,7 @@ from oamip import backends
 from oamip.solve.decompose import NOT_STARTED
 from oamip.training.data import load_data
 from tests import nets
+from tests.drivers import wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -118,9 +119,9 @@ def _interrupted_run(
     )
     lines: list[str] = []
     try:
-        _wait_for(process, lines, "START")
+        wait_for(process, lines, "START", START_SECONDS)
         if n_jobs == 1 or not group:
-            _wait_for(process, lines, "SOLVING")
+            wait_for(process, lines, "SOLVING", START_SECONDS)
             time.sleep(2.0)
         else:
             time.sleep(WORKER_SECONDS)
@@ -129,25 +130,13 @@ def _interrupted_run(
         else:
             os.kill(process.pid, signum)
         sent = time.time()
-        done = _wait_for(process, lines, "DONE", RETURN_SECONDS)
+        done = wait_for(process, lines, "DONE", RETURN_SECONDS)
         lines.append(f"SENT {sent}")
         return json.loads(done.split(" ", 2)[2]), float(done.split()[1]) - sent, lines
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def _wait_for(process, lines: list[str], word: str, seconds: float = START_SECONDS) -> str:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip())
-        if line.startswith(word + " "):
-            return line
-    raise AssertionError(f"no {word} line within {seconds} s; output:\n" + "\n".join(lines))
 
 
 @pytest.mark.slow
