@@ -86,13 +86,15 @@ class Bars:
     the lines are written (a log)."""
 
     def __init__(self, bars: bool = True, stream: TextIO | None = None) -> None:
+        from tqdm.auto import tqdm  # once per listener, not per event (training emits per batch)
+
         self.bars = bars
         self.stream = stream
+        self._tqdm = tqdm
         self._open: dict[str, Any] = {}
 
     def __call__(self, event: Event) -> None:
-        from tqdm.auto import tqdm
-
+        tqdm = self._tqdm
         stream = self.stream or sys.stderr
         if event.line is not None:
             tqdm.write(event.line, file=stream)

@@ -12,6 +12,7 @@ from torch import fx, nn
 
 import oamip
 from oamip.adapters import chain
+from oamip.adapters import structure as structures
 from oamip.adapters.chain import architecture_key, trace_graph
 from oamip.adapters.structure import Structure
 from oamip.training.data import load_digits
@@ -23,6 +24,7 @@ from oamip.training.train import train
 def count_traces(monkeypatch):
     """Empty the cache of traced graphs and count every fx trace from now on."""
     monkeypatch.setattr(chain, "_GRAPHS", type(chain._GRAPHS)())
+    monkeypatch.setattr(structures, "_STRUCTURES", {})
     calls = []
     real = fx.symbolic_trace
 
@@ -92,6 +94,7 @@ def test_masks_of_a_copy_match_a_fresh_read():
     masks = {unit.name: np.arange(unit.size) % 2 == 0 for unit in structure.units}
     masked = oamip.apply_masks(copy.deepcopy(model), masks)
     chain._GRAPHS.clear()
+    structures._STRUCTURES.clear()
     fresh = oamip.apply_masks(copy.deepcopy(model), masks)
     torch.testing.assert_close(masked(x), fresh(x), rtol=0, atol=0)
 

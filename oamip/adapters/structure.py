@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import has_additions, units
+from oamip.adapters.chain import GRAPH_CACHE_SIZE, architecture_key, has_additions, units
 from oamip.adapters.residual import residual_units
 from oamip.errors import InvalidInputError
 
@@ -74,7 +74,21 @@ class Structure:
 
     @classmethod
     def of(cls, model: nn.Module) -> Structure:
-        """The structure of ``model``; refuses, naming the culprit, what cannot be read."""
+        """The structure of ``model``, read once per architecture (the key of
+        :func:`oamip.adapters.chain.architecture_key`, which fixes the units and their sizes);
+        refuses, naming the culprit, what cannot be read."""
+        key = architecture_key(model)
+        found = None if key is None else _STRUCTURES.get(key)
+        if found is None:
+            found = cls._read(model)
+            if key is not None:
+                _STRUCTURES[key] = found
+                while len(_STRUCTURES) > GRAPH_CACHE_SIZE:
+                    _STRUCTURES.pop(next(iter(_STRUCTURES)))
+        return found
+
+    @classmethod
+    def _read(cls, model: nn.Module) -> Structure:
         if has_additions(model):
             found = tuple(
                 UnitRows(u.name, u.kind, u.size, u.producers, u.batchnorms)
@@ -141,6 +155,10 @@ class Structure:
         if self.residual:
             return "every channel; keep at least one per unit"
         return "every unit; keep at least one unit per layer"
+
+
+_STRUCTURES: dict[tuple, Structure] = {}
+"""Structures read, by architecture key (oldest first, at most GRAPH_CACHE_SIZE)."""
 
 
 def row_groups(model: nn.Module, kinds: tuple[str, ...] = UNIT_KINDS) -> list[RowGroup]:
