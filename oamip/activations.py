@@ -21,7 +21,7 @@ itself from one (``from_torch``) and lists its ramps, decorated with
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,8 +119,11 @@ class Activation(abc.ABC):
 
 def register_activation(cls: type[Activation]) -> type[Activation]:
     """Make an activation class read from its torch module (usable as a class decorator)."""
-    if not cls.torch_module:
-        raise InvalidInputError(f"activation class {cls.__name__} names no torch module")
+    if not cls.torch_module or "torch_module" in {f.name for f in fields(cls)}:
+        raise InvalidInputError(
+            f"activation class {cls.__name__} must name its torch module in a class variable "
+            "(torch_module: ClassVar[str] = 'ReLU6')"
+        )
     ACTIVATIONS[cls.torch_module] = cls
     return cls
 

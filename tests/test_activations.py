@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import oamip
-from oamip import backends, cli
+from oamip import activations, backends, cli
 from oamip.activations import ACTIVATIONS, Hardtanh, LeakyReLU, ReLU6, activation_of
 from oamip.adapters import apply_masks, extract, scored_logits
 from oamip.adapters.chain import units
@@ -34,6 +36,7 @@ ACTS = {
     "leaky": lambda: nn.LeakyReLU(0.2),
 }
 """Small bounds, so that the samples reach every piece of each activation."""
+EXTENDING = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 
 
 class _Functional(nn.Module):
@@ -335,3 +338,41 @@ def test_oamip_prune_runs_on_a_saved_leaky_relu_or_relu6_model(act, digits, tmp_
     small = oamip.load_model(out / "pruned.pt")
     assert type(small[2]) is type(act())
     assert small[1].out_features == 16 - report["units_pruned"]
+
+
+@pytest.fixture
+def documented_activation(monkeypatch):
+    """Run the activation class of docs/extending.md against a copy of the registry."""
+    monkeypatch.setattr(activations, "ACTIVATIONS", dict(ACTIVATIONS))
+    text = EXTENDING.read_text()
+    section = text[text.index("**An activation** is one class") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    # dont_inherit: the page's code runs without this file's ``from __future__`` imports
+    exec(compile(code, "docs/extending.md (An activation)", "exec", dont_inherit=True), namespace)
+    return namespace["Softshrink"]
+
+
+def test_the_documented_activation_is_exact_and_solves_to_the_enumerated_optimum(
+    documented_activation,
+):
+    module = nn.Softshrink(0.3)
+    z = np.linspace(-3, 3, 601)
+    act = activation_of(module, "act")
+    assert isinstance(act, documented_activation)
+    np.testing.assert_allclose(act(z), module(torch.as_tensor(z)).numpy(), atol=1e-12)
+    model = _mlp(lambda: nn.Softshrink(0.3), seed=1)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, size=(4, 4))
+    y = rng.integers(0, 3, len(x))
+    res = oamip.score_neurons(model, x, y, loss="hinge", lam=2.0, scores="binary", mip_gap=1e-9)
+    assert res.status == "optimal" and res.logit_error < 1e-6
+    sizes = {unit: len(s) for unit, s in res.scores.items()}
+    assert res.objective == pytest.approx(_best_by_enumeration(model, x, y, sizes, 2.0), abs=1e-6)
+
+
+def test_without_registration_softshrink_is_refused(monkeypatch):
+    monkeypatch.setattr(activations, "ACTIVATIONS", dict(ACTIVATIONS))
+    activations.ACTIVATIONS.pop("Softshrink", None)
+    with pytest.raises(UnsupportedLayerError, match=r"layer '1' \(Softshrink\) is not"):
+        extract(_mlp(nn.Softshrink), np.zeros((1, 4)))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from oamip.activations import ACTIVATIONS
+from oamip import activations
 from oamip.errors import UnsupportedLayerError
 
 _MODULE_KINDS: list[tuple[type, str]] = [
@@ -267,7 +267,7 @@ def step_of(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
 def is_activation(module: nn.Module) -> bool:
     """Whether ``module`` is an elementwise activation a step may be (ACTIVATION_ARGS, or a
     registered piecewise-linear activation's module)."""
-    return type(module) in ACTIVATION_ARGS or type(module).__name__ in ACTIVATIONS
+    return type(module) in ACTIVATION_ARGS or type(module).__name__ in activations.ACTIVATIONS
 
 
 def _activation_step(step: Step) -> Step:

@@ -72,7 +72,9 @@ def check_decomposition(
     x = network.check_input(x)
     check_labels(y, len(x), network.num_classes)
     if not network.scored:
-        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+        raise InvalidInputError(
+            "the network has no hidden activation layer: there is nothing to score"
+        )
     if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
         return None
     if options.sparsity == "unit" and any(len(_scored_in(network, b)) > 1 for b in blocks(network)):

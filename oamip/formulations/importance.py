@@ -235,7 +235,9 @@ def build_importance_model(
     x = network.check_input(x)
     y = check_labels(y, len(x), network.num_classes)
     if not network.scored:
-        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+        raise InvalidInputError(
+            "the network has no hidden activation layer: there is nothing to score"
+        )
     bounds = bounds or interval_bounds(network, x)
     model = pyo.ConcreteModel(name="neuron_importance")
     im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
