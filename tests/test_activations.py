@@ -23,6 +23,7 @@ from oamip.adapters.chain import units
 from oamip.bounds import interval_bounds
 from oamip.errors import UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.formulations.size import estimate_size
 from oamip.network import AffineLayer
 from oamip.pipelines.spr import spr_prune
 from oamip.training.data import load_digits
@@ -191,6 +192,20 @@ def test_bounds_hold_and_the_warm_start_is_feasible_for_any_scores(name):
         activity = form.A @ start
         assert np.all(activity >= form.row_lower - 1e-7)
         assert np.all(activity <= form.row_upper + 1e-7)
+
+
+@pytest.mark.parametrize("encoding", ["tight", "big-m"])
+@pytest.mark.parametrize("scores", ["binary", "continuous"])
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_the_size_estimate_bounds_the_model_built(name, scores, encoding):
+    model, x = SETUPS[name]
+    network = extract(model, x).network
+    settings = ImportanceSettings(scores=scores, encoding=encoding)
+    settings.validate()
+    im = build_importance_model(network, x, np.zeros(len(x), dtype=int), settings)
+    form = backends.compile_model(im.model)
+    estimate = estimate_size(network, len(x), settings)
+    assert form.num_cols <= estimate.variables and form.num_rows <= estimate.constraints
 
 
 def _hinge_objective(model, x, y, masks, lam: float) -> float:
