@@ -246,6 +246,22 @@ def test_binary_optimum_equals_the_enumeration_of_every_masked_torch_model(name,
     assert _hinge_objective(model, x, y, found, 2.0) == pytest.approx(res.objective, abs=1e-9)
 
 
+@pytest.mark.parametrize("name", ["hardtanh", "leaky"])
+def test_ideal_cuts_on_every_ramp_keep_the_binary_optimum(name):
+    """Root cuts separate on each ramp (weights ``d A``, offset ``d c - b``); a wrong cut would
+    cut off the enumerated optimum."""
+    model = _mlp(ACTS[name], seed=len(name) + 1, sizes=(4, 5, 4, 3))
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-2, 2, size=(3, 4))
+    y = rng.integers(0, 3, len(x))
+    res = oamip.score_neurons(
+        model, x, y, loss="hinge", lam=3.0, scores="binary", mip_gap=1e-9, root_cuts=4
+    )
+    assert res.status == "optimal" and res.formulation.cut_blocks > 0
+    sizes = {unit: len(s) for unit, s in res.scores.items()}
+    assert res.objective == pytest.approx(_best_by_enumeration(model, x, y, sizes, 3.0), abs=1e-6)
+
+
 @pytest.mark.parametrize("name", ["conv_leaky", "conv_hardtanh", "functional"])
 def test_masks_and_physical_removal_give_the_same_outputs(name):
     model, x = SETUPS[name]

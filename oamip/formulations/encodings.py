@@ -139,8 +139,9 @@ def encode_scored_activation(
             r, pick = part.ramp, part.needed
             arg = r.side * pre[pick] - r.offset - shift[pick]
             part.encoding.set_values(arg, np.maximum(arg, 0.0))
-        used = out >= 0
-        table.set_values(out[used], values[used])
+        if not activation.is_relu:
+            used = out >= 0
+            table.set_values(out[used], values[used])
 
     return ActivationEncoding(out, parts, set_values)
 
