@@ -26,6 +26,7 @@ from oamip.formulations import ImportanceSettings, build_importance_model
 from oamip.formulations.size import estimate_size
 from oamip.network import AffineLayer
 from oamip.pipelines.spr import spr_prune
+from oamip.solve.tightening import tighten_bounds
 from oamip.training.data import load_digits
 from oamip.training.train import train
 from tests.nets import random_bn
@@ -206,6 +207,30 @@ def test_the_size_estimate_bounds_the_model_built(name, scores, encoding):
     form = backends.compile_model(im.model)
     estimate = estimate_size(network, len(x), settings)
     assert form.num_cols <= estimate.variables and form.num_rows <= estimate.constraints
+
+
+@pytest.mark.parametrize("name", ["hardtanh", "leaky"])
+def test_tightened_bounds_hold_and_keep_the_optimum(name):
+    model = _mlp(ACTS[name], seed=2, sizes=(4, 6, 5, 4, 3))
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-2, 2, size=(3, 4))
+    y = rng.integers(0, 3, len(x))
+    network = extract(model, x).network
+    settings = ImportanceSettings("hinge", lam=1.0, scores="binary")
+    tight = tighten_bounds(network, x, y, settings, time_budget=30)
+    assert tight.lps > 0 and tight.entries
+    for _ in range(100):
+        scores = {i: rng.uniform(0, 1, network.layers[i].n_units) for i in network.scored}
+        trace = network.trace(x, scores, tight.bounds.big_m)
+        for values, b in zip(trace, tight.bounds.layers):
+            assert np.all(values.pre >= b.lower - 1e-9) and np.all(values.pre <= b.upper + 1e-9)
+    optima = []
+    for bounds in (None, tight.bounds):
+        im = build_importance_model(network, x, y, settings, bounds)
+        result = backends.get("highs").solve(im.model, backends.SolveOptions(mip_gap=1e-9))
+        assert result.status == "optimal"
+        optima.append(result.objective)
+    assert optima[1] == pytest.approx(optima[0], abs=1e-7)
 
 
 def _hinge_objective(model, x, y, masks, lam: float) -> float:
