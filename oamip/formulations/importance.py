@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pyomo.environ as pyo
@@ -147,12 +148,17 @@ class ImportanceModel:
         sparsity = sparsity_term(self.network, scores, self.settings.sparsity)
         return sparsity + self.settings.lam * float(np.mean(self.losses_at(self.forward(scores))))
 
-    def losses_at(self, logits: np.ndarray) -> np.ndarray:
-        """The exact per-sample loss of logits computed on the batch."""
-        return self.losses_at_labels(logits, self.y)
+    def losses_at(self, logits: np.ndarray, repeats: int = 1) -> np.ndarray:
+        """The exact per-sample loss of logits computed on the batch (``repeats`` times over,
+        one batch after the other)."""
+        loss = self.settings.loss_fn
+        targets = loss.targets(self.y, self.trained_logits)
+        return loss.values(logits, np.tile(targets, (repeats,) + (1,) * (targets.ndim - 1)))
 
-    def losses_at_labels(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.settings.loss_fn.values(logits, labels)
+    @cached_property
+    def trained_logits(self) -> np.ndarray:
+        """The dense network's logits on the batch (every score 1)."""
+        return self.network.forward(self.x)
 
     def assign(self, scores: dict[int, np.ndarray]) -> None:
         """Set every variable to its value when the network runs with ``scores``."""
@@ -518,7 +524,7 @@ class _Builder:
         im = self.im
         n = len(im.y)
         im.loss_ids = self.table.add("loss", np.zeros(n), np.full(n, np.inf))
-        im.settings.loss_fn.encode(im.loss_site, self.rows, im.network.forward(im.x))
+        im.settings.loss_fn.encode(im.loss_site, self.rows, im.trained_logits)
 
 
 def _set_objective(im: ImportanceModel) -> None:
