@@ -60,7 +60,9 @@ def read_compressible(model: nn.Module, input_shape: tuple[int, ...]) -> Compres
             found.not_folded[unit.name] = reason
         else:
             layer = extracted.units[unit.name].layer
-            found.consumers[layer] = next(s.name for s in steps[unit.relu + 1 :] if s.kind == "linear")
+            found.consumers[layer] = next(
+                s.name for s in steps[unit.relu + 1 :] if s.kind == "linear"
+            )
     return found
 
 

@@ -75,7 +75,9 @@ def _input(network: Network, i: int, state: Operand, outputs: list[Operand]) -> 
     if i == 0 or not isinstance(layer, ResidualLayer):
         return state
     source = outputs[layer.source]
-    return Operand(*(np.concatenate([getattr(state, f), getattr(source, f)]) for f in Operand.FIELDS))
+    return Operand(
+        *(np.concatenate([getattr(state, f), getattr(source, f)]) for f in Operand.FIELDS)
+    )
 
 
 def _layer(table, rows, network: Network, bounds: NetworkBounds, i: int, box: Operand) -> Operand:

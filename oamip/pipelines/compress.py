@@ -31,6 +31,8 @@ from oamip.training.data import Dataset
 from oamip.training.inference import eval_mode, model_device
 
 DEFAULT_TIME_LIMIT = 60.0
+DEFAULT_OUT = "oamip-compressed"
+"""The folder ``oamip compress`` writes by default."""
 CHECK_POINTS = 2048
 """Random points of the box (half inside, half at corners) both models are compared at."""
 DATA_WITNESSES = 2048
@@ -153,7 +155,11 @@ def compress(
         milps=proof.milps,
         seconds=time.perf_counter() - start,
         time_limit=time_limit,
-        box={"lower_min": float(lower.min()), "upper_max": float(upper.max()), "inputs": len(lower)},
+        box={
+            "lower_min": float(lower.min()),
+            "upper_max": float(upper.max()),
+            "inputs": len(lower),
+        },
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.linalg
 
 from oamip.network import AffineLayer, Network
-from oamip.solve.stability import StabilityProof
+from oamip.solve.stability import StabilityProof, plain
 
 FOLD_TOLERANCE = 1e-9
 """A row counts as a combination of the basis when every entry of the difference is at most
@@ -45,12 +45,13 @@ class Fold:
 def plan_folds(network: Network, proof: StabilityProof, layers: list[int]) -> list[Fold]:
     """The folds of the active units of ``layers`` (indices of Linear layers with a ReLU whose
     next layer is Linear), in order; each layer keeps at least one unit."""
+    network = plain(network)
     weights = {i: layer.weight.copy() for i, layer in enumerate(network.layers) if _linear(layer)}
     biases = {i: layer.bias.copy() for i in weights for layer in [network.layers[i]]}
     folds: list[Fold] = []
     for i in sorted(layers):
         stability = proof.layers[i]
-        value, varies = _inputs(network, proof, i, folds)
+        value, varies = _inputs(network, proof, i)
         found = _fold_layer(i, weights[i], biases[i], value, varies, stability)
         for fold in found:
             _apply(weights[i + 1], biases[i + 1], fold)
@@ -62,20 +63,16 @@ def _linear(layer) -> bool:
     return isinstance(layer, AffineLayer) and layer.kind == "linear"
 
 
-def _inputs(network: Network, proof: StabilityProof, i: int, folds: list[Fold]):
+def _inputs(network: Network, proof: StabilityProof, i: int) -> tuple[np.ndarray, np.ndarray]:
     """The value of each input of layer ``i`` that is fixed on the box (0 where it varies) and
-    which inputs vary; a dead or folded unit of the layer before is a fixed 0."""
+    which inputs vary. A dead unit before is fixed at 0 (its bounds are); a folded one may
+    count as varying: its column is 0 by then."""
     if i == 0:
         lower, upper = proof.lower, proof.upper
     else:
         box = proof.bounds.input_bounds(network, i)
         lower, upper = box.lower[0], box.upper[0]
     varies = lower < upper
-    if i - 1 in proof.layers:
-        varies &= ~proof.layers[i - 1].dead
-    for fold in folds:
-        if fold.layer == i - 1:
-            varies[fold.unit] = False
     return np.where(varies, 0.0, lower), varies
 
 

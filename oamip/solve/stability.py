@@ -13,8 +13,9 @@ expensive, and each question is asked only while it is open:
    one of them is not active, whatever a bound says;
 3. the LP relaxation of the exact MILP of :mod:`oamip.formulations.reach` (bounds widened by
    ``SAFETY``), with the bounds of earlier layers already tightened;
-4. the MILP itself, one per open entry, maximised (or minimised) within the time left: its
-   proven bound settles the question, and a solution is a new witness.
+4. the MILP itself, one per open entry, as a feasibility question within the time left: can
+   the entry exceed ``-SAFETY`` (or go below ``SAFETY``)? Infeasible settles it; a solution is
+   a new witness.
 
 What the time limit leaves open is reported as undecided and kept: only what is proven goes.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from oamip import backends
-from oamip.backends import SolveOptions, StandardForm
+from oamip.backends import SolveOptions, SolveResult, StandardForm, Status
 from oamip.bounds import LayerBounds, NetworkBounds, box_bounds, propagate_after
 from oamip.errors import InvalidInputError
 from oamip.formulations.reach import build_reach_model
@@ -41,6 +42,8 @@ STATUSES = ("proven", "partial")
 the time limit (or ``milp=False``) left some open, and those units were kept."""
 WITNESS_POINTS = 1024
 """Random points of the box the network is run at (half inside, half at corners)."""
+FIRST_SOLUTION_GAP = 1e9
+"""The MILPs are sign questions: any solution answers one, so the solver stops at the first."""
 MIN_MILP_SECONDS = 1.0
 """The least time one MILP gets, even when many are left to solve."""
 
@@ -165,7 +168,9 @@ def box_points(lower, upper, count: int, seed: int, points=None) -> np.ndarray:
     corners = np.where(rng.random((half, len(lower))) < 0.5, lower, upper)
     found = [((lower + upper) / 2)[None], inside, corners]
     if points is not None:
-        found.append(np.clip(np.asarray(points, dtype=float).reshape(len(points), -1), lower, upper))
+        found.append(
+            np.clip(np.asarray(points, dtype=float).reshape(len(points), -1), lower, upper)
+        )
     return np.concatenate(found)
 
 
@@ -260,6 +265,9 @@ class _Prover:
         return left
 
     def _milp(self, i, asks, column_of, form, inputs, lo, hi, how, positive, negative) -> None:
+        """Each question the LP left open, as a MILP feasibility problem: is the entry ever
+        above ``-SAFETY`` (below ``SAFETY`` for the active question)? Infeasible proves the
+        unit's side; a solution is run through the network as a witness."""
         unit_of = self.network.layers[i].unit_of
         for k, (e, sign) in enumerate(zip(asks.entries, asks.signs)):
             unit = unit_of[e]
@@ -269,19 +277,28 @@ class _Prover:
             per = max(MIN_MILP_SECONDS, left / (len(asks.entries) - k))
             result = self._solve(form, column_of[e], sign, min(per, left))
             self.milps += 1
-            if result.bound is not None and _record(
-                sign, result.bound, e, lo, hi, how, unit, "milp"
-            ):
-                continue
-            if result.solution is not None:
+            if result.status == Status.INFEASIBLE:
+                _record(sign, 0.0, e, lo, hi, how, unit, "milp", widen=0.0)
+            elif result.solution is not None:
                 self._witness(i, result.solution, inputs, positive, negative)
 
     def _solve(self, form: StandardForm, column: int, sign: float, seconds: float):
-        """``max`` (sign -1) or ``min`` (sign +1) of one column over the MILP."""
+        """Is ``column`` ever above ``-SAFETY`` (sign -1) / below ``SAFETY`` (sign +1) over the
+        MILP? Searched towards the far side, stopping at the first solution (a huge gap)."""
         cost = np.zeros(form.num_cols)
         cost[column] = 1.0
-        options = replace(self.options, time_limit=seconds)
-        return self.solver.solve(replace(form, c=cost, c0=0.0, maximize=sign < 0), options)
+        col_lower, col_upper = form.col_lower.copy(), form.col_upper.copy()
+        if sign < 0:
+            col_lower[column] = max(col_lower[column], -SAFETY)
+        else:
+            col_upper[column] = min(col_upper[column], SAFETY)
+        if col_lower[column] > col_upper[column]:
+            return SolveResult(self.solver.name, Status.INFEASIBLE, None, None, 0.0)
+        question = replace(
+            form, c=cost, c0=0.0, maximize=sign < 0, col_lower=col_lower, col_upper=col_upper
+        )
+        options = replace(self.options, time_limit=seconds, mip_gap=FIRST_SOLUTION_GAP)
+        return self.solver.solve(question, options)
 
     def _witness(self, i, solution, inputs, positive, negative) -> None:
         """Run the network at the inputs of a MILP solution: a point of the box where some
@@ -305,14 +322,15 @@ class _Prover:
         self.bounds = propagate_after(self.network, NetworkBounds(layers, {}), i)
 
 
-def _record(sign, bound, e, lo, hi, how, unit, proof) -> bool:
+def _record(sign, bound, e, lo, hi, how, unit, proof, widen=SAFETY) -> bool:
     """Take a proven bound of entry ``e`` (an upper bound for sign -1, a lower one for +1),
-    widened by SAFETY; whether it settles the question (never positive / never negative)."""
+    widened by ``widen`` (relative); whether it settles the question (never positive / never
+    negative)."""
     if sign < 0:
-        hi[e] = min(hi[e], bound + SAFETY * (1 + abs(bound)))
+        hi[e] = min(hi[e], bound + widen * (1 + abs(bound)))
         settled = hi[e] <= 0
     else:
-        lo[e] = max(lo[e], bound - SAFETY * (1 + abs(bound)))
+        lo[e] = max(lo[e], bound - widen * (1 + abs(bound)))
         settled = lo[e] >= 0
     if settled:
         how[unit] = max(how[unit], proof, key=lambda p: PROOFS.index(p) if p else -1)
