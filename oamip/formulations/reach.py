@@ -7,7 +7,7 @@ on the whole box (:func:`oamip.bounds.box_bounds`, possibly tightened) decide wh
 stable: an entry never positive hands on the constant 0, one never negative its argument, and
 only the others take a binary (the big-M encoding of :func:`~oamip.formulations.encodings.
 encode_scored_relu` with its facets). Maximising a pre-activation over it proves a unit dead on
-the box, over its LP relaxation gives a cheaper bound (docs/mathematics.md §9).
+the box, over its LP relaxation gives a cheaper bound (docs/mathematics.md §3.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Folding stably active units into the next layer (docs/mathematics.md §9).
+"""Folding stably active units into the next layer (docs/mathematics.md §3.1).
 
 On a box where every unit of a set ``A`` of a Linear layer is active, each of them outputs its
 pre-activation, an affine function ``w_j . h + b_j`` of the layer's input. When the rows

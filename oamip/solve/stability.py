@@ -1,5 +1,5 @@
 """Which ReLU units of a trained network are stable on a box of inputs: the proofs of exact
-compression (docs/mathematics.md §9).
+compression (docs/mathematics.md §3.1).
 
 A unit is *dead* on the box when its pre-activation is at most 0 at every input of the box (and,
 for a channel, at every position): it always outputs 0 and can be removed with no change to
