@@ -21,7 +21,12 @@ from oamip import cli
 from oamip.adapters import extract
 from oamip.bounds import box_bounds
 from oamip.errors import InvalidInputError
+from oamip.pipelines.report import summary_table
 from oamip.solve.stability import plain
+from oamip.training.data import load_digits
+from oamip.training.inference import evaluate
+from oamip.training.models import build
+from oamip.training.train import train
 from tests.nets import convnet, mlp
 from tests.test_residual import resnet8
 
@@ -237,3 +242,25 @@ def test_the_command_refuses_a_bad_box_in_one_line_and_writes_nothing(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("oamip: error:") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_prune_with_compress_scores_the_smaller_network_with_the_same_accuracy():
+    digits = load_digits()
+    model = build("mlp", digits, (24, 8), seed=0)
+    train(model, digits, epochs=4, lr=1e-2, progress=False)
+    planted = model[3].weight.norm(dim=0).argsort()[:2].tolist()  # the least read units
+    with torch.no_grad():
+        model[1].bias[planted] = -100.0  # dead on every input in [0, 1]
+    dense = evaluate(model, digits.x_test, digits.y_test)
+    report = oamip.prune(model, digits, compress=True, time_limit=2.0, threads=1, finetune_epochs=0)
+    assert set(planted) <= set(report.compression["removed"]["1"])
+    assert report.compression["status"] == "proven"
+    gone = report.compression["units_removed"]
+    assert report.units_total == 32 - gone
+    assert report.accuracy_before == dense  # exact on the data's range
+    assert "compressed before scoring" in summary_table(report)
+
+
+def test_compress_with_pruning_at_initialisation_is_refused():
+    with pytest.raises(InvalidInputError, match="at_init"):
+        oamip.prune(None, "digits", compress=True, at_init=True)
