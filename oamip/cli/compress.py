@@ -54,11 +54,11 @@ def summary(result: CompressResult) -> str:
         + ", ".join(f"{k} {v}" for k, v in result.proofs.items())
         + f" ({result.lps} LPs, {result.milps} MILPs)",
     ]
-    for name in sorted({*result.removed, *result.folded}):
-        removed, folded = result.removed.get(name, []), result.folded.get(name, [])
-        lines.append(f"  {name}: removed {removed}, folded {folded}")
-    if result.undecided:
-        lines.append(f"left open by the time limit (kept): {result.undecided}")
+    for name, size in result.sizes.items():
+        removed, folded = len(result.removed.get(name, [])), len(result.folded.get(name, []))
+        open_ = len(result.undecided.get(name, []))
+        left = f", {open_} left open by the time limit" if open_ else ""
+        lines.append(f"  {name}: {size} units, {removed} removed, {folded} folded{left}")
     lines.append(
         f"outputs checked at {result.checked_points} points of the box: largest difference "
         f"{result.max_difference:.3g}"

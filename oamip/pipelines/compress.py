@@ -58,6 +58,8 @@ class CompressResult:
     undecided: dict[str, list[int]]
     kept_dead: dict[str, list[int]]
     not_folded: dict[str, str]
+    sizes: dict[str, int]
+    """Units (neurons or channels) of each unit name before compression."""
     units_total: int
     proofs: dict[str, int]
     params_before: int
@@ -145,6 +147,7 @@ def compress(
         },
         kept_dead=kept_dead,
         not_folded=found.not_folded if fold else dict.fromkeys(dead, "fold=False"),
+        sizes={name: len(d) for name, d in dead.items()},
         units_total=sum(len(d) for d in dead.values()),
         proofs=proof.proofs(),
         params_before=count_params(model),

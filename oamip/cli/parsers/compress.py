@@ -8,7 +8,7 @@ from oamip.cli.common import add_out_argument, floats, one_of, whole_numbers
 from oamip.cli.defaults import COMPRESS_OUT, COMPRESS_TIME_LIMIT, DATA_SPECS, backend_names
 
 NAME = "compress"
-HELP = "remove units dead on a box of inputs, fold always-active ones: identical outputs"
+HELP = "remove units dead on a box of inputs, fold always-active ones (exact)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
