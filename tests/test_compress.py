@@ -108,6 +108,14 @@ def test_without_the_milp_the_correlated_unit_stays_and_the_proof_is_partial():
     assert result.undecided == {"2": [0]}
 
 
+def test_a_time_limit_keeps_what_it_left_unproven():
+    result = oamip.compress(_planted(), 0.0, 1.0, time_limit=1e-6)
+    assert result.status == "partial"
+    assert result.removed == {"0": [2, 3]}  # interval bounds and witnesses need no time
+    assert 0 in result.undecided["2"]
+    assert result.lps == result.milps == 0
+
+
 def test_a_unit_dead_on_one_box_is_kept_on_a_box_where_it_fires():
     model = _planted()
     wide = oamip.compress(model, 0.0, 3.0, fold=False)

@@ -42,6 +42,8 @@ STATUSES = ("proven", "partial")
 the time limit (or ``milp=False``) left some open, and those units were kept."""
 WITNESS_POINTS = 1024
 """Random points of the box the network is run at (half inside, half at corners)."""
+WITNESS_BATCH = 64
+"""Points run through the network at once (its whole trace is held for one batch)."""
 FIRST_SOLUTION_GAP = 1e9
 """The MILPs are sign questions: any solution answers one, so the solver stops at the first."""
 MIN_MILP_SECONDS = 1.0
@@ -117,10 +119,10 @@ def prove_stability(
     lower, upper = checked_box(lower, upper, int(np.prod(net.input_shape)))
     witnesses = box_points(lower, upper, WITNESS_POINTS, seed, points)
     run = _Prover(net, lower, upper, backend, threads, start + time_limit, milp)
-    run.values = [t.pre for t in net.trace(witnesses)]
+    run.signs = witnessed_signs(net, witnesses)
     layers = {}
     for i, layer in enumerate(net.layers):
-        if not isinstance(layer, MaxPoolLayer) and layer.relu:
+        if _has_relu(layer):
             layers[i] = run.layer(i, i in active_layers)
     undecided = any(s.open.any() for s in layers.values())
     return StabilityProof(
@@ -159,6 +161,27 @@ def checked_box(lower, upper, n: int) -> tuple[np.ndarray, np.ndarray]:
     return lower, upper
 
 
+def witnessed_signs(
+    network: Network, points: np.ndarray
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per ReLU layer, per unit: whether its pre-activation is positive, and whether negative,
+    at one of ``points`` (and one of its positions), run in batches of WITNESS_BATCH points."""
+    relus = [i for i, layer in enumerate(network.layers) if _has_relu(layer)]
+    signs = {i: tuple(np.zeros(network.layers[i].n_units, bool) for _ in "+-") for i in relus}
+    for start in range(0, len(points), WITNESS_BATCH):
+        trace = network.trace(points[start : start + WITNESS_BATCH])
+        for i in relus:
+            layer = network.layers[i]
+            positive, negative = signs[i]
+            positive |= _any_per_unit(trace[i].pre > 0, layer.unit_of, layer.n_units)
+            negative |= _any_per_unit(trace[i].pre < 0, layer.unit_of, layer.n_units)
+    return signs
+
+
+def _has_relu(layer) -> bool:
+    return not isinstance(layer, MaxPoolLayer) and layer.relu
+
+
 def box_points(lower, upper, count: int, seed: int, points=None) -> np.ndarray:
     """The box's centre, ``count`` random points (half inside, half at corners) and
     ``points`` (clipped into the box), as flat rows."""
@@ -194,7 +217,7 @@ class _Prover:
         self.options = SolveOptions(threads=threads)
         self.deadline = deadline
         self.milp = milp
-        self.values: list[np.ndarray] = []
+        self.signs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.lps = self.milps = self.found = 0
 
     def layer(self, i: int, want_active: bool) -> LayerStability:
@@ -203,8 +226,7 @@ class _Prover:
         n = layer.n_units
         b = self.bounds.layers[i]
         lo, hi = b.lower[0].copy(), b.upper[0].copy()
-        positive = _any_per_unit(self.values[i] > 0, unit_of, n)
-        negative = _any_per_unit(self.values[i] < 0, unit_of, n)
+        positive, negative = self.signs[i]
         how = np.full(n, "", dtype=object)
         how[~_any_per_unit((hi > 0)[None], unit_of, n)] = "interval"
         how[~_any_per_unit((lo < 0)[None], unit_of, n) & want_active] = "interval"
