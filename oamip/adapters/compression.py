@@ -88,6 +88,16 @@ def dead_masks(found: Compressible, proof: StabilityProof) -> dict[str, np.ndarr
     return masks
 
 
+def open_masks(found: Compressible, proof: StabilityProof) -> dict[str, np.ndarray]:
+    """Per unit name, True where the unit is not proven dead and a question about it was left
+    open at one of its ReLUs (kept, and the proof is partial)."""
+    dead = dead_masks(found, proof)
+    masks = {}
+    for name, layers in found.unit_layers.items():
+        masks[name] = np.any([proof.layers[layer].open for layer in layers], axis=0) & ~dead[name]
+    return masks
+
+
 def compressed_model(
     model: nn.Module,
     found: Compressible,

@@ -18,15 +18,17 @@ from torch import nn
 
 from oamip import checks
 from oamip.adapters.compression import (
+    Compressible,
     compressed_model,
     dead_masks,
+    open_masks,
     read_compressible,
 )
 from oamip.errors import InvalidInputError, VerificationError
 from oamip.files import plain
 from oamip.pipelines.inputs import count_params, dataset_of, float_dtype
-from oamip.solve.folding import plan_folds
-from oamip.solve.stability import box_points, checked_box, prove_stability
+from oamip.solve.folding import Fold, plan_folds
+from oamip.solve.stability import StabilityProof, box_points, checked_box, prove_stability
 from oamip.training.data import Dataset
 from oamip.training.inference import eval_mode, model_device
 
@@ -126,31 +128,19 @@ def compress(
         threads=threads,
         seed=seed,
     )
-    dead = dead_masks(found, proof)
-    kept_dead = {n: [int(np.argmax(d))] for n, d in dead.items() if d.all()}
-    for name, units in kept_dead.items():
-        dead[name][units] = False
-    folds = plan_folds(network, proof, list(found.consumers)) if fold else []
-    names = {u.layer: name for name, u in found.extracted.units.items()}
-    folded = {name: np.zeros_like(d) for name, d in dead.items()}
-    for f in folds:
-        folded[names[f.layer]][f.unit] = True
-    small = compressed_model(model, found, {n: dead[n] | folded[n] for n in dead}, folds)
+    plan = _plan(found, proof, fold)
+    small = compressed_model(model, found, plan.gone, plan.folds)
     difference, checked = _check(model, small, lower, upper, points, shape, seed)
     return CompressResult(
         model=small,
         status=proof.status,
-        removed=_indices(dead),
-        folded=_indices(folded),
-        undecided={
-            name: np.flatnonzero(proof.layers[u.layer].open).tolist()
-            for name, u in found.extracted.units.items()
-            if proof.layers[u.layer].open.any()
-        },
-        kept_dead=kept_dead,
-        not_folded=found.not_folded if fold else dict.fromkeys(dead, "fold=False"),
-        sizes={name: len(d) for name, d in dead.items()},
-        units_total=sum(len(d) for d in dead.values()),
+        removed=_indices(plan.dead),
+        folded=_indices(plan.folded),
+        undecided=_indices(open_masks(found, proof)),
+        kept_dead=plan.kept_dead,
+        not_folded=found.not_folded if fold else dict.fromkeys(plan.dead, "fold=False"),
+        sizes={name: len(d) for name, d in plan.dead.items()},
+        units_total=sum(len(d) for d in plan.dead.values()),
         proofs=proof.proofs(),
         params_before=count_params(model),
         params_after=count_params(small),
@@ -166,6 +156,36 @@ def compress(
             "inputs": len(lower),
         },
     )
+
+
+@dataclass
+class _Plan:
+    """What goes, per unit name: ``dead`` units removed, ``folded`` ones and their ``folds``,
+    and the dead units kept so that every layer keeps one."""
+
+    dead: dict[str, np.ndarray]
+    folded: dict[str, np.ndarray]
+    folds: list[Fold]
+    kept_dead: dict[str, list[int]]
+
+    @property
+    def gone(self) -> dict[str, np.ndarray]:
+        return {name: self.dead[name] | self.folded[name] for name in self.dead}
+
+
+def _plan(found: Compressible, proof: StabilityProof, fold: bool) -> _Plan:
+    """The units removed and folded, from the proof."""
+    dead = dead_masks(found, proof)
+    kept_dead = {name: [0] for name, d in dead.items() if d.all()}
+    for name in kept_dead:
+        dead[name][0] = False
+    network = found.extracted.network
+    folds = plan_folds(network, proof, list(found.consumers)) if fold else []
+    names = {unit.layer: name for name, unit in found.extracted.units.items()}
+    folded = {name: np.zeros_like(d) for name, d in dead.items()}
+    for f in folds:
+        folded[names[f.layer]][f.unit] = True
+    return _Plan(dead, folded, folds, kept_dead)
 
 
 def _indices(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
