@@ -101,6 +101,18 @@ def test_the_correlated_unit_is_dead_though_its_interval_bound_is_positive():
     assert result.proofs["milp"] >= 1  # the LP relaxation cannot tell h0 from h1 either
 
 
+def test_the_lp_relaxation_settles_a_correlation_of_active_units_without_a_milp():
+    # h0 = h1 = ReLU(x0 + 1) are active on [0, 1]^2, so the LP knows h0 - h1 = 0 exactly
+    model = _chain(
+        ([[1, 0], [1, 0], [0, 1]], [1.0, 1.0, 0.0]),
+        ([[1, -1, 0], [0, 0, 1]], [-0.1, 0.0]),
+        ([[1, 1]], [0.0]),
+    )
+    result = oamip.compress(model, 0.0, 1.0, fold=False)
+    assert result.removed == {"2": [0]}
+    assert result.proofs["lp"] == 1 and result.milps == 0
+
+
 def test_without_the_milp_the_correlated_unit_stays_and_the_proof_is_partial():
     result = oamip.compress(_planted(), 0.0, 1.0, milp=False, fold=False)
     assert result.status == "partial"
@@ -272,3 +284,20 @@ def test_prune_with_compress_scores_the_smaller_network_with_the_same_accuracy()
 def test_compress_with_pruning_at_initialisation_is_refused():
     with pytest.raises(InvalidInputError, match="at_init"):
         oamip.prune(None, "digits", compress=True, at_init=True)
+
+
+def test_the_command_takes_the_box_from_a_data_file(tmp_path):
+    path = tmp_path / "model.pt"
+    oamip.save_model(_planted(), path)
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 2)).astype(np.float32)
+    x[0], x[1] = 0.0, 1.0  # the range is [0, 1] in both features
+    labels = np.arange(40) % 2
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x[:30], y_train=labels[:30], x_test=x[30:], y_test=labels[30:])
+    out = tmp_path / "out"
+    argv = ["compress", "--model", str(path), "--data", f"npz:{data}", "--out", str(out)]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["removed"] == {"0": [2, 3], "2": [0]}
+    assert report["box"] == {"lower_min": 0.0, "upper_max": 1.0, "inputs": 2}
