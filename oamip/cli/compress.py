@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         backend=args.backend,
     )
-    report = {"model": args.model, "box": args.box, "data": args.data, **result.to_dict()}
+    given = {"model": args.model, "box": args.box, "data": args.data, "backend": args.backend}
+    report = {"given": given, **result.to_dict()}
     with staged_output(args.out) as folder:
         save_model(result.model, folder / MODEL_FILE)
         write_json(folder / REPORT_FILE, report)
