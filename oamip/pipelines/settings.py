@@ -76,7 +76,8 @@ class PruneSettings(ExperimentSettings):
     compress: bool = checks.option(
         False,
         "before scoring, remove the units proven dead on the data's range and fold the "
-        "always-active ones (oamip.compress; the same outputs on that range, smaller MIPs)",
+        "always-active ones (oamip.compress, within time_limit; the same outputs on that range, "
+        "smaller MIPs)",
     )
     max_drop: float | None = checks.option(
         None,
