@@ -41,6 +41,7 @@ from oamip.pipelines.budget import (
     validation_warnings,
 )
 from oamip.pipelines.compare import accuracy_curve, compare, finetuned
+from oamip.pipelines.compress import DEFAULT_TIME_LIMIT, CompressResult, compress
 from oamip.pipelines.inputs import (
     check_classes,
     check_model,
@@ -143,6 +144,9 @@ def _prune(
     started = time.perf_counter()
     dataset = full if split is None else split.train
     dense, train_seconds = _dense_model(model, dataset, settings, listener)
+    compression = _compressed(dense, full, settings) if settings.compress else None
+    if compression is not None:
+        dense = compression.model
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
@@ -184,6 +188,21 @@ def _prune(
         chosen=budgeted.path.chosen,
         budget=budgeted.budget,
         baseline_path=[point for points in budgeted.steps.values() for point in points],
+        compression=None if compression is None else compression.to_dict(),
+    )
+
+
+def _compressed(dense: nn.Module, dataset: Dataset, settings: PruneSettings) -> CompressResult:
+    """``dense`` compressed exactly on the range of every split of ``dataset`` (so that its
+    outputs on the training, validation and test samples are unchanged)."""
+    limit = DEFAULT_TIME_LIMIT if settings.time_limit is None else settings.time_limit
+    return compress(
+        dense,
+        data=dataset,
+        time_limit=limit,
+        backend=settings.backend,
+        threads=settings.threads,
+        seed=settings.seed,
     )
 
 

@@ -56,9 +56,21 @@ def summary_table(report: PruneReport) -> str:
     """A plain-text summary: the solve, units and parameters per layer, accuracies per method;
     with a budget, the lam path (one line per lam) and the budget table."""
     head = [_headline(report)] + ([TIME_LIMIT_NOTE] if report.status == "time_limit" else [])
+    head += [compression_line(report.compression)] if report.compression else []
     head += _pieces_rows(report)
     budget = ["", *path_rows(report), "", *budget_rows(report)] if report.path else []
     return "\n".join([*head, *budget, "", *_layer_rows(report), "", *_accuracy_rows(report)])
+
+
+def compression_line(compression: dict) -> str:
+    """What ``compress`` removed before scoring, in one line."""
+    c = compression
+    removed = sum(map(len, c["removed"].values()))
+    folded = sum(map(len, c["folded"].values()))
+    return (
+        f"compressed before scoring ({c['status']}, exact on the data's range): "
+        f"{removed} dead units removed, {folded} active units folded, of {c['units_total']}"
+    )
 
 
 def path_rows(report: PruneReport) -> list[str]:
