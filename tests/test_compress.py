@@ -301,3 +301,12 @@ def test_the_command_takes_the_box_from_a_data_file(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["removed"] == {"0": [2, 3], "2": [0]}
     assert report["box"] == {"lower_min": 0.0, "upper_max": 1.0, "inputs": 2}
+
+
+@pytest.mark.parametrize("activation", [nn.LeakyReLU(0.1), nn.ReLU6()])
+def test_activations_other_than_relu_are_refused_by_name(activation):
+    """A unit proven inactive outputs 0 only under ReLU: other activations are refused before
+    any proof, naming the layer."""
+    model = nn.Sequential(nn.Linear(3, 4), activation, nn.Linear(4, 2))
+    with pytest.raises(InvalidInputError, match="layer '0' is followed by .*ReLU only"):
+        oamip.compress(model, 0.0, 1.0)

@@ -61,7 +61,7 @@ def read_compressible(model: nn.Module, input_shape: tuple[int, ...]) -> Compres
         else:
             layer = extracted.units[unit.name].layer
             found.consumers[layer] = next(
-                s.name for s in steps[unit.relu + 1 :] if s.kind == "linear"
+                s.name for s in steps[unit.activation + 1 :] if s.kind == "linear"
             )
     return found
 
@@ -70,7 +70,7 @@ def _fold_blocker(unit, steps) -> str | None:
     """Why ``unit``'s active units cannot be folded into the next layer (None: they can)."""
     if not isinstance(unit.module, nn.Linear):
         return "convolution"
-    after = [s for s in steps[unit.relu + 1 :] if s.kind not in _PASS_THROUGH]
+    after = [s for s in steps[unit.activation + 1 :] if s.kind not in _PASS_THROUGH]
     if not after or after[0].kind != "linear":
         kind = after[0].kind if after else "nothing"
         return f"its ReLU feeds {kind}, not a Linear layer"

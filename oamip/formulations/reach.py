@@ -86,9 +86,9 @@ def _layer(table, rows, network: Network, bounds: NetworkBounds, i: int, box: Op
         return _max_pool(table, rows, layer, box, i)
     b = bounds.layers[i]
     lower, upper = b.lower[0], b.upper[0]
-    needed = upper > 0 if layer.relu else np.ones(len(upper), dtype=bool)
+    needed = upper > 0 if layer.activation is not None else np.ones(len(upper), dtype=bool)
     pre = _pre_activations(table, rows, layer, bounds, i, box, needed)
-    if not layer.relu:
+    if layer.activation is None:
         return Operand(pre, np.zeros(len(pre)), lower, upper)
     out = np.where(lower >= 0, pre, -1)
     unstable = np.flatnonzero(needed & (lower < 0))

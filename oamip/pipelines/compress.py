@@ -116,6 +116,7 @@ def compress(
     lower, upper, points, shape = _box(model, lower, upper, data, input_shape)
     found = read_compressible(model, shape)
     network = found.extracted.network
+    _check_relu_only(network)
     proof = prove_stability(
         network,
         lower,
@@ -263,3 +264,16 @@ def _check(model, small, lower, upper, points, shape, seed) -> tuple[float, int]
             f"the box (more than rounding, {allowed:.3g}); please report this as a bug"
         )
     return difference, len(x)
+
+
+def _check_relu_only(network) -> None:
+    """Refuse a network with an activation other than ReLU: a unit proven inactive outputs 0
+    only where its activation is 0 below 0 and linear above, as ReLU is."""
+    for layer in network.layers:
+        activation = getattr(layer, "activation", None)
+        if activation is not None and not activation.is_relu:
+            raise InvalidInputError(
+                f"layer '{layer.name}' is followed by {activation}; compress proves units dead "
+                "or always active for ReLU only: replace the activation or prune the network "
+                "with oamip prune instead"
+            )

@@ -179,7 +179,7 @@ def witnessed_signs(
 
 
 def _has_relu(layer) -> bool:
-    return not isinstance(layer, MaxPoolLayer) and layer.relu
+    return not isinstance(layer, MaxPoolLayer) and layer.activation is not None
 
 
 def box_points(lower, upper, count: int, seed: int, points=None) -> np.ndarray:
