@@ -19,10 +19,10 @@ from oamip.adapters import apply_masks, extract, scored_logits
 from oamip.cli import main
 from oamip.errors import UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
-from tests.torchvision_nets import VGG, ResNet18, randomised
+from tests.torchvision_nets import VGG, MobileNetV2, ResNet18, calibrated, randomised
 
 SOLVE_ATOL = 1e-6
-NETS = {"resnet18": ResNet18, "vgg11_bn": VGG}
+NETS = {"resnet18": ResNet18, "vgg11_bn": VGG, "mobilenet_v2": MobileNetV2}
 
 
 class FunctionalPools(nn.Module):
@@ -44,8 +44,10 @@ def _pooled(pool: nn.Module, channels: int = 3) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(2))
 
 
-def _net(name: str, seed: int = 0) -> nn.Module:
-    return randomised(NETS[name](), seed)
+def _net(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A seeded copy; MobileNetV2's BatchNorm statistics are measured (see ``calibrated``)."""
+    weights = calibrated if name == "mobilenet_v2" else randomised
+    return weights(NETS[name](**kwargs), seed)
 
 
 def _data(seed: int, n: int, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +156,7 @@ def _params(model: nn.Module) -> int:
 def _balanced_two_class(name: str, x: np.ndarray) -> tuple[nn.Module, np.ndarray]:
     """A two-class network whose output bias splits ``x`` in half, and its labels of ``x``
     (every class then has correctly classified samples, as ``oamip prune`` needs)."""
-    model = randomised(NETS[name](num_classes=2), 6)
+    model = _net(name, 6, num_classes=2)
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     z = _torch(model, x)
     with torch.no_grad():

@@ -105,9 +105,28 @@ def is_addition(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _ADD_METHODS
 
 
-def has_additions(model: nn.Module) -> bool:
-    """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
-    return any(is_addition(node) for node in trace_graph(model).nodes)
+def reads_as_graph(model: nn.Module) -> bool:
+    """Whether ``model`` is read as a graph of channel sets (:mod:`oamip.adapters.residual`)
+    rather than as a chain: its forward adds tensors (a residual network), or it has a grouped
+    convolution, whose channels are tied to those of its input."""
+    modules = dict(model.named_modules())
+    for node in trace_graph(model).nodes:
+        if is_addition(node):
+            return True
+        if node.op == "call_module" and is_grouped(modules.get(node.target)):
+            return True
+    return False
+
+
+def is_grouped(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a grouped (or depthwise) convolution."""
+    return isinstance(module, nn.Conv2d) and module.groups != 1
+
+
+def is_depthwise(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a depthwise convolution: as many groups as input and output
+    channels, so that output channel ``c`` reads input channel ``c`` only."""
+    return is_grouped(module) and module.groups == module.in_channels == module.out_channels
 
 
 def trace_graph(model: nn.Module) -> fx.Graph:
