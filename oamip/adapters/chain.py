@@ -110,12 +110,13 @@ def reads_as_graph(model: nn.Module) -> bool:
     rather than as a chain: its forward adds tensors (a residual network), or it has a grouped
     convolution, whose channels are tied to those of its input."""
     modules = dict(model.named_modules())
-    for node in trace_graph(model).nodes:
-        if is_addition(node):
-            return True
-        if node.op == "call_module" and is_grouped(modules.get(node.target)):
-            return True
-    return False
+    calls = [node.target for node in trace_graph(model).nodes if node.op == "call_module"]
+    return has_additions(model) or any(is_grouped(modules.get(name)) for name in calls)
+
+
+def has_additions(model: nn.Module) -> bool:
+    """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
+    return any(is_addition(node) for node in trace_graph(model).nodes)
 
 
 def is_grouped(module: nn.Module | None) -> bool:
