@@ -13,6 +13,7 @@ and the median and largest build time to results/torchvision-pieces-DATE.{json,m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     run = run_info()
+    load = os.getloadavg()[0]
     rows = {}
     nets = {
         "ResNet-18": randomised(ResNet18(), 0),
@@ -65,7 +67,8 @@ def main() -> None:
     lines = [
         f"# Building one decompose='layer' piece, torchvision-style networks, {today(run)}",
         "",
-        f"{args.samples} samples; build + compile per piece, the fastest of {args.rounds} rounds.",
+        f"{args.samples} samples; build + compile per piece, the fastest of {args.rounds} rounds; "
+        f"load average {load:.1f} at the start (other work on the machine).",
         "",
         "| network | pieces | median s | largest s |",
         "|---|---|---|---|",
@@ -77,7 +80,7 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    record = {"samples": args.samples, "rounds": args.rounds, "networks": rows}
+    record = {"samples": args.samples, "rounds": args.rounds, "load": load, "networks": rows}
     write_results(f"torchvision-pieces-{today(run)}", record, text, run)
 
 
