@@ -13,9 +13,11 @@ from torch import nn
 import oamip
 from oamip import backends
 from oamip.adapters import apply_masks, extract, scored_logits
+from oamip.adapters.chain import units
 from oamip.adapters.structure import Structure
 from oamip.errors import UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
+from oamip.pipelines.inputs import layer_labels
 from tests.nets import random_bn
 from tests.test_brute_force import _all_masks, _objective, _pruned_logits
 
@@ -199,3 +201,12 @@ def test_removal_refuses_masks_that_keep_unequal_numbers_per_group(name, mask, s
     model, _, _ = _setup("grouped", 8)
     with pytest.raises(UnsupportedLayerError, match=f"cannot remove {side} channels of '3'"):
         oamip.remove_pruned(model, {name: np.array(mask, dtype=bool)})
+
+
+def test_a_network_with_depthwise_convolutions_is_labelled_and_not_read_as_a_chain():
+    model, _, _ = _setup("depthwise", 9)
+    with pytest.raises(UnsupportedLayerError, match="layer '3' is a grouped convolution"):
+        units(model)
+    labels = layer_labels(model, ["0", "6"])
+    assert labels["0"] == "0 Conv2d 1->3 3x3 + Conv2d 3->3 3x3 groups=3"
+    assert labels["6"] == "6 Conv2d 3->2 1x1"

@@ -325,7 +325,15 @@ def units(model: nn.Module) -> list[Unit]:
 
 
 def chain_units(steps: list[Step]) -> list[Unit]:
-    """The scored layers of a chain read by :func:`read_chain`, in order."""
+    """The scored layers of a chain read by :func:`read_chain`, in order; refuses a grouped
+    convolution, whose channels are tied to its input's (:func:`reads_as_graph`)."""
+    for step in steps:
+        if is_grouped(step.module):
+            raise UnsupportedLayerError(
+                f"layer '{step.name}' is a grouped convolution, whose channels are tied to those "
+                "of its input; such networks are read as graphs by "
+                "oamip.adapters.residual.residual_units (Structure.of does it)"
+            )
     found: list[Unit] = []
     for pos, step in enumerate(steps):
         pattern = _scored_pattern(steps, pos)
