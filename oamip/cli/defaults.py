@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 ARCHITECTURES = ("mlp", "lenet5", "vgg", "resnet8", "resnet20")
 DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH | PATH.npz"
-LOSSES = ("hinge", "ce")
+LOSSES = ("hinge", "ce", "fidelity")
 SCORE_MODES = ("continuous", "binary")
 SPARSITY_MODES = ("layer", "unit")
 RESIDUAL_SCORES = ("both", "inner", "group")
