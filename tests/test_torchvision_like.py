@@ -6,6 +6,7 @@ saved, pruned from the command line and trained and pruned by SPR."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -26,7 +27,13 @@ from oamip.training.spr import SPRRegularizer
 from tests.torchvision_nets import VGG, MobileNetV2, ResNet18, calibrated, randomised
 
 SOLVE_ATOL = 1e-6
-NETS = {"resnet18": ResNet18, "vgg11_bn": VGG, "mobilenet_v2": MobileNetV2}
+NETS = {
+    "resnet18": ResNet18,
+    "vgg11_bn": VGG,
+    "mobilenet_v2": MobileNetV2,
+    "mobilenet_v2_relu6": partial(MobileNetV2, activation=nn.ReLU6),
+}
+"""The copies; MobileNetV2 with ReLU as well as with torchvision's own ReLU6."""
 
 
 class FunctionalPools(nn.Module):
@@ -50,7 +57,7 @@ def _pooled(pool: nn.Module, channels: int = 3) -> nn.Sequential:
 
 def _net(name: str, seed: int = 0, **kwargs) -> nn.Module:
     """A seeded copy; MobileNetV2's BatchNorm statistics are measured (see ``calibrated``)."""
-    weights = calibrated if name == "mobilenet_v2" else randomised
+    weights = calibrated if name.startswith("mobilenet") else randomised
     return weights(NETS[name](**kwargs), seed)
 
 
