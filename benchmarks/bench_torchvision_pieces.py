@@ -1,8 +1,9 @@
 """The time to build one piece of ``decompose="layer"`` on torchvision-style networks.
 
-The ResNet-18 and VGG-11-BN copies of tests/torchvision_nets.py (widths 4-8, random weights and
-BatchNorm statistics, 32x32x3 inputs) are cut into their pieces; per piece, the importance model
-is built (``build_importance_model``, interval bounds included) and compiled to standard form
+The ResNet-18, VGG-11-BN and MobileNetV2 copies of tests/torchvision_nets.py (widths 4-8, 32 for
+MobileNetV2's widest expansion; random weights, BatchNorm statistics random or, for MobileNetV2,
+measured on random images; 32x32x3 inputs) are cut into their pieces; per piece, the importance
+model is built (``build_importance_model``, interval bounds included) and compiled to standard form
 (``compile_model``), the work before a solver starts. Writes, per network, the number of pieces
 and the median and largest build time to results/torchvision-pieces-DATE.{json,md}.
 
@@ -12,6 +13,7 @@ and the median and largest build time to results/torchvision-pieces-DATE.{json,m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -23,7 +25,7 @@ from oamip.adapters.extract import extract
 from oamip.backends import compile_model
 from oamip.formulations import build_importance_model
 from oamip.solve.options import ScoringOptions
-from tests.torchvision_nets import VGG, ResNet18, randomised
+from tests.torchvision_nets import VGG, MobileNetV2, ResNet18, calibrated, randomised
 
 
 def piece_times(model, samples: int, rounds: int) -> list[float]:
@@ -52,14 +54,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     run = run_info()
+    load = os.getloadavg()[0]
     rows = {}
-    for name, model in (("ResNet-18", ResNet18()), ("VGG-11-BN", VGG())):
-        times = piece_times(randomised(model, 0), args.samples, args.rounds)
+    nets = {
+        "ResNet-18": randomised(ResNet18(), 0),
+        "VGG-11-BN": randomised(VGG(), 0),
+        "MobileNetV2": calibrated(MobileNetV2(), 0),
+    }
+    for name, model in nets.items():
+        times = piece_times(model, args.samples, args.rounds)
         rows[name] = {"pieces": len(times), "seconds": times}
     lines = [
         f"# Building one decompose='layer' piece, torchvision-style networks, {today(run)}",
         "",
-        f"{args.samples} samples; build + compile per piece, the fastest of {args.rounds} rounds.",
+        f"{args.samples} samples; build + compile per piece, the fastest of {args.rounds} rounds; "
+        f"load average {load:.1f} at the start (other work on the machine).",
         "",
         "| network | pieces | median s | largest s |",
         "|---|---|---|---|",
@@ -71,7 +80,7 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    record = {"samples": args.samples, "rounds": args.rounds, "networks": rows}
+    record = {"samples": args.samples, "rounds": args.rounds, "load": load, "networks": rows}
     write_results(f"torchvision-pieces-{today(run)}", record, text, run)
 
 

@@ -23,12 +23,15 @@ from oamip.errors import InvalidInputError
 
 @dataclass(frozen=True)
 class Conv:
-    """Geometry of a 2-D convolution or pooling window."""
+    """Geometry of a 2-D convolution or pooling window; ``groups`` splits a convolution's input
+    and output channels into that many groups, each output channel reading its own group's input
+    channels only (``groups`` = channels: a depthwise convolution, as torch's ``Conv2d``)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     def out_size(self, height: int, width: int) -> tuple[int, int]:
         dims = []
@@ -95,8 +98,8 @@ class AffineLayer:
         """The layer's linear part as a sparse ``(n_out, n_in)`` matrix."""
         if self.kind == "linear":
             return sp.csr_matrix(self.weight)
-        depthwise = self.kind == "avgpool"
-        return _conv_matrix(self.weight, self.in_shape, self.out_shape, self.geometry, depthwise)
+        groups = self.in_shape[0] if self.kind == "avgpool" else self.geometry.groups
+        return _conv_matrix(self.weight, self.in_shape, self.out_shape, self.geometry, groups)
 
     @cached_property
     def offset(self) -> np.ndarray:
@@ -375,16 +378,19 @@ def _identity(layer: Layer) -> AffineLayer:
     return AffineLayer(name, "linear", shape, shape, np.eye(n), np.zeros(n))
 
 
-def _conv_matrix(weight, in_shape, out_shape, geometry: Conv, depthwise: bool) -> sp.csr_matrix:
-    """A convolution as a matrix; ``depthwise`` (average pooling) maps channel c to channel c."""
+def _conv_matrix(weight, in_shape, out_shape, geometry: Conv, groups: int) -> sp.csr_matrix:
+    """A convolution of ``groups`` groups as a matrix: column ``ci`` of output channel ``o``'s
+    filter reads input channel ``ci`` of ``o``'s group (an average pooling is depthwise, channel
+    ``c`` to channel ``c``)."""
     c_in, height, width = in_shape
     c_out = out_shape[0]
     out_area = out_shape[1] * out_shape[2]
+    channels = np.arange(c_out)
+    first = channels // (c_out // groups) * (c_in // groups)
     rows, cols, vals = [], [], []
     for ky, kx, out_pos, in_pos in geometry.taps(height, width):
         for ci in range(weight.shape[1]):
-            channels = np.arange(c_out)
-            src = channels if depthwise else np.full(c_out, ci)
+            src = first + ci
             rows.append((channels[:, None] * out_area + out_pos[None, :]).ravel())
             cols.append((src[:, None] * height * width + in_pos[None, :]).ravel())
             vals.append(np.repeat(weight[:, ci, ky, kx], len(out_pos)))

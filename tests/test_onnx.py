@@ -17,7 +17,7 @@ from oamip.cli import main
 from oamip.errors import InvalidInputError, UnsupportedLayerError
 from oamip.training.data import load_digits
 from oamip.training.train import train
-from tests.torchvision_nets import VGG, ResNet18, randomised
+from tests.torchvision_nets import VGG, MobileNetV2, ResNet18, randomised
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -158,11 +158,13 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
         oamip.load_model(path)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "mobilenet_v2"])
 def test_save_model_writes_onnx_that_onnxruntime_and_load_model_run_alike(name, tmp_path):
     """Torchvision-style networks exported with save_model: onnxruntime's outputs, and those of
-    the module read back (an fx graph with the additions for the ResNet), equal torch's."""
-    model = randomised(ResNet18() if name == "resnet18" else VGG(), 0).float()
+    the module read back (an fx graph with the additions for the ResNet and MobileNetV2, whose
+    depthwise convolutions come back with their groups), equal torch's."""
+    nets = {"resnet18": ResNet18, "vgg11_bn": VGG, "mobilenet_v2": MobileNetV2}
+    model = randomised(nets[name](), 0).float()
     path = oamip.save_model(model, tmp_path / "net.onnx", input_shape=(3, 32, 32))
     x = RNG.uniform(0, 1, (3, 3, 32, 32)).astype(np.float32)
     expected = _torch(model, x)

@@ -1,11 +1,12 @@
 """Networks written the way torchvision writes them (tests/torchvision_nets.py): adaptive
-pooling is read as the fixed pooling it equals, and ResNet-18 and VGG-11-BN structures at small
-widths on 32x32 inputs are scored, encoded exactly, masked, physically shrunk, saved and pruned
-from the command line."""
+pooling is read as the fixed pooling it equals, and ResNet-18, VGG-11-BN and MobileNetV2
+structures at small widths on 32x32 inputs are scored, encoded exactly, masked, physically shrunk,
+saved, pruned from the command line and trained and pruned by SPR."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,10 +20,20 @@ from oamip.adapters import apply_masks, extract, scored_logits
 from oamip.cli import main
 from oamip.errors import UnsupportedLayerError
 from oamip.formulations import ImportanceSettings, build_importance_model
-from tests.torchvision_nets import VGG, ResNet18, randomised
+from oamip.pipelines.spr import spr_prune, train_penalised, zero_group_masks
+from oamip.training.data import Dataset
+from oamip.training.inference import evaluate
+from oamip.training.spr import SPRRegularizer
+from tests.torchvision_nets import VGG, MobileNetV2, ResNet18, calibrated, randomised
 
 SOLVE_ATOL = 1e-6
-NETS = {"resnet18": ResNet18, "vgg11_bn": VGG}
+NETS = {
+    "resnet18": ResNet18,
+    "vgg11_bn": VGG,
+    "mobilenet_v2": MobileNetV2,
+    "mobilenet_v2_relu6": partial(MobileNetV2, activation=nn.ReLU6),
+}
+"""The copies; MobileNetV2 with ReLU as well as with torchvision's own ReLU6."""
 
 
 class FunctionalPools(nn.Module):
@@ -44,8 +55,10 @@ def _pooled(pool: nn.Module, channels: int = 3) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(2))
 
 
-def _net(name: str, seed: int = 0) -> nn.Module:
-    return randomised(NETS[name](), seed)
+def _net(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A seeded copy; MobileNetV2's BatchNorm statistics are measured (see ``calibrated``)."""
+    weights = calibrated if name.startswith("mobilenet") else randomised
+    return weights(NETS[name](**kwargs), seed)
 
 
 def _data(seed: int, n: int, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +167,7 @@ def _params(model: nn.Module) -> int:
 def _balanced_two_class(name: str, x: np.ndarray) -> tuple[nn.Module, np.ndarray]:
     """A two-class network whose output bias splits ``x`` in half, and its labels of ``x``
     (every class then has correctly classified samples, as ``oamip prune`` needs)."""
-    model = randomised(NETS[name](num_classes=2), 6)
+    model = _net(name, 6, num_classes=2)
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     z = _torch(model, x)
     with torch.no_grad():
@@ -176,3 +189,50 @@ def test_oamip_prune_prunes_a_saved_torchvision_style_network(name, tmp_path):
     report = json.loads((out / "report.json").read_text())
     pruned = oamip.load_model(out / "pruned.pt")
     assert _params(pruned) == report["params_after"] <= _params(model)
+
+
+@pytest.fixture
+def one_thread():
+    """Small models train fastest on one thread, and do not slow down on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(seed: int, n: int, side: int = 16) -> Dataset:
+    """Random RGB images with random labels, split in four for training and one for testing:
+    enough for SPR to train on (at 16x16 every copy's adaptive pooling still divides)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, 3, side, side)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    cut = n * 4 // 5
+    return Dataset(x[:cut], y[:cut], x[cut:], y[cut:], "images", 10)
+
+
+SPR_FAST = dict(epochs=20, lr=3e-2, progress=False)
+"""80 steps of Adam: enough for SPR at lam 5 to drive a few groups of each copy to zero."""
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_spr_trains_and_prunes_each_and_the_pruned_model_is_the_masked_one(name):
+    """SPR drives some units' groups to zero; their masks applied and the units physically
+    removed give the same outputs, and ``spr_prune`` reports the smaller model it returns."""
+    data = _images(5, 320)
+    model = _net(name).float()
+    reg = SPRRegularizer(model, lam=5.0, alpha=0.5)
+    train_penalised(model, data, reg, **SPR_FAST)
+    masks = zero_group_masks(reg)
+    assert any(not keep.all() for keep in masks.values())
+    masked = apply_masks(model, masks)
+    small = oamip.remove_pruned(masked, masks)
+    test = data.x_test.astype(np.float64)
+    np.testing.assert_allclose(_torch(small, test), _torch(masked, test), atol=1e-5)
+    assert _params(small) < _params(model)
+    report = spr_prune(
+        _net(name).float(), data, finetune_epochs=0, lam=5.0, group_lasso_scales=(), **SPR_FAST
+    )
+    assert report.units_pruned > 0
+    assert _params(report.model) == report.params_after < report.params_total
+    assert evaluate(report.model, data.x_test, data.y_test) == report.accuracy_after

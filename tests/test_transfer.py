@@ -25,6 +25,7 @@ from oamip.pipelines.transfer import (
 )
 from oamip.training.criteria import get_criterion
 from oamip.training.data import load_digits, make_dataset, mip_batch
+from oamip.training.inference import evaluate
 from oamip.training.train import train
 from oamip.training.transfer import random_batch, rewind, with_classes
 
@@ -180,9 +181,10 @@ def test_transfer_command_end_to_end(tmp_path, digits, flipped):
     )
     out = tmp_path / "out"
     args = ["--source", "digits", "--target", f"npz:{data}", "--hidden", "12,8", "--seeds", "2"]
-    quick = ["--epochs", "3", "--time-limit", "2", "--out", str(out)]
+    quick = ["--epochs", "3", "--time-limit", "2", "--out", str(out), "--export-onnx"]
     assert cli.main(["transfer", *args, *quick]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "transfer_accuracy.png"]
+    written = ["pruned.onnx", "pruned.pt", "report.json", "transfer_accuracy.png"]
+    assert sorted(p.name for p in out.iterdir()) == written
     report = json.loads((out / "report.json").read_text())
     assert report["source"] == "digits" and report["target"] == "mirrored"
     assert report["arch"] == "mlp" and report["seeds"] == [0, 1]
@@ -198,6 +200,24 @@ def test_transfer_command_end_to_end(tmp_path, digits, flipped):
     pruned = [sum(layers.values()) for layers in report["layers_pruned"]]
     for method in ("mip", "random", "magnitude", "snip"):
         assert by[method]["units_pruned"] == pruned
+    _check_pruned_files(out, flipped, report)
+
+
+def _check_pruned_files(out, target, report: dict) -> None:
+    """pruned.pt is the first seed's MIP-masked network trained on the target, smaller by the
+    units the MIP pruned and as accurate as reported; onnxruntime runs pruned.onnx alike."""
+    ort = pytest.importorskip("onnxruntime")
+    model = oamip.load_model(out / "pruned.pt")
+    kept = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    pruned = sum(report["layers_pruned"][0].values())
+    assert kept == report["units_total"] - pruned + target.num_classes
+    accuracy = report["methods"][0]["accuracies"][0]
+    assert evaluate(model, target.x_test, target.y_test) == pytest.approx(accuracy, abs=1e-9)
+    x = target.x_test[:16].astype(np.float32)
+    session = ort.InferenceSession(str(out / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    runtime = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime, model(torch.as_tensor(x)).numpy(), atol=1e-5)
 
 
 def test_transfer_from_python_same_classes(digits):

@@ -1,10 +1,14 @@
-"""Hand-written copies of torchvision's ResNet-18 and VGG-11-BN structures at small widths.
+"""Hand-written copies of torchvision's ResNet-18, VGG-11-BN and MobileNetV2 structures at small
+widths.
 
 The torchvision wheel here does not load with the CPU build of torch, so these follow its source
 line by line: a BasicBlock with a downsample ``Sequential``, one ``self.relu`` reused twice,
 ``out += identity``, ``AdaptiveAvgPool2d((1, 1))`` and ``torch.flatten(x, 1)``; VGG's
 ``features`` with BatchNorm, ``AdaptiveAvgPool2d((2, 2))`` and a classifier with Dropout. The
 ResNet stem is a 3x3 convolution (32x32 inputs), followed by torchvision's padded max pooling.
+MobileNetV2 keeps its inverted residual blocks (depthwise convolutions with ``groups=channels``,
+an addition with no activation after it), its functional global average pooling and its
+Dropout classifier.
 """
 
 from __future__ import annotations
@@ -131,6 +135,95 @@ def _make_features(cfg, in_channels: int = 3) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ConvNormActivation(nn.Sequential):
+    """torchvision's ``Conv2dNormActivation``: a bias-free convolution, BatchNorm, activation."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out),
+            activation(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block: 1x1 expand (left out at ratio 1), depthwise 3x3, 1x1
+    linear projection, and the input added back, with no activation after the addition, when
+    the stride is 1 and the channels stay the same."""
+
+    def __init__(
+        self,
+        inp: int,
+        oup: int,
+        stride: int,
+        expand_ratio: int,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvNormActivation(inp, hidden, kernel=1, activation=activation))
+        layers += [
+            ConvNormActivation(hidden, hidden, stride=stride, groups=hidden, activation=activation),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = oup
+
+    def forward(self, x):
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+MOBILENET_V2 = [[1, 4, 1, 1], [4, 6, 2, 2], [4, 8, 2, 2]]
+"""torchvision's ``inverted_residual_setting`` rows (expand ratio t, channels c, blocks n,
+stride s of the first block) at small widths: three stages, two of them with a block that adds."""
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2: a strided stem, inverted residual blocks, a 1x1 convolution to
+    ``last_channel``, global average pooling and a classifier with Dropout. ``activation`` is
+    torchvision's ReLU6 there; nn.ReLU by default here."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 8,
+        last_channel: int = 16,
+        setting=MOBILENET_V2,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        features: list[nn.Module] = [ConvNormActivation(3, width, stride=2, activation=activation)]
+        inp = width
+        for t, c, n, s in setting:
+            for i in range(n):
+                features.append(InvertedResidual(inp, c, s if i == 0 else 1, t, activation))
+                inp = c
+        features.append(ConvNormActivation(inp, last_channel, kernel=1, activation=activation))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(last_channel, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        x = torch.flatten(x, 1)
+        x = self.classifier(x)
+        return x
+
+
 def randomised(model: nn.Module, seed: int) -> nn.Module:
     """``model`` with seeded weights and random BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
@@ -139,4 +232,23 @@ def randomised(model: nn.Module, seed: int) -> nn.Module:
             module.reset_parameters()
         if isinstance(module, nn.BatchNorm2d):
             random_bn(module)
+    return model.eval()
+
+
+def calibrated(model: nn.Module, seed: int, side: int = 32) -> nn.Module:
+    """``randomised(model, seed)`` with BatchNorm statistics measured on 64 random images, so that
+    every BatchNorm's output has its scale and shift as spread and mean and signals survive
+    depth (with made-up statistics a small MobileNetV2's output hardly depends on its input)."""
+    randomised(model, seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    images = torch.rand(64, 3, side, side, generator=torch.Generator().manual_seed(seed))
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
     return model.eval()

@@ -153,9 +153,29 @@ def is_addition(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _ADD_METHODS
 
 
+def reads_as_graph(model: nn.Module) -> bool:
+    """Whether ``model`` is read as a graph of channel sets (:mod:`oamip.adapters.residual`)
+    rather than as a chain: its forward adds tensors (a residual network), or it has a grouped
+    convolution, whose channels are tied to those of its input."""
+    modules = dict(model.named_modules())
+    calls = [node.target for node in trace_graph(model).nodes if node.op == "call_module"]
+    return has_additions(model) or any(is_grouped(modules.get(name)) for name in calls)
+
+
 def has_additions(model: nn.Module) -> bool:
     """Whether ``model``'s forward adds tensors (a residual network) rather than being a chain."""
     return any(is_addition(node) for node in trace_graph(model).nodes)
+
+
+def is_grouped(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a grouped (or depthwise) convolution."""
+    return isinstance(module, nn.Conv2d) and module.groups != 1
+
+
+def is_depthwise(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a depthwise convolution: as many groups as input and output
+    channels, so that output channel ``c`` reads input channel ``c`` only."""
+    return is_grouped(module) and module.groups == module.in_channels == module.out_channels
 
 
 def trace_graph(model: nn.Module) -> fx.Graph:
@@ -384,7 +404,15 @@ def units(model: nn.Module) -> list[Unit]:
 
 
 def chain_units(steps: list[Step]) -> list[Unit]:
-    """The scored layers of a chain read by :func:`read_chain`, in order."""
+    """The scored layers of a chain read by :func:`read_chain`, in order; refuses a grouped
+    convolution, whose channels are tied to its input's (:func:`reads_as_graph`)."""
+    for step in steps:
+        if is_grouped(step.module):
+            raise UnsupportedLayerError(
+                f"layer '{step.name}' is a grouped convolution, whose channels are tied to those "
+                "of its input; such networks are read as graphs by "
+                "oamip.adapters.residual.residual_units (Structure.of does it)"
+            )
     found: list[Unit] = []
     for pos, step in enumerate(steps):
         pattern = _scored_pattern(steps, pos)

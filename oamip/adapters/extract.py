@@ -28,6 +28,7 @@ from oamip.adapters.chain import (
     is_addition,
     is_shape_query,
     read_chain,
+    reads_as_graph,
     step_of,
     trace_graph,
 )
@@ -113,9 +114,8 @@ def extract(model: nn.Module, x: np.ndarray, residual: str = "both") -> Extracte
         raise InvalidInputError(
             f"residual must be one of {', '.join(RESIDUAL_SCORES)}, got {residual!r}"
         )
-    graph = trace_graph(ref)
-    if any(is_addition(node) for node in graph.nodes):
-        return _extract_residual(model, ref, graph, _sample_shape(x), residual)
+    if reads_as_graph(ref):
+        return _extract_residual(model, ref, trace_graph(ref), _sample_shape(x), residual)
     steps = read_chain(ref)
     owners = {unit.activation: unit for unit in chain_units(steps)}
     shape = _sample_shape(x)
@@ -286,7 +286,9 @@ def _extract_residual(
     model: nn.Module, ref: nn.Module, graph: fx.Graph, shape: tuple[int, ...], residual: str
 ) -> Extracted:
     """Read a residual network; score its units of kind ``residual`` (docs/mathematics.md
-    §4.10): an inner unit's ReLU, or every ReLU of a coupled group, sharing one score vector."""
+    §4.10): an inner unit's ReLU, or every ReLU of a coupled group, sharing one score vector. A
+    unit whose channels pass no ReLU (MobileNetV2's linear bottlenecks: no activation after the
+    block's addition) has no term for a score to act on: it is not scored, and stays whole."""
     found = residual_units(ref)
     reader = _ResidualReader(ref, shape)
     reader.read(graph)
@@ -299,6 +301,8 @@ def _extract_residual(
         if residual not in ("both", unit.kind):
             continue
         sites = _unit_sites(network, unit)
+        if not sites:
+            continue
         for i in sites:
             network.layers[i].scored = True
             network.layers[i].share = sites[0] if i != sites[0] else None
@@ -310,8 +314,9 @@ def _extract_residual(
 
 
 def _unit_sites(network: Network, unit) -> list[int]:
-    """The layers whose ReLU outputs ``unit``'s channels; every producer and addition of the
-    unit must reach one, or the unit cannot be scored exactly."""
+    """The layers whose ReLU outputs ``unit``'s channels, none where no producer reaches a
+    ReLU; where one does, every producer and addition of the unit must, or the unit cannot be
+    scored exactly."""
     sites, covered, additions = [], set(), 0
     for i, layer in enumerate(network.layers):
         if isinstance(layer, MaxPoolLayer) or layer.activation is None:
@@ -322,7 +327,9 @@ def _unit_sites(network: Network, unit) -> list[int]:
             sites.append(i)
             covered |= names
             additions += isinstance(layer, ResidualLayer)
-    if not sites or covered != set(unit.producers) or additions != len(unit.additions):
+    if not sites:
+        return []
+    if covered != set(unit.producers) or additions != len(unit.additions):
         raise UnsupportedLayerError(
             f"unit '{unit.name}' ({unit.kind}): its channels must pass a ReLU right after each "
             f"producer {list(unit.producers)} (after the addition for a residual block) to be "
@@ -426,12 +433,14 @@ def _geometry(step: Step, shape: tuple[int, ...]) -> Conv:
     pooling it equals on inputs of ``shape``); refuses what we can't encode."""
     m = step.module
     if step.kind == "conv":
-        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise UnsupportedLayerError(
-                f"layer '{step.name}' (Conv2d) uses groups, a padding mode or a string padding; "
-                "only groups=1 with numeric zero padding is supported"
+                f"layer '{step.name}' (Conv2d) uses a padding mode or a string padding; only "
+                "numeric zero padding is supported"
             )
-        return Conv(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation))
+        return Conv(
+            _pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation), m.groups
+        )
     m = fixed_pool(step, shape)
     if m.ceil_mode:
         raise UnsupportedLayerError(f"layer '{step.name}' uses ceil_mode=True; use ceil_mode=False")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oamip.adapters.chain import is_depthwise, is_grouped
 from oamip.adapters.residual import ResidualUnit, residual_units
 from oamip.adapters.structure import Masks, Structure
 from oamip.errors import UnsupportedLayerError
@@ -41,15 +42,20 @@ def remove_residual_pruned(model: nn.Module, masks: Masks) -> nn.Module:
 def _slice_unit(unit: ResidualUnit, modules: dict[str, nn.Module], keep: np.ndarray) -> None:
     index = torch.from_numpy(np.flatnonzero(keep))
     for name in unit.producers:
-        _keep_outputs(modules[name], index)
+        _keep_outputs(name, modules[name], index)
     for name in unit.batchnorms:
         _keep_batchnorm(modules[name], index)
     for name in unit.consumers:
         _keep_inputs(name, modules[name], index, unit.size)
 
 
-def _keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
-    _refuse_grouped(module)
+def _keep_outputs(name: str, module: nn.Module, index: torch.Tensor) -> None:
+    """Keep output channels ``index``; a depthwise convolution keeps the same input channels
+    (and as many groups), a grouped one the same number of channels in each group."""
+    if is_depthwise(module):
+        module.in_channels = module.groups = len(index)
+    elif is_grouped(module):
+        _per_group(name, module, index, module.out_channels, "output")
     _select(module, "weight", index, 0)
     _select(module, "bias", index, 0)
     attr = "out_channels" if isinstance(module, nn.Conv2d) else "out_features"
@@ -63,7 +69,9 @@ def _keep_batchnorm(module: nn.Module, index: torch.Tensor) -> None:
 
 
 def _keep_inputs(name: str, module: nn.Module, index: torch.Tensor, channels: int) -> None:
-    _refuse_grouped(module)
+    if is_grouped(module):
+        _keep_group_inputs(name, module, index)
+        return
     if isinstance(module, nn.Conv2d):
         _select(module, "weight", index, 1)
         module.in_channels = len(index)
@@ -92,9 +100,32 @@ def _select(module: nn.Module, attr: str, index: torch.Tensor, dim: int) -> None
     )
 
 
-def _refuse_grouped(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
+def _keep_group_inputs(name: str, module: nn.Conv2d, index: torch.Tensor) -> None:
+    """Keep input channels ``index`` of a grouped convolution: each group's filters keep the
+    columns of its own kept channels."""
+    local = _per_group(name, module, index, module.in_channels, "input")
+    rows = module.out_channels // module.groups
+    weight = module.weight.detach()
+    parts = [weight[j * rows : (j + 1) * rows][:, cols] for j, cols in enumerate(local)]
+    module.weight = nn.Parameter(torch.cat(parts).clone(), module.weight.requires_grad)
+    module.in_channels = len(index)
+
+
+def _per_group(name: str, module: nn.Conv2d, index: torch.Tensor, channels: int, side: str):
+    """Per group, the positions within it of the kept channels ``index`` (of ``channels``);
+    a grouped convolution keeps as many channels in every group, at least one, or it is no
+    longer a grouped convolution of torch."""
+    width = channels // module.groups
+    local = [
+        index[(index >= j * width) & (index < (j + 1) * width)] - j * width
+        for j in range(module.groups)
+    ]
+    counts = sorted({len(cols) for cols in local})
+    if counts[0] == 0 or len(counts) > 1:
         raise UnsupportedLayerError(
-            f"a grouped convolution ({module.groups} groups) cannot lose channels one by one; "
-            "only ungrouped Conv2d layers are removed"
+            f"cannot remove {side} channels of '{name}' ({module.groups} groups of {width}): the "
+            f"masks keep {[len(cols) for cols in local]} of them per group; a grouped "
+            "convolution must keep as many in each group, at least one (apply_masks zeroes "
+            "them instead)"
         )
+    return local

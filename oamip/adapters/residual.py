@@ -9,13 +9,22 @@ Linear or Conv2d reads, and that is neither the model's input nor its output, is
 :func:`residual_units`, the one definition of units for residual graphs (``chain.units`` stays
 the definition for chains and refuses additions):
 
-- ``"inner"``: a set no addition touches, made by one layer (in a ResNet BasicBlock, the output
-  channels of ``conv1``, which go through BatchNorm and ReLU into ``conv2`` only);
+- ``"inner"``: a set no addition touches, made by one layer (and the depthwise convolutions
+  after it, see below); in a ResNet BasicBlock, the output channels of ``conv1``, which go
+  through BatchNorm and ReLU into ``conv2`` only;
 - ``"group"``: a *coupled group*, the channels tied by additions. In a ResNet every block of a
   stage adds into the same channels, so the group holds each block's ``conv2`` and ``bn2``, the
   projection shortcut's convolution and BatchNorm, or, in a stage with identity shortcuts, the
   layer before the stage (the stem); its consumers are every block's ``conv1`` and the layers
   that read the stage's output.
+
+A depthwise convolution (as many groups as input and output channels) carries its input's
+channel set on, as a BatchNorm does, and is one more producer of it: its channel ``c`` reads
+channel ``c`` only, so it lives and dies with the channel feeding it (in MobileNetV2's block the
+expand convolution's channels and the depthwise channels after them are one unit, scored at both
+activations). A convolution with fewer groups starts a channel set like any other. A network with
+grouped convolutions is read as a graph even without additions
+(:func:`oamip.adapters.chain.reads_as_graph`).
 
 Zeroing channel ``c`` in every producer (weights, bias) and every BatchNorm (scale, shift) of a
 unit makes channel ``c`` exactly 0 everywhere in the set, additions included, which is what
@@ -32,6 +41,7 @@ from torch import fx, nn
 
 from oamip.adapters.chain import (
     is_addition,
+    is_depthwise,
     is_shape_query,
     step_of,
     trace_graph,
@@ -153,6 +163,11 @@ class _Walk:
     def _layer(self, node: fx.Node) -> None:
         step = step_of(node, self.modules)
         source = self._root(self.of[_one_input(node, node.name)])
+        if is_depthwise(step.module):
+            self.sets[source].producers.append(step.name)
+            self.uses[step.name] = self.uses.get(step.name, 0) + 1
+            self.of[node] = source
+            return
         if step.kind in ("linear", "conv"):
             self.sets[source].consumers.append(step.name)
             self.uses[step.name] = self.uses.get(step.name, 0) + 1

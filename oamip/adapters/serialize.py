@@ -32,7 +32,15 @@ _WRITE_ONE = "give a file written by oamip.save_model or torch.save(model.state_
 
 _LAYER_ARGS: dict[type, tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
-    nn.Conv2d: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation"),
+    nn.Conv2d: (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+    ),
     nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
     nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
     **ACTIVATION_ARGS,

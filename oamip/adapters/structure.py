@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oamip.adapters.chain import GRAPH_CACHE_SIZE, architecture_key, has_additions, units
+from oamip.adapters.chain import GRAPH_CACHE_SIZE, architecture_key, reads_as_graph, units
 from oamip.adapters.residual import residual_units
 from oamip.errors import InvalidInputError
 
@@ -66,8 +66,10 @@ class RowGroup:
 
 @dataclass(frozen=True)
 class Structure:
-    """A model read once: ``residual`` (its forward adds tensors) and its ``units`` in forward
-    order (:func:`oamip.adapters.chain.units` for a chain, :func:`residual_units` for a graph)."""
+    """A model read once: ``residual`` (read as a graph: its forward adds tensors or it has
+    grouped convolutions, :func:`oamip.adapters.chain.reads_as_graph`) and its ``units`` in
+    forward order (:func:`oamip.adapters.chain.units` for a chain, :func:`residual_units` for a
+    graph)."""
 
     residual: bool
     units: tuple[UnitRows, ...]
@@ -89,7 +91,7 @@ class Structure:
 
     @classmethod
     def _read(cls, model: nn.Module) -> Structure:
-        if has_additions(model):
+        if reads_as_graph(model):
             found = tuple(
                 UnitRows(u.name, u.kind, u.size, u.producers, u.batchnorms)
                 for u in residual_units(model)
@@ -134,7 +136,7 @@ class Structure:
         for name, mask in masks.items():
             if name not in sizes:
                 known = (
-                    "a unit of this residual network; units"
+                    "a unit of this network; units"
                     if self.residual
                     else ("a scored layer; scored layers")
                 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oamip.adapters.onnx_io import onnx_module
 from oamip.cli.common import command_listener, say, say_written
 from oamip.cli.parsers.transfer import HELP, NAME, add_arguments
 from oamip.cli.scoring import scoring_options
@@ -28,12 +29,15 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
     )
     settings.validate()
+    if args.export_onnx:
+        onnx_module()  # missing onnx is refused before any work
     source, target = load_data(args.source), load_data(args.target)
     report = transfer(
         source, target, settings, executor=args.scheduler, on_progress=command_listener()
     )
     with staged_output(args.out) as folder:
-        written = write_transfer(report, folder)
+        onnx_input = target.input_shape if args.export_onnx else None
+        written = write_transfer(report, folder, onnx_input)
     say(summary_table(report))
     say_written(Path(args.out).expanduser(), written)
     return 0

@@ -176,14 +176,16 @@ def _residual_labels(model: nn.Module, structure: Structure, names: list[str]) -
             layer = type(unit.producers[0]).__name__
             labels[name] = f"{name} group of {len(unit.producers)} {layer} ->{unit.size}"
         else:
-            labels[name] = f"{name} {_layer_shape(unit.producers[0])}"
+            depthwise = [_layer_shape(p) for p in unit.producers[1:]]
+            labels[name] = " + ".join([f"{name} {_layer_shape(unit.producers[0])}", *depthwise])
     return labels
 
 
 def _layer_shape(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         kernel = "x".join(str(k) for k in module.kernel_size)
-        return f"Conv2d {module.in_channels}->{module.out_channels} {kernel}"
+        groups = f" groups={module.groups}" if module.groups > 1 else ""
+        return f"Conv2d {module.in_channels}->{module.out_channels} {kernel}{groups}"
     return f"Linear {module.in_features}->{module.out_features}"
 
 

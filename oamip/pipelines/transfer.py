@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from torch import nn
 from typing_extensions import Unpack
 
 from oamip import checks
+from oamip.adapters.masks import remove_pruned
+from oamip.adapters.serialize import save_model
 from oamip.errors import InvalidInputError
-from oamip.files import write_json
+from oamip.files import plain, write_json
 from oamip.pipelines.inputs import check_classes, dataset_of
 from oamip.pipelines.report import percent
 from oamip.pipelines.settings import (
@@ -51,6 +53,8 @@ METHODS = (MIP_METHOD, "dense", "random", "magnitude", "snip")
 """The methods compared, in the order of the report."""
 DEFAULT_SEEDS = 3
 REPORT_FILE = "report.json"
+MODEL_FILE = "pruned.pt"
+ONNX_FILE = "pruned.onnx"
 PLOT_FILE = "transfer_accuracy.png"
 PLOT_DPI = 100
 
@@ -155,10 +159,13 @@ class TransferReport:
     output_reinitialised: bool
     """True when the target's number of classes differs and the output layer was made anew."""
     total_seconds: float
+    model: nn.Module = field(repr=False, compare=False)
+    """The first seed's network with the MIP's mask, trained on the target, its pruned units
+    physically removed (what ``write_transfer`` saves as pruned.pt)."""
 
     def to_dict(self) -> dict:
-        """The report as plain data, as written to report.json."""
-        return asdict(self)
+        """The report as plain data (everything but the model), as written to report.json."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
 
     def method(self, name: str) -> MethodResult:
         """The entry of method ``name``."""
@@ -174,6 +181,8 @@ class _SeedRun:
     layers: dict[str, int]
     status: str
     source_accuracy: float
+    model: nn.Module
+    """The network with the MIP's mask trained on the target, pruned units removed."""
 
 
 @checks.with_options(TransferSettings)
@@ -260,6 +269,7 @@ def _transfer(
         source_accuracy=[run.source_accuracy for run in runs],
         output_reinitialised=source.num_classes != target.num_classes,
         total_seconds=time.perf_counter() - started,
+        model=runs[0].model,
     )
 
 
@@ -281,16 +291,17 @@ def _one_seed(
     masks = result.masks(settings.threshold)
     start = with_classes(rewind(trained, initial), target.num_classes, seed)
     by_method = compared_masks(masks, trained, start, target, settings.samples_per_class, seed)
-    accuracy = {
-        method: target_accuracy(start, target, method_masks, epochs, lr, seed, settings)
+    models = {
+        method: trained_on_target(start, target, method_masks, epochs, lr, seed, settings)
         for method, method_masks in by_method.items()
     }
     return _SeedRun(
-        accuracy=accuracy,
+        accuracy={m: evaluate(model, target.x_test, target.y_test) for m, model in models.items()},
         pruned={method: _pruned(m) for method, m in by_method.items()},
         layers={name: int((~keep).sum()) for name, keep in masks.items()},
         status=result.status,
         source_accuracy=evaluate(trained, source.x_test, source.y_test),
+        model=remove_pruned(models[MIP_METHOD], masks),
     )
 
 
@@ -353,9 +364,23 @@ def target_accuracy(
     seed: int,
     settings: TransferSettings,
 ) -> float:
-    """Target test accuracy of a copy of ``start`` trained on the target with the units that
-    ``masks`` prune held at exactly zero (before the first step and after every step)."""
-    model = finetune(
+    """Target test accuracy of :func:`trained_on_target`'s network."""
+    model = trained_on_target(start, target, masks, epochs, lr, seed, settings)
+    return evaluate(model, target.x_test, target.y_test)
+
+
+def trained_on_target(
+    start: nn.Module,
+    target: Dataset,
+    masks: Masks,
+    epochs: int,
+    lr: float,
+    seed: int,
+    settings: TransferSettings,
+) -> nn.Module:
+    """A copy of ``start`` trained on the target with the units that ``masks`` prune held at
+    exactly zero (before the first step and after every step)."""
+    return finetune(
         copy.deepcopy(start),
         target,
         masks,
@@ -365,7 +390,6 @@ def target_accuracy(
         device=settings.device,
         progress=False,
     )
-    return evaluate(model, target.x_test, target.y_test)
 
 
 def _pruned(masks: Masks) -> int:
@@ -416,12 +440,20 @@ def _range(values: list[int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def write_transfer(report: TransferReport, folder: str | Path) -> list[Path]:
-    """Write report.json and the accuracy plot into ``folder``; returns their paths."""
+def write_transfer(
+    report: TransferReport, folder: str | Path, onnx_input: tuple[int, ...] | None = None
+) -> list[Path]:
+    """Write report.json, pruned.pt (``report.model``) and the accuracy plot into ``folder``,
+    and pruned.onnx for inputs of shape ``onnx_input`` when given; returns their paths."""
     folder = Path(folder)
     write_json(folder / REPORT_FILE, report.to_dict())
+    save_model(report.model, folder / MODEL_FILE)
+    models = [MODEL_FILE]
+    if onnx_input is not None:
+        save_model(report.model, folder / ONNX_FILE, input_shape=onnx_input)
+        models.append(ONNX_FILE)
     accuracy_figure(report).savefig(folder / PLOT_FILE, dpi=PLOT_DPI)
-    return [folder / REPORT_FILE, folder / PLOT_FILE]
+    return [folder / name for name in (REPORT_FILE, *models, PLOT_FILE)]
 
 
 def accuracy_figure(report: TransferReport) -> Figure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import add_out_argument, one_of, whole_numbers
+from oamip.cli.common import add_export_onnx_argument, add_out_argument, one_of, whole_numbers
 from oamip.cli.defaults import ARCHITECTURES, DATA_SPECS, TRANSFER
 from oamip.cli.scoring import add_scoring_arguments
 
@@ -37,3 +37,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_scoring_arguments(parser, d)
     add_out_argument(parser, DEFAULT_OUT)
+    add_export_onnx_argument(parser)
