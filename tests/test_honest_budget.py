@@ -43,6 +43,7 @@ from oamip.pipelines.report import summary_table
 from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_data, load_validation, make_dataset
 from oamip.training.models import build
+from oamip.training.tp_scores import installed
 from oamip.training.train import train
 from oamip.training.transfer import keep_all
 from tests import nets
@@ -310,9 +311,10 @@ def test_global_order_ranks_layer_normalised_scores_and_keeps_min_keep():
     assert zero["z"].tolist() == [False, False, True]
 
 
-def _by_hand(layer_scores, fraction: float, schedule: str) -> dict[str, np.ndarray]:
-    """A step's masks recomputed independently: per layer, or one ranking of scores divided
-    by their layer's L2 norm; one unit kept per layer."""
+def _by_hand(layer_scores, fraction: float, schedule: str, layers=LAYERS) -> dict[str, np.ndarray]:
+    """A step's masks recomputed independently: per layer (``""``), or one ranking of scores
+    divided by their layer's L2 norm (``"global"``), or of scores as given (``"given"``, a
+    global-only criterion's; ``inf`` never pruned); one unit kept per layer."""
     if schedule == "":
         masks = {}
         for name, values in layer_scores.items():
@@ -322,14 +324,27 @@ def _by_hand(layer_scores, fraction: float, schedule: str) -> dict[str, np.ndarr
         return masks
     units = []
     for position, (name, values) in enumerate(layer_scores.items()):
-        norm = np.linalg.norm(values)
+        norm = np.linalg.norm(values) if schedule == "global" else 1.0
         ranked = sorted(range(len(values)), key=lambda i: (values[i], i))[: len(values) - 1]
-        units += [(values[i] / norm if norm else 0.0, position, i, name) for i in ranked]
+        units += [
+            (values[i] / norm if norm else 0.0, position, i, name)
+            for i in ranked
+            if values[i] != np.inf
+        ]
     total = sum(len(v) for v in layer_scores.values())
-    pruned: dict[str, list[int]] = {name: [] for name in layer_scores}
+    masks = {name: np.ones(size, dtype=bool) for name, size in layers.items()}
     for _, _, unit, name in sorted(units)[: round(fraction * total)]:
-        pruned[name].append(unit)
-    return _masks(pruned)
+        masks[name][unit] = False
+    return masks
+
+
+def _schedule_of(method: str) -> tuple[str, str]:
+    """A budget entry's criterion and how :func:`_by_hand` steps it: ``magnitude`` per layer,
+    ``magnitude-global`` layer-normalised, ``tp-magnitude-global`` as given."""
+    if not method.endswith("-global"):
+        return method, ""
+    criterion = method.removesuffix("-global")
+    return criterion, "given" if criterion.startswith("tp-") else "global"
 
 
 def _best_enumerated(model, split, floor) -> int:
@@ -345,9 +360,10 @@ def _best_enumerated(model, split, floor) -> int:
 @pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0])
 def test_every_methods_budget_entry_by_enumeration(max_drop):
     """On a 4-5-4-3 MLP every mask can be enumerated: the best within the validation budget is
-    known. Every method (the MIP, every criterion per layer and global) gets the most units of
-    its own steps within the budget (recomputed by hand), never more than the best mask, its
-    parameters and MACs removed counted by hand."""
+    known. Every method (the MIP, every criterion per layer and global, Torch-Pruning's
+    importances global only and ranked as given) gets the most units of its own steps within the
+    budget (recomputed by hand), never more than the best mask, its parameters and MACs removed
+    counted by hand."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -367,8 +383,9 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
         tie_break=scores["magnitude"],
     )
     table = budget_table(path, steps, floor, dense)
-    expected = [MIP_METHOD, *(m + s for m in criteria() for s in ("", "-global"))]
-    assert [entry.method for entry in table] == expected
+    per_layer = [m + s for m in criteria() if not m.startswith("tp-") for s in ("", "-global")]
+    tp = ["tp-magnitude-global", "tp-taylor-global", "tp-lamp-global"] if installed() else []
+    assert [entry.method for entry in table] == [MIP_METHOD, *per_layer, *tp]
     best = _best_enumerated(model, split, floor)
     params, macs = _tiny_cost(keep_all(model))
     for entry in table:
@@ -377,10 +394,10 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
         assert entry.macs_removed + entry.macs_after == macs
         assert entry.params_removed + entry.params_after == params
     for entry in table[1:]:
-        criterion, _, schedule = entry.method.partition("-")
+        criterion, schedule = _schedule_of(entry.method)
         found = [0]
         for step in range(BASELINE_STEPS + 1):
-            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, schedule and "global")
+            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, schedule)
             if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
                 found.append(sum(int((~m).sum()) for m in masks.values()))
         assert entry.units_pruned == max(found), entry.method

@@ -6,8 +6,9 @@ the next layers' inputs, and across additions the whole coupled group) with an i
 reduces the group's layers to one value per channel and divides by its own normaliser (the
 mean, or LAMP's); its global pruning ranks those values over all groups as they are
 (``MetaPruner(global_pruning=True)``). :func:`group_importances` gives each unit of
-:func:`oamip.adapters.structure.row_groups` the value of the group its first producer roots,
-computed by Torch-Pruning on a copy of the model (so gradients never touch the caller's).
+:func:`oamip.adapters.structure.row_groups` the values of the group that Torch-Pruning's pruner
+ranks for it, computed by Torch-Pruning on a copy of the model (so gradients never touch the
+caller's).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def group_importances(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, importance: str
 ) -> dict[str, np.ndarray]:
     """Unit name -> Torch-Pruning's ``importance`` (a key of :data:`IMPORTANCES`) of each of
-    its channels, normalised by the importance's own normaliser; a group left unranked scores
+    its channels, normalised by the importance's own normaliser, on the groups that
+    Torch-Pruning's pruner ranks (:func:`unit_groups`); a group left unranked scores
     :data:`UNRANKED`, and a group of all-zero importances (0/0 under the mean) scores 0. The
     importances that need gradients take them from the mean cross-entropy of ``(x, y)`` in eval
     mode. ``model`` is not modified."""
@@ -72,32 +74,45 @@ def group_importances(
         F.cross_entropy(twin(x), y).backward()
     scorer = IMPORTANCES[importance](tp)
     return {
-        unit.name: _unit_importance(tp, scorer, unit_group(tp, graph, unit), unit)
-        for unit in row_groups(twin)
+        unit.name: _unit_importance(scorer(group), unit)
+        for unit, group in unit_groups(graph, row_groups(twin))
     }
 
 
-def unit_group(tp, graph, unit: RowGroup):
-    """The Torch-Pruning group rooted at the output channels of ``unit``'s first producer,
-    checked to prune exactly the unit's producers' outputs (every producer of a coupled group)."""
-    root = unit.producers[0]
-    prune = (
-        tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
-    )
-    group = graph.get_pruning_group(root, prune, idxs=list(range(unit.size)))
-    outputs = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
-    found = {id(dep.layer) for dep, _ in group if dep.pruning_fn in outputs}
-    if found != {id(layer) for layer in unit.producers}:
+def unit_groups(graph, units: list[RowGroup]) -> list[tuple[RowGroup, object]]:
+    """Each unit with the dependency group Torch-Pruning's pruner ranks for it: the groups of
+    ``graph.get_all_groups`` (rooted at output channels of Conv2d and Linear layers, every layer
+    that is no unit's producer ignored, as a pruner ignores the output layer), each matched to
+    the unit whose producers are the layers whose outputs it prunes; a coupled group of a
+    residual net is one group. Refused when the two disagree."""
+    producers = {id(layer): unit for unit in units for layer in unit.producers}
+    layers = [m for m in graph.model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    ignored = [m for m in layers if id(m) not in producers]
+    found = {}
+    for group in graph.get_all_groups(ignored, (nn.Conv2d, nn.Linear)):
+        outputs = {
+            id(dep.target.module)
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in producers
+        }
+        unit = producers[id(group[0].dep.target.module)]
+        if outputs != {id(layer) for layer in unit.producers} or unit.name in found:
+            raise InvalidInputError(
+                f"Torch-Pruning's dependency group rooted in unit '{unit.name}' does not prune "
+                "exactly that unit's producers; its dependency graph and OAMIP's units disagree "
+                "on this model"
+            )
+        found[unit.name] = group
+    missing = [unit.name for unit in units if unit.name not in found]
+    if missing:
         raise InvalidInputError(
-            f"Torch-Pruning's dependency group of unit '{unit.name}' prunes the outputs of "
-            f"{len(found)} layers, the unit has {len(unit.producers)} producers; its dependency "
-            "graph and OAMIP's units disagree on this model"
+            f"Torch-Pruning's pruner ranks no group for units {missing} of this model; its "
+            "dependency graph and OAMIP's units disagree on it"
         )
-    return group
+    return [(unit, found[unit.name]) for unit in units]
 
 
-def _unit_importance(tp, scorer, group, unit: RowGroup) -> np.ndarray:
-    values = scorer(group)
+def _unit_importance(values: torch.Tensor | None, unit: RowGroup) -> np.ndarray:
     if values is None:
         return np.full(unit.size, UNRANKED)
     values = values.detach().cpu().double().numpy()
