@@ -39,7 +39,7 @@ from oamip.pipelines.budget import (
     split_validation,
     validation_warnings,
 )
-from oamip.pipelines.report import summary_table
+from oamip.pipelines.report import path_figure, summary_table
 from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_data, load_validation, make_dataset
 from oamip.training.models import build
@@ -488,3 +488,39 @@ def test_an_interpolated_mask_never_goes_past_the_solution_it_steps_towards():
         for name, keep in path.masks[k].items():
             assert not (~keep & sparser[name]).any()
         assert path.points[k].units_pruned <= 6 and path.masks[k]["1"][0]
+
+
+# --- the budget plot reads what the budget table reads -------------------------------------
+
+
+def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it():
+    """Left panel: every curve's validation accuracies, the dense validation accuracy and the
+    budget line at it less ``max_drop``, as the budget table reads them; right panel: the same
+    masks' test accuracies and the dense test accuracy, no budget line."""
+    model, data = _tiny_problem()
+    report = oamip.prune(
+        model, data, max_drop=20.0, val_fraction=0.5, lams=[0.1, 10.0], refine_steps=0, **FAST
+    )
+    validation, test = path_figure(report).axes
+    mip = sorted(report.path, key=lambda p: p.units_pruned)
+    chosen = report.path[report.chosen]
+    for ax, field, name, dense in (
+        (validation, "val_accuracy", "validation accuracy", report.val_accuracy_before),
+        (test, "test_accuracy", "test accuracy", report.accuracy_before),
+    ):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["mip"].get_xdata()) == [0, *(p.units_pruned for p in mip)]
+        assert list(lines["mip"].get_ydata()) == [dense, *(getattr(p, field) for p in mip)]
+        for method in {step.method for step in report.baseline_path}:
+            steps = [s for s in report.baseline_path if s.method == method]
+            assert list(lines[method].get_xdata()) == [s.units_pruned for s in steps]
+            assert list(lines[method].get_ydata()) == [getattr(s, field) for s in steps]
+        assert list(lines["chosen"].get_ydata()) == [getattr(chosen, field)]
+        assert list(lines["dense"].get_ydata()) == [dense, dense]
+        assert ax.get_ylabel().startswith(name)
+    budget = report.val_accuracy_before - 0.2
+    assert list(validation.get_lines()[-1].get_ydata()) == [budget, budget]
+    assert validation.get_lines()[-1].get_label() == "dense - 20 points"
+    assert not [line for line in test.get_lines() if line.get_label().startswith("dense -")]
+    tp = [m for m in ("tp-magnitude-global", "tp-taylor-global") if installed()]
+    assert all(m in {line.get_label() for line in validation.get_lines()} for m in tp)
