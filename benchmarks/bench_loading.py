@@ -131,7 +131,7 @@ def direct_build(
         layer, pool = layers[i], layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(layer, MaxPoolLayer):
             raise ValueError("the direct path pools only right after a ReLU layer")
-        if layer.relu and isinstance(pool, MaxPoolLayer):
+        if layer.activation is not None and isinstance(pool, MaxPoolLayer):
             state = _pooled_relu(cols, rows, bounds, i, layer, pool, state, binary, scores)
             i += 1
         else:
@@ -153,14 +153,14 @@ def _affine(
     cols, rows, bounds: NetworkBounds, i, layer: AffineLayer, state, is_output, binary, scores
 ):
     b = bounds.layers[i]
-    needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
+    needed = b.upper > 0 if layer.activation else np.ones(b.upper.shape, dtype=bool)
     if (state.var < 0).all() and not is_output:
         pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
         pre_const = layer.forward(state.const)
     else:
         pre_var = _pre_rows(cols, rows, b, layer, state, needed)
         pre_const = np.zeros(b.upper.shape)
-    if not layer.relu:
+    if layer.activation is None:
         return Operand(pre_var, pre_const, b.lower, b.upper)
     pre = Operand(pre_var, pre_const, b.lower, b.upper)
     return _relu(cols, rows, bounds.big_m[i], i, layer, pre, needed, layer.unit_of, binary, scores)
@@ -189,7 +189,7 @@ def _relu(cols, rows, big_m, i, layer, pre: Operand, live, unit, binary, scores)
 def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary, scores):
     """Max pooling of the pre-activations, then one scored ReLU per pooled output."""
     b = bounds.layers[i]
-    plan = plan_pooling(pool.windows, b.lower, b.upper)
+    plan = plan_pooling(pool.windows, b.lower, b.upper, layer.activation)
     pad, safe, live = plan.pad, plan.safe, plan.live
     if (state.var < 0).all():
         pre_var = np.full(b.upper.shape, -1, dtype=np.int64)

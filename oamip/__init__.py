@@ -2,7 +2,8 @@
 
 The public API: ``score_neurons`` solves the neuron-importance MIP, ``apply_masks`` and
 ``remove_pruned`` write its masks back, ``save_model``/``load_model`` store pruned models,
-``prune`` and ``spr_prune`` run whole pipelines. Names are loaded on first use, so that
+``prune`` and ``spr_prune`` run whole pipelines, ``compress`` removes what is provably useless
+on a box of inputs. Names are loaded on first use, so that
 ``import oamip.network`` (numpy only) does not pay for torch, Pyomo and the solvers.
 """
 
@@ -34,6 +35,8 @@ _LAZY = {
     "remove_pruned": "oamip.adapters.masks",
     "load_model": "oamip.adapters.serialize",
     "save_model": "oamip.adapters.serialize",
+    "CompressResult": "oamip.pipelines.compress",
+    "compress": "oamip.pipelines.compress",
     "PruneReport": "oamip.pipelines.prune",
     "prune": "oamip.pipelines.prune",
     "SPRReport": "oamip.pipelines.spr",
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from oamip.adapters.masks import apply_masks, remove_pruned
     from oamip.adapters.scoring import ScoreResult, score_neurons, score_sweep
     from oamip.adapters.serialize import load_model, save_model
+    from oamip.pipelines.compress import CompressResult, compress
     from oamip.pipelines.prune import PruneReport, prune
     from oamip.pipelines.spr import SPRReport, spr_prune
     from oamip.pipelines.transfer import TransferReport, transfer
@@ -72,6 +76,7 @@ __all__ = [
     "__version__",
     "BackendUnavailableError",
     "CapabilityError",
+    "CompressResult",
     "InvalidInputError",
     "OamipError",
     "PruneReport",
@@ -84,6 +89,7 @@ __all__ = [
     "VerificationError",
     "apply_masks",
     "backends",
+    "compress",
     "formulations",
     "load_model",
     "prune",

@@ -1,9 +1,10 @@
 """Per-sample interval bounds that hold for every score vector (docs/mathematics.md §3).
 
 A scored unit outputs ``ReLU(a - (1 - s) M)``, which lies between 0 (pruned) and ``ReLU(a)``
-(kept), so a ReLU's output is bounded by ``[0, max(U, 0)]`` whatever the scores are. The first
-layer's pre-activations are exact numbers because the inputs are fixed. A residual layer's input
-box is the concatenation of its two inputs' boxes (docs/mathematics.md §4.10).
+(kept), so a ReLU's output is bounded by ``[0, max(U, 0)]`` whatever the scores are; another
+activation ``sigma``'s by ``[sigma(min(L, 0)), sigma(max(U, 0))]`` (:mod:`oamip.activations`). The
+first layer's pre-activations are exact numbers because the inputs are fixed. A residual layer's
+input box is the concatenation of its two inputs' boxes (docs/mathematics.md §4.10).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ class NetworkBounds:
     big_m: dict[int, np.ndarray]
 
     def output_bounds(self, network: Network, index: int) -> LayerBounds:
-        """Bounds of what layer ``index`` hands to the next layer (after its ReLU, if any): a
-        scored ReLU's output may be 0 whatever its argument, a plain ReLU's is ``ReLU`` of it."""
+        """Bounds of what layer ``index`` hands to the next layer (after its activation, if
+        any): a scored unit's output may be 0 whatever its argument, a plain activation's is
+        the activation of it."""
         b = self.layers[index]
         layer = network.layers[index]
-        if isinstance(layer, MaxPoolLayer) or not layer.relu:
+        if isinstance(layer, MaxPoolLayer) or layer.activation is None:
             return b
-        upper = np.maximum(b.upper, 0.0)
         if network.score_key(index) is None:
-            return LayerBounds(np.maximum(b.lower, 0.0), upper)
-        return LayerBounds(np.zeros_like(b.upper), upper)
+            return LayerBounds(*layer.activation.range(b.lower, b.upper))
+        return LayerBounds(*layer.activation.scored_range(b.lower, b.upper))
 
     def input_bounds(self, network: Network, index: int) -> LayerBounds:
         """Bounds of what layer ``index > 0`` acts on (for a residual layer, the concatenation
@@ -110,14 +111,15 @@ def propagate_after(network: Network, bounds: NetworkBounds, index: int) -> Netw
 
 
 def score_constants(network: Network, layers: list[LayerBounds]) -> dict[int, np.ndarray]:
-    """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored ReLU,
-    keyed by its layer (the layers of a coupled group share scores but each has its own M)."""
+    """``M_i = max over samples and positions of max(U, 0)`` for each unit of each scored ReLU
+    (of every ramp's largest argument for another activation, :meth:`Activation.reach`), keyed
+    by its layer (the layers of a coupled group share scores but each has its own M)."""
     big_m = {}
     for i in range(len(network.layers)):
         if network.score_key(i) is None:
             continue
         layer = network.layers[i]
-        per_output = np.maximum(layers[i].upper, 0.0).max(axis=0)
+        per_output = layer.activation.reach(layers[i].lower, layers[i].upper).max(axis=0)
         m = np.zeros(layer.n_units)
         np.maximum.at(m, layer.unit_of, per_output)
         big_m[i] = m

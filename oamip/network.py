@@ -3,9 +3,10 @@
 Every layer maps a batch of flat vectors ``(N, n_in)`` to ``(N, n_out)``; images are flattened in
 C order (channel, row, column), as ``torch.flatten`` does, so Flatten and reshapes are no-ops here.
 Affine layers (Linear, Conv2d with folded BatchNorm, AvgPool2d) are sparse matrices plus an offset;
-an affine layer with ``relu=True`` is a *scored* layer whose units carry importance scores. A
-residual block's addition is a :class:`ResidualLayer`, an affine layer of two inputs; its ReLU may
-be plain or share the scores of a coupled group (docs/mathematics.md §4.10).
+an affine layer followed by an activation (ReLU or another of :mod:`oamip.activations`) is a
+*scored* layer whose units carry importance scores. A residual block's addition is a
+:class:`ResidualLayer`, an affine layer of two inputs; its activation may be plain or share the
+scores of a coupled group (docs/mathematics.md §4.10).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from oamip.activations import Activation
 from oamip.errors import InvalidInputError
 
 
@@ -52,9 +54,10 @@ class Conv:
 class AffineLayer:
     """``a = A h + c``: a Linear layer, a Conv2d (channels are its units) or an AvgPool2d.
 
-    ``name`` is the module path of the layer in the original model; ``relu`` says whether a ReLU
-    follows, which makes the layer a scored one, unless ``scored`` is False (a plain ReLU) or
-    ``share`` names the layer whose scores its units use (a coupled group, §4.10).
+    ``name`` is the module path of the layer in the original model; ``activation`` is the
+    activation that follows (None: none), which makes the layer a scored one, unless ``scored``
+    is False (a plain activation) or ``share`` names the layer whose scores its units use (a
+    coupled group, §4.10).
     """
 
     name: str
@@ -64,7 +67,7 @@ class AffineLayer:
     weight: np.ndarray
     bias: np.ndarray
     geometry: Conv | None = None
-    relu: bool = False
+    activation: Activation | None = None
     scored: bool = True
     share: int | None = None
 
@@ -128,14 +131,15 @@ class ResidualLayer:
     previous layer's output ``h``) plus the block's shortcut from the output ``g`` of the earlier
     layer ``source``: ``shortcut`` is a 1x1 convolution with folded BatchNorm, or None for the
     identity. It acts on the concatenation ``[h, g]`` of its two inputs (docs/mathematics.md
-    §4.10); ``relu``, ``scored`` and ``share`` mean what they mean for an :class:`AffineLayer`.
+    §4.10); ``activation``, ``scored`` and ``share`` mean what they mean for an
+    :class:`AffineLayer`.
     """
 
     name: str
     main: AffineLayer
     shortcut: AffineLayer | None
     source: int
-    relu: bool = False
+    activation: Activation | None = None
     scored: bool = True
     share: int | None = None
     kind: str = "residual"
@@ -196,12 +200,18 @@ Layer = AffineLayer | ResidualLayer | MaxPoolLayer
 
 @dataclass
 class Trace:
-    """One layer's values on a batch: ``pre`` its output before any ReLU, ``arg`` the ReLU's
-    argument (``pre`` lowered by the score term), ``out`` what it hands to the next layer."""
+    """One layer's values on a batch: ``pre`` its output before any activation, ``shift`` the
+    score term ``(1 - s) M`` of each output (0 where none), ``out`` what it hands to the next
+    layer."""
 
     pre: np.ndarray
-    arg: np.ndarray
+    shift: np.ndarray
     out: np.ndarray
+
+    @property
+    def arg(self) -> np.ndarray:
+        """A ReLU's argument: ``pre`` lowered by the score term."""
+        return self.pre - self.shift
 
 
 @dataclass
@@ -218,9 +228,10 @@ class Network:
         return [i for i in range(len(self.layers)) if self.score_key(i) == i]
 
     def score_key(self, index: int) -> int | None:
-        """The key of the scores that layer ``index``'s ReLU uses; None where no scored ReLU."""
+        """The key of the scores that layer ``index``'s activation uses; None where no scored
+        activation."""
         layer = self.layers[index]
-        if isinstance(layer, MaxPoolLayer) or not (layer.relu and layer.scored):
+        if isinstance(layer, MaxPoolLayer) or layer.activation is None or not layer.scored:
             return None
         return index if layer.share is None else layer.share
 
@@ -263,7 +274,7 @@ class Network:
         big_m: dict[int, np.ndarray] | None = None,
         before: list[Trace] | None = None,
     ) -> list[Trace]:
-        """The trace of layers ``start`` onward from layer ``start``'s output before its ReLU,
+        """The trace of layers ``start`` onward from layer ``start``'s output before its activation,
         which stays fixed while only the scores of that layer and later ones change.
 
         A residual layer reading a layer before ``start`` takes that layer's output from
@@ -276,12 +287,15 @@ class Network:
             layer = self.layers[i]
             if i > start:
                 pre = layer.forward(self.layer_input(i, outputs))
-            arg = pre
+            shift = np.zeros(pre.shape)
             key = self.score_key(i)
             if key is not None and scores is not None:
-                arg = pre - ((1.0 - scores[key]) * big_m[i])[..., layer.unit_of]
-            h = pre if isinstance(layer, MaxPoolLayer) or not layer.relu else np.maximum(arg, 0.0)
-            record.append(Trace(pre=pre, arg=arg, out=h))
+                term = ((1.0 - scores[key]) * big_m[i])[..., layer.unit_of]
+                shift = np.broadcast_to(term, pre.shape)
+            h = pre
+            if not isinstance(layer, MaxPoolLayer) and layer.activation is not None:
+                h = layer.activation.scored(pre, shift)
+            record.append(Trace(pre=pre, shift=shift, out=h))
             outputs[i] = h
         return record
 

@@ -31,7 +31,8 @@ def test_extract_names_the_scored_modules_and_folds_batchnorm():
     extracted = extract(model, np.zeros((1, 1, 8, 8)))
     assert list(extracted.units) == ["0", "4", "7"]
     assert extracted.units["0"].batchnorm == "1"
-    assert [layer.n_units for layer in extracted.network.layers if getattr(layer, "relu", 0)] == [
+    activated = [layer for layer in extracted.network.layers if getattr(layer, "activation", None)]
+    assert [layer.n_units for layer in activated] == [
         3,
         4,
         5,
@@ -40,7 +41,8 @@ def test_extract_names_the_scored_modules_and_folds_batchnorm():
 
 def test_functional_relu_pooling_and_view_are_read_as_a_chain():
     kinds = [step.kind for step in read_chain(FunctionalNet(0))]
-    assert kinds == ["conv", "relu", "maxpool", "flatten", "linear", "relu", "dropout", "linear"]
+    act = "activation"
+    assert kinds == ["conv", act, "maxpool", "flatten", "linear", act, "dropout", "linear"]
 
 
 def test_apply_masks_zeroes_pruned_units_and_leaves_the_input_untouched():
@@ -164,7 +166,7 @@ def _linear_args(payload, **args):
         (lambda p: p.pop("state_dict"), "has no state dict"),
         (lambda p: p.update(version="1"), "format version '1' is not a positive integer"),
         (lambda p: p["layers"].append("x"), "layer entry is not"),
-        (lambda p: p["layers"].append(("9", {"type": "Tanh", "args": {}})), "unknown layer"),
+        (lambda p: p["layers"].append(("9", {"type": "Softmax", "args": {}})), "unknown layer"),
         (lambda p: _linear_args(p, foo=1), "layer '1' .* unexpected keyword argument 'foo'"),
         (lambda p: _linear_args(p, in_features=-1), "layer '1' .* negative dimension"),
         (lambda p: p["layers"].append(("9", {"type": "Dropout", "args": {"p": 2}})), "'9'"),
@@ -215,12 +217,20 @@ class _SharedLayer(nn.Module):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), "'1' of type Tanh"),
+        (
+            nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)),
+            r"layer '1' \(Tanh\) is not a piecewise-linear activation .*encoded: Hardtanh, "
+            "LeakyReLU, ReLU, ReLU6",
+        ),
         (_SharedLayer(), "layer 'fc' is applied 2 times"),
-        (nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)), "'1' of type Sigmoid"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Softmax(1), nn.Linear(3, 2)), "'1' of type Softmax"),
+        (
+            nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)),
+            r"activation '1' \(Sigmoid\) maps 0 to 0.5",
+        ),
         (_Residual(), "not a chain"),
         (nn.Sequential(nn.Linear(4, 3), nn.ReLU()), "must end with a Linear"),
-        (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.ReLU(), nn.Linear(3, 2)), "ReLU '2'"),
+        (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.ReLU(), nn.Linear(3, 2)), "activation '2'"),
     ],
 )
 def test_unsupported_models_are_refused_with_the_culprit_named(model, message):

@@ -14,6 +14,7 @@ import scipy.optimize
 import scipy.sparse as sp
 from pyomo.core.base.matrix_constraint import MatrixConstraint
 
+import oamip
 from oamip import backends
 from oamip.backends import Backend, SolveOptions, Status, compile_model, write_lp, write_mps
 from oamip.backends import cbc as cbc_module
@@ -682,3 +683,45 @@ def test_highs_accepts_a_new_thread_count_after_earlier_solves():
     highs = backends.get("highs")
     statuses = [highs.solve(model, SolveOptions(threads=t)).status for t in (None, 2, 1, None)]
     assert statuses == ["optimal"] * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "least"),
+    [
+        ("1.119", 1.1185),
+        ("-1.119", -1.1195),
+        ("12", 11.995),
+        ("1.2e+03", 1199.5),
+        ("1.11891", 1.118905),
+        ("0", 0.0),
+    ],
+)
+def test_cbc_logged_bound_is_lowered_by_its_rounding(text, least):
+    """CBC logs its bound to four significant digits: the bound kept is the least number the
+    printed one can stand for, so it is never above the true bound."""
+    assert cbc_module.rounded_down(text) == pytest.approx(least, rel=1e-12)
+
+
+@pytest.mark.skipif("cbc" not in backends.available(), reason="cbc is not installed")
+def test_cbc_bound_rounded_up_in_its_log_is_kept_below_the_optimum():
+    """Fuzz seed 902587: CBC proves the optimum 1.11891 within its gap and logs "Lower bound:
+    1.119", above the optimum; read as printed, the bound was dropped. Lowered by its
+    rounding, it is kept, at or below the optimum."""
+    from tests import fuzzing
+
+    case = fuzzing.instance(902587)
+    res = oamip.score_neurons(
+        case.model,
+        case.x,
+        case.y,
+        backend="cbc",
+        loss=case.loss,
+        lam=case.lam,
+        min_keep=case.min_keep,
+        scores="binary",
+        time_limit=10,
+    )
+    best = fuzzing.optimum(case)
+    assert res.objective == pytest.approx(best, rel=1e-6)
+    assert res.bound is not None and res.bound <= best
+    assert "lies above a known feasible objective" not in res.note

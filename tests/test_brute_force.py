@@ -30,12 +30,19 @@ def _enumerate_objectives(model, x, y, sizes, loss: str, lam: float) -> np.ndarr
     repeated = np.concatenate([x] * len(masks))
     scores = {n: np.repeat(np.stack([m[n] for m in masks]), len(x), axis=0) for n in sizes}
     z = scored_logits(extracted, repeated, scores, big_m).reshape(len(masks), len(x), -1)
-    return np.array([_objective(z[i], y, m, loss, lam) for i, m in enumerate(masks)])
+    dense = _dense_logits(model, x, sizes)
+    return np.array([_objective(z[i], y, m, loss, lam, dense) for i, m in enumerate(masks)])
 
 
-def _objective(z, y, masks, loss: str, lam: float, margin: float = 1.0) -> float:
+def _dense_logits(model, x, sizes: dict[str, int]) -> np.ndarray:
+    return _pruned_logits(model, x, {name: np.ones(n, dtype=bool) for name, n in sizes.items()})
+
+
+def _objective(z, y, masks, loss: str, lam: float, dense=None, margin: float = 1.0) -> float:
     true = z[np.arange(len(y)), y]
-    if loss == "hinge":
+    if loss == "fidelity":
+        losses = np.abs(z - dense).max(axis=1)
+    elif loss == "hinge":
         other = z.copy()
         other[np.arange(len(y)), y] = -np.inf
         losses = np.maximum(0.0, margin + other.max(axis=1) - true)
@@ -68,6 +75,10 @@ CASES = [
     ("conv", "hinge", 0.5, 5),
     ("deep_pool", "ce", 1.0, 6),
     ("deep_pool", "hinge", 2.0, 7),
+    ("mlp", "fidelity", 1.0, 8),
+    ("mlp_bn", "fidelity", 0.3, 9),
+    ("conv", "fidelity", 2.0, 10),
+    ("deep_pool", "fidelity", 0.5, 11),
 ]
 
 
@@ -93,7 +104,8 @@ def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed,
     best = _enumerate_objectives(model, x, y, sizes, loss, lam).min()
     assert res.objective == pytest.approx(best, abs=1e-6)
     found = {name: s > 0.5 for name, s in res.scores.items()}
-    pruned = _objective(_pruned_logits(model, x, found), y, found, loss, lam)
+    dense = _dense_logits(model, x, sizes)
+    pruned = _objective(_pruned_logits(model, x, found), y, found, loss, lam, dense)
     assert pruned == pytest.approx(res.objective, abs=1e-9)
     assert res.bound <= res.objective + 1e-6
 

@@ -186,7 +186,7 @@ def test_a_head_fits_separable_data_deterministically():
     again = fit_head(features, labels, 3, (5,), "fc")
     assert head.accuracy >= 0.95
     np.testing.assert_array_equal(head.layers[-1].weight, again.layers[-1].weight)
-    assert isinstance(head.layers[-1], AffineLayer) and not head.layers[-1].relu
+    assert isinstance(head.layers[-1], AffineLayer) and head.layers[-1].activation is None
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from oamip.pipelines.budget import (
     LamPath,
     PathPoint,
     budget_floor,
+    budget_masks,
     budget_table,
     given_validation,
     global_order,
@@ -524,3 +525,57 @@ def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it(
     assert not [line for line in test.get_lines() if line.get_label().startswith("dense -")]
     tp = [m for m in ("tp-magnitude-global", "tp-taylor-global") if installed()]
     assert all(m in {line.get_label() for line in validation.get_lines()} for m in tp)
+
+
+# --- every method fine-tuned -------------------------------------------------------------
+
+
+def test_budget_masks_redo_every_entry():
+    """The masks behind each budget entry, redone from its scores and step, prune the entry's
+    units and give its validation accuracy."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    dense = evaluator(keep_all(model))
+    floor = budget_floor(dense.val_accuracy, 20.0)
+    scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
+    steps = schedule_steps(scores, evaluator, min_keep=1)
+    x, y = split.train.x_train[:6], split.train.y_train[:6]
+    path = lam_path(
+        lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
+        evaluator,
+        [0.01, 1.0, 100.0],
+        floor,
+        0.5,
+        0,
+    )
+    table = budget_table(path, steps, floor, dense)
+    masks = budget_masks(path, steps, scores, floor, 1, keep_all(model))
+    assert set(masks) == {entry.method for entry in table}
+    assert any(entry.units_pruned for entry in table[1:])
+    for entry in table:
+        seen = evaluator(masks[entry.method])
+        assert seen.units_pruned == entry.units_pruned, entry.method
+        assert seen.val_accuracy == entry.val_accuracy, entry.method
+
+
+def test_with_finetuning_every_entry_is_finetuned_on_its_own_mask(monkeypatch):
+    """``finetune_epochs`` fine-tunes every method's budget mask with the same recipe; without,
+    no entry says it was fine-tuned."""
+    model, data = _tiny_problem()
+    tuned = []
+    real = pipeline.finetuned
+
+    def spy(masked, dataset, masks, settings, *args, **kwargs):
+        tuned.append(sum(int((~m).sum()) for m in masks.values()))
+        return real(masked, dataset, masks, settings, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "finetuned", spy)
+    settings = {**ONE_WEIGHT, "finetune_epochs": 1}
+    report = oamip.prune(model, data, max_drop=20.0, val_fraction=0.5, **settings)
+    assert all(entry.test_accuracy_finetuned is not None for entry in report.budget)
+    assert tuned[: len(report.budget)] == [entry.units_pruned for entry in report.budget]
+    mip = report.budget[0]
+    assert mip.test_accuracy_finetuned == report.accuracy_after_finetune
+    plain = oamip.prune(model, data, max_drop=20.0, val_fraction=0.5, **ONE_WEIGHT)
+    assert all(entry.test_accuracy_finetuned is None for entry in plain.budget)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "oamip"
 SOLVERS = {"highspy", "pyscipopt", "gurobipy"}
 ORDER = [
     ["errors", "checks", "files", "version", "progress"],
-    ["network", "bounds", "sparse"],
+    ["network", "activations", "bounds", "sparse"],
     ["formulations"],
     ["backends"],
     ["solve"],
@@ -37,6 +37,7 @@ THIRD_PARTY = {
     "checks": {"torch", "pyomo", *SOLVERS},
     "files": {"torch", "pyomo", *SOLVERS},
     "network": {"torch", "pyomo", *SOLVERS},
+    "activations": {"torch", "pyomo", *SOLVERS},
     "bounds": {"torch", "pyomo", *SOLVERS},
     "sparse": {"torch", "pyomo", *SOLVERS},
     "formulations": {"torch", *SOLVERS},

@@ -62,5 +62,7 @@ def test_builtin_losses_are_classes_with_their_parameters():
     assert isinstance(get_loss("ce"), CrossEntropy) and not CrossEntropy.exact
     assert get_loss(Hinge(margin=0.0)).margin == 0.0
     assert str(Hinge()) == "hinge" and str(Hinge(margin=2.0)) == "hinge(margin=2.0)"
-    with pytest.raises(oamip.InvalidInputError, match="unknown loss 'mse'; use one of ce, hinge"):
+    with pytest.raises(
+        oamip.InvalidInputError, match="unknown loss 'mse'; use one of ce, fidelity, hinge"
+    ):
         get_loss("mse")

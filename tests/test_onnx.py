@@ -221,3 +221,19 @@ def test_oamip_spr_writes_the_pruned_model_as_onnx_too(tmp_path):
     pruned = oamip.load_model(out / "pruned.pt")
     x = load_digits().x_test[:20]
     np.testing.assert_allclose(_runtime(out / "pruned.onnx", x), _torch(pruned, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [_mlp, _cnn], ids=["mlp", "cnn"])
+def test_onnx_leaky_relu_and_clip_units_are_scored_and_checked_against_torch(build, tmp_path):
+    """LeakyRelu and Clip(0, 6) load as LeakyReLU and ReLU6 and are scored like Relu units."""
+    path, shape = build(tmp_path)
+    model = oamip.load_model(path)
+    x = RNG.uniform(-1, 1, (2, *shape))
+    res = oamip.score_neurons(model, x, np.array([0, 1]), scores="binary", time_limit=20)
+    assert res.logit_error < 1e-6
+    activations = {
+        type(layer.activation).__name__
+        for layer in extract(model, x).network.layers
+        if getattr(layer, "activation", None) is not None
+    }
+    assert activations >= ({"LeakyReLU"} if build is _mlp else {"ReLU6"})

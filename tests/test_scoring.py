@@ -122,7 +122,7 @@ def test_an_unknown_option_is_named():
     [
         ({"lam": "5"}, "lam must be a finite number, got '5'"),
         ({"lam": -1.0}, r"lam must lie in \[0, inf\]"),
-        ({"loss": "logistic"}, "unknown loss 'logistic'; use one of ce, hinge"),
+        ({"loss": "logistic"}, "unknown loss 'logistic'; use one of ce, fidelity, hinge"),
         ({"min_keep": None}, "min_keep must be a whole number, got None"),
         ({"min_keep": 1.5}, "min_keep must be a whole number"),
         ({"loss": 3}, "unknown loss 3"),

@@ -26,6 +26,7 @@ from oamip.pipelines.budget import (
     BASELINE_STEPS,
     Evaluator,
     budget_floor,
+    budget_masks,
     budget_table,
     global_order,
     lam_path,
@@ -308,7 +309,8 @@ def test_the_written_out_cnn_is_the_masked_cnn():
 def test_every_budget_entry_of_a_tiny_cnn_with_batchnorm_by_enumeration():
     """The tiny CNN's 2048 masks enumerated: every method's entry is the most units of its own
     steps within the budget (Torch-Pruning's stepped only globally, ranked as given, the
-    BatchNorm-less Linear never pruned by tp-bn), never more than the best mask."""
+    BatchNorm-less Linear never pruned by tp-bn), never more than the best mask, and its mask
+    redone (``budget_masks``, what fine-tuning starts from) gives the same entry."""
     model, data = _tiny_cnn()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -330,19 +332,25 @@ def test_every_budget_entry_of_a_tiny_cnn_with_batchnorm_by_enumeration():
     layer_methods = [m + s for m in BUILT_IN for s in ("", "-global")]
     assert [entry.method for entry in table] == [MIP_METHOD, *layer_methods, *tp_methods]
     best = _best_enumerated(model, split, floor)
+    masks = budget_masks(path, steps, scores, floor, 1, keep_all(model))
     for entry in table:
         assert entry.units_pruned <= best and entry.val_accuracy >= floor - 1e-12
     for entry in table[1 + len(layer_methods) :]:
         criterion = entry.method.removesuffix("-global")
         found = [0]
         for step in range(BASELINE_STEPS + 1):
-            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, "given", CNN_LAYERS)
+            step_masks = _by_hand(scores[criterion], step / BASELINE_STEPS, "given", CNN_LAYERS)
             if criterion == "tp-bn":
-                assert masks["8"].all()
-            accuracy = _cnn_accuracies(model, [masks], split.x_val, split.y_val)[0]
+                assert step_masks["8"].all()
+            accuracy = _cnn_accuracies(model, [step_masks], split.x_val, split.y_val)[0]
             if accuracy >= floor - 1e-12:
-                found.append(sum(int((~m).sum()) for m in masks.values()))
+                found.append(sum(int((~m).sum()) for m in step_masks.values()))
         assert entry.units_pruned == max(found), entry.method
+        redone = evaluator(masks[entry.method])
+        assert (redone.units_pruned, redone.val_accuracy) == (
+            entry.units_pruned,
+            entry.val_accuracy,
+        )
 
 
 def test_prune_reports_them_in_the_budget_table_only():

@@ -1,8 +1,11 @@
 """Read a PyTorch module's forward as a chain of supported steps, with torch.fx.
 
-A step is one Linear, Conv2d, BatchNorm, ReLU, pooling, flatten, dropout or identity, whether it
-is a module or a function call. Anything else, or a forward that is not a chain, is refused with
-the module path and type of the culprit.
+A step is one Linear, Conv2d, BatchNorm, activation, pooling, flatten, dropout or identity, whether
+it is a module or a function call. Anything else, or a forward that is not a chain, is refused with
+the module path and type of the culprit. An activation is any elementwise one of ACTIVATION_ARGS
+(or a registered piecewise-linear one, :mod:`oamip.activations`) that maps 0 to 0, so that a unit
+whose weights are zeroed outputs 0; OAMIP encodes only the piecewise-linear ones, SPR and the
+baseline criteria take them all.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from oamip import activations
 from oamip.errors import UnsupportedLayerError
 
 _MODULE_KINDS: list[tuple[type, str]] = [
@@ -23,7 +27,6 @@ _MODULE_KINDS: list[tuple[type, str]] = [
     (nn.Conv2d, "conv"),
     (nn.BatchNorm1d, "bn"),
     (nn.BatchNorm2d, "bn"),
-    (nn.ReLU, "relu"),
     (nn.MaxPool2d, "maxpool"),
     (nn.AvgPool2d, "avgpool"),
     (nn.AdaptiveMaxPool2d, "maxpool"),
@@ -34,9 +37,49 @@ _MODULE_KINDS: list[tuple[type, str]] = [
     (nn.Dropout2d, "dropout"),
     (nn.Identity, "identity"),
 ]
+ACTIVATION_ARGS: dict[type, tuple[str, ...]] = {
+    nn.ReLU: (),
+    nn.ReLU6: (),
+    nn.Hardtanh: ("min_val", "max_val"),
+    nn.LeakyReLU: ("negative_slope",),
+    nn.GELU: ("approximate",),
+    nn.Tanh: (),
+    nn.SiLU: (),
+    nn.ELU: ("alpha",),
+    nn.CELU: ("alpha",),
+    nn.SELU: (),
+    nn.Mish: (),
+    nn.Hardswish: (),
+    nn.Softsign: (),
+    nn.Softshrink: ("lambd",),
+    nn.Tanhshrink: (),
+    nn.Sigmoid: (),
+    nn.Softplus: ("beta", "threshold"),
+    nn.Hardsigmoid: (),
+}
+"""Elementwise activation modules read as steps, with the arguments that rebuild them (Sigmoid,
+Softplus and Hardsigmoid are read to be refused by name: they do not map 0 to 0)."""
+_ACTIVATION_CALLS = {
+    F.relu: nn.ReLU,
+    torch.relu: nn.ReLU,
+    F.relu6: nn.ReLU6,
+    F.hardtanh: nn.Hardtanh,
+    F.leaky_relu: nn.LeakyReLU,
+    F.gelu: nn.GELU,
+    F.tanh: nn.Tanh,
+    torch.tanh: nn.Tanh,
+    F.silu: nn.SiLU,
+    F.elu: nn.ELU,
+    F.mish: nn.Mish,
+    F.hardswish: nn.Hardswish,
+    F.sigmoid: nn.Sigmoid,
+    torch.sigmoid: nn.Sigmoid,
+}
+"""Activation calls and the module each equals (the call's arguments after the input are the
+module's, in the same order)."""
+_ACTIVATION_METHODS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 _FUNCTION_KINDS = {
-    F.relu: "relu",
-    torch.relu: "relu",
+    **dict.fromkeys(_ACTIVATION_CALLS, "activation"),
     torch.flatten: "flatten",
     F.max_pool2d: "maxpool",
     F.avg_pool2d: "avgpool",
@@ -54,7 +97,12 @@ _ADAPTIVE_CALLS = {
     F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
     F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
 }
-_METHOD_KINDS = {"relu": "relu", "view": "flatten", "reshape": "flatten", "flatten": "flatten"}
+_METHOD_KINDS = {
+    **dict.fromkeys(_ACTIVATION_METHODS, "activation"),
+    "view": "flatten",
+    "reshape": "flatten",
+    "flatten": "flatten",
+}
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
 _SHAPE_METHODS = {"size", "dim"}
@@ -191,25 +239,51 @@ def _check_input(node: fx.Node, current: fx.Node | None, where: str) -> None:
 def step_of(node: fx.Node, modules: dict[str, nn.Module]) -> Step:
     if node.op == "call_module":
         module = modules[node.target]
+        if is_activation(module):
+            return _activation_step(Step("activation", node.target, module, node))
         for cls, kind in _MODULE_KINDS:
             if type(module) is cls:
                 return Step(kind, node.target, module, node)
         raise UnsupportedLayerError(
             f"layer '{node.target}' of type {type(module).__name__} is not supported; supported: "
-            "Linear, Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveMaxPool2d, "
-            "AdaptiveAvgPool2d, Flatten, Dropout, Identity"
+            "Linear, Conv2d, BatchNorm1d/2d, elementwise activations (ReLU, LeakyReLU, GELU, "
+            "Tanh, ...), MaxPool2d, AvgPool2d, AdaptiveMaxPool2d, AdaptiveAvgPool2d, Flatten, "
+            "Dropout, Identity"
         )
     if node.op == "call_function" and node.target in _FUNCTION_KINDS:
         kind = _FUNCTION_KINDS[node.target]
-        return Step(kind, node.name, _module_for_call(kind, node), node)
+        return _activation_step(Step(kind, node.name, _module_for_call(kind, node), node))
     if node.op == "call_method" and node.target in _METHOD_KINDS:
         kind = _METHOD_KINDS[node.target]
-        return Step(kind, node.name, _module_for_call(kind, node), node)
+        return _activation_step(Step(kind, node.name, _module_for_call(kind, node), node))
     what = getattr(node.target, "__name__", str(node.target))
     raise UnsupportedLayerError(
         f"operation '{what}' at '{node.name}' is not supported; supported activations and "
-        "operations: ReLU, max/avg pooling (fixed or adaptive), flatten/view/reshape, dropout"
+        "operations: elementwise activations (relu, leaky_relu, gelu, tanh, ...), max/avg "
+        "pooling (fixed or adaptive), flatten/view/reshape, dropout"
     )
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an elementwise activation a step may be (ACTIVATION_ARGS, or a
+    registered piecewise-linear activation's module)."""
+    return type(module) in ACTIVATION_ARGS or type(module).__name__ in activations.ACTIVATIONS
+
+
+def _activation_step(step: Step) -> Step:
+    """``step``, refused if it is an activation that does not map 0 to 0 (a unit whose weights
+    are zeroed would not output 0, so masks and removal would change the network)."""
+    if step.kind != "activation":
+        return step
+    with torch.no_grad():
+        zero = float(step.module(torch.zeros(1)).abs().max())
+    if zero != 0.0:
+        raise UnsupportedLayerError(
+            f"activation '{step.name}' ({type(step.module).__name__}) maps 0 to {zero:g}, so a "
+            "pruned unit would not output 0; use an activation with f(0) = 0 (ReLU, LeakyReLU, "
+            "GELU, Tanh, ...)"
+        )
+    return step
 
 
 def _module_for_call(kind: str, node: fx.Node) -> nn.Module:
@@ -217,8 +291,10 @@ def _module_for_call(kind: str, node: fx.Node) -> nn.Module:
     args, kwargs = list(node.args[1:]), dict(node.kwargs)
     if node.target in _ADAPTIVE_CALLS:
         return _ADAPTIVE_CALLS[node.target](kwargs.get("output_size", args[0] if args else None))
-    if kind == "relu":
-        return nn.ReLU()
+    if node.target in _ACTIVATION_CALLS:
+        return _ACTIVATION_CALLS[node.target](*args, **kwargs)
+    if kind == "activation":
+        return _ACTIVATION_METHODS[node.target]()
     if kind == "flatten":
         return nn.Flatten()
     if kind == "dropout":
@@ -253,25 +329,27 @@ def fixed_pool(step: Step, shape: tuple[int, ...]) -> nn.Module:
 
 
 SCORED_PATTERNS = (
-    ("relu",),
-    ("bn", "relu"),
-    ("dropout", "relu"),
-    ("maxpool", "relu"),
-    ("bn", "maxpool", "relu"),
+    ("activation",),
+    ("bn", "activation"),
+    ("dropout", "activation"),
+    ("maxpool", "activation"),
+    ("bn", "maxpool", "activation"),
 )
 """What may follow a Linear or Conv2d for its units to be scored. A max pooling may come before
-the ReLU: with the score term constant per channel, ``ReLU(maxpool(a) - c)`` equals
-``maxpool(ReLU(a - c))``, so the unit is encoded as if the ReLU came first."""
+the activation: the activations OAMIP encodes are non-decreasing and the score term is constant
+per channel, so ``ReLU(maxpool(a) - c)`` equals ``maxpool(ReLU(a - c))`` (and likewise for the
+others), and the unit is encoded as if the activation came first."""
 
 
 @dataclass(eq=False)
 class Unit:
-    """A scored layer: a Linear or Conv2d whose outputs reach a ReLU by one of SCORED_PATTERNS.
+    """A scored layer: a Linear or Conv2d whose outputs reach an activation by one of
+    SCORED_PATTERNS.
 
     Its units (neurons, output channels) are what every criterion scores and every mask prunes.
     ``batchnorm`` is the BatchNorm directly after the layer, if any: it acts on the same units,
-    so pruning a unit zeroes its scale and shift too. ``position`` and ``relu`` are the places of
-    the layer and of its ReLU in the chain the unit was read from.
+    so pruning a unit zeroes its scale and shift too. ``position`` and ``activation`` are the
+    places of the layer and of its activation in the chain the unit was read from.
     """
 
     name: str
@@ -279,7 +357,7 @@ class Unit:
     batchnorm: str | None
     batchnorm_module: nn.BatchNorm1d | nn.BatchNorm2d | None
     position: int
-    relu: int
+    activation: int
 
     @property
     def size(self) -> int:
@@ -298,8 +376,9 @@ class Unit:
 def units(model: nn.Module) -> list[Unit]:
     """The scored layers of ``model``, in forward order: the one definition of units.
 
-    The output layer is never one (no ReLU follows it), whatever order ``__init__`` declares the
-    modules in. Refuses, like :func:`read_chain`, a forward that is not a supported chain.
+    The output layer is never one (no activation follows it), whatever order ``__init__``
+    declares the modules in. Refuses, like :func:`read_chain`, a forward that is not a
+    supported chain.
     """
     return chain_units(read_chain(model))
 

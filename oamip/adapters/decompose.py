@@ -35,13 +35,13 @@ class Block:
 
 
 def blocks(network: Network) -> list[Block]:
-    """The network cut after every ReLU (and the pooling that follows it) that ends a block with
-    a scored layer and that no residual connection crosses (a residual network is cut between
-    its residual blocks); the last block runs to the logits."""
+    """The network cut after every activation (and the pooling that follows it) that ends a
+    block with a scored layer and that no residual connection crosses (a residual network is
+    cut between its residual blocks); the last block runs to the logits."""
     layers, found, start, scored = network.layers, [], 0, None
     for i, layer in enumerate(layers):
         scored = i if network.score_key(i) is not None else scored
-        if scored is None or isinstance(layer, MaxPoolLayer) or not layer.relu:
+        if scored is None or isinstance(layer, MaxPoolLayer) or layer.activation is None:
             continue
         stop = i + 1
         while stop < len(layers) and _is_pooling(layers[stop]):
@@ -72,7 +72,9 @@ def check_decomposition(
     x = network.check_input(x)
     check_labels(y, len(x), network.num_classes)
     if not network.scored:
-        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+        raise InvalidInputError(
+            "the network has no hidden activation layer: there is nothing to score"
+        )
     if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
         return None
     if options.sparsity == "unit" and any(len(_scored_in(network, b)) > 1 for b in blocks(network)):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from oamip.activations import activation_of
 from oamip.adapters.chain import (
     Step,
     Unit,
@@ -62,7 +63,7 @@ class ScoredUnit:
 class Extracted:
     """A network read from a torch model, with the way back to the model's modules.
 
-    ``relus`` names the ReLU step after each layer that has one. A coupled group's unit has no
+    ``relus`` names the activation step after each layer that has one. A coupled group's unit has no
     single module: its ``module`` is the group's name, ``layer`` its first layer, and
     ``targets`` lists where its score acts (see :meth:`shift_targets`)."""
 
@@ -116,7 +117,7 @@ def extract(model: nn.Module, x: np.ndarray, residual: str = "both") -> Extracte
     if any(is_addition(node) for node in graph.nodes):
         return _extract_residual(model, ref, graph, _sample_shape(x), residual)
     steps = read_chain(ref)
-    owners = {unit.relu: unit for unit in chain_units(steps)}
+    owners = {unit.activation: unit for unit in chain_units(steps)}
     shape = _sample_shape(x)
     network = Network(input_shape=shape)
     units: dict[str, ScoredUnit] = {}
@@ -131,8 +132,8 @@ def extract(model: nn.Module, x: np.ndarray, residual: str = "both") -> Extracte
             shape = pending.out_shape
         elif step.kind == "bn":
             _fold_batchnorm(step, prev, pending)
-        elif step.kind == "relu":
-            owner = _mark_relu(step, owners.get(pos), pending)
+        elif step.kind == "activation":
+            owner = _mark_activation(step, owners.get(pos), pending)
             index = next(i for i, layer in enumerate(network.layers) if layer is pending)
             units[owner.name] = ScoredUnit(owner.name, owner.batchnorm, index)
             relus[index] = step.name
@@ -212,12 +213,13 @@ class _ResidualReader:
             return _Value(_Pending(layer, reads), layer.out_shape)
         if step.kind == "bn":
             layer = value.ref.layer if isinstance(value.ref, _Pending) else None
-            prev = layer.kind if isinstance(layer, AffineLayer) and not layer.relu else None
+            plain = isinstance(layer, AffineLayer) and layer.activation is None
+            prev = layer.kind if plain else None
             _fold_batchnorm(step, prev, layer)
             self.tails[layer.name] = step.name
             return value
-        if step.kind == "relu":
-            return _Value(self._place(value, relu=step.name), value.shape)
+        if step.kind == "activation":
+            return _Value(self._place(value, step), value.shape)
         if step.kind == "maxpool":
             self._place(value)
             layer = _max_pool(step, value.shape, len(self.network.layers))
@@ -232,7 +234,9 @@ class _ResidualReader:
         other is a pending affine shortcut or an earlier layer's output (the identity)."""
         first, second = (self.values[a] for a in node.all_input_nodes)
         pending = [v.ref for v in (first, second) if isinstance(v.ref, _Pending)]
-        plain = all(isinstance(p.layer, AffineLayer) and not p.layer.relu for p in pending)
+        plain = all(
+            isinstance(p.layer, AffineLayer) and p.layer.activation is None for p in pending
+        )
         if not pending or not plain:
             raise UnsupportedLayerError(
                 f"the forward is not a chain of residual blocks at addition '{node.name}': it "
@@ -253,13 +257,13 @@ class _ResidualReader:
         layer = ResidualLayer(main.layer.name, main.layer, shortcut, source)
         return _Value(_Pending(layer, main.reads), first.shape)
 
-    def _place(self, value: _Value, relu: str | None = None) -> int:
-        """Put a pending layer into the network (with its ReLU) and return its index."""
+    def _place(self, value: _Value, activation: Step | None = None) -> int:
+        """Put a pending layer into the network (with its activation) and return its index."""
         if not isinstance(value.ref, _Pending):
-            if relu is not None:
+            if activation is not None:
                 raise UnsupportedLayerError(
-                    f"ReLU '{relu}' must follow a Linear, a Conv2d (optionally with BatchNorm) "
-                    "or a residual addition"
+                    f"activation '{activation.name}' must follow a Linear, a Conv2d (optionally "
+                    "with BatchNorm) or a residual addition"
                 )
             return value.ref
         pending = value.ref
@@ -270,11 +274,11 @@ class _ResidualReader:
                 f"layer {last} was the last one computed; apart from residual shortcuts the "
                 "forward must be a chain"
             )
-        pending.layer.relu = relu is not None
+        if activation is not None:
+            pending.layer.activation = _residual_activation(activation, pending.layer)
+            self.relus[last + 1] = activation.name
         self.network.layers.append(pending.layer)
         value.ref = last + 1
-        if relu is not None:
-            self.relus[last + 1] = relu
         return last + 1
 
 
@@ -310,7 +314,7 @@ def _unit_sites(network: Network, unit) -> list[int]:
     unit must reach one, or the unit cannot be scored exactly."""
     sites, covered, additions = [], set(), 0
     for i, layer in enumerate(network.layers):
-        if isinstance(layer, MaxPoolLayer) or not layer.relu:
+        if isinstance(layer, MaxPoolLayer) or layer.activation is None:
             continue
         parts = [layer] if isinstance(layer, AffineLayer) else [layer.main, layer.shortcut]
         names = {p.name for p in parts if p is not None}
@@ -461,16 +465,31 @@ def _fold_batchnorm(step: Step, prev: str | None, layer: AffineLayer | None) -> 
     layer.bias = (layer.bias - _np(bn.running_mean)) * factor + shift
 
 
-def _mark_relu(step: Step, owner: Unit | None, layer: AffineLayer | None) -> Unit:
-    """Make ``layer`` scored, if this ReLU closes the scored pattern of its unit ``owner``."""
+def _mark_activation(step: Step, owner: Unit | None, layer: AffineLayer | None) -> Unit:
+    """Make ``layer`` scored, if this activation closes the scored pattern of its unit
+    ``owner``."""
     if owner is None or layer is None or owner.name != layer.name:
         raise UnsupportedLayerError(
-            f"ReLU '{step.name}' must follow a Linear or Conv2d layer (optionally with BatchNorm, "
-            "dropout or a max pooling in between); a ReLU after average pooling, after another "
-            "ReLU or at the start is not supported"
+            f"activation '{step.name}' must follow a Linear or Conv2d layer (optionally with "
+            "BatchNorm, dropout or a max pooling in between); an activation after average "
+            "pooling, after another activation or at the start is not supported"
         )
-    layer.relu = True
+    layer.activation = activation_of(step.module, step.name)
     return owner
+
+
+def _residual_activation(step: Step, layer: AffineLayer | ResidualLayer):
+    """The activation of ``step``; after an addition only one that is 0 below 0: the score term
+    then acts on the block's main branch alone (:meth:`Extracted.shift_targets`), which a
+    two-sided activation's soft threshold does not allow."""
+    activation = activation_of(step.module, step.name)
+    if isinstance(layer, ResidualLayer) and activation.two_sided:
+        raise UnsupportedLayerError(
+            f"activation '{step.name}' ({type(step.module).__name__}) follows the residual "
+            f"addition of '{layer.name}'; after an addition only activations that are 0 below 0 "
+            "(ReLU, ReLU6, Hardtanh(0, t)) are encoded"
+        )
+    return activation
 
 
 def _max_pool(step: Step, shape, position: int) -> MaxPoolLayer:
@@ -485,10 +504,10 @@ def _max_pool(step: Step, shape, position: int) -> MaxPoolLayer:
 
 def _check_output(network: Network) -> None:
     last = network.layers[-1] if network.layers else None
-    if not isinstance(last, AffineLayer) or last.relu or last.kind == "avgpool":
+    if not isinstance(last, AffineLayer) or last.activation is not None or last.kind == "avgpool":
         raise UnsupportedLayerError(
             "the network must end with a Linear (or Conv2d) layer that gives the logits, "
-            "with no ReLU or pooling after it"
+            "with no activation or pooling after it"
         )
 
 

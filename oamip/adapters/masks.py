@@ -28,7 +28,8 @@ def scored_logits(
     big_m: dict[int, np.ndarray],
 ) -> np.ndarray:
     """Logits of the float64 reference model with each scored unit's ReLU argument lowered by
-    ``(1 - s) M`` (docs/mathematics.md (1)); ``big_m`` maps network layer indices to M.
+    ``(1 - s) M`` (docs/mathematics.md (1)), or, before an activation that is nonzero below 0,
+    soft-thresholded by it (§4.11); ``big_m`` maps network layer indices to M.
 
     A score array is either one value per unit or one row per sample (``(N, units)``), so many
     score vectors can be evaluated in one batched forward pass."""
@@ -38,7 +39,8 @@ def scored_logits(
     for name in extracted.units:
         for layer, target in extracted.shift_targets(name):
             shift = (1.0 - np.asarray(scores[name], dtype=float)) * big_m[layer]
-            hook = _shift_hook(torch.from_numpy(shift))
+            two_sided = extracted.network.layers[layer].activation.two_sided
+            hook = _shift_hook(torch.from_numpy(shift), two_sided)
             handles.append(modules[target].register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -49,9 +51,13 @@ def scored_logits(
     return out.numpy()
 
 
-def _shift_hook(shift: torch.Tensor):
+def _shift_hook(shift: torch.Tensor, two_sided: bool):
+    """``a - t`` (``t = (1 - s) M``), or the soft threshold ``a - clip(a, -t, t)``, which a
+    two-sided activation needs and which equals ``a - t`` wherever ``a >= -t``."""
+
     def hook(_module, _inputs, output):
-        return output - shift.reshape(*shift.shape, *([1] * (output.dim() - 2)))
+        t = shift.reshape(*shift.shape, *([1] * (output.dim() - 2)))
+        return output - (torch.clamp(output, -t, t) if two_sided else t)
 
     return hook
 

@@ -2,9 +2,9 @@
 
 A residual network is a graph of the layers a chain may hold (:mod:`oamip.adapters.chain`) plus
 additions of two tensors (``x + y``, ``torch.add``, ``x.add(y)``). Its channels fall into
-*channel sets*: a Linear or Conv2d starts one with its outputs; BatchNorm, ReLU, pooling, dropout,
-flatten and identity carry it on unchanged; an addition ties the sets of its two inputs into one,
-since its channel ``c`` is the sum of both inputs' channels ``c``. A channel set that some
+*channel sets*: a Linear or Conv2d starts one with its outputs; BatchNorm, activations, pooling,
+dropout, flatten and identity carry it on unchanged; an addition ties the sets of its two inputs
+into one, since its channel ``c`` is the sum of both inputs' channels ``c``. A channel set that some
 Linear or Conv2d reads, and that is neither the model's input nor its output, is a *unit* of
 :func:`residual_units`, the one definition of units for residual graphs (``chain.units`` stays
 the definition for chains and refuses additions):
@@ -40,7 +40,7 @@ from oamip.errors import InvalidInputError, UnsupportedLayerError
 
 UNIT_KINDS = ("inner", "group")
 OP_KINDS = ("layer", "add")
-_CARRY_KINDS = ("relu", "maxpool", "avgpool", "flatten", "dropout", "identity")
+_CARRY_KINDS = ("activation", "maxpool", "avgpool", "flatten", "dropout", "identity")
 
 
 @dataclass(frozen=True)

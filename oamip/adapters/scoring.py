@@ -283,7 +283,9 @@ class _Combined:
         by_name = self.extracted.scores_by_name(scores)
         exact = network.forward(x, scores, big_m)
         error = _verify(exact, scored_logits(self.extracted, x, by_name, big_m))
-        loss = float(np.mean(self.options.loss_fn.values(exact, self.y.astype(np.int64))))
+        loss_fn = self.options.loss_fn
+        targets = loss_fn.targets(self.y.astype(np.int64), network.forward(x))
+        loss = float(np.mean(loss_fn.values(exact, targets)))
         failed = [r for r in results if r.error is not None]
         notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]
         return ScoreResult(

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from oamip.adapters.chain import ACTIVATION_ARGS
 from oamip.adapters.masks import remove_pruned
 from oamip.adapters.onnx_io import is_onnx, read_onnx, write_onnx
 from oamip.adapters.residual import GraphOp, forward_ops, graph_module
@@ -34,7 +35,7 @@ _LAYER_ARGS: dict[type, tuple[str, ...]] = {
     nn.Conv2d: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation"),
     nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
     nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.ReLU: (),
+    **ACTIVATION_ARGS,
     nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
     nn.AdaptiveMaxPool2d: ("output_size",),

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -225,18 +226,43 @@ def _status(header: str, log: list[str]) -> tuple[Status, bool]:
 
 
 def _log_number(log: list[str], label: str) -> float | None:
+    text = _log_text(log, label)
+    return None if text is None else float(text)
+
+
+def _log_text(log: list[str], label: str) -> str | None:
+    """The last number CBC logged after ``label:``, as printed."""
     pattern = re.compile(rf"^{label}:\s+(\S+)")
     for line in reversed(log):
         match = pattern.match(line.strip())
         if match:
-            return float(match.group(1))
+            return match.group(1)
     return None
 
 
 def _dual_bound(form: StandardForm, log: list[str]) -> float | None:
-    """The lower bound of the minimisation that CBC logs when it stops short of proving
-    optimality, in the model's own sense; None when it logs none."""
-    bound = _log_number(log, "Lower bound")
-    if bound is None:
+    """The lower bound of the minimisation that CBC logs (when it stops short of proving
+    optimality, or proves it within the gap), in the model's own sense; None when it logs
+    none. CBC prints it to four significant digits ("Lower bound: 1.119" for 1.11891): the
+    printed number lowered by its rounding error (:func:`rounded_down`) is a valid bound, the
+    printed one may not be."""
+    text = _log_text(log, "Lower bound")
+    if text is None:
         return None
+    bound = rounded_down(text)
     return -bound if form.maximize else bound
+
+
+LOGGED_DIGITS = 4
+"""Significant digits of the bound in CBC's log (trailing zeros dropped, as ``%.4g`` does)."""
+
+
+def rounded_down(text: str) -> float:
+    """The least number that the logged decimal ``text`` can stand for: lowered by half a unit
+    of its :data:`LOGGED_DIGITS`-th significant digit (or of its last digit, where it prints
+    more); a printed 0 is exact."""
+    number = Decimal(text)
+    if not number.is_finite() or number.is_zero():
+        return float(number)
+    unit = min(number.adjusted() - LOGGED_DIGITS + 1, number.as_tuple().exponent)
+    return float(number - Decimal(5).scaleb(unit - 1))

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 ARCHITECTURES = ("mlp", "lenet5", "vgg", "resnet8", "resnet20")
 DATA_SPECS = "digits | mnist:PATH | fashion-mnist:PATH | npz:PATH | PATH.npz"
-LOSSES = ("hinge", "ce")
+LOSSES = ("hinge", "ce", "fidelity")
 SCORE_MODES = ("continuous", "binary")
 SPARSITY_MODES = ("layer", "unit")
 RESIDUAL_SCORES = ("both", "inner", "group")
@@ -29,6 +29,9 @@ BENCH_GAP_POINTS = 3
 BENCH_MAX_GAP_POINTS = 10
 BENCH_OUT = "oamip-bench"
 EXPORT_FORMATS = ("mps", "lp")
+
+COMPRESS_TIME_LIMIT = 60.0
+COMPRESS_OUT = "oamip-compressed"
 
 SPR_LAM = 0.03
 SPR_ALPHA = 0.5
@@ -57,6 +60,8 @@ SOURCES = {
     "BENCH_MAX_GAP_POINTS": "oamip.pipelines.bench:MAX_GAP_POINTS",
     "BENCH_OUT": "oamip.pipelines.bench:DEFAULT_OUT",
     "EXPORT_FORMATS": "oamip.pipelines.bench:EXPORT_FORMATS",
+    "COMPRESS_TIME_LIMIT": "oamip.pipelines.compress:DEFAULT_TIME_LIMIT",
+    "COMPRESS_OUT": "oamip.pipelines.compress:DEFAULT_OUT",
     "SPR_LAM": "oamip.pipelines.spr:DEFAULT_LAM",
     "SPR_ALPHA": "oamip.pipelines.spr:DEFAULT_ALPHA",
     "SPR_M_SCALE": "oamip.pipelines.spr:DEFAULT_M_SCALE",

@@ -84,6 +84,7 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "verbose": args.verbose,
         "at_init": args.at_init,
+        "compress": args.compress,
         "max_drop": args.max_drop,
         "lams": args.lams,
         "val_fraction": args.val_fraction,

@@ -12,6 +12,7 @@ from oamip.formulations.importance import (
 from oamip.formulations.losses import (
     LOSSES,
     CrossEntropy,
+    Fidelity,
     Hinge,
     Loss,
     LossSite,
@@ -25,6 +26,7 @@ __all__ = [
     "SCORE_MODES",
     "SPARSITY_MODES",
     "CrossEntropy",
+    "Fidelity",
     "Hinge",
     "ImportanceModel",
     "ImportanceSettings",

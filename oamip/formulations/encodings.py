@@ -1,4 +1,7 @@
-"""Exact MIP encodings of a scored ReLU unit (docs/mathematics.md (1)) and of max pooling.
+"""Exact MIP encodings of a scored unit (docs/mathematics.md (1), §4.11) and of max pooling.
+
+A scored unit's activation is a sum of ramps (:mod:`oamip.activations`), each encoded as a
+scored ReLU of ``side * pre - offset``; a ReLU is its one ramp.
 
 Each encoder receives a flat list of entries (one per sample and flat output), adds variables
 and rows, and returns the ids of the variables that carry the outputs together with a function
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oamip.activations import Activation, Ramp
 from oamip.formulations.blocks import RowBlock, VarTable
 
 
@@ -19,10 +23,10 @@ from oamip.formulations.blocks import RowBlock, VarTable
 class ReluEntries:
     """Inputs of the scored-ReLU encoder, one array element per (sample, flat output).
 
-    ``pre_id`` is the variable holding the pre-activation or -1 where it is the constant
-    ``pre_const``; ``lower``/``upper`` bound the pre-activation for every score vector;
-    ``big_m`` and ``score_id`` belong to the entry's unit (a plain, unscored ReLU: ``big_m = 0``
-    and ``score_id = -1``).
+    The ReLU's pre-activation is ``sign * x + pre_const`` where ``pre_id`` is the variable
+    ``x``, and the constant ``pre_const`` where ``pre_id`` is -1; ``lower``/``upper`` bound the
+    pre-activation for every score vector; ``big_m`` and ``score_id`` belong to the entry's
+    unit (a plain, unscored ReLU: ``big_m = 0`` and ``score_id = -1``).
     """
 
     pre_id: np.ndarray
@@ -31,6 +35,7 @@ class ReluEntries:
     upper: np.ndarray
     big_m: np.ndarray
     score_id: np.ndarray
+    sign: int = 1
 
 
 @dataclass
@@ -83,6 +88,104 @@ def encode_scored_relu(
     return ReluEncoding(h, v_of_entry, set_values)
 
 
+@dataclass
+class RampPart:
+    """One ramp of an encoded activation: the entries it needed (``needed``, into the
+    activation's entries), its ReLU entries and encoding."""
+
+    ramp: Ramp
+    needed: np.ndarray
+    entries: ReluEntries
+    encoding: ReluEncoding
+
+
+@dataclass
+class ActivationEncoding:
+    """An encoded scored activation: the variable of each entry's output (-1: the constant 0),
+    its ramps, and a function setting every variable from the pre-activations, the score
+    shifts ``(1 - s) M`` and the outputs."""
+
+    out: np.ndarray
+    parts: list[RampPart]
+    set_values: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def encode_scored_activation(
+    table: VarTable,
+    rows: RowBlock,
+    activation: Activation,
+    entries: ReluEntries,
+    binary_scores: bool,
+    name: str,
+    tight: bool = True,
+) -> ActivationEncoding:
+    """``h = sum_t c_t ReLU(d_t pre - b_t - (1 - s) M)`` for every entry (``entries`` with
+    ``sign = 1`` describe ``pre``): each ramp that can be positive is a scored ReLU
+    (:func:`encode_scored_relu`, exact); a ReLU's output is its ramp's variable, another
+    activation's a variable equal to the ramps' weighted sum."""
+    e = entries
+    parts = [
+        _ramp_part(table, rows, r, e, binary_scores, f"{name}_r{t}", tight)
+        for t, r in enumerate(activation.ramps)
+    ]
+    if activation.is_relu:
+        out = np.full(len(e.upper), -1, dtype=np.int64)
+        out[parts[0].needed] = parts[0].encoding.h
+    else:
+        out = _ramp_sum(table, rows, activation, e, parts, name)
+
+    def set_values(pre: np.ndarray, shift: np.ndarray, values: np.ndarray) -> None:
+        for part in parts:
+            r, pick = part.ramp, part.needed
+            arg = r.side * pre[pick] - r.offset - shift[pick]
+            part.encoding.set_values(arg, np.maximum(arg, 0.0))
+        if not activation.is_relu:
+            used = out >= 0
+            table.set_values(out[used], values[used])
+
+    return ActivationEncoding(out, parts, set_values)
+
+
+def _ramp_part(table, rows, ramp: Ramp, e: ReluEntries, binary, name, tight) -> RampPart:
+    """The scored ReLU of ``side * pre - offset`` on the entries where it can be positive."""
+    lower = (e.lower if ramp.side > 0 else -e.upper) - ramp.offset
+    upper = (e.upper if ramp.side > 0 else -e.lower) - ramp.offset
+    pick = np.flatnonzero(upper > 0)
+    sub = ReluEntries(
+        pre_id=e.pre_id[pick],
+        pre_const=ramp.side * e.pre_const[pick] - ramp.offset,
+        lower=lower[pick],
+        upper=upper[pick],
+        big_m=e.big_m[pick],
+        score_id=e.score_id[pick],
+        sign=ramp.side * e.sign,
+    )
+    return RampPart(ramp, pick, sub, encode_scored_relu(table, rows, sub, binary, name, tight))
+
+
+def _ramp_sum(table, rows, activation: Activation, e: ReluEntries, parts, name) -> np.ndarray:
+    """``y = sum_t c_t h_t`` for the entries some ramp reaches (the others output 0), bounded
+    as :meth:`Activation.scored_range` (scored) or :meth:`Activation.range` (plain) says."""
+    reached = np.zeros(len(e.upper), dtype=bool)
+    for part in parts:
+        reached[part.needed] = True
+    pick = np.flatnonzero(reached)
+    scored = e.score_id[pick] >= 0
+    plain_lo, plain_hi = activation.range(e.lower[pick], e.upper[pick])
+    any_lo, any_hi = activation.scored_range(e.lower[pick], e.upper[pick])
+    out = np.full(len(e.upper), -1, dtype=np.int64)
+    out[pick] = table.add(
+        f"{name}_y", np.where(scored, any_lo, plain_lo), np.where(scored, any_hi, plain_hi)
+    )
+    r = rows.new_rows(np.zeros(len(pick)), np.zeros(len(pick)))
+    rows.terms(r, out[pick], 1.0)
+    row_of = np.full(len(e.upper), -1, dtype=np.int64)
+    row_of[pick] = r
+    for part in parts:
+        rows.terms(row_of[part.needed], part.encoding.h, -part.ramp.coef)
+    return out
+
+
 def _linear_rows(rows: RowBlock, h, pre_const, score_id) -> None:
     """``h - pre * s = 0``: with a binary score and a fixed input the unit is ``s * ReLU(pre)``."""
     r = rows.new_rows(np.zeros(len(h)), np.zeros(len(h)))
@@ -91,26 +194,27 @@ def _linear_rows(rows: RowBlock, h, pre_const, score_id) -> None:
 
 
 def _argument_rows(rows, h, e: ReluEntries, pick, rhs_shift, equality: bool, extra=None):
-    """Rows ``h - pre - M s (+ extra) >= or == -M + pre_const + rhs_shift``; returns row ids."""
-    rhs = -e.big_m[pick] + np.where(e.pre_id[pick] < 0, e.pre_const[pick], 0.0) + rhs_shift
+    """Rows ``h - sign x - M s (+ extra) >= or == -M + pre_const + rhs_shift``; returns row
+    ids."""
+    rhs = -e.big_m[pick] + e.pre_const[pick] + rhs_shift
     upper = rhs if equality else np.full(len(rhs), np.inf)
     r = rows.new_rows(rhs, upper)
     rows.terms(r, h, 1.0)
     _score_terms(rows, r, e.score_id[pick], -e.big_m[pick])
     has_var = e.pre_id[pick] >= 0
-    rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
+    rows.terms(r[has_var], e.pre_id[pick][has_var], -e.sign)
     return r
 
 
 def _bigm_rows(rows: RowBlock, h, v, e: ReluEntries, pick, arg_lower) -> None:
     """``h >= arg``, ``h <= arg - arg_lower (1 - v)``, ``h <= upper v`` (and ``h >= 0``)."""
     _argument_rows(rows, h, e, pick, rhs_shift=np.zeros(len(h)), equality=False)
-    base = -e.big_m[pick] + np.where(e.pre_id[pick] < 0, e.pre_const[pick], 0.0)
+    base = -e.big_m[pick] + e.pre_const[pick]
     r = rows.new_rows(np.full(len(h), -np.inf), base - arg_lower)
     rows.terms(r, h, 1.0)
     _score_terms(rows, r, e.score_id[pick], -e.big_m[pick])
     has_var = e.pre_id[pick] >= 0
-    rows.terms(r[has_var], e.pre_id[pick][has_var], -1.0)
+    rows.terms(r[has_var], e.pre_id[pick][has_var], -e.sign)
     rows.terms(r, v, -arg_lower)
     r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
     rows.terms(r, h, 1.0)
@@ -124,9 +228,9 @@ def _ideal_rows(rows: RowBlock, h, v, e: ReluEntries, pick) -> None:
     lets a unit with a tiny score output almost its full value."""
     has_var = e.pre_id[pick] >= 0
     lower = e.lower[pick][has_var]
-    r = rows.new_rows(np.full(has_var.sum(), -np.inf), -lower)
+    r = rows.new_rows(np.full(has_var.sum(), -np.inf), e.pre_const[pick][has_var] - lower)
     rows.terms(r, h[has_var], 1.0)
-    rows.terms(r, e.pre_id[pick][has_var], -1.0)
+    rows.terms(r, e.pre_id[pick][has_var], -e.sign)
     rows.terms(r, v[has_var], -lower)
     big_m = e.big_m[pick]
     r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
@@ -193,9 +297,9 @@ def encode_max_pool(
 @dataclass
 class PoolPlan:
     """Max pooling of a batch's pre-activations, before any variable exists: per sample and
-    window, the taps' bounds (padding: ``-inf``) and whether the window can be positive
-    (``live``), and per sample and input position whether it needs a variable (``needed``:
-    it can be the maximum of a live window)."""
+    window, the taps' bounds (padding: ``-inf``) and whether the activation can be nonzero on
+    the window's maximum (``live``), and per sample and input position whether it needs a
+    variable (``needed``: it can be the maximum of a live window)."""
 
     pad: np.ndarray
     safe: np.ndarray
@@ -210,21 +314,24 @@ class PoolPlan:
         return self.safe[np.arange(len(self.pad)), np.argmax(~self.pad, axis=1)]
 
     def pooled_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bounds of each window's maximum (0 for windows that are never positive)."""
+        """Bounds of each window's maximum (0 for windows that are not live)."""
         return (
             np.where(self.live, self.lower.max(axis=2), 0.0),
             np.where(self.live, self.upper.max(axis=2), 0.0),
         )
 
 
-def plan_pooling(windows: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> PoolPlan:
+def plan_pooling(
+    windows: np.ndarray, lower: np.ndarray, upper: np.ndarray, activation: Activation
+) -> PoolPlan:
     """The :class:`PoolPlan` of pooling ``windows`` (outputs x taps, -1: padding) over inputs
-    with bounds ``lower``/``upper`` (samples x positions)."""
+    with bounds ``lower``/``upper`` (samples x positions), before ``activation``: a window is
+    live where some ramp of the activation can be positive on its maximum."""
     pad = windows < 0
     safe = np.where(pad, 0, windows)
     tap_lower = np.where(pad, -np.inf, lower[:, safe])
     tap_upper = np.where(pad, -np.inf, upper[:, safe])
-    live = tap_upper.max(axis=2) > 0
+    live = activation.reach(tap_lower.max(axis=2), tap_upper.max(axis=2)) > 0
     taps = kept_taps(tap_lower.reshape(-1, pad.shape[1]), tap_upper.reshape(-1, pad.shape[1]))
     taps = taps.reshape(tap_lower.shape) & live[..., None] & ~pad
     needed = np.zeros(upper.shape, dtype=bool)

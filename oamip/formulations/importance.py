@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pyomo.environ as pyo
@@ -31,7 +32,7 @@ from oamip.formulations.encodings import (
     PoolPlan,
     ReluEntries,
     encode_max_pool,
-    encode_scored_relu,
+    encode_scored_activation,
     plan_pooling,
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
@@ -147,12 +148,17 @@ class ImportanceModel:
         sparsity = sparsity_term(self.network, scores, self.settings.sparsity)
         return sparsity + self.settings.lam * float(np.mean(self.losses_at(self.forward(scores))))
 
-    def losses_at(self, logits: np.ndarray) -> np.ndarray:
-        """The exact per-sample loss of logits computed on the batch."""
-        return self.losses_at_labels(logits, self.y)
+    def losses_at(self, logits: np.ndarray, repeats: int = 1) -> np.ndarray:
+        """The exact per-sample loss of logits computed on the batch (``repeats`` times over,
+        one batch after the other)."""
+        loss = self.settings.loss_fn
+        targets = loss.targets(self.y, self.trained_logits)
+        return loss.values(logits, np.tile(targets, (repeats,) + (1,) * (targets.ndim - 1)))
 
-    def losses_at_labels(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.settings.loss_fn.values(logits, labels)
+    @cached_property
+    def trained_logits(self) -> np.ndarray:
+        """The dense network's logits on the batch (every score 1)."""
+        return self.network.forward(self.x)
 
     def assign(self, scores: dict[int, np.ndarray]) -> None:
         """Set every variable to its value when the network runs with ``scores``."""
@@ -235,7 +241,9 @@ def build_importance_model(
     x = network.check_input(x)
     y = check_labels(y, len(x), network.num_classes)
     if not network.scored:
-        raise InvalidInputError("the network has no hidden ReLU layer: there is nothing to score")
+        raise InvalidInputError(
+            "the network has no hidden activation layer: there is nothing to score"
+        )
     bounds = bounds or interval_bounds(network, x)
     model = pyo.ConcreteModel(name="neuron_importance")
     im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
@@ -280,7 +288,7 @@ class _Builder:
             pool = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, MaxPoolLayer):
                 state = self._max_pool(i, layer, state)
-            elif self.tight and layer.relu and isinstance(pool, MaxPoolLayer) and i not in sources:
+            elif self.tight and _pooled(layer, pool) and i not in sources:
                 state = self._pooled_relu(i, layer, pool, state)
                 self.outputs.append(None)
                 i += 1
@@ -306,9 +314,10 @@ class _Builder:
 
     def _affine(self, i: int, layer: Affine, state: Operand, is_output: bool) -> Operand:
         b = self.im.bounds.layers[i]
-        needed = b.upper > 0 if layer.relu else np.ones(b.upper.shape, dtype=bool)
+        act = layer.activation
+        needed = act.reach(b.lower, b.upper) > 0 if act else np.ones(b.upper.shape, dtype=bool)
         pre_var, pre_const = self._pre_activations(i, layer, state, needed, is_output)
-        if not layer.relu:
+        if act is None:
             self._record_values(i, pre_var, "pre")
             return Operand(pre_var, pre_const, b.lower, b.upper)
         return self._scored_relu(i, layer, state, pre_var, pre_const, needed)
@@ -339,14 +348,22 @@ class _Builder:
             self.rows.terms(r[sub.row], state.var[k, inputs][sub.col], -sub.data)
         return pre_var
 
-    def _cut_site(self, layer, state: Operand, entries: ReluEntries, enc, k, j) -> None:
-        """Remember the big-M units fed by variables, where ideal cuts can be separated."""
+    def _cut_sites(self, layer, state: Operand, enc, k, j) -> None:
+        """Remember the big-M ramps fed by variables, where ideal cuts can be separated (a
+        ramp's pre-activation is ``side (A h + c) - offset``)."""
+        for part in enc.parts:
+            ramp = part.ramp
+            matrix, offset = ramp.side * layer.matrix, ramp.side * layer.offset - ramp.offset
+            pick = part.needed
+            self._cut_site(matrix, offset, state, part.entries, part.encoding, k[pick], j[pick])
+
+    def _cut_site(self, matrix, offset, state: Operand, entries: ReluEntries, enc, k, j) -> None:
         pick = (enc.v >= 0) & (entries.pre_id >= 0) & (entries.score_id >= 0)
         if not pick.any():
             return
         site = CutSite(
-            matrix=layer.matrix,
-            offset=layer.offset,
+            matrix=matrix,
+            offset=offset,
             in_var=state.var,
             in_const=state.const,
             in_lower=state.lower,
@@ -362,8 +379,9 @@ class _Builder:
         self.im.cut_sites.append(site)
 
     def _scores(self, i: int, layer: Affine) -> tuple[np.ndarray, np.ndarray]:
-        """Per unit of layer ``i``'s ReLU: its score variable and its constant ``M``; a plain
-        ReLU has neither (-1 and 0), a coupled group's layers share the first one's variables."""
+        """Per unit of layer ``i``'s activation: its score variable and its constant ``M``; a
+        plain activation has neither (-1 and 0), a coupled group's layers share the first one's
+        variables."""
         key = self.im.network.score_key(i)
         if key is None:
             return np.full(layer.n_units, -1, dtype=np.int64), np.zeros(layer.n_units)
@@ -388,11 +406,13 @@ class _Builder:
             score_id=scores[layer.unit_of[j]],
         )
         self._record_values(i, pre_var, "pre")
-        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", self.tight)
-        self.im.setters.append(lambda trace: enc.set_values(trace[i].arg[k, j], trace[i].out[k, j]))
-        self._cut_site(layer, state, entries, enc, k, j)
+        enc = self._encode(layer, entries, f"L{i}")
+        self.im.setters.append(
+            lambda t: enc.set_values(t[i].pre[k, j], t[i].shift[k, j], t[i].out[k, j])
+        )
+        self._cut_sites(layer, state, enc, k, j)
         out_var = np.full(needed.shape, -1, dtype=np.int64)
-        out_var[k, j] = enc.h
+        out_var[k, j] = enc.out
         out = self.im.bounds.output_bounds(self.im.network, i)
         return Operand(out_var, np.zeros(needed.shape), out.lower, out.upper)
 
@@ -403,7 +423,7 @@ class _Builder:
         one binary) per pooled output instead of one per tap, and a first layer, whose
         pre-activations are constants, pools them for free."""
         b = self.im.bounds.layers[i]
-        plan = plan_pooling(pool.windows, b.lower, b.upper)
+        plan = plan_pooling(pool.windows, b.lower, b.upper, layer.activation)
         pre_var, pre_const = self._pre_activations(i, layer, state, plan.needed)
         self._record_values(i, pre_var, "pre")
         live = plan.live
@@ -443,15 +463,25 @@ class _Builder:
             big_m=big_m[unit[o]],
             score_id=scores[unit[o]],
         )
-        enc = encode_scored_relu(self.table, self.rows, entries, self.binary, f"L{i}", self.tight)
+        enc = self._encode(layer, entries, f"L{i}")
         self.im.setters.append(
-            lambda trace: enc.set_values(pool.forward(trace[i].arg)[k, o], trace[i + 1].out[k, o])
+            lambda t: enc.set_values(
+                pool.forward(t[i].pre)[k, o], pool.forward(t[i].shift)[k, o], t[i + 1].out[k, o]
+            )
         )
         out_var = np.full(plan.live.shape, -1, dtype=np.int64)
-        out_var[k, o] = enc.h
-        zeros = np.zeros(plan.live.shape)
-        lower = zeros if self.im.network.score_key(i) is not None else np.maximum(pooled.lower, 0)
-        return Operand(out_var, zeros, lower, np.maximum(pooled.upper, 0.0))
+        out_var[k, o] = enc.out
+        act = layer.activation
+        scored = self.im.network.score_key(i) is not None
+        bounds = act.scored_range if scored else act.range
+        return Operand(out_var, np.zeros(plan.live.shape), *bounds(pooled.lower, pooled.upper))
+
+    def _encode(self, layer: Affine, entries: ReluEntries, name: str):
+        """The layer's activation on ``entries`` (:func:`encode_scored_activation`)."""
+        act = layer.activation
+        return encode_scored_activation(
+            self.table, self.rows, act, entries, self.binary, name, self.tight
+        )
 
     def _max_pool(self, i: int, layer: MaxPoolLayer, state: Operand) -> Operand:
         windows = layer.windows
@@ -494,7 +524,7 @@ class _Builder:
         im = self.im
         n = len(im.y)
         im.loss_ids = self.table.add("loss", np.zeros(n), np.full(n, np.inf))
-        im.settings.loss_fn.encode(im.loss_site, self.rows, im.network.forward(im.x))
+        im.settings.loss_fn.encode(im.loss_site, self.rows, im.trained_logits)
 
 
 def _set_objective(im: ImportanceModel) -> None:
@@ -513,6 +543,12 @@ def _set_objective(im: ImportanceModel) -> None:
         expr=LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables),
         sense=pyo.minimize,
     )
+
+
+def _pooled(layer, pool) -> bool:
+    """Whether ``layer``'s activation is followed by a max pooling, which commutes with it (the
+    activation is non-decreasing and the score term constant per channel)."""
+    return getattr(layer, "activation", None) is not None and isinstance(pool, MaxPoolLayer)
 
 
 def _pool_setter(set_pool, i: int, k: int, safe: np.ndarray, pad: np.ndarray, x: np.ndarray):

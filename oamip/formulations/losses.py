@@ -50,10 +50,19 @@ class Loss(abc.ABC):
     exact: ClassVar[bool] = True
     """True: ``encode`` represents the loss exactly. False: ``encode`` gives an under-estimate
     that ``add_cuts`` refines at given logits (the solve loop calls it)."""
+    reference: ClassVar[bool] = False
+    """False: the loss compares the logits with the labels. True: with the dense network's
+    logits on the same samples, which ``values`` then receives in place of the labels."""
 
     @abc.abstractmethod
     def values(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The exact loss of every sample."""
+        """The exact loss of every sample (``labels``: the dense logits for a reference
+        loss)."""
+
+    def targets(self, labels: np.ndarray, trained: np.ndarray) -> np.ndarray:
+        """What ``values`` compares the logits with: ``labels``, or for a reference loss the
+        dense network's logits ``trained``."""
+        return trained if self.reference else labels
 
     @abc.abstractmethod
     def encode(self, site: LossSite, rows: RowBlock, trained: np.ndarray) -> None:
@@ -157,3 +166,28 @@ class CrossEntropy(Loss):
                 linear_vars=[site.table.variables[i] for i in ids],
             )
             model.ce_cuts.add(expr >= rhs)
+
+
+@register_loss
+@dataclass(frozen=True)
+class Fidelity(Loss):
+    """How far the logits move from the dense network's, ``max_j |z_j - zbar_j|``: exact rows.
+
+    It ignores the labels: it asks a mask to keep every logit of the batch near the dense
+    network's, so the predictions on nearby samples stay too, where a label loss is flat as long
+    as a sample stays correct, however close to flipping it gets."""
+
+    name: ClassVar[str] = "fidelity"
+    reference: ClassVar[bool] = True
+
+    def values(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return np.abs(np.asarray(logits) - np.asarray(labels)).max(axis=1)
+
+    def encode(self, site: LossSite, rows: RowBlock, trained: np.ndarray) -> None:
+        """``t_k >= z_kj - zbar_kj`` and ``t_k >= zbar_kj - z_kj`` for every class ``j``."""
+        k, j = np.nonzero(np.ones(site.logit_ids.shape, dtype=bool))
+        target = np.asarray(trained, dtype=float)[k, j]
+        for sign in (1.0, -1.0):
+            r = rows.new_rows(-sign * target, np.inf)
+            rows.terms(r, site.t[k], 1.0)
+            rows.terms(r, site.logit_ids[k, j], -sign)

@@ -54,7 +54,8 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
         pool = layers[i + 1] if i + 1 < len(layers) else None
         entries = layer.n_out
         pre = 0 if constant else entries
-        if getattr(layer, "relu", False):
+        act = getattr(layer, "activation", None)
+        if act is not None:
             if tight and isinstance(pool, MaxPoolLayer):
                 entries, skip = pool.n_out, True
                 if not constant:
@@ -64,8 +65,9 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
             else:
                 facets = (FACET_ROWS - constant) if tight else 0
                 relu_vars, relu_rows = 2 * entries, (BIG_M_ROWS + facets) * entries
-            variables += pre + relu_vars
-            constraints += pre + relu_rows
+            ramps, total = len(act.ramps), 0 if act.is_relu else entries
+            variables += pre + ramps * relu_vars + total
+            constraints += pre + ramps * relu_rows + total
         else:
             variables += entries
             constraints += entries

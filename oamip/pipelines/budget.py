@@ -270,6 +270,9 @@ class StepPoint:
     macs_after: int
     val_accuracy: float
     test_accuracy: float
+    fraction: float = 0.0
+    """The step: the share of the units its schedule prunes (its masks are the schedule's at
+    this share)."""
 
 
 @dataclass
@@ -285,6 +288,9 @@ class BudgetEntry:
     macs_removed: int
     val_accuracy: float
     test_accuracy: float
+    test_accuracy_finetuned: float | None = None
+    """Test accuracy of the same mask after ``finetune_epochs`` epochs of fine-tuning (None:
+    no fine-tuning asked for)."""
 
 
 @dataclass
@@ -560,12 +566,13 @@ def baseline_steps(
     points: list[StepPoint] = []
     seen: set[tuple[int, ...]] = set()
     for step in range(BASELINE_STEPS + 1):
-        masks = schedule(scores, step / BASELINE_STEPS, min_keep)
+        fraction = step / BASELINE_STEPS
+        masks = schedule(scores, fraction, min_keep)
         counts = tuple(int((~m).sum()) for m in masks.values())
         if counts in seen:
             continue
         seen.add(counts)
-        points.append(StepPoint(method=method, **vars(evaluator(masks))))
+        points.append(StepPoint(method=method, fraction=fraction, **vars(evaluator(masks))))
     return points
 
 
@@ -706,11 +713,44 @@ def budget_table(
     network itself when no candidate is within)."""
     entries = [_entry(MIP_METHOD, path.points, path.chosen, dense)]
     for method, points in steps.items():
-        best = most_within_budget(
-            [p.units_pruned for p in points], [p.val_accuracy for p in points], floor
-        )
-        entries.append(_entry(method, points, best, dense))
+        entries.append(_entry(method, points, _best_step(points, floor), dense))
     return entries
+
+
+def _best_step(points: list[StepPoint], floor: float) -> int | None:
+    return most_within_budget(
+        [p.units_pruned for p in points], [p.val_accuracy for p in points], floor
+    )
+
+
+def budget_masks(
+    path: LamPath,
+    steps: dict[str, list[StepPoint]],
+    scores: dict[str, dict[str, np.ndarray]],
+    floor: float,
+    min_keep: int,
+    dense_masks: Masks,
+) -> dict[str, Masks]:
+    """The masks behind every entry of :func:`budget_table` (``dense_masks`` where nothing is
+    within the budget): the MIP's kept mask, each baseline's step redone from its scores."""
+    found = {MIP_METHOD: dense_masks if path.chosen is None else path.masks[path.chosen]}
+    for method, points in steps.items():
+        best = _best_step(points, floor)
+        if best is None:
+            found[method] = dense_masks
+            continue
+        criterion, suffix = _split_method(method)
+        schedule = schedules_of(criterion)[suffix]
+        found[method] = schedule(scores[criterion], points[best].fraction, min_keep)
+    return found
+
+
+def _split_method(method: str) -> tuple[str, str]:
+    """A baseline's method name as its criterion and its schedule's suffix."""
+    for suffix in sorted(SCHEDULES, key=len, reverse=True):
+        if suffix and method.endswith(suffix):
+            return method[: -len(suffix)], suffix
+    return method, ""
 
 
 def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEntry:

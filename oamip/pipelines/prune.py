@@ -19,6 +19,7 @@ from typing_extensions import Unpack
 from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import ScoreResult
+from oamip.adapters.structure import Masks
 from oamip.errors import InvalidInputError, ValidationWarning
 from oamip.pipelines.at_init import prune_at_init
 from oamip.pipelines.budget import (
@@ -31,6 +32,7 @@ from oamip.pipelines.budget import (
     StepPoint,
     ValidationSplit,
     budget_floor,
+    budget_masks,
     budget_table,
     lam_path,
     monotony_note,
@@ -39,6 +41,7 @@ from oamip.pipelines.budget import (
     validation_warnings,
 )
 from oamip.pipelines.compare import accuracy_curve, compare, finetuned
+from oamip.pipelines.compress import DEFAULT_TIME_LIMIT, CompressResult, compress
 from oamip.pipelines.inputs import (
     check_classes,
     check_model,
@@ -141,6 +144,9 @@ def _prune(
     started = time.perf_counter()
     dataset = full if split is None else split.train
     dense, train_seconds = _dense_model(model, dataset, settings, listener)
+    compression = _compressed(dense, full, settings) if settings.compress else None
+    if compression is not None:
+        dense = compression.model
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
@@ -182,6 +188,21 @@ def _prune(
         chosen=budgeted.path.chosen,
         budget=budgeted.budget,
         baseline_path=[point for points in budgeted.steps.values() for point in points],
+        compression=None if compression is None else compression.to_dict(),
+    )
+
+
+def _compressed(dense: nn.Module, dataset: Dataset, settings: PruneSettings) -> CompressResult:
+    """``dense`` compressed exactly on the range of every split of ``dataset`` (so that its
+    outputs on the training, validation and test samples are unchanged)."""
+    limit = DEFAULT_TIME_LIMIT if settings.time_limit is None else settings.time_limit
+    return compress(
+        dense,
+        data=dataset,
+        time_limit=limit,
+        backend=settings.backend,
+        threads=settings.threads,
+        seed=settings.seed,
     )
 
 
@@ -261,6 +282,11 @@ def _budgeted(
     steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
     build = sum(first.build_seconds for _, first in calls)
+    table = budget_table(path, steps, floor, dense_point)
+    if settings.finetune_epochs:
+        dense_masks = keep_all(dense)
+        every = budget_masks(path, steps, baseline_scores, floor, settings.min_keep, dense_masks)
+        _finetune_entries(dense, split.train, table, every, settings)
     return _Budgeted(
         result=path.results[kept],
         masks=keep_all(dense) if path.chosen is None else path.masks[kept],
@@ -270,7 +296,7 @@ def _budgeted(
         val_accuracy_before=dense_point.val_accuracy,
         path=path,
         steps=steps,
-        budget=budget_table(path, steps, floor, dense_point),
+        budget=table,
         warnings=doubts,
         path_note=monotony_note(path.points),
     )
@@ -297,3 +323,18 @@ def _dense_model(
         progress=listener or False,
     )
     return dense, time.perf_counter() - start
+
+
+def _finetune_entries(
+    dense: nn.Module,
+    dataset: Dataset,
+    table: list[BudgetEntry],
+    masks: dict[str, Masks],
+    settings: PruneSettings,
+) -> None:
+    """Every budget entry's test accuracy after ``settings.finetune_epochs`` epochs of
+    fine-tuning its own mask (the same recipe for the MIP and every baseline)."""
+    for entry in table:
+        kept = masks[entry.method]
+        tuned = finetuned(apply_masks(dense, kept), dataset, kept, settings)
+        entry.test_accuracy_finetuned = test_accuracy(tuned, dataset)

@@ -57,9 +57,21 @@ def summary_table(report: PruneReport) -> str:
     """A plain-text summary: the solve, units and parameters per layer, accuracies per method;
     with a budget, the lam path (one line per lam) and the budget table."""
     head = [_headline(report)] + ([TIME_LIMIT_NOTE] if report.status == "time_limit" else [])
+    head += [compression_line(report.compression)] if report.compression else []
     head += _pieces_rows(report)
     budget = ["", *path_rows(report), "", *budget_rows(report)] if report.path else []
     return "\n".join([*head, *budget, "", *_layer_rows(report), "", *_accuracy_rows(report)])
+
+
+def compression_line(compression: dict) -> str:
+    """What ``compress`` removed before scoring, in one line."""
+    c = compression
+    removed = sum(map(len, c["removed"].values()))
+    folded = sum(map(len, c["folded"].values()))
+    return (
+        f"compressed before scoring ({c['status']}, exact on the data's range): "
+        f"{removed} dead units removed, {folded} active units folded, of {c['units_total']}"
+    )
 
 
 def path_rows(report: PruneReport) -> list[str]:
@@ -96,21 +108,30 @@ def _validation_text(report: PruneReport) -> str:
 
 def budget_rows(report: PruneReport) -> list[str]:
     """For every method, the most units it removes within the validation budget, and the
-    parameters and MACs per sample that removes."""
+    parameters and MACs per sample that removes; with fine-tuning, each mask's test accuracy
+    after it."""
+    tuned = any(entry.test_accuracy_finetuned is not None for entry in report.budget)
     rows = [
         f"{'within budget':<20}{'pruned':>8}{'params':>9}{'params -':>10}{'MACs -':>11}"
-        f"{'val acc':>10}{'test acc':>10}",
+        f"{'val acc':>10}{'test acc':>10}" + (f"{'tuned':>10}" if tuned else ""),
     ]
     for entry in report.budget:
+        after = entry.test_accuracy_finetuned
         rows.append(
             f"{entry.method:<20}{entry.units_pruned:>8}{entry.params_after:>9}"
             f"{entry.params_removed:>10}{entry.macs_removed:>11}"
             f"{percent(entry.val_accuracy):>10}{percent(entry.test_accuracy):>10}"
+            + (f"{percent(after):>10}" if tuned and after is not None else "")
         )
     rows.append(
         "(baselines prune their lowest-scored units in steps, the same share of every layer, "
         "or by one ranking of layer-normalised scores for -global, of Torch-Pruning's own "
-        "normalised group importances for tp-; no fine-tuning)"
+        "normalised group importances for tp-; val and test acc without "
+        + (
+            f"fine-tuning, tuned: test acc after {report.finetune_epochs} epoch(s) of it)"
+            if tuned
+            else "fine-tuning)"
+        )
     )
     return rows
 

@@ -129,6 +129,9 @@ class PruneReport:
     """Why the path is not monotone in lambda (None: it is, or there is no path)."""
     n_baseline_samples: int = 0
     """Training samples the baseline criteria scored on."""
+    compression: dict | None = None
+    """With ``compress``: what :func:`oamip.compress` removed and folded before scoring (its
+    ``CompressResult.to_dict()``); the layers above are those of the compressed network."""
 
     def to_dict(self) -> dict:
         """The report as plain data (everything but the model), as written to report.json."""

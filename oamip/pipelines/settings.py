@@ -73,6 +73,12 @@ class PruneSettings(ExperimentSettings):
     finetune_epochs: int = checks.option(1, "epochs of fine-tuning after pruning (0: none)")
     seed: int = checks.option(0, "seed of training, the MIP batch and the baselines")
     at_init: bool = checks.option(False, "score and prune at initialisation, then train")
+    compress: bool = checks.option(
+        False,
+        "before scoring, remove the units proven dead on the data's range and fold the "
+        "always-active ones (oamip.compress, within time_limit; the same outputs on that range, "
+        "smaller MIPs)",
+    )
     max_drop: float | None = checks.option(
         None,
         "points of validation accuracy the pruned network may lose against the dense one: "
@@ -109,6 +115,12 @@ class PruneSettings(ExperimentSettings):
         self.finetune_epochs = checks.whole("fine-tuning epochs", self.finetune_epochs, 0)
         self.seed = checked_seed(self.seed)
         checks.flag("at_init", self.at_init)
+        checks.flag("compress", self.compress)
+        if self.compress and self.at_init:
+            raise InvalidInputError(
+                "compress (--compress) proves units dead in a trained network; it does not "
+                "apply with at_init (--at-init): drop one of them"
+            )
         self.baseline_samples = checks.whole("baseline samples", self.baseline_samples, 1)
         self._validate_budget()
 
@@ -148,6 +160,7 @@ class PruneKeywords(ExperimentKeywords, total=False):
     finetune_epochs: int
     seed: int
     at_init: bool
+    compress: bool
     max_drop: float | None
     lams: tuple[float, ...] | None
     val_fraction: float

@@ -166,11 +166,11 @@ def _content(piece: Piece) -> Iterator:
 
 def _layer_content(layer) -> Iterator:
     if isinstance(layer, ResidualLayer):
-        yield from (layer.name, layer.source, layer.relu, layer.scored, layer.share)
+        yield from (layer.name, layer.source, layer.activation, layer.scored, layer.share)
         for part in (layer.main, layer.shortcut):
             yield from () if part is None else _layer_content(part)
     elif isinstance(layer, AffineLayer):
-        yield from (layer.name, layer.kind, layer.in_shape, layer.out_shape, layer.relu)
+        yield from (layer.name, layer.kind, layer.in_shape, layer.out_shape, layer.activation)
         yield from (layer.weight, layer.bias, layer.geometry, layer.scored, layer.share)
     else:
         yield from (layer.name, layer.in_shape, layer.out_shape, layer.windows)

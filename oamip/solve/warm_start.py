@@ -188,7 +188,7 @@ def _objectives(im: ImportanceModel, scores: Scores, trace, base: float, moves: 
     per_row[layer] = np.repeat(rows, n, axis=0)
     pre = np.tile(trace[layer].pre, (len(moves), 1))
     logits = im.network.resume(layer, pre, per_row, im.big_m, trace[:layer])[-1].out
-    losses = im.losses_at_labels(logits, np.tile(im.y, len(moves))).reshape(len(moves), n)
+    losses = im.losses_at(logits, len(moves)).reshape(len(moves), n)
     weight = unit_weights(im.network, im.settings.sparsity)[layer]
     sparsity = base + (rows.sum(axis=1) - scores[layer].sum()) * weight
     return sparsity + im.settings.lam * losses.mean(axis=1)

@@ -281,7 +281,8 @@ def _grouped_layers(model: nn.Module, units: str) -> list[RowGroup]:
     layers = row_groups(model, RESIDUAL_UNITS[units])
     if not layers:
         raise InvalidInputError(
-            "SPR needs at least one Linear or Conv2d layer followed by a ReLU before the output "
-            f"layer (of the units '{units}' names, in a residual network); the model has none"
+            "SPR needs at least one Linear or Conv2d layer followed by an activation before the "
+            f"output layer (of the units '{units}' names, in a residual network); the model has "
+            "none"
         )
     return layers

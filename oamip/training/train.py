@@ -199,7 +199,7 @@ def _pruned_rows(model: nn.Module, masks: dict[str, np.ndarray]) -> list[_Pruned
         if unit is None:
             raise InvalidInputError(
                 f"the masks name '{name}', which is not a unit layer of the model (a Linear or "
-                f"Conv2d followed by a ReLU); its unit layers: {list(by_name)}; use masks "
+                f"Conv2d followed by an activation); its unit layers: {list(by_name)}; use masks "
                 "computed for this model"
             )
         keep = np.asarray(keep, dtype=bool)

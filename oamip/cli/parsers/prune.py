@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=d.seed, metavar="N", help=f"(default {d.seed})")
     add("--verbose", action="store_true", help="show the solver's log (and HiGHS's banner)")
     add("--at-init", action="store_true", help="score and prune at initialisation, then train")
+    add(
+        "--compress",
+        action="store_true",
+        help="first remove the units proven dead on the data's range and fold the always-active "
+        "ones (exact, as oamip compress does): smaller MIPs",
+    )
     _add_budget_arguments(parser)
     add_out_argument(parser, DEFAULT_OUT)
     add_export_onnx_argument(parser)
