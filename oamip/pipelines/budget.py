@@ -599,9 +599,8 @@ def global_step_masks(
     units in all layers; ``normalise`` as there); True means keep."""
     masks = {name: np.ones(len(values), dtype=bool) for name, values in scores.items()}
     total = sum(len(values) for values in scores.values())
-    for name, unit in global_order(scores, min_keep, normalise=normalise)[
-        : round(fraction * total)
-    ]:
+    order = global_order(scores, min_keep, normalise=normalise)
+    for name, unit in order[: round(fraction * total)]:
         masks[name][unit] = False
     return masks
 
