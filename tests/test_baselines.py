@@ -21,6 +21,8 @@ from oamip.training.criteria import (
 from oamip.training.models import lenet5, mlp
 
 BUILT_IN = ("random", "magnitude", "snip", "taylor")
+TORCH_PRUNING = ("tp-magnitude", "tp-taylor", "tp-lamp", "tp-bn")
+"""Torch-Pruning's importances, registered after the built-in ones (tests/test_tp_criteria.py)."""
 
 
 def _scores(name: str, model: nn.Module, x=None, y=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -161,7 +163,8 @@ def test_a_registered_criterion_is_scored_after_the_built_in_ones(own_registry):
 
     model, (x, y) = _model("mlp"), _batch()
     scores = all_scores(model.eval(), x.reshape(6, -1), y, seed=0)
-    assert list(scores) == [*BUILT_IN, "bias"]
+    tp = [name for name in TORCH_PRUNING[:3] if get_criterion(name).applies(model)]
+    assert list(scores) == [*BUILT_IN, *tp, "bias"]
     assert list(scores["bias"]) == ["1", "3"]
     np.testing.assert_array_equal(scores["bias"]["3"], model[3].bias.detach().double().numpy())
 
@@ -205,7 +208,7 @@ def test_scores_of_a_faulty_criterion_are_refused_with_the_criterion_named(
 def test_register_refuses_what_is_no_named_criterion(own_registry, cls, message):
     with pytest.raises(InvalidInputError, match=message):
         register_criterion(cls)
-    assert criteria() == list(BUILT_IN)
+    assert criteria() == [*BUILT_IN, *TORCH_PRUNING]
 
 
 def _readme_example(heading: str) -> str:

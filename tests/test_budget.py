@@ -38,10 +38,11 @@ from oamip.pipelines.inputs import layer_labels
 from oamip.pipelines.report import summary_table, write_report
 from oamip.pipelines.results import SubproblemReport, piece_line
 from oamip.solve.interrupt import INTERRUPTED
-from oamip.training.criteria import MIP_METHOD, all_scores, criteria
+from oamip.training.criteria import MIP_METHOD, all_scores, criteria, is_global_only
 from oamip.training.data import load_digits, make_dataset
 from oamip.training.inference import evaluate
 from oamip.training.models import build, lenet5
+from oamip.training.tp_scores import installed
 from oamip.training.train import train
 from oamip.training.transfer import keep_all
 from tests import nets
@@ -153,7 +154,9 @@ def test_baselines_budget_figures_are_the_most_units_within_the_budget(budgeted)
     report, _ = budgeted
     floor = report.val_accuracy_before - MAX_DROP / 100
     methods = [entry.method for entry in report.budget]
-    assert methods == [MIP_METHOD, *(m + s for m in criteria() for s in ("", "-global"))]
+    layer = [m for m in criteria() if not is_global_only(m)]
+    tp = ["tp-magnitude-global", "tp-taylor-global", "tp-lamp-global"] if installed() else []
+    assert methods == [MIP_METHOD, *(m + s for m in layer for s in ("", "-global")), *tp]
     mip = report.budget[0]
     chosen = report.path[report.chosen]
     assert (mip.units_pruned, mip.val_accuracy, mip.test_accuracy) == (
@@ -171,7 +174,7 @@ def test_baselines_are_still_compared_at_the_chosen_counts(budgeted):
     report, _ = budgeted
     chosen = report.path[report.chosen]
     assert {layer.name: layer.units_pruned for layer in report.layers} == chosen.layers_pruned
-    assert [b.method for b in report.baselines] == criteria()
+    assert [b.method for b in report.baselines] == [m for m in criteria() if not is_global_only(m)]
 
 
 def test_the_validation_split_is_disjoint_from_test_and_mip_batch(budgeted, digits):
@@ -406,7 +409,7 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
     lines = done.stdout.splitlines()
     path_lines = [line for line in lines if line.strip().startswith(("1 ", "10 ", "* "))]
     assert len(path_lines) >= 2
-    for method in (MIP_METHOD, *criteria()):
+    for method in (MIP_METHOD, *(m for m in criteria() if not is_global_only(m))):
         assert any(line.startswith(method) for line in lines)
 
 

@@ -40,10 +40,11 @@ from oamip.pipelines.budget import (
     split_validation,
     validation_warnings,
 )
-from oamip.pipelines.report import summary_table
+from oamip.pipelines.report import path_figure, summary_table
 from oamip.training.criteria import MIP_METHOD, all_scores, criteria
 from oamip.training.data import load_data, load_validation, make_dataset
 from oamip.training.models import build
+from oamip.training.tp_scores import installed
 from oamip.training.train import train
 from oamip.training.transfer import keep_all
 from tests import nets
@@ -311,9 +312,10 @@ def test_global_order_ranks_layer_normalised_scores_and_keeps_min_keep():
     assert zero["z"].tolist() == [False, False, True]
 
 
-def _by_hand(layer_scores, fraction: float, schedule: str) -> dict[str, np.ndarray]:
-    """A step's masks recomputed independently: per layer, or one ranking of scores divided
-    by their layer's L2 norm; one unit kept per layer."""
+def _by_hand(layer_scores, fraction: float, schedule: str, layers=LAYERS) -> dict[str, np.ndarray]:
+    """A step's masks recomputed independently: per layer (``""``), or one ranking of scores
+    divided by their layer's L2 norm (``"global"``), or of scores as given (``"given"``, a
+    global-only criterion's; ``inf`` never pruned); one unit kept per layer."""
     if schedule == "":
         masks = {}
         for name, values in layer_scores.items():
@@ -323,14 +325,27 @@ def _by_hand(layer_scores, fraction: float, schedule: str) -> dict[str, np.ndarr
         return masks
     units = []
     for position, (name, values) in enumerate(layer_scores.items()):
-        norm = np.linalg.norm(values)
+        norm = np.linalg.norm(values) if schedule == "global" else 1.0
         ranked = sorted(range(len(values)), key=lambda i: (values[i], i))[: len(values) - 1]
-        units += [(values[i] / norm if norm else 0.0, position, i, name) for i in ranked]
+        units += [
+            (values[i] / norm if norm else 0.0, position, i, name)
+            for i in ranked
+            if values[i] != np.inf
+        ]
     total = sum(len(v) for v in layer_scores.values())
-    pruned: dict[str, list[int]] = {name: [] for name in layer_scores}
+    masks = {name: np.ones(size, dtype=bool) for name, size in layers.items()}
     for _, _, unit, name in sorted(units)[: round(fraction * total)]:
-        pruned[name].append(unit)
-    return _masks(pruned)
+        masks[name][unit] = False
+    return masks
+
+
+def _schedule_of(method: str) -> tuple[str, str]:
+    """A budget entry's criterion and how :func:`_by_hand` steps it: ``magnitude`` per layer,
+    ``magnitude-global`` layer-normalised, ``tp-magnitude-global`` as given."""
+    if not method.endswith("-global"):
+        return method, ""
+    criterion = method.removesuffix("-global")
+    return criterion, "given" if criterion.startswith("tp-") else "global"
 
 
 def _best_enumerated(model, split, floor) -> int:
@@ -346,9 +361,10 @@ def _best_enumerated(model, split, floor) -> int:
 @pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0])
 def test_every_methods_budget_entry_by_enumeration(max_drop):
     """On a 4-5-4-3 MLP every mask can be enumerated: the best within the validation budget is
-    known. Every method (the MIP, every criterion per layer and global) gets the most units of
-    its own steps within the budget (recomputed by hand), never more than the best mask, its
-    parameters and MACs removed counted by hand."""
+    known. Every method (the MIP, every criterion per layer and global, Torch-Pruning's
+    importances global only and ranked as given) gets the most units of its own steps within the
+    budget (recomputed by hand), never more than the best mask, its parameters and MACs removed
+    counted by hand."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -368,8 +384,9 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
         tie_break=scores["magnitude"],
     )
     table = budget_table(path, steps, floor, dense)
-    expected = [MIP_METHOD, *(m + s for m in criteria() for s in ("", "-global"))]
-    assert [entry.method for entry in table] == expected
+    per_layer = [m + s for m in criteria() if not m.startswith("tp-") for s in ("", "-global")]
+    tp = ["tp-magnitude-global", "tp-taylor-global", "tp-lamp-global"] if installed() else []
+    assert [entry.method for entry in table] == [MIP_METHOD, *per_layer, *tp]
     best = _best_enumerated(model, split, floor)
     params, macs = _tiny_cost(keep_all(model))
     for entry in table:
@@ -378,10 +395,10 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
         assert entry.macs_removed + entry.macs_after == macs
         assert entry.params_removed + entry.params_after == params
     for entry in table[1:]:
-        criterion, _, schedule = entry.method.partition("-")
+        criterion, schedule = _schedule_of(entry.method)
         found = [0]
         for step in range(BASELINE_STEPS + 1):
-            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, schedule and "global")
+            masks = _by_hand(scores[criterion], step / BASELINE_STEPS, schedule)
             if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
                 found.append(sum(int((~m).sum()) for m in masks.values()))
         assert entry.units_pruned == max(found), entry.method
@@ -472,6 +489,42 @@ def test_an_interpolated_mask_never_goes_past_the_solution_it_steps_towards():
         for name, keep in path.masks[k].items():
             assert not (~keep & sparser[name]).any()
         assert path.points[k].units_pruned <= 6 and path.masks[k]["1"][0]
+
+
+# --- the budget plot reads what the budget table reads -------------------------------------
+
+
+def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it():
+    """Left panel: every curve's validation accuracies, the dense validation accuracy and the
+    budget line at it less ``max_drop``, as the budget table reads them; right panel: the same
+    masks' test accuracies and the dense test accuracy, no budget line."""
+    model, data = _tiny_problem()
+    report = oamip.prune(
+        model, data, max_drop=20.0, val_fraction=0.5, lams=[0.1, 10.0], refine_steps=0, **FAST
+    )
+    validation, test = path_figure(report).axes
+    mip = sorted(report.path, key=lambda p: p.units_pruned)
+    chosen = report.path[report.chosen]
+    for ax, field, name, dense in (
+        (validation, "val_accuracy", "validation accuracy", report.val_accuracy_before),
+        (test, "test_accuracy", "test accuracy", report.accuracy_before),
+    ):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["mip"].get_xdata()) == [0, *(p.units_pruned for p in mip)]
+        assert list(lines["mip"].get_ydata()) == [dense, *(getattr(p, field) for p in mip)]
+        for method in {step.method for step in report.baseline_path}:
+            steps = [s for s in report.baseline_path if s.method == method]
+            assert list(lines[method].get_xdata()) == [s.units_pruned for s in steps]
+            assert list(lines[method].get_ydata()) == [getattr(s, field) for s in steps]
+        assert list(lines["chosen"].get_ydata()) == [getattr(chosen, field)]
+        assert list(lines["dense"].get_ydata()) == [dense, dense]
+        assert ax.get_ylabel().startswith(name)
+    budget = report.val_accuracy_before - 0.2
+    assert list(validation.get_lines()[-1].get_ydata()) == [budget, budget]
+    assert validation.get_lines()[-1].get_label() == "dense - 20 points"
+    assert not [line for line in test.get_lines() if line.get_label().startswith("dense -")]
+    tp = [m for m in ("tp-magnitude-global", "tp-taylor-global") if installed()]
+    assert all(m in {line.get_label() for line in validation.get_lines()} for m in tp)
 
 
 # --- every method fine-tuned -------------------------------------------------------------

@@ -25,7 +25,7 @@ from oamip.pipelines.settings import DEFAULT_RECIPE, PruneSettings
 from oamip.pipelines.solving import BatchSolver
 from oamip.progress import Listener
 from oamip.solve.options import Resources
-from oamip.training.criteria import Masks, all_scores, masks_like
+from oamip.training.criteria import Masks, all_scores, masks_like, per_layer
 from oamip.training.data import Dataset
 from oamip.training.inference import resolve_device
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
@@ -68,7 +68,7 @@ def prune_at_init(
     solver = BatchSolver(settings, dataset, resources or Resources(), listener)
     result = solver.one(init, batch.x, batch.y)
     masks = result.masks(settings.threshold)
-    baseline_scores = all_scores(init, batch.x, batch.y, settings.seed)
+    baseline_scores = per_layer(all_scores(init, batch.x, batch.y, settings.seed))
     arch = describe_arch(init)
     lr = TRAINING_DEFAULTS.get(arch, DEFAULT_RECIPE).lr
     train_start = time.perf_counter()

@@ -17,7 +17,10 @@ steps towards prunes, so it never goes past that solution.
 
 Every criterion is stepped in two schedules (:data:`SCHEDULES`): per layer (the same fraction
 of every layer, :func:`step_masks`) and global (one ranking of layer-normalised scores over
-all layers, :func:`global_step_masks`), the latter reported as ``<criterion>-global``.
+all layers, :func:`global_step_masks`), the latter reported as ``<criterion>-global``. A
+global-only criterion (Torch-Pruning's importances, already normalised by their own rule) is
+stepped in the global schedule only, its scores ranked as given (:func:`given_step_masks`), as
+Torch-Pruning's global pruning ranks them.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from oamip.errors import InvalidInputError
 from oamip.formulations.importance import checked_lam
 from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.cost import count_macs
-from oamip.training.criteria import MIP_METHOD
+from oamip.training.criteria import MIP_METHOD, is_global_only
 from oamip.training.data import Dataset, checked_validation
 from oamip.training.inference import evaluate
 
@@ -545,6 +548,8 @@ def _between(path: LamPath) -> float | None:
 
 Schedule = Callable[[dict[str, np.ndarray], float, int], Masks]
 """Masks of a criterion's scores at a fraction of the units, keeping ``min_keep`` per layer."""
+Normaliser = Callable[[np.ndarray], np.ndarray]
+"""A layer's scores made comparable with other layers' before a global ranking."""
 
 
 def baseline_steps(
@@ -584,31 +589,49 @@ def step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) ->
     return masks
 
 
-def global_step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) -> Masks:
+def global_step_masks(
+    scores: dict[str, np.ndarray],
+    fraction: float,
+    min_keep: int,
+    normalise: Normaliser | None = None,
+) -> Masks:
     """Masks pruning the first ``round(fraction * N)`` units of :func:`global_order` (``N``
-    units in all layers); True means keep."""
+    units in all layers; ``normalise`` as there); True means keep."""
     masks = {name: np.ones(len(values), dtype=bool) for name, values in scores.items()}
     total = sum(len(values) for values in scores.values())
-    for name, unit in global_order(scores, min_keep)[: round(fraction * total)]:
+    order = global_order(scores, min_keep, normalise=normalise)
+    for name, unit in order[: round(fraction * total)]:
         masks[name][unit] = False
     return masks
+
+
+def given_step_masks(scores: dict[str, np.ndarray], fraction: float, min_keep: int) -> Masks:
+    """:func:`global_step_masks` of scores ranked as given, for a global-only criterion whose
+    scores are comparable across layers already (Torch-Pruning's normalised importances)."""
+    return global_step_masks(scores, fraction, min_keep, as_given)
 
 
 def global_order(
     scores: dict[str, np.ndarray],
     min_keep: int,
     tie_break: dict[str, np.ndarray] | None = None,
+    normalise: Normaliser | None = None,
 ) -> list[tuple[str, int]]:
     """The units that a global schedule prunes, in order: one ranking over all layers by
-    :func:`layer_normalised` score (ties by the layer-normalised ``tie_break`` score if given,
-    then by layer, then unit order), leaving out each layer's ``max(min_keep, 1)`` best units
-    so that every layer keeps them."""
+    ``normalise``d score (None: :func:`layer_normalised`; ties by the layer-normalised
+    ``tie_break`` score if given, then by layer, then unit order), leaving out each layer's
+    ``max(min_keep, 1)`` best units so that every layer keeps them, and every unit scored
+    ``+inf`` (unranked: never pruned)."""
+    normalise = normalise or layer_normalised
     ranked = []
     for position, (name, values) in enumerate(scores.items()):
-        normalised = layer_normalised(np.asarray(values, dtype=float))
+        values = np.asarray(values, dtype=float)
+        finite = np.isfinite(values)
+        normalised = np.where(finite, 0.0, values)
+        normalised[finite] = normalise(values[finite])
         ties = (tie_break or {}).get(name)
         ties = np.zeros(len(values)) if ties is None else layer_normalised(np.asarray(ties, float))
-        droppable = max(0, len(values) - max(min_keep, 1))
+        droppable = min(int(finite.sum()), max(0, len(values) - max(min_keep, 1)))
         for unit in np.lexsort((np.arange(len(values)), ties, normalised))[:droppable]:
             ranked.append((normalised[unit], ties[unit], position, int(unit), name))
     ranked.sort()
@@ -623,19 +646,34 @@ def layer_normalised(values: np.ndarray) -> np.ndarray:
     return values / norm if norm > 0 else np.zeros_like(values)
 
 
+def as_given(values: np.ndarray) -> np.ndarray:
+    """A layer's scores unchanged: for scores comparable across layers already."""
+    return values
+
+
 SCHEDULES: dict[str, Schedule] = {"": step_masks, GLOBAL_SUFFIX: global_step_masks}
 """Every criterion's schedules by the suffix of its method name: per layer, global."""
+GLOBAL_ONLY_SCHEDULES: dict[str, Schedule] = {GLOBAL_SUFFIX: given_step_masks}
+"""A global-only criterion's one schedule (:attr:`oamip.training.criteria.Criterion.global_only`):
+global, its scores ranked as given."""
+
+
+def schedules_of(criterion: str) -> dict[str, Schedule]:
+    """The schedules a criterion is stepped in, by suffix: :data:`GLOBAL_ONLY_SCHEDULES` for a
+    global-only criterion, else :data:`SCHEDULES`."""
+    return GLOBAL_ONLY_SCHEDULES if is_global_only(criterion) else SCHEDULES
 
 
 def schedule_steps(
     scores: dict[str, dict[str, np.ndarray]], evaluator: Evaluator, min_keep: int
 ) -> dict[str, list[StepPoint]]:
-    """Every criterion's steps in every schedule, a criterion's schedules side by side:
-    ``magnitude``, ``magnitude-global``, ``snip``, ..."""
+    """Every criterion's steps in each of its schedules (:func:`schedules_of`), a criterion's
+    schedules side by side: ``magnitude``, ``magnitude-global``, ``snip``, ...,
+    ``tp-magnitude-global``."""
     return {
         method + suffix: baseline_steps(method + suffix, values, evaluator, min_keep, schedule)
         for method, values in scores.items()
-        for suffix, schedule in SCHEDULES.items()
+        for suffix, schedule in schedules_of(method).items()
     }
 
 
@@ -701,7 +739,8 @@ def budget_masks(
             found[method] = dense_masks
             continue
         criterion, suffix = _split_method(method)
-        found[method] = SCHEDULES[suffix](scores[criterion], points[best].fraction, min_keep)
+        schedule = schedules_of(criterion)[suffix]
+        found[method] = schedule(scores[criterion], points[best].fraction, min_keep)
     return found
 
 

@@ -57,7 +57,7 @@ from oamip.pipelines.solving import BatchSolver, path_text
 from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import Resources, check_resources
-from oamip.training.criteria import MagnitudeCriterion, all_scores
+from oamip.training.criteria import MagnitudeCriterion, all_scores, per_layer
 from oamip.training.data import Batch, Dataset, mip_batch, random_rows
 from oamip.training.inference import evaluate
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
@@ -175,8 +175,8 @@ def _prune(
         build_seconds=budgeted.build_seconds,
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
-        baselines=compare(dense, dataset, masks, baseline_scores, settings),
-        curve=accuracy_curve(dense, dataset, result, baseline_scores),
+        baselines=compare(dense, dataset, masks, per_layer(baseline_scores), settings),
+        curve=accuracy_curve(dense, dataset, result, per_layer(baseline_scores)),
         val_fraction=None if split is None or split.source != SPLIT else settings.val_fraction,
         val_size=0 if split is None else len(split.y_val),
         validation=None if split is None else split.describe(),
@@ -242,7 +242,7 @@ def _budgeted(
     baseline_scores: dict[str, dict[str, np.ndarray]],
     solver: BatchSolver,
 ) -> _Budgeted:
-    """The lam path and every baseline's steps in both schedules, each cut at the same
+    """The lam path and every baseline's steps in its schedules, each cut at the same
     validation budget; the path's chosen mask (nothing pruned when no lam is within the
     budget). Doubts about the validation samples are warned of before any solve."""
     settings = solver.settings

@@ -9,11 +9,12 @@ from itertools import cycle
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
-from oamip.pipelines.budget import INTERPOLATED, NOT_SOLVED, RANKED
+from oamip.pipelines.budget import GLOBAL_SUFFIX, INTERPOLATED, NOT_SOLVED, RANKED
 from oamip.pipelines.results import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
@@ -124,7 +125,8 @@ def budget_rows(report: PruneReport) -> list[str]:
         )
     rows.append(
         "(baselines prune their lowest-scored units in steps, the same share of every layer, "
-        "or by one ranking of layer-normalised scores for -global; val and test acc without "
+        "or by one ranking of layer-normalised scores for -global, of Torch-Pruning's own "
+        "normalised group importances for tp-; val and test acc without "
         + (
             f"fine-tuning, tuned: test acc after {report.finetune_epochs} epoch(s) of it)"
             if tuned
@@ -248,9 +250,10 @@ def _subject(report: PruneReport) -> str:
 
 
 def accuracy_figure(report: PruneReport) -> Figure:
-    """Test accuracy against units removed: with a budget the lam path and the baselines' steps
-    (:func:`path_figure`); without, the MIP's threshold sweep and each baseline pruned as many
-    units per layer, hollow markers after fine-tuning at the chosen threshold."""
+    """Accuracy against units removed: with a budget the lam path and the baselines' steps on
+    validation and test (:func:`path_figure`); without, test accuracy of the MIP's threshold
+    sweep and each baseline pruned as many units per layer, hollow markers after fine-tuning at
+    the chosen threshold."""
     if report.path:
         return path_figure(report)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -275,17 +278,49 @@ def accuracy_figure(report: PruneReport) -> Figure:
     return fig
 
 
+PATH_PANELS = (("val_accuracy", "validation"), ("test_accuracy", "test"))
+"""The budget plot's panels: the accuracy each reads and its name; the budget is held on the
+first (validation, like the budget table), the second shows the same masks on the test split."""
+
+
 def path_figure(report: PruneReport) -> Figure:
-    """Test accuracy (no fine-tuning) against units removed: the MIP's lam path and every
-    baseline's steps as curves, the dense accuracy less the budget as a line, the mask kept
-    marked by a star."""
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
+    """Accuracy (no fine-tuning) against units removed, on validation (left: the quantity the
+    budget and the budget table read) and test (right): the MIP's lam path and every
+    baseline's steps as curves, the dense accuracy and, on validation, the dense accuracy less
+    the budget as lines, the mask kept marked by a star."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    axes = fig.subplots(1, len(PATH_PANELS), sharex=True)
+    dense = {"val_accuracy": report.val_accuracy_before, "test_accuracy": report.accuracy_before}
+    for ax, (field, name) in zip(axes, PATH_PANELS):
+        _path_panel(ax, report, field, dense[field])
+        ax.set(
+            xlabel="units removed",
+            ylabel=f"{name} accuracy (no fine-tuning)",
+            title=f"{name} accuracy",
+        )
+    axes[0].axhline(
+        report.val_accuracy_before - report.max_drop / 100,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"dense - {_points(report.max_drop)}",
+    )
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle(
+        f"{_subject(report)}: accuracy against units removed, budget held on validation "
+        f"({_validation_text(report)})"
+    )
+    return fig
+
+
+def _path_panel(ax, report: PruneReport, field: str, dense: float) -> None:
+    """One panel of :func:`path_figure`: every curve read at ``field`` of its points."""
     mip = sorted(report.path, key=lambda point: point.units_pruned)
     line = ax.plot(
         [0] + [p.units_pruned for p in mip],
-        [report.accuracy_before] + [p.test_accuracy for p in mip],
+        [dense] + [getattr(p, field) for p in mip],
         linewidth=2,
+        label=MIP_METHOD,
     )[0]
     kinds = (
         (lambda p: p.status not in NOT_SOLVED, "o", "lambda path"),
@@ -297,40 +332,29 @@ def path_figure(report: PruneReport) -> Figure:
         if points:
             ax.plot(
                 [p.units_pruned for p in points],
-                [p.test_accuracy for p in points],
+                [getattr(p, field) for p in points],
                 marker,
                 color=line.get_color(),
                 label=f"{MIP_METHOD} ({label})",
             )
     methods = dict.fromkeys(step.method for step in report.baseline_path)
-    for method, marker in zip(methods, cycle("sD^vx")):
+    colors = cycle(colormaps["tab20"].colors[2:])
+    for method, marker, color in zip(methods, cycle("sD^vx"), colors):
         steps = [step for step in report.baseline_path if step.method == method]
         ax.plot(
             [s.units_pruned for s in steps],
-            [s.test_accuracy for s in steps],
+            [getattr(s, field) for s in steps],
+            color=color,
             marker=marker,
             markersize=3,
             linewidth=1,
+            linestyle="--" if method.endswith(GLOBAL_SUFFIX) else "-",
             label=method,
         )
     if report.chosen is not None:
         kept = report.path[report.chosen]
-        ax.plot(kept.units_pruned, kept.test_accuracy, "*", color="black", ms=16, label="chosen")
-    ax.axhline(report.accuracy_before, color="gray", linestyle=":", linewidth=1, label="dense")
-    ax.axhline(
-        report.accuracy_before - report.max_drop / 100,
-        color="black",
-        linestyle="--",
-        linewidth=1,
-        label=f"dense - {_points(report.max_drop)}",
-    )
-    ax.set(
-        xlabel="units removed",
-        ylabel="test accuracy (no fine-tuning)",
-        title=f"{_subject(report)}: test accuracy against units removed",
-    )
-    ax.legend(fontsize="small")
-    return fig
+        ax.plot(kept.units_pruned, getattr(kept, field), "*", color="black", ms=16, label="chosen")
+    ax.axhline(dense, color="gray", linestyle=":", linewidth=1, label="dense")
 
 
 def _tuned_accuracy(report: PruneReport, method: str) -> float | None:

@@ -1,14 +1,20 @@
-"""Importance criteria to compare the MIP's scores with: one type, a registry, four criteria.
+"""Importance criteria to compare the MIP's scores with: one type, a registry, the criteria.
 
 A :class:`Criterion` scores the units of a model (:func:`oamip.adapters.residual.row_groups`:
 every scored Linear and Conv2d of a chain, the inner channels and coupled groups of a residual
 network, in forward order) like the MIP does: unit name -> one value per unit, higher means more
 important. A coupled group is scored over all its producers (every block's layer that adds
 into it). ``register_criterion`` adds one, and ``oamip.prune`` compares every
-registered criterion with the MIP. The four built in (random, magnitude, SNIP, Taylor) leave the
-model unchanged: gradients are taken with respect to detached copies of the parameters, and the
-train/eval mode is restored. :func:`masks_like` turns scores into masks that prune as many units
-per layer as the MIP's masks do, the paper's comparison protocol.
+registered criterion that applies to the model with the MIP. The four built in (random,
+magnitude, SNIP, Taylor) leave the model unchanged: gradients are taken with respect to detached
+copies of the parameters, and the train/eval mode is restored. :func:`masks_like` turns scores
+into masks that prune as many units per layer as the MIP's masks do, the paper's comparison
+protocol.
+
+With Torch-Pruning installed (the ``tp`` extra), its own importances are criteria too
+(``tp-magnitude``, ``tp-taylor``, ``tp-lamp``, and ``tp-bn`` on models with BatchNorm):
+global-only criteria (:attr:`Criterion.global_only`), ranked over all layers as Torch-Pruning's
+global pruning ranks them (:mod:`oamip.training.tp_scores`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch.func import functional_call
 from oamip.adapters.structure import RowGroup, row_groups
 from oamip.errors import InvalidInputError
 from oamip.training.inference import eval_mode, model_device
+from oamip.training.tp_scores import group_importances, has_batchnorm, installed
 
 Scores = dict[str, np.ndarray]
 Masks = dict[str, np.ndarray]
@@ -38,10 +45,20 @@ class Criterion(ABC):
     more important. ``x`` and ``y`` are the MIP's batch, ``seed`` fixes any random draw."""
 
     name: ClassVar[str]
+    global_only: ClassVar[bool] = False
+    """True for a criterion whose scores are already comparable across layers (normalised by the
+    criterion itself, as Torch-Pruning's importances are): it is stepped only as one global
+    ranking of its scores as given (``<name>-global``), never layer by layer, and a unit it
+    scores ``+inf`` is never pruned (one it does not rank)."""
 
     @abstractmethod
     def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
         """Unit name -> one score per unit, for every unit of ``row_groups(model)``."""
+
+    def applies(self, model: nn.Module) -> bool:
+        """Whether the criterion can score ``model`` here (a package it needs is installed, the
+        layers it reads exist); criteria that do not apply are left out of comparisons."""
+        return True
 
 
 _REGISTRY: dict[str, type[Criterion]] = {}
@@ -77,17 +94,33 @@ def get_criterion(name: str) -> Criterion:
     return cls()
 
 
+def is_global_only(name: str) -> bool:
+    """Whether ``name`` is a registered global-only criterion (:attr:`Criterion.global_only`)."""
+    cls = _REGISTRY.get(name)
+    return cls is not None and cls.global_only
+
+
 def all_scores(model: nn.Module, x: Batch, y: Batch, seed: int) -> dict[str, Scores]:
-    """Every registered criterion's scores of ``model``'s units, each checked to give one finite
-    value per unit of every unit layer, and nothing else (in forward order)."""
+    """The scores of ``model``'s units by every registered criterion that applies to it, each
+    checked to give one finite value per unit of every unit layer (``+inf`` allowed for a
+    global-only criterion), and nothing else (in forward order)."""
     found = row_groups(model)
+    chosen = {name: get_criterion(name) for name in criteria()}
     return {
-        name: _checked(name, get_criterion(name).scores(model, x, y, seed), found)
-        for name in criteria()
+        name: _checked(name, criterion.scores(model, x, y, seed), found, criterion.global_only)
+        for name, criterion in chosen.items()
+        if criterion.applies(model)
     }
 
 
-def _checked(criterion: str, scores: Scores, found: list[RowGroup]) -> Scores:
+def per_layer(scores: dict[str, Scores]) -> dict[str, Scores]:
+    """The criteria's scores that may be compared layer by layer: all but the global-only."""
+    return {name: values for name, values in scores.items() if not is_global_only(name)}
+
+
+def _checked(
+    criterion: str, scores: Scores, found: list[RowGroup], unranked: bool = False
+) -> Scores:
     names = [unit.name for unit in found]
     if not isinstance(scores, dict) or set(scores) != set(names):
         given = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
@@ -103,7 +136,7 @@ def _checked(criterion: str, scores: Scores, found: list[RowGroup]) -> Scores:
                 f"criterion '{criterion}' gave layer '{unit.name}' scores of shape "
                 f"{values.shape}; the layer has {unit.size} units, one score each"
             )
-        if not np.all(np.isfinite(values)):
+        if not np.all(np.isfinite(values) | (unranked & (values == np.inf))):
             raise InvalidInputError(
                 f"criterion '{criterion}' gave layer '{unit.name}' NaN or infinite scores"
             )
@@ -208,6 +241,63 @@ class TaylorCriterion(Criterion):
             unit.name: _taylor([(outputs[id(p)], grads[id(p)]) for p in unit.producers])
             for unit in found
         }
+
+
+class TorchPruningCriterion(Criterion):
+    """Torch-Pruning's importance ``importance`` (a key of
+    :data:`oamip.training.tp_scores.IMPORTANCES`) of each unit's dependency group, normalised by
+    its own normaliser: global-only, as Torch-Pruning's global pruning ranks it. Applies where
+    Torch-Pruning is installed; gradients (Taylor) come from the mean cross-entropy of
+    ``(x, y)`` in eval mode, on a copy of the model."""
+
+    importance: ClassVar[str]
+    global_only = True
+
+    def applies(self, model: nn.Module) -> bool:
+        return installed()
+
+    def scores(self, model: nn.Module, x: Batch, y: Batch, seed: int) -> Scores:
+        return group_importances(model, _inputs(model, x), _labels(model, y), type(self).importance)
+
+
+@register_criterion
+class TPMagnitudeCriterion(TorchPruningCriterion):
+    """Torch-Pruning's group magnitude (``GroupMagnitudeImportance(p=2)``): the mean over the
+    group's layers of each channel's squared L2 norm, divided by its mean over the group."""
+
+    name = "tp-magnitude"
+    importance = "magnitude"
+
+
+@register_criterion
+class TPTaylorCriterion(TorchPruningCriterion):
+    """Torch-Pruning's group Taylor (``GroupTaylorImportance``): ``sum |w * dL/dw|`` per channel,
+    averaged over the group's layers, divided by its mean."""
+
+    name = "tp-taylor"
+    importance = "taylor"
+
+
+@register_criterion
+class TPLampCriterion(TorchPruningCriterion):
+    """Torch-Pruning's LAMP (``LAMPImportance(p=2)``): the group magnitude divided by the sum of
+    the group's magnitudes at least as large."""
+
+    name = "tp-lamp"
+    importance = "lamp"
+
+
+@register_criterion
+class TPBatchNormCriterion(TorchPruningCriterion):
+    """Torch-Pruning's BatchNorm scale (``BNScaleImportance``): ``|gamma|`` of the group's
+    BatchNorms, divided by its mean; only on models with BatchNorm, and units without one are
+    never pruned (Torch-Pruning does not rank them)."""
+
+    name = "tp-bn"
+    importance = "bn"
+
+    def applies(self, model: nn.Module) -> bool:
+        return installed() and has_batchnorm(model)
 
 
 def masks_like(scores: Scores, reference_masks: Masks) -> Masks:
