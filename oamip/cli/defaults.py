@@ -30,6 +30,12 @@ BENCH_MAX_GAP_POINTS = 10
 BENCH_OUT = "oamip-bench"
 EXPORT_FORMATS = ("mps", "lp")
 
+LIBRARY_SETS = ("small", "standard")
+LIBRARY_OUT = "oamip-library"
+LIBRARY_REFERENCE_BACKEND = "highs"
+LIBRARY_SMALL_TIME_LIMIT = 30.0
+LIBRARY_STANDARD_TIME_LIMIT = 60.0
+
 SPR_LAM = 0.03
 SPR_ALPHA = 0.5
 SPR_M_SCALE = 1.0
@@ -57,6 +63,11 @@ SOURCES = {
     "BENCH_MAX_GAP_POINTS": "oamip.pipelines.bench:MAX_GAP_POINTS",
     "BENCH_OUT": "oamip.pipelines.bench:DEFAULT_OUT",
     "EXPORT_FORMATS": "oamip.pipelines.bench:EXPORT_FORMATS",
+    "LIBRARY_SETS": "oamip.pipelines.library:SETS",
+    "LIBRARY_OUT": "oamip.pipelines.library:DEFAULT_OUT",
+    "LIBRARY_REFERENCE_BACKEND": "oamip.pipelines.library:DEFAULT_REFERENCE_BACKEND",
+    "LIBRARY_SMALL_TIME_LIMIT": "oamip.pipelines.library:SMALL_TIME_LIMIT",
+    "LIBRARY_STANDARD_TIME_LIMIT": "oamip.pipelines.library:STANDARD_TIME_LIMIT",
     "SPR_LAM": "oamip.pipelines.spr:DEFAULT_LAM",
     "SPR_ALPHA": "oamip.pipelines.spr:DEFAULT_ALPHA",
     "SPR_M_SCALE": "oamip.pipelines.spr:DEFAULT_M_SCALE",
