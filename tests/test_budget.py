@@ -413,9 +413,7 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
 def test_piece_lines_name_the_layer_by_its_label():
     piece = SubproblemReport("1", 3, 10, "optimal", 0.5, 0.5, 1.25, 0.9, False, None)
     labels = {"1": "fc1 Linear 64->12"}
-    assert piece_line(piece, labels) == (
-        "piece layer fc1 Linear 64->12, class 3: optimal (1.2 s)"
-    )
+    assert piece_line(piece, labels) == ("piece layer fc1 Linear 64->12, class 3: optimal (1.2 s)")
     assert piece_line(piece).startswith("piece layer 1, class 3")
 
 

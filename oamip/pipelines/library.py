@@ -281,18 +281,33 @@ def build_library(
     every network afresh (seconds on digits).
     """
     checks.choice("library set", set_name, SETS)
-    backends.get(reference_backend)
     limit = (
         REFERENCE_TIME_LIMITS[set_name] if reference_time_limit is None else reference_time_limit
     )
-    limit = checks.real("the reference time limit", limit, 0.0)
     dataset = _dataset(data)
     specs = library_set(set_name, dataset.name)
+    return build_specs(out, specs, set_name, dataset, reference_backend, limit, cache_dir, progress)
+
+
+def build_specs(
+    out: str | os.PathLike,
+    specs: Sequence[LibrarySpec],
+    label: str,
+    dataset: Dataset,
+    reference_backend: str = DEFAULT_REFERENCE_BACKEND,
+    reference_time_limit: float = SMALL_TIME_LIMIT,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> list[LibraryEntry]:
+    """Build the instances ``specs`` on ``dataset`` into ``out`` as :func:`build_library` does,
+    the manifest calling the set ``label``."""
+    backends.get(reference_backend)
+    limit = checks.real("the reference time limit", reference_time_limit, 0.0)
     entries = []
     with staged_output(out) as folder, deterministic_torch():
         for spec in tqdm(specs, desc="library", unit="instance", disable=not progress):
             entries.append(_build_one(spec, dataset, folder, reference_backend, limit, cache_dir))
-        write_manifest(folder, set_name, entries)
+        write_manifest(folder, label, entries)
     return entries
 
 
