@@ -314,6 +314,8 @@ def library(tmp_path_factory):
 def test_a_built_library_has_files_hashes_and_reference_results(library):
     entries = read_manifest(library)
     assert [e.name for e in entries] == [s.name for s in FAST_SPECS]
+    assert entries[0].score_columns == {} and entries[0].piece_layer  # a per-layer piece
+    assert len(entries[1].logit_columns) == 4 and len(entries[1].score_columns) == 2
     for entry in entries:
         assert entry.sha256 == sha256(library / entry.file)
         model = read_mps(library / entry.file)
@@ -352,6 +354,8 @@ def test_bench_on_a_library_ranks_two_backends_and_lists_a_planted_wrong_answer(
             best = next(e.best_objective for e in entries if e.name == answer.instance)
             assert answer.verified == YES
             assert answer.objective == pytest.approx(best, rel=1e-4, abs=1e-6)
+            whole = answer.instance.startswith("digits-mlp-c3")  # a whole network's MIP
+            assert answer.network.startswith("ok") if whole else answer.network == ""
 
 
 def test_bench_cli_writes_the_leaderboard_and_lists_wrong_answers(library, tmp_path, capsys):

@@ -44,7 +44,7 @@ from oamip.backends.verify import FEASIBILITY_TOLERANCE, check_solution
 from oamip.errors import InvalidInputError, OamipError
 from oamip.files import write_json
 from oamip.pipelines.bench import machine, plot_profile
-from oamip.pipelines.library import LibraryEntry, check_hashes, read_manifest
+from oamip.pipelines.library import LibraryEntry, NetworkCheck, check_hashes, read_manifest
 
 SHIFT = 10.0
 """The shift of the shifted geometric mean of times, in seconds (MIPLIB's)."""
@@ -72,6 +72,10 @@ class Answer:
     seconds: float
     verified: str
     note: str = ""
+    network: str = ""
+    """The masked network's logits at the answer's scores against the answer's logits (see
+    :class:`oamip.pipelines.library.NetworkCheck`): ``ok``/``off`` and the largest difference,
+    empty where the check does not apply."""
     solution: np.ndarray | None = None
 
     def solved(self, time_limit: float) -> bool:
@@ -135,7 +139,11 @@ def bench_library(
     options = SolveOptions(time_limit=time_limit, threads=threads, seed=0)
     answers: list[Answer] = []
     total = len(entries) * len(names)
-    with tqdm(total=total, desc="bench", unit="run", disable=not progress) as bar:
+    with (
+        tqdm(total=total, desc="bench", unit="run", disable=not progress) as bar,
+        tempfile.TemporaryDirectory(prefix="oamip-networks-") as scratch,
+    ):
+        network = NetworkCheck(scratch)
         for entry in entries:
             path = Path(library) / entry.file
             model = read_mps(path)
@@ -143,6 +151,9 @@ def bench_library(
             mine += _command_answers(entry, model, path, programs, time_limit)
             bar.update(len(names))
             answers += judge(entry, model, mine)
+            for answer in mine:
+                if answer.solution is not None and answer.verified == YES:
+                    answer.network = network.logits(entry, answer.solution, model.column_names)
     for answer in answers:
         answer.solution = None
     return LibraryBench(entries, answers, leaderboard(answers, names, time_limit), time_limit)

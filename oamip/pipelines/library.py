@@ -24,23 +24,31 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from oamip import backends, checks
 from oamip.adapters import extract
 from oamip.adapters.decompose import decomposed_pieces
+from oamip.adapters.extract import Extracted
+from oamip.adapters.masks import scored_logits
 from oamip.backends import SolveOptions, StandardForm, compile_model, write_mps
 from oamip.backends.mps_reader import read_mps
 from oamip.backends.verify import check_solution
+from oamip.bounds import interval_bounds
 from oamip.errors import InvalidInputError
 from oamip.files import staged_output, write_json
-from oamip.formulations.importance import ImportanceSettings, build_importance_model
+from oamip.formulations.importance import (
+    ImportanceModel,
+    ImportanceSettings,
+    build_importance_model,
+)
 from oamip.pipelines.bench import machine
-from oamip.solve.decompose import Piece
+from oamip.solve.loop import logits_agree
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Dataset, load_data, load_digits, mip_batch
 from oamip.training.zoo import Recipe, trained
@@ -56,6 +64,8 @@ REFERENCE_TIME_LIMITS = {"small": SMALL_TIME_LIMIT, "standard": STANDARD_TIME_LI
 DEFAULT_OUT = "oamip-library"
 MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
+COLUMN_FIELDS = ("score_columns", "logit_columns")
+"""The manifest fields left out of its CSV (lists of column names)."""
 RECIPES = {
     ("digits", "mlp"): Recipe("mlp", hidden=(8, 8), epochs=15, lr=1e-2),
     ("digits", "lenet5"): Recipe("lenet5", epochs=10, lr=3e-3),
@@ -165,6 +175,12 @@ class LibraryEntry:
     solver: str
     solve_seconds: float
     time_limit: float
+    network_sha256: str = ""
+    score_columns: dict[str, list[str]] = field(default_factory=dict)
+    """Whole-network MIPs (and class pieces): the MPS column of each unit's score, by the
+    unit's name in the torch model; empty for a per-layer piece."""
+    logit_columns: list[list[str]] = field(default_factory=list)
+    """The MPS column of each sample's logit of each class (same instances)."""
 
 
 @contextmanager
@@ -182,39 +198,143 @@ def deterministic_torch() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class Built:
+    """An instance's standard form, the name of its piece's scored layer ("" for a whole
+    network or a class piece), and, where the instance is the whole network's MIP, the columns
+    of its scores (by unit name) and of its logits (per sample and class)."""
+
+    form: StandardForm
+    layer: str = ""
+    score_columns: dict[str, list[str]] = field(default_factory=dict)
+    logit_columns: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class NetworkBatch:
+    """An instance's trained network (as read by :func:`oamip.adapters.extract`), its digest
+    and the batch its MIP is built on (a class piece: that class's samples)."""
+
+    extracted: Extracted
+    digest: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+def network_batch(
+    spec: LibrarySpec, dataset: Dataset, cache_dir: str | Path | None = None
+) -> NetworkBatch:
+    """Train (deterministically) or load ``spec``'s network and choose its batch."""
+    recipe = RECIPES.get((spec.data, spec.arch)) or Recipe.default(spec.arch)
+    with deterministic_torch():
+        model = trained(dataset, recipe, cache_dir).model
+    batch = mip_batch(model, dataset, spec.samples, spec.seed)
+    x, y = batch.x, batch.y
+    if spec.decompose == "class":
+        pick = y == int(spec.piece[1:])
+        if not pick.any():
+            raise InvalidInputError(f"instance '{spec.name}': no class {spec.piece[1:]}")
+        x, y = x[pick], y[pick]
+    return NetworkBatch(extract(model, x), network_digest(model), x, y)
+
+
+def network_digest(model: torch.nn.Module) -> str:
+    """A SHA-256 of the model's parameters and buffers (names, shapes, bytes): the same
+    network trained again gives the same digest."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def instance_form(
     spec: LibrarySpec, dataset: Dataset, cache_dir: str | Path | None = None
-) -> tuple[StandardForm, str]:
-    """The standard form of ``spec``'s importance MIP and the name of the piece's scored
-    layer ("" for a whole network or a class piece)."""
-    recipe = RECIPES.get((spec.data, spec.arch)) or Recipe.default(spec.arch)
-    model = trained(dataset, recipe, cache_dir).model
-    batch = mip_batch(model, dataset, spec.samples, spec.seed)
-    network = extract(model, batch.x).network
+) -> tuple[Built, NetworkBatch]:
+    """``spec``'s importance MIP as a standard form, and the network and batch it comes from."""
+    net = network_batch(spec, dataset, cache_dir)
     settings = ImportanceSettings(loss=spec.loss, lam=spec.lam, scores=spec.scores)
-    if spec.decompose is None:
-        return compile_model(build_importance_model(network, batch.x, batch.y, settings).model), ""
-    piece = _piece(spec, network, batch, dataset, settings)
-    im = build_importance_model(piece.network, piece.x, piece.y, piece.options)
-    return compile_model(im.model), piece.layer or ""
-
-
-def _piece(spec: LibrarySpec, network, batch, dataset: Dataset, settings) -> Piece:
-    options = ScoringOptions(**asdict(settings), decompose=spec.decompose)
-    aux = (dataset.x_train, dataset.y_train) if spec.decompose == "layer" else None
-    pieces = decomposed_pieces(network, batch.x, batch.y, options, aux)
+    network = net.extracted.network
+    if spec.decompose != "layer":
+        im = build_importance_model(network, net.x, net.y, settings)
+        form = compile_model(im.model)
+        return Built(form, "", *_network_columns(im, form, net.extracted)), net
+    options = ScoringOptions(**asdict(settings), decompose="layer")
+    pieces = decomposed_pieces(network, net.x, net.y, options, (dataset.x_train, dataset.y_train))
     index = int(spec.piece[1:])
-    if spec.decompose == "class":
-        found = [p for p in pieces if p.label == index]
-    else:
-        found = pieces[index : index + 1]
-    if not found:
+    if index >= len(pieces):
         raise InvalidInputError(
-            f"instance '{spec.name}': the {spec.arch} has {len(pieces)} "
-            f"{'classes' if spec.decompose == 'class' else 'blocks'}; piece '{spec.piece}' "
-            "does not exist"
+            f"instance '{spec.name}': the {spec.arch} has {len(pieces)} blocks; piece "
+            f"'{spec.piece}' does not exist"
         )
-    return found[0]
+    piece = pieces[index]
+    im = build_importance_model(piece.network, piece.x, piece.y, piece.options)
+    return Built(compile_model(im.model), piece.layer or ""), net
+
+
+def _network_columns(im: ImportanceModel, form: StandardForm, extracted: Extracted):
+    """The MPS names of the score columns (by unit name) and of the logit columns; empty
+    when one of them is not a column of the form."""
+
+    def names(ids: np.ndarray) -> np.ndarray:
+        columns = form.columns_of([im.table.variables[j] for j in ids.ravel().tolist()], -1)
+        return np.array([f"x{j}" for j in columns.tolist()]).reshape(ids.shape), columns
+
+    scores = {}
+    for name, unit in extracted.units.items():
+        labels, columns = names(np.asarray(im.score_ids[unit.layer]))
+        scores[name] = labels.tolist()
+        if (columns < 0).any():
+            return {}, []
+    logits, columns = names(np.asarray(im.logit_ids))
+    if (columns < 0).any():
+        return {}, []
+    return scores, logits.tolist()
+
+
+class NetworkCheck:
+    """Runs an answer's scores through the masked network in PyTorch (docs/mathematics.md (1),
+    :func:`oamip.adapters.masks.scored_logits`) and compares the logits with the answer's.
+
+    The network is trained again from the manifest's provenance (deterministic, seconds on
+    digits; cached in a scratch folder for the run) and must have the manifest's digest; the
+    check applies to instances that are a whole network's MIP on the digits data."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.dataset: Dataset | None = None
+
+    def logits(self, entry: LibraryEntry, x: np.ndarray, columns: Sequence[str]) -> str:
+        """ "" when the check does not apply; else ``ok`` or ``off``, and the largest logit
+        difference (the package's own tolerance: :func:`oamip.solve.loop.logits_agree`)."""
+        if not entry.score_columns or entry.data != "digits":
+            return ""
+        self.dataset = self.dataset or load_digits()
+        spec = LibrarySpec(
+            entry.arch,
+            entry.samples_per_class,
+            entry.piece,
+            entry.loss,
+            entry.scores,
+            entry.lam,
+            entry.data,
+            entry.seed,
+        )
+        net = network_batch(spec, self.dataset, self.cache_dir)
+        if net.digest != entry.network_sha256:
+            return "n/a: the network trained here differs from the manifest's"
+        index = {name: j for j, name in enumerate(columns)}
+        scores = {
+            name: np.clip(x[[index[c] for c in cols]], 0.0, 1.0)
+            for name, cols in entry.score_columns.items()
+        }
+        solver = x[np.vectorize(index.__getitem__)(np.asarray(entry.logit_columns))]
+        network = net.extracted.network
+        big_m = interval_bounds(network, network.check_input(net.x)).big_m
+        exact = scored_logits(net.extracted, net.x, scores, big_m)
+        error, agree = logits_agree(solver, exact)
+        return f"{'ok' if agree else 'off'} {error:.2g}"
 
 
 def sha256(path: Path) -> str:
@@ -319,7 +439,8 @@ def _build_one(
     time_limit: float,
     cache_dir: str | Path | None,
 ) -> LibraryEntry:
-    form, layer = instance_form(spec, dataset, cache_dir)
+    built, net = instance_form(spec, dataset, cache_dir)
+    form = built.form
     path = write_mps(form, folder / f"{spec.name}.mps.gz")
     coefficients = form.coefficient_range() or (None, None)
     if time_limit > 0:
@@ -336,7 +457,7 @@ def _build_one(
         samples=spec.samples * _classes(spec, dataset),
         samples_per_class=spec.samples,
         piece=spec.piece,
-        piece_layer=layer,
+        piece_layer=built.layer,
         loss=spec.loss,
         scores=spec.scores,
         lam=spec.lam,
@@ -348,6 +469,9 @@ def _build_one(
         coef_min=coefficients[0],
         coef_max=coefficients[1],
         **reference,
+        network_sha256=net.digest,
+        score_columns=built.score_columns,
+        logit_columns=built.logit_columns,
     )
 
 
@@ -366,9 +490,9 @@ def write_manifest(folder: Path, set_name: str, entries: Sequence[LibraryEntry])
         "instances": entries,
     }
     write_json(folder / MANIFEST_JSON, meta)
-    names = list(asdict(entries[0])) if entries else []
+    names = [f.name for f in fields(LibraryEntry) if f.name not in COLUMN_FIELDS]
     with open(folder / MANIFEST_CSV, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
+        writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in asdict(e).items()} for e in entries)
 
