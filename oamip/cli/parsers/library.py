@@ -15,7 +15,7 @@ from oamip.cli.defaults import (
 )
 
 NAME = "library"
-HELP = "build an instance library (MPS files and a manifest) for solver benchmarks"
+HELP = "build an instance library (MPS files) for solver benchmarks"
 ACTIONS = ("build",)
 
 
