@@ -35,6 +35,7 @@ from oamip.pipelines.leaderboard import (
 )
 from oamip.pipelines.library import (
     LibrarySpec,
+    NetworkCheck,
     build_library,
     build_specs,
     library_set,
@@ -405,3 +406,15 @@ def test_the_small_set_rebuilds_byte_identical(tmp_path):
         assert one == (tmp_path / "two" / entry.file).read_bytes()
     assert {e.arch for e in first} == {"mlp", "lenet5"}
     assert {e.piece[0] for e in first} == {"w", "b", "c"}
+
+
+def test_the_network_check_finds_logits_the_network_does_not_give(library, tmp_path):
+    entry = read_manifest(library)[1]  # the class piece: a whole network's MIP
+    model = read_mps(library / entry.file)
+    x = backends.get("highs").solve_form(model.form, SolveOptions(), False).solution
+    check = NetworkCheck(tmp_path)
+    assert check.logits(entry, x, model.column_names).startswith("ok")
+    off = x.copy()
+    off[model.column_names.index(entry.logit_columns[0][0])] += 0.01
+    assert check.logits(entry, off, model.column_names).startswith("off 0.01")
+    assert check.logits(read_manifest(library)[0], x, model.column_names) == ""
