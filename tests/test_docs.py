@@ -26,7 +26,7 @@ CITING = [
     *(p for d in ("oamip", "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")),
 ]
 README_MAX_LINES = 300
-COMMANDS = ("prune", "spr", "transfer", "compress", "bench", "export")
+COMMANDS = ("prune", "spr", "transfer", "compress", "bench", "export", "library")
 
 LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 SECTION_CITE = re.compile(r"docs/mathematics\.md\s+§(\d+(?:\.\d+)*)")

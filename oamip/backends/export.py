@@ -5,11 +5,13 @@ the ``MatrixConstraint`` blocks that Pyomo's own LP writer cannot handle. Column
 standard form is written as ``x{j}``, linear row ``i`` as ``r{i}``, quadratic row ``k`` as
 ``q{k}``. In LP files an objective constant multiplies a column ``obj_constant`` fixed at 1,
 the one spelling that HiGHS, SCIP and Gurobi all read. Files appear atomically: a reader never
-sees a half-written file.
+sees a half-written file. A path ending in ``.gz`` is written gzipped, deterministically (no
+file name and time 0 in the header): the same model gives the same bytes.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -57,10 +59,16 @@ def _as_form(model: pyo.ConcreteModel | StandardForm) -> StandardForm:
 
 
 def _write_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
-    """Write ``lines`` to ``path`` all or nothing (:func:`oamip.files.atomic_path`)."""
+    """Write ``lines`` to ``path`` all or nothing (:func:`oamip.files.atomic_path`), gzipped
+    with a fixed header when ``path`` ends in ``.gz``."""
     target = Path(path)
-    with atomic_path(target) as tmp, open(tmp, "w") as handle:
-        handle.writelines(line + "\n" for line in lines)
+    text = (line + "\n" for line in lines)
+    with atomic_path(target) as tmp, open(tmp, "wb" if target.suffix == ".gz" else "w") as handle:
+        if target.suffix != ".gz":
+            handle.writelines(text)
+            return target
+        with gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as packed:
+            packed.writelines(line.encode() for line in text)
     return target
 
 

@@ -32,6 +32,11 @@ EXPORT_FORMATS = ("mps", "lp")
 
 COMPRESS_TIME_LIMIT = 60.0
 COMPRESS_OUT = "oamip-compressed"
+LIBRARY_SETS = ("small", "standard")
+LIBRARY_OUT = "oamip-library"
+LIBRARY_REFERENCE_BACKEND = "highs"
+LIBRARY_SMALL_TIME_LIMIT = 30.0
+LIBRARY_STANDARD_TIME_LIMIT = 60.0
 
 SPR_LAM = 0.03
 SPR_ALPHA = 0.5
@@ -62,6 +67,11 @@ SOURCES = {
     "EXPORT_FORMATS": "oamip.pipelines.bench:EXPORT_FORMATS",
     "COMPRESS_TIME_LIMIT": "oamip.pipelines.compress:DEFAULT_TIME_LIMIT",
     "COMPRESS_OUT": "oamip.pipelines.compress:DEFAULT_OUT",
+    "LIBRARY_SETS": "oamip.pipelines.library:SETS",
+    "LIBRARY_OUT": "oamip.pipelines.library:DEFAULT_OUT",
+    "LIBRARY_REFERENCE_BACKEND": "oamip.pipelines.library:DEFAULT_REFERENCE_BACKEND",
+    "LIBRARY_SMALL_TIME_LIMIT": "oamip.pipelines.library:SMALL_TIME_LIMIT",
+    "LIBRARY_STANDARD_TIME_LIMIT": "oamip.pipelines.library:STANDARD_TIME_LIMIT",
     "SPR_LAM": "oamip.pipelines.spr:DEFAULT_LAM",
     "SPR_ALPHA": "oamip.pipelines.spr:DEFAULT_ALPHA",
     "SPR_M_SCALE": "oamip.pipelines.spr:DEFAULT_M_SCALE",

@@ -6,7 +6,7 @@ answer without loading torch, Pyomo or the solvers. The other half, ``run(args)`
 ``oamip.cli.<NAME>`` and is imported once the command line has been read.
 """
 
-from oamip.cli.parsers import bench, compress, export, prune, spr, transfer
+from oamip.cli.parsers import bench, compress, export, library, prune, spr, transfer
 
-COMMANDS = (prune, spr, transfer, compress, bench, export)
+COMMANDS = (prune, spr, transfer, compress, bench, export, library)
 """The subcommands, in the order ``oamip --help`` lists them."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from oamip.cli.common import add_instance_arguments, add_out_argument, names
+from oamip.cli.common import add_instance_arguments, add_out_argument, folder, names
 from oamip.cli.defaults import (
     BENCH_GAP_POINTS,
     BENCH_MAX_GAP_POINTS,
@@ -52,5 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help=f"shorter time limits (halving) for the gap curve, 0 to {BENCH_MAX_GAP_POINTS} "
         f"(default {BENCH_GAP_POINTS})",
+    )
+    add(
+        "--library",
+        type=folder,
+        metavar="DIR",
+        help="solve the instances of a library (oamip library build) instead, every answer "
+        "checked, and rank the solvers (leaderboard.csv); the instance options are not used",
+    )
+    add(
+        "--solver-command",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="with --library: also run [NAME=]CMD, e.g. 'cbc {mps} -sec {time_limit} -solve "
+        "-solu {solution}' (repeatable; solution files of CBC, HiGHS or SCIP)",
     )
     add_out_argument(parser, BENCH_OUT)
