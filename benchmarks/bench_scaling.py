@@ -225,17 +225,23 @@ def main(argv: list[str] | None = None) -> None:
     spc = [int(v) for v in args.samples_per_class.split(",")]
     counts = [int(v) for v in args.workers.split(",")]
     codes = [args.baseline, None] if args.baseline else [None]
+    meta = run_info(argv)
     for k in spc:
         for workers in counts:
             for code in codes:
                 rows.append(_spawn(args, k, workers, False, code))
                 print(json.dumps({key: v for key, v in rows[-1].items() if key != "pieces"}))
+                _write(rows, meta, vgg, args.note)  # each run kept as soon as it is done
     if args.whole_limit is not None:
         rows.append(_spawn(args, min(spc), max(counts), whole=True))
-    meta = run_info(argv)
-    text = markdown(rows, meta, vgg) + (f"\n{args.note}\n" if args.note else "")
-    record = {"vgg": vgg, "rows": rows, "note": args.note}
-    write_results(f"scaling-vgg-{today(meta)}", record, text, meta)
+        _write(rows, meta, vgg, args.note)
+
+
+def _write(rows: list[dict], meta: dict, vgg: str, note: str) -> None:
+    text = markdown(rows, meta, vgg) + (f"\n{note}\n" if note else "")
+    write_results(
+        f"scaling-vgg-{today(meta)}", {"vgg": vgg, "rows": rows, "note": note}, text, meta
+    )
 
 
 if __name__ == "__main__":
