@@ -12,9 +12,18 @@ seconds, head accuracy. Each result also gives units removed per layer and the t
 without fine-tuning. Optionally (``--whole-limit``) the whole-network MIP on the smallest batch
 with that time limit, for comparison.
 
+With ``--baseline DIR`` (a copy of an earlier version of the package, e.g.
+``git archive <commit> | tar -x -C DIR``), every decomposed run is made twice, side by side
+(the baseline's first, then this checkout's, for each setting): ``code`` says which. Each run
+also reports the time outside the solves (wall minus the pieces' solve seconds divided by the
+workers: the dense trace, the head fits and the building of the pieces' data, as far as they
+do not overlap the solves) and the peak resident memory of the solving process (``main``) and
+of its largest worker apart.
+
 Results: ``benchmarks/results/scaling-vgg-<date>.{json,md}`` with date, machine and command.
 
     python benchmarks/bench_scaling.py --samples-per-class 1,3,10 --workers 1,2 --time-limit 30
+    python benchmarks/bench_scaling.py --samples-per-class 10 --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> 
     ]
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    solving = sum(p["seconds"] for p in pieces) / workers
     return {
         "method": "whole" if whole else "decompose=layer",
         "samples": len(batch.y),
@@ -91,6 +101,10 @@ def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> 
         "status": res.status,
         "wall_seconds": wall,
         "peak_rss_mb": max(own, children) / 1024,
+        "main_rss_mb": own / 1024,
+        "workers_rss_mb": children / 1024 if workers > 1 else None,
+        "outside_seconds": wall - solving if pieces else None,
+        "aux_samples": getattr(options, "aux_samples", None),
         "pieces": pieces,
         "proven": sum(p["status"] == "optimal" for p in pieces) if pieces else None,
         "objective": res.objective,
@@ -100,8 +114,9 @@ def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> 
     }
 
 
-def _spawn(args, k: int, workers: int, whole: bool) -> dict:
-    """:func:`one_run` in a fresh interpreter (its own peak memory); its last stdout line."""
+def _spawn(args, k: int, workers: int, whole: bool, code: str | None = None) -> dict:
+    """:func:`one_run` in a fresh interpreter (its own peak memory), with the package of
+    ``code`` (a folder; None: this checkout's); its last stdout line."""
     command = [
         sys.executable,
         __file__,
@@ -112,10 +127,12 @@ def _spawn(args, k: int, workers: int, whole: bool) -> dict:
         "--time-limit",
         str(args.whole_limit if whole else args.time_limit),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ, PYTHONPATH=str(Path(code or HERE.parent).resolve()))
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"code": "this checkout" if code is None else f"baseline {code}", **row}
 
 
 def markdown(rows: list[dict], meta: dict, vgg: str) -> str:
@@ -131,33 +148,47 @@ def markdown(rows: list[dict], meta: dict, vgg: str) -> str:
         "pieces; training excluded). Peak RSS: the largest process. Test accuracy without "
         "fine-tuning.",
         "",
-        "| method | N | workers | status | proven | wall (s) | peak RSS (MB) | removed per layer "
-        "| test acc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| code | method | N | workers | status | proven | wall (s) | outside solves (s) "
+        "| peak RSS (MB) | main RSS (MB) | worker RSS (MB) | removed per layer | test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         proven = f"{r['proven']}/{len(r['pieces'])}" if r["pieces"] else "-"
         removed = ", ".join(f"{k} {v}" for k, v in r["removed"].items())
         lines.append(
-            f"| {r['method']} | {r['samples']} | {r['workers']} | {r['status']} | {proven} "
-            f"| {r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {removed} "
-            f"| {100 * r['test_accuracy']:.2f}% |"
+            f"| {r.get('code', '-')} | {r['method']} | {r['samples']} | {r['workers']} "
+            f"| {r['status']} | {proven} | {r['wall_seconds']:.1f} "
+            f"| {_number(r.get('outside_seconds'), 1)} | {r['peak_rss_mb']:.0f} "
+            f"| {_number(r.get('main_rss_mb'), 0)} | {_number(r.get('workers_rss_mb'), 0)} "
+            f"| {removed} | {100 * r['test_accuracy']:.2f}% |"
         )
     lines += _speedups(rows)
     lines += ["", "Pieces (layer: units, status, seconds, gap, head accuracy):", ""]
     for r in rows:
         text = "; ".join(_piece(p) for p in r["pieces"])
         if text:
-            lines.append(f"- N {r['samples']}, {r['workers']} worker(s): {text}")
+            code = f"{r['code']}, " if "code" in r else ""
+            lines.append(f"- {code}N {r['samples']}, {r['workers']} worker(s): {text}")
     return "\n".join(lines) + "\n"
 
 
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _speedups(rows: list[dict]) -> list[str]:
-    by = {(r["samples"], r["workers"]): r["wall_seconds"] for r in rows if r["pieces"]}
+    by = {
+        (r.get("code", ""), r["samples"], r["workers"]): r["wall_seconds"]
+        for r in rows
+        if r["pieces"]
+    }
     found = []
-    for (n, w), wall in sorted(by.items()):
-        if w != 1 and (n, 1) in by:
-            found.append(f"- N {n}: {w} workers {by[(n, 1)] / wall:.2f}x faster than 1")
+    for (code, n, w), wall in sorted(by.items()):
+        if w != 1 and (code, n, 1) in by:
+            which = f"{code}, " if code else ""
+            found.append(
+                f"- {which}N {n}: {w} workers {by[(code, n, 1)] / wall:.2f}x faster than 1"
+            )
     return ["", "Speed-up of the solve phase:", "", *found] if found else []
 
 
@@ -177,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per piece")
     parser.add_argument("--whole-limit", type=float, default=None, help="also the whole MIP")
+    parser.add_argument(
+        "--baseline", default=None, help="also run each setting with the package in this folder"
+    )
+    parser.add_argument("--note", default="", help="a line added to the results (e.g. the load)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.data = data_spec(args, FASHION_MNIST)
@@ -189,15 +224,23 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     spc = [int(v) for v in args.samples_per_class.split(",")]
     counts = [int(v) for v in args.workers.split(",")]
+    codes = [args.baseline, None] if args.baseline else [None]
+    meta = run_info(argv)
     for k in spc:
         for workers in counts:
-            rows.append(_spawn(args, k, workers, whole=False))
-            print(json.dumps({key: v for key, v in rows[-1].items() if key != "pieces"}))
+            for code in codes:
+                rows.append(_spawn(args, k, workers, False, code))
+                print(json.dumps({key: v for key, v in rows[-1].items() if key != "pieces"}))
+                _write(rows, meta, vgg, args.note)  # each run kept as soon as it is done
     if args.whole_limit is not None:
         rows.append(_spawn(args, min(spc), max(counts), whole=True))
-    meta = run_info(argv)
+        _write(rows, meta, vgg, args.note)
+
+
+def _write(rows: list[dict], meta: dict, vgg: str, note: str) -> None:
+    text = markdown(rows, meta, vgg) + (f"\n{note}\n" if note else "")
     write_results(
-        f"scaling-vgg-{today(meta)}", {"vgg": vgg, "rows": rows}, markdown(rows, meta, vgg), meta
+        f"scaling-vgg-{today(meta)}", {"vgg": vgg, "rows": rows, "note": note}, text, meta
     )
 
 

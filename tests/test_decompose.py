@@ -130,7 +130,7 @@ def test_layer_and_class_pieces_with_heads_are_optimal():
     )
     for piece, result in zip(pieces, res.subproblems):
         assert piece.key == result.key
-        assert result.objective == pytest.approx(_block_optimum(piece), abs=TOL)
+        assert result.objective == pytest.approx(_block_optimum(piece.with_head()), abs=TOL)
     assert set(res.scores) == {"1", "3"} and res.status == "optimal"
 
 
@@ -147,7 +147,8 @@ def test_a_conv_block_gets_grid_average_pooling_and_one_linear_layer():
     pieces = decomposed_pieces(
         network, x, y, options, check_decomposition(network, x, y, options, aux)
     )
-    pool, head = pieces[0].network.layers[2:]
+    assert pieces[0].network.layers[2:] == [] and pieces[0].head is not None
+    pool, head = pieces[0].with_head().network.layers[2:]
     assert pool.kind == "avgpool" and pool.out_shape == (3, HEAD_GRID, HEAD_GRID)
     assert head.kind == "linear" and head.weight.shape == (3, 3 * HEAD_GRID**2)
     assert pieces[0].x.shape == (3, 1, 8, 8) and pieces[1].x.shape == (3, 3, 4, 4)

@@ -2,8 +2,12 @@
 
 Per layer, the network is cut after every scored layer and the pooling right after it (a
 *block*). Each block's inputs on the batch come from the dense network (float64); each block but
-the last hands its outputs to an auxiliary head fit on ``aux_data`` (:mod:`oamip.solve.heads`),
-the last keeps the network's own remaining layers. Per class, each class's samples form their
+the last hands its outputs to an auxiliary head fit on a sample of at most ``aux_samples`` rows
+of ``aux_data`` (:mod:`oamip.solve.heads`), the last keeps the network's own remaining layers.
+The dense network is traced ``TRACE_BATCH`` rows at a time, keeping only the layers a piece
+needs (a block's inputs; a block end's outputs, pooled as its head takes them), and each head is
+fit where its pieces are solved (:meth:`oamip.solve.decompose.Piece.with_head`), so workers fit
+them in parallel. Per class, each class's samples form their
 own batch. The pieces are solved by :mod:`oamip.solve.decompose`; a layer's scores are the
 mean of its pieces' scores (over classes). On a network with one scored layer, ``"layer"`` is
 the whole-network MIP.
@@ -11,6 +15,7 @@ the whole-network MIP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,9 +24,15 @@ from oamip.errors import InvalidInputError
 from oamip.formulations.importance import check_labels, unit_weights
 from oamip.network import AffineLayer, MaxPoolLayer, Network
 from oamip.solve.decompose import ERROR, Piece, PieceResult
-from oamip.solve.heads import fit_head
+from oamip.solve.heads import HeadData, head_pool
 from oamip.solve.interrupt import INTERRUPTED
 from oamip.solve.options import ScoringOptions
+
+TRACE_BATCH = 256
+"""Rows of the batch or of the auxiliary sample traced through the dense network at once: at
+most this many rows of the layers not kept are held at a time."""
+AUX_SEED = 0
+"""Seed of the draw of the auxiliary sample (``aux_samples`` rows of ``aux_data``)."""
 
 
 @dataclass
@@ -111,20 +122,68 @@ def decomposed_pieces(
     y = check_labels(y, len(x), network.num_classes)
     solo = options.solo()
     cut = blocks(network) if "layer" in kinds else [Block(0, len(network.layers), None)]
-    trace = network.trace(x)
-    aux_trace = network.trace(aux[0]) if aux is not None else None
+    before = traced(network, x, {b.start - 1: None for b in cut if b.start > 0})
+    heads = _head_data(network, cut[:-1], aux, options.aux_samples)
     labels = np.unique(y).tolist() if "class" in kinds else [None]
     pieces = []
     for j, block in enumerate(cut):
-        sub, accuracy = _sub_network(network, block, j == len(cut) - 1, aux_trace, aux)
-        inputs = x if block.start == 0 else trace[block.start - 1].out
+        sub = network.segment(block.start, block.stop)
+        inputs = x if block.start == 0 else before[block.start - 1]
         inputs = inputs.reshape(len(x), *sub.input_shape)
         name = None if block.scored is None else network.layers[block.scored].name
         own = solo if block.scored is None else _priced(solo, network, block.scored)
+        head = heads[j] if j < len(heads) else None
         for label in labels:
             pick = np.ones(len(y), dtype=bool) if label is None else y == label
-            pieces.append(Piece(sub, inputs[pick], y[pick], own, name, label, accuracy))
+            pieces.append(Piece(sub, inputs[pick], y[pick], own, name, label, head=head))
     return pieces
+
+
+def traced(
+    network: Network, x: np.ndarray, keep: dict[int, Callable | None], batch: int = TRACE_BATCH
+) -> dict[int, np.ndarray]:
+    """The outputs of the layers ``keep`` names on ``x`` (each passed through its function,
+    if any), the network traced ``batch`` rows at a time: the other layers' values are never
+    held for more than ``batch`` rows."""
+    parts: dict[int, list] = {i: [] for i in keep}
+    for first in range(0, len(x) if keep else 0, batch):
+        trace = network.trace(x[first : first + batch])
+        for i, change in keep.items():
+            parts[i].append(trace[i].out if change is None else change(trace[i].out))
+        del trace
+    return {i: np.concatenate(found) for i, found in parts.items()}
+
+
+def aux_sample(aux, limit: int | None):
+    """``aux`` (inputs, labels), or ``limit`` of its rows drawn with ``AUX_SEED`` (in their
+    order) when it has more."""
+    if limit is None or len(aux[0]) <= limit:
+        return aux
+    rows = np.sort(np.random.default_rng(AUX_SEED).choice(len(aux[0]), limit, replace=False))
+    return aux[0][rows], aux[1][rows]
+
+
+def _head_data(network: Network, ends: list[Block], aux, limit: int | None) -> list[HeadData]:
+    """What the head after each of the blocks ``ends`` is fit on: the block's outputs on the
+    auxiliary sample, pooled as the head takes them, traced in batches."""
+    if not ends:
+        return []
+    aux_x, aux_y = aux_sample(aux, limit)
+    names = [network.layers[block.scored].name for block in ends]
+    pools = [
+        head_pool(tuple(network.layers[b.stop - 1].out_shape), name)
+        for b, name in zip(ends, names, strict=True)
+    ]
+    keep = {
+        b.stop - 1: None if pool is None else pool.forward
+        for b, pool in zip(ends, pools, strict=True)
+    }
+    features = traced(network, aux_x, keep)
+    labels = np.asarray(aux_y, dtype=np.int64)
+    return [
+        HeadData(features[b.stop - 1], labels, network.num_classes, name, pool)
+        for b, name, pool in zip(ends, names, pools, strict=True)
+    ]
 
 
 def _priced(options: ScoringOptions, network: Network, scored: int) -> ScoringOptions:
@@ -134,22 +193,6 @@ def _priced(options: ScoringOptions, network: Network, scored: int) -> ScoringOp
     key = network.score_key(scored)
     weight = unit_weights(network, options.sparsity)[key]
     return replace(options, lam=options.lam / (weight * network.layers[key].n_units))
-
-
-def _sub_network(network: Network, block: Block, last: bool, aux_trace, aux):
-    """The block's layers, then the network's own (last block) or a head fit on ``aux``."""
-    segment = network.segment(block.start, block.stop)
-    if last:
-        return segment, None
-    end = network.layers[block.stop - 1]
-    head = fit_head(
-        aux_trace[block.stop - 1].out,
-        aux[1],
-        network.num_classes,
-        tuple(end.out_shape),
-        network.layers[block.scored].name,
-    )
-    return Network(segment.input_shape, [*segment.layers, *head.layers]), head.accuracy
 
 
 def combined_scores(network: Network, results: list[PieceResult]) -> dict[int, np.ndarray]:

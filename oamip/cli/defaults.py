@@ -29,6 +29,7 @@ BENCH_GAP_POINTS = 3
 BENCH_MAX_GAP_POINTS = 10
 BENCH_OUT = "oamip-bench"
 EXPORT_FORMATS = ("mps", "lp")
+AUX_SAMPLES = 2000
 
 COMPRESS_TIME_LIMIT = 60.0
 COMPRESS_OUT = "oamip-compressed"
@@ -55,6 +56,7 @@ SOURCES = {
     "SCORE_MODES": "oamip.formulations:SCORE_MODES",
     "SPARSITY_MODES": "oamip.formulations:SPARSITY_MODES",
     "RESIDUAL_SCORES": "oamip.solve.options:RESIDUAL_SCORES",
+    "AUX_SAMPLES": "oamip.solve.options:DEFAULT_AUX_SAMPLES",
     "BACKEND_ENTRY_POINTS": "oamip.backends:ENTRY_POINT_GROUP",
     "DEFAULT_LAMS": "oamip.pipelines.budget:DEFAULT_LAMS",
     "BENCH_SIZES": "oamip.pipelines.bench:DEFAULT_SIZES",

@@ -8,6 +8,7 @@ import argparse
 
 from oamip.cli.common import one_of, progress_shown
 from oamip.cli.defaults import (
+    AUX_SAMPLES,
     LOSSES,
     RESIDUAL_SCORES,
     SCORE_MODES,
@@ -120,6 +121,14 @@ def add_decomposition_arguments(parser: argparse.ArgumentParser) -> None:
         help="solve the pieces on a Dask cluster, e.g. tcp://host:8786 (pip install 'oamip[dask]')",
     )
     add(
+        "--aux-samples",
+        type=int,
+        default=AUX_SAMPLES,
+        metavar="N",
+        help="most training rows the auxiliary heads of --decompose layer are fit on, drawn with "
+        f"a fixed seed (default {AUX_SAMPLES})",
+    )
+    add(
         "--checkpoint",
         metavar="DIR",
         help="save each finished piece in DIR; a rerun solves only the pieces missing there",
@@ -144,6 +153,7 @@ def scoring_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "threads": args.threads,
         "decompose": args.decompose,
+        "aux_samples": args.aux_samples,
         "n_jobs": args.workers,
         "checkpoint": args.checkpoint,
         "progress": progress_shown(),

@@ -54,6 +54,7 @@ from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
 from oamip.network import AffineLayer, Network, ResidualLayer
+from oamip.solve.heads import HeadData, fitted_head
 from oamip.solve.interrupt import INTERRUPTED
 from oamip.solve.options import ScoringOptions
 from oamip.solve.root_cuts import add_root_cuts
@@ -107,6 +108,18 @@ class Piece:
     head_accuracy: float | None = None
     start: dict[str, np.ndarray] | None = None
     """Scores by layer name to start from (a checkpoint's best); not part of the key."""
+    head: HeadData | None = None
+    """A head still to fit, after ``network``'s layers: fit where the piece is solved
+    (:meth:`with_head`), so workers fit heads in parallel; its data is part of the key."""
+
+    def with_head(self) -> Piece:
+        """This piece with its head fit and appended to its network, ``head_accuracy`` set
+        (itself when it has no head to fit)."""
+        if self.head is None:
+            return self
+        head = fitted_head(self.head)
+        network = Network(self.network.input_shape, [*self.network.layers, *head.layers])
+        return replace(self, network=network, head=None, head_accuracy=head.accuracy)
 
     @cached_property
     def key(self) -> str:
@@ -158,6 +171,8 @@ def _content(piece: Piece) -> Iterator:
         yield from _layer_content(layer)
     yield from (np.asarray(piece.x, dtype=float), np.asarray(piece.y, dtype=np.int64))
     yield from (piece.layer, piece.label, piece.head_accuracy)
+    if piece.head is not None:
+        yield piece.head.key
     for f in fields(piece.options):
         if f.name not in _UNHASHED:
             value = getattr(piece.options, f.name)
@@ -179,7 +194,10 @@ def _layer_content(layer) -> Iterator:
 def solve_piece(piece: Piece, stop: threading.Event | None = None) -> PieceResult:
     """Build the piece's importance model and solve it as ``score_neurons`` does (warm start,
     certified solve); ``time_limit`` covers this piece. ``stop`` (set from elsewhere) stops it
-    with its best solution; in a local worker process it is the worker's own."""
+    with its best solution; in a local worker process it is the worker's own. A head still to
+    fit is fit first (its time is not the solve's)."""
+    key = piece.key
+    piece = piece.with_head()
     started = time.perf_counter()
     options = piece.options
     solver = backends.get(options.backend)
@@ -193,7 +211,7 @@ def solve_piece(piece: Piece, stop: threading.Event | None = None) -> PieceResul
     stop = _WORKER_STOP if stop is None else stop
     point = sweep(im, solver, options, [options.lam], started, start=start, stop=stop)[0]
     return PieceResult(
-        key=piece.key,
+        key=key,
         layer=piece.layer,
         label=piece.label,
         samples=len(piece.y),

@@ -15,12 +15,16 @@ The affine layer is a multinomial logistic regression fit by L-BFGS from zero we
 small L2 penalty, on features standardised per column (folded back into the weights, so the
 head acts on the raw outputs): deterministic, and the same on every machine for the same data.
 The head is returned as :mod:`oamip.network` layers (no ReLU, so nothing in it is scored).
-Nothing here imports torch.
+A head's data (:class:`HeadData`: the pooled outputs, small) travels with its pieces, and the
+head is fit where a piece is solved (a worker), so heads are fit in parallel, each process
+fitting a block's head once. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import minimize
@@ -36,6 +40,9 @@ HEAD_MAX_ITER = 500
 """Most L-BFGS iterations of one head's fit."""
 HEAD_GRID = 2
 """Side of the grid a convolutional block's channels are average-pooled onto before the head."""
+FITTED_KEPT = 8
+"""Heads a process remembers (:func:`fitted_head`)."""
+_FITTED: dict[str, Head] = {}
 
 
 @dataclass
@@ -45,6 +52,70 @@ class Head:
 
     layers: list[AffineLayer]
     accuracy: float
+
+
+@dataclass
+class HeadData:
+    """What one head is fit on: ``features`` (``(N, d)``: the block's outputs over the
+    auxiliary data, already pooled by ``pool`` for a convolutional block, so they are small) and
+    their class ``labels``. Plain numpy data: a piece carries it to the worker that solves it,
+    which fits the head there (:func:`fitted_head`)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    name: str
+    pool: AffineLayer | None = None
+
+    @cached_property
+    def key(self) -> str:
+        """A hash of everything the fitted head depends on."""
+        digest = hashlib.sha256(f"{self.num_classes} {self.name}".encode())
+        for part in (self.features, self.labels):
+            digest.update(f"{part.dtype}{part.shape}".encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        if self.pool is not None:
+            digest.update(
+                repr((self.pool.in_shape, self.pool.out_shape, self.pool.geometry)).encode()
+            )
+        return digest.hexdigest()
+
+    def fit(self, l2: float = HEAD_L2) -> Head:
+        """The head: ``pool`` (if any), then the affine layer of a logistic regression on
+        ``features``."""
+        weight, bias = _standardised_fit(self.features, self.labels, self.num_classes, l2)
+        n_in = self.features.shape[1]
+        layer = AffineLayer(
+            f"{self.name}.head", "linear", (n_in,), (self.num_classes,), weight, bias
+        )
+        logits = self.features @ weight.T + bias
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == self.labels))
+        return Head([*([] if self.pool is None else [self.pool]), layer], accuracy)
+
+
+def head_pool(shape: tuple[int, ...], name: str) -> AffineLayer | None:
+    """The fixed pooling in front of the head of a block whose outputs have ``shape`` (a grid
+    average for ``(channels, height, width)``; None for flat outputs)."""
+    return (
+        grid_average_pool(tuple(shape), HEAD_GRID, f"{name}.head_pool") if len(shape) == 3 else None
+    )
+
+
+def head_data(
+    outputs: np.ndarray, labels: np.ndarray, num_classes: int, shape: tuple[int, ...], name: str
+) -> HeadData:
+    """The data of a head on a block's ``outputs`` (``(N, prod(shape))``) with class ``labels``
+    in ``0..num_classes - 1``: the outputs pooled as :func:`head_pool` says."""
+    outputs = np.asarray(outputs, dtype=float).reshape(len(outputs), -1)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(outputs) == 0 or labels.shape != (len(outputs),):
+        raise InvalidInputError(
+            f"a head needs one label per sample, got {labels.shape[0]} labels for "
+            f"{len(outputs)} samples"
+        )
+    pool = head_pool(shape, name)
+    features = outputs if pool is None else pool.forward(outputs)
+    return HeadData(features, labels, num_classes, name, pool)
 
 
 def fit_head(
@@ -58,25 +129,17 @@ def fit_head(
     """Fit a head on a block's ``outputs`` (``(N, prod(shape))``, the block's flat outputs over
     the training data) with class ``labels`` in ``0..num_classes - 1``. ``shape`` is one
     block output's shape; ``name`` prefixes the head's layer names."""
-    outputs = np.asarray(outputs, dtype=float).reshape(len(outputs), -1)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(outputs) == 0 or labels.shape != (len(outputs),):
-        raise InvalidInputError(
-            f"a head needs one label per sample, got {labels.shape[0]} labels for "
-            f"{len(outputs)} samples"
-        )
-    layers = []
-    features = outputs
-    if len(shape) == 3:
-        pool = grid_average_pool(shape, HEAD_GRID, f"{name}.head_pool")
-        layers.append(pool)
-        features = pool.forward(outputs)
-    weight, bias = _standardised_fit(features, labels, num_classes, l2)
-    n_in = features.shape[1]
-    layers.append(AffineLayer(f"{name}.head", "linear", (n_in,), (num_classes,), weight, bias))
-    logits = features @ weight.T + bias
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
-    return Head(layers, accuracy)
+    return head_data(outputs, labels, num_classes, shape, name).fit(l2)
+
+
+def fitted_head(data: HeadData) -> Head:
+    """``data.fit()``, remembered in this process for the last ``FITTED_KEPT`` heads, so the
+    pieces of one block (one per class) that run here fit its head once."""
+    if data.key not in _FITTED:
+        while len(_FITTED) >= FITTED_KEPT:
+            del _FITTED[next(iter(_FITTED))]
+        _FITTED[data.key] = data.fit()
+    return _FITTED[data.key]
 
 
 def grid_average_pool(shape: tuple[int, ...], grid: int, name: str) -> AffineLayer:

@@ -28,6 +28,10 @@ MAX_THREADS = 1024
 DECOMPOSITIONS = ("layer", "class")
 """The ways to cut the MIP into independent pieces (README, "Decomposition"); combinable."""
 RESIDUAL_SCORES = ("both", "inner", "group")
+DEFAULT_AUX_SAMPLES = 2000
+"""Most rows of the auxiliary data the heads of ``decompose="layer"`` are fit on (a sample drawn
+with a fixed seed): enough for heads of a few thousand weights, and it bounds the time and
+memory of the auxiliary trace."""
 """Which units of a residual network are scored: its inner channels, its coupled groups, both."""
 
 
@@ -52,6 +56,11 @@ class ScoringOptions(ImportanceSettings):
         None,
         "None: one MIP of the whole network; 'layer', 'class' or 'layer,class': independent "
         "pieces, one per scored layer (with an auxiliary head) and/or per class",
+    )
+    aux_samples: int | None = checks.option(
+        DEFAULT_AUX_SAMPLES,
+        "most rows of aux_data the heads of decompose='layer' are fit on, drawn with a fixed "
+        "seed (None: every row)",
     )
     n_jobs: int = checks.option(1, "local worker processes for the pieces (with no executor)")
     checkpoint: Any = checks.option(
@@ -92,6 +101,8 @@ class ScoringOptions(ImportanceSettings):
     def _validate_decomposition(self) -> None:
         """The decomposition options: a known decomposition, and the others only with one."""
         self.n_jobs = checks.whole("n_jobs", self.n_jobs, 1, MAX_THREADS)
+        if self.aux_samples is not None:
+            self.aux_samples = checks.whole("aux_samples", self.aux_samples, 1)
         if self.decompose is None:
             given = (["checkpoint"] if self.checkpoint is not None else []) + (
                 ["n_jobs"] if self.n_jobs > 1 else []
@@ -142,6 +153,7 @@ class ScoringKeywords(TypedDict, total=False):
     root_cuts: int
     solver_heuristics: bool
     decompose: str | None
+    aux_samples: int | None
     n_jobs: int
     checkpoint: Any
     residual: str
