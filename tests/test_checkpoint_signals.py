@@ -128,7 +128,7 @@ def test_reruns_continue_interrupted_and_short_pieces_and_reuse_final_ones(model
 
     lines = _run(script, _prune(model_path, folder / "first", checkpoint, 60), interrupt=True)
     assert "EXIT 0" in lines
-    assert sum(line.startswith("solve interrupted (Ctrl-C)") for line in lines) == 1
+    assert sum(line.startswith("solve interrupted (Ctrl-C or SIGTERM)") for line in lines) == 1
     first = _pieces(folder / "first")
     assert [p["status"] for p in first] == ["interrupted", "interrupted"]
     assert len(list(checkpoint.glob("piece-*.json"))) == 1  # the piece never started is not

@@ -279,7 +279,7 @@ def test_oamip_prune_goes_on_with_the_interrupted_solve_and_writes_its_results(j
     report = json.loads((folder / "out1" / "report.json").read_text())
     assert report["status"] == "interrupted"
     assert report["bound"] is not None and report["gap"] > 0
-    said = [line for line in job.lines if line.startswith("solve interrupted (Ctrl-C)")]
+    said = [line for line in job.lines if line.startswith("solve interrupted (Ctrl-C or SIGTERM)")]
     assert len(said) == 1 and "best solution found" in said[0]
 
 

@@ -65,9 +65,13 @@ def _show_warning(show):
 
 
 def interrupted_line(gap: float | None) -> str:
-    """The line that says the solve was stopped by Ctrl-C and what the results come from."""
+    """The line that says the solve was stopped (by Ctrl-C, SIGINT or SIGTERM: the run cannot
+    tell which reached its solver) and what the results come from."""
     proof = "no bound" if gap is None else f"gap {percent(gap)}"
-    return f"solve interrupted (Ctrl-C): results are from the best solution found ({proof})"
+    return (
+        "solve interrupted (Ctrl-C or SIGTERM): results are from the best solution found "
+        f"({proof})"
+    )
 
 
 def settings(args: argparse.Namespace) -> PruneSettings:
