@@ -358,13 +358,9 @@ def _best_enumerated(model, split, floor) -> int:
     return best
 
 
-@pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0])
-def test_every_methods_budget_entry_by_enumeration(max_drop):
-    """On a 4-5-4-3 MLP every mask can be enumerated: the best within the validation budget is
-    known. Every method (the MIP, every criterion per layer and global, Torch-Pruning's
-    importances global only and ranked as given) gets the most units of its own steps within the
-    budget (recomputed by hand), never more than the best mask, its parameters and MACs removed
-    counted by hand."""
+def _tiny_run(max_drop: float, refine_steps: int, interpolate_steps: int) -> SimpleNamespace:
+    """The tiny problem's validation split, every criterion's steps and the MIP's path on six
+    training samples (weights 0.01, 1, 100), cut at ``max_drop``."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -379,10 +375,32 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
         [0.01, 1.0, 100.0],
         floor,
         0.5,
-        1,
-        interpolate_steps=4,
+        refine_steps,
+        interpolate_steps=interpolate_steps,
         tie_break=scores["magnitude"],
     )
+    return SimpleNamespace(
+        model=model,
+        split=split,
+        evaluator=evaluator,
+        dense=dense,
+        floor=floor,
+        scores=scores,
+        steps=steps,
+        path=path,
+    )
+
+
+@pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0])
+def test_every_methods_budget_entry_by_enumeration(max_drop):
+    """On a 4-5-4-3 MLP every mask can be enumerated: the best within the validation budget is
+    known. Every method (the MIP, every criterion per layer and global, Torch-Pruning's
+    importances global only and ranked as given) gets the most units of its own steps within the
+    budget (recomputed by hand), never more than the best mask, its parameters and MACs removed
+    counted by hand."""
+    tiny = _tiny_run(max_drop, refine_steps=1, interpolate_steps=4)
+    model, split, dense = tiny.model, tiny.split, tiny.dense
+    floor, scores, steps, path = tiny.floor, tiny.scores, tiny.steps, tiny.path
     table = budget_table(path, steps, floor, dense)
     per_layer = [m + s for m in criteria() if not m.startswith("tp-") for s in ("", "-global")]
     tp = ["tp-magnitude-global", "tp-taylor-global", "tp-lamp-global"] if installed() else []
@@ -533,28 +551,13 @@ def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it(
 def test_budget_masks_redo_every_entry():
     """The masks behind each budget entry, redone from its scores and step, prune the entry's
     units and give its validation accuracy."""
-    model, data = _tiny_problem()
-    split = split_validation(data, 0.5, 0)
-    evaluator = Evaluator(model, split)
-    dense = evaluator(keep_all(model))
-    floor = budget_floor(dense.val_accuracy, 20.0)
-    scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
-    steps = schedule_steps(scores, evaluator, min_keep=1)
-    x, y = split.train.x_train[:6], split.train.y_train[:6]
-    path = lam_path(
-        lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
-        evaluator,
-        [0.01, 1.0, 100.0],
-        floor,
-        0.5,
-        0,
-    )
-    table = budget_table(path, steps, floor, dense)
-    masks = budget_masks(path, steps, scores, floor, 1, keep_all(model))
+    tiny = _tiny_run(20.0, refine_steps=0, interpolate_steps=0)
+    table = budget_table(tiny.path, tiny.steps, tiny.floor, tiny.dense)
+    masks = budget_masks(tiny.path, tiny.steps, tiny.scores, tiny.floor, 1, keep_all(tiny.model))
     assert set(masks) == {entry.method for entry in table}
     assert any(entry.units_pruned for entry in table[1:])
     for entry in table:
-        seen = evaluator(masks[entry.method])
+        seen = tiny.evaluator(masks[entry.method])
         assert seen.units_pruned == entry.units_pruned, entry.method
         assert seen.val_accuracy == entry.val_accuracy, entry.method
 
