@@ -268,7 +268,7 @@ def instance_form(
             f"instance '{spec.name}': the {spec.arch} has {len(pieces)} blocks; piece "
             f"'{spec.piece}' does not exist"
         )
-    piece = pieces[index]
+    piece = pieces[index].with_head()
     im = build_importance_model(piece.network, piece.x, piece.y, piece.options)
     return Built(compile_model(im.model), piece.layer or ""), net
 
