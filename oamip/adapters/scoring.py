@@ -284,7 +284,8 @@ class _Combined:
         exact = network.forward(x, scores, big_m)
         error = _verify(exact, scored_logits(self.extracted, x, by_name, big_m))
         loss_fn = self.options.loss_fn
-        targets = loss_fn.targets(self.y.astype(np.int64), network.forward(x))
+        labels = self.y.astype(np.int64)
+        targets = loss_fn.targets(labels, network.forward(x)) if loss_fn.reference else labels
         loss = float(np.mean(loss_fn.values(exact, targets)))
         failed = [r for r in results if r.error is not None]
         notes = [f"piece {r.layer}/{r.label} failed: {r.error}" for r in failed]

@@ -69,8 +69,7 @@ def interrupted_line(gap: float | None) -> str:
     tell which reached its solver) and what the results come from."""
     proof = "no bound" if gap is None else f"gap {percent(gap)}"
     return (
-        "solve interrupted (Ctrl-C or SIGTERM): results are from the best solution found "
-        f"({proof})"
+        f"solve interrupted (Ctrl-C or SIGTERM): results are from the best solution found ({proof})"
     )
 
 

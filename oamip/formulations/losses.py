@@ -185,7 +185,7 @@ class Fidelity(Loss):
 
     def encode(self, site: LossSite, rows: RowBlock, trained: np.ndarray) -> None:
         """``t_k >= z_kj - zbar_kj`` and ``t_k >= zbar_kj - z_kj`` for every class ``j``."""
-        k, j = np.nonzero(np.ones(site.logit_ids.shape, dtype=bool))
+        k, j = (index.ravel() for index in np.indices(site.logit_ids.shape))
         target = np.asarray(trained, dtype=float)[k, j]
         for sign in (1.0, -1.0):
             r = rows.new_rows(-sign * target, np.inf)

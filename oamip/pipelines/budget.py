@@ -671,9 +671,17 @@ def schedule_steps(
     schedules side by side: ``magnitude``, ``magnitude-global``, ``snip``, ...,
     ``tp-magnitude-global``."""
     return {
-        method + suffix: baseline_steps(method + suffix, values, evaluator, min_keep, schedule)
-        for method, values in scores.items()
-        for suffix, schedule in schedules_of(method).items()
+        method: baseline_steps(method, scores[criterion], evaluator, min_keep, schedule)
+        for method, (criterion, schedule) in baseline_methods(scores).items()
+    }
+
+
+def baseline_methods(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[str, Schedule]]:
+    """Every baseline method's name (``<criterion><suffix>``), with its criterion and schedule."""
+    return {
+        criterion + suffix: (criterion, schedule)
+        for criterion in scores
+        for suffix, schedule in schedules_of(criterion).items()
     }
 
 
@@ -733,23 +741,15 @@ def budget_masks(
     """The masks behind every entry of :func:`budget_table` (``dense_masks`` where nothing is
     within the budget): the MIP's kept mask, each baseline's step redone from its scores."""
     found = {MIP_METHOD: dense_masks if path.chosen is None else path.masks[path.chosen]}
+    methods = baseline_methods(scores)
     for method, points in steps.items():
         best = _best_step(points, floor)
         if best is None:
             found[method] = dense_masks
             continue
-        criterion, suffix = _split_method(method)
-        schedule = schedules_of(criterion)[suffix]
+        criterion, schedule = methods[method]
         found[method] = schedule(scores[criterion], points[best].fraction, min_keep)
     return found
-
-
-def _split_method(method: str) -> tuple[str, str]:
-    """A baseline's method name as its criterion and its schedule's suffix."""
-    for suffix in sorted(SCHEDULES, key=len, reverse=True):
-        if suffix and method.endswith(suffix):
-            return method[: -len(suffix)], suffix
-    return method, ""
 
 
 def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEntry:
