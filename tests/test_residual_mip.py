@@ -420,6 +420,7 @@ def test_oamip_scores_as_a_torch_pruning_importance_remove_the_lowest_scored_cha
 
 
 def test_the_torch_pruning_importance_refuses_unknown_units_and_wrong_sizes():
+    pytest.importorskip("torch_pruning")
     model = _resnet8(0)
     with pytest.raises(InvalidInputError, match="not a unit"):
         oamip_importance(model, {"fc": np.ones(3)})

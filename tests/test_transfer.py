@@ -182,6 +182,7 @@ def test_transfer_command_end_to_end(tmp_path, digits, flipped):
     out = tmp_path / "out"
     args = ["--source", "digits", "--target", f"npz:{data}", "--hidden", "12,8", "--seeds", "2"]
     quick = ["--epochs", "3", "--time-limit", "2", "--out", str(out), "--export-onnx"]
+    pytest.importorskip("onnx")
     assert cli.main(["transfer", *args, *quick]) == 0
     written = ["pruned.onnx", "pruned.pt", "report.json", "transfer_accuracy.png"]
     assert sorted(p.name for p in out.iterdir()) == written
