@@ -108,6 +108,7 @@ PRUNE = SimpleNamespace(
     baseline_samples=512,
     refine_steps=2,
     interpolate_steps=10,
+    polish_samples=300,
 )
 """The defaults of ``oamip prune``: fields of :class:`oamip.pipelines.prune.PruneSettings`."""
 TRANSFER = SimpleNamespace(**SCORING, arch="mlp", hidden=(64, 32), seeds=3)

@@ -94,4 +94,5 @@ def _prune_options(args: argparse.Namespace) -> dict:
         "baseline_samples": args.baseline_samples,
         "refine_steps": args.refine_steps,
         "interpolate_steps": args.interpolate_steps,
+        "polish_samples": args.polish_samples,
     }

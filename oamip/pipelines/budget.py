@@ -67,8 +67,12 @@ INTERPOLATED = "interpolated"
 RANKED = "ranked"
 """The status of a path point stepped along the global ranking of a solved weight's scores
 (:func:`rank_path`), not solved."""
-NOT_SOLVED = (INTERPOLATED, RANKED)
-"""The statuses of path points derived from solved ones (no solve of their own)."""
+POLISHED = "polished"
+"""The status of a path point stepped from the best mask within the budget along the scores of
+a MIP solved on the network that mask leaves (:mod:`oamip.pipelines.polish`)."""
+NOT_SOLVED = (INTERPOLATED, RANKED, POLISHED)
+"""The statuses of path points that are not one solve of the whole network at their weight
+(stepped from solved ones): the monotony of the path in lambda does not apply to them."""
 DEFAULT_RANK_SCORES = True
 """Whether the path also steps each solved weight's scores as one global ranking."""
 RANK_PATIENCE = 3
@@ -256,7 +260,10 @@ class PathPoint:
     gap: float | None
     seconds: float
     """The solve's seconds (a decomposed sweep: the wall time of the run it was part of; 0 for an
-    interpolated point)."""
+    interpolated or ranked point)."""
+    start: str | None = None
+    """A polished point: the method whose budget mask the polish started from (``mip`` for the
+    path's own)."""
 
 
 @dataclass
@@ -332,17 +339,17 @@ def lam_path(
     path = LamPath()
     grid = sorted(set(lams))
     stopped = _add(path, grid, solve(grid), evaluator, threshold, on_point)
-    _choose(path, floor)
+    choose(path, floor)
     for _ in range(refine_steps):
         lam = _between(path)
         if lam is None or stopped:
             break
         stopped = _add(path, [lam], solve([lam]), evaluator, threshold, on_point)
-        _choose(path, floor)
+        choose(path, floor)
     interpolate(path, evaluator, interpolate_steps, tie_break or {}, floor, on_point)
     if rank:
         rank_path(path, evaluator, tie_break or {}, min_keep, floor, on_point)
-    _choose(path, floor)
+    choose(path, floor)
     return path
 
 
@@ -390,7 +397,7 @@ def rank_path(
         path.masks.append(best[1])
         if on_point is not None:
             on_point(point)
-    _sort(path)
+    sort_path(path)
 
 
 def _mask_key(masks: Masks) -> tuple:
@@ -428,10 +435,10 @@ def _insert(path: LamPath, point: PathPoint, result: ScoreResult, masks: Masks) 
     path.points.append(point)
     path.results.append(result)
     path.masks.append(masks)
-    _sort(path)
+    sort_path(path)
 
 
-def _sort(path: LamPath) -> None:
+def sort_path(path: LamPath) -> None:
     """Sort the path by weight, solved points before interpolated ones, then by units removed."""
     order = sorted(
         range(len(path.points)),
@@ -499,7 +506,7 @@ def interpolate(
         if on_point is not None:
             on_point(point)
         low, high = (share, high) if within(point.val_accuracy, floor) else (low, share)
-    _sort(path)
+    sort_path(path)
 
 
 def _keep_all_like(masks: Masks) -> Masks:
@@ -530,7 +537,8 @@ def step_order(
     return order
 
 
-def _choose(path: LamPath, floor: float) -> None:
+def choose(path: LamPath, floor: float) -> None:
+    """Keep the point removing the most units within ``floor`` (:func:`most_within_budget`)."""
     path.chosen = most_within_budget(
         [p.units_pruned for p in path.points], [p.val_accuracy for p in path.points], floor
     )

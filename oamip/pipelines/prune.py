@@ -26,11 +26,13 @@ from oamip.pipelines.budget import (
     DEFAULT_LAMS,
     SPLIT,
     BudgetEntry,
+    Evaluation,
     Evaluator,
     LamPath,
     PathPoint,
     StepPoint,
     ValidationSplit,
+    baseline_methods,
     budget_floor,
     budget_masks,
     budget_table,
@@ -51,13 +53,14 @@ from oamip.pipelines.inputs import (
     test_accuracy,
 )
 from oamip.pipelines.limits import check_size_limit
+from oamip.pipelines.polish import Start, polish, tie_scores
 from oamip.pipelines.results import PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSettings, torch_threads
 from oamip.pipelines.solving import BatchSolver, path_text
 from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
 from oamip.solve.options import Resources, check_resources
-from oamip.training.criteria import MagnitudeCriterion, all_scores, per_layer
+from oamip.training.criteria import MagnitudeCriterion, all_scores, is_global_only, per_layer
 from oamip.training.data import Batch, Dataset, mip_batch, random_rows
 from oamip.training.inference import evaluate
 from oamip.training.models import DEFAULT_HIDDEN, TRAINING_DEFAULTS, build
@@ -280,11 +283,41 @@ def _budgeted(
             settings.min_keep,
         )
     steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
+    dense_masks = keep_all(dense)
+    if settings.polish_samples:
+
+        def solve_on(model: nn.Module, rows: Batch, lams: list[float]) -> list[ScoreResult]:
+            start = time.perf_counter()
+            results = solver.at(model, rows.x, rows.y, lams)
+            calls.append((time.perf_counter() - start, results[0]))
+            return results
+
+        start = _polish_start(
+            path, steps, baseline_scores, floor, settings, dense_point, dense_masks
+        )
+        if start is not None:
+            with Task(solver.listener, f"polishing the {start.method} mask", unit="weight") as task:
+
+                def polished(point: PathPoint) -> None:
+                    task.line(path_text(point))
+                    task.advance()
+
+                polish(
+                    path,
+                    start,
+                    solve_on,
+                    dense,
+                    split.train,
+                    evaluator,
+                    floor,
+                    settings.polish_samples,
+                    settings.min_keep,
+                    polished,
+                )
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
     build = sum(first.build_seconds for _, first in calls)
     table = budget_table(path, steps, floor, dense_point)
     if settings.finetune_epochs:
-        dense_masks = keep_all(dense)
         every = budget_masks(path, steps, baseline_scores, floor, settings.min_keep, dense_masks)
         _finetune_entries(dense, split.train, table, every, settings)
     return _Budgeted(
@@ -300,6 +333,29 @@ def _budgeted(
         warnings=doubts,
         path_note=monotony_note(path.points),
     )
+
+
+def _polish_start(
+    path: LamPath,
+    steps: dict[str, list[StepPoint]],
+    scores: dict[str, dict[str, np.ndarray]],
+    floor: float,
+    settings: PruneSettings,
+    dense: Evaluation,
+    dense_masks: Masks,
+) -> Start | None:
+    """The budget mask removing the most units (ties: the higher validation accuracy, then the
+    MIP's path first), with its own criterion's scores as tie-breaks (magnitude for the path's
+    mask); None when no method removes a unit within the budget."""
+    table = budget_table(path, steps, floor, dense)
+    masks = budget_masks(path, steps, scores, floor, settings.min_keep, dense_masks)
+    best = max(table, key=lambda entry: (entry.units_pruned, entry.val_accuracy))
+    if best.units_pruned == 0:
+        return None
+    methods = baseline_methods(scores)
+    criterion = methods[best.method][0] if best.method in methods else TIE_BREAK
+    ties = tie_scores(scores[criterion], normalise=not is_global_only(criterion))
+    return Start(best.method, masks[best.method], ties)
 
 
 def _dense_model(

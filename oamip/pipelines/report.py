@@ -14,7 +14,13 @@ from matplotlib.figure import Figure
 
 from oamip.adapters import save_model
 from oamip.files import write_json
-from oamip.pipelines.budget import GLOBAL_SUFFIX, INTERPOLATED, NOT_SOLVED, RANKED
+from oamip.pipelines.budget import (
+    GLOBAL_SUFFIX,
+    INTERPOLATED,
+    NOT_SOLVED,
+    POLISHED,
+    RANKED,
+)
 from oamip.pipelines.results import PruneReport, piece_line
 from oamip.training.criteria import MIP_METHOD
 
@@ -326,6 +332,7 @@ def _path_panel(ax, report: PruneReport, field: str, dense: float) -> None:
         (lambda p: p.status not in NOT_SOLVED, "o", "lambda path"),
         (lambda p: p.status == INTERPOLATED, ".", "interpolated"),
         (lambda p: p.status == RANKED, "P", "ranked"),
+        (lambda p: p.status == POLISHED, "*", "polished"),
     )
     for kind, marker, label in kinds:
         points = [p for p in mip if kind(p)]

@@ -21,6 +21,7 @@ from oamip.pipelines.budget import (
     DEFAULT_VAL_FRACTION,
     checked_lams,
 )
+from oamip.pipelines.polish import DEFAULT_POLISH_SAMPLES
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringKeywords, ScoringOptions
 from oamip.training.inference import resolve_device
 from oamip.training.models import ARCHITECTURES, TrainingDefaults
@@ -102,6 +103,12 @@ class PruneSettings(ExperimentSettings):
         DEFAULT_INTERPOLATE_STEPS,
         "bisection steps between the kept mask and the next sparser solution (max_drop; 0: none)",
     )
+    polish_samples: int = checks.option(
+        DEFAULT_POLISH_SAMPLES,
+        "with max_drop, polish the best mask within the budget (any method's): solve the MIP "
+        "on the network it leaves and this many of its hardest training samples, and step "
+        "further along the MIP's scores (0: no polishing)",
+    )
     rank_scores: bool = checks.option(
         DEFAULT_RANK_SCORES,
         "also step every solved weight's scores as one global ranking, ties by magnitude, like "
@@ -131,6 +138,7 @@ class PruneSettings(ExperimentSettings):
         )
         self.refine_steps = checks.whole("refine steps", self.refine_steps, 0)
         self.interpolate_steps = checks.whole("interpolate steps", self.interpolate_steps, 0)
+        self.polish_samples = checks.whole("polish samples", self.polish_samples, 0)
         checks.flag("rank_scores", self.rank_scores)
         if self.max_drop is None:
             if self.lams is not None:
@@ -166,6 +174,7 @@ class PruneKeywords(ExperimentKeywords, total=False):
     val_fraction: float
     refine_steps: int
     interpolate_steps: int
+    polish_samples: int
     rank_scores: bool
     baseline_samples: int
 

@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from oamip.errors import InvalidInputError
-from oamip.training.inference import predict
+from oamip.training.inference import margins, predict
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -297,6 +297,16 @@ def mip_batch(
         for c in range(dataset.num_classes)
     ]
     indices = np.concatenate(chosen)
+    return Batch(dataset.x_train[indices], dataset.y_train[indices], indices)
+
+
+def hardest_rows(model: nn.Module, dataset: Dataset, size: int) -> Batch:
+    """The ``size`` training samples that ``model`` classifies correctly with the smallest
+    margin (:func:`~oamip.training.inference.margins`; all the correct ones if fewer), in row
+    order: the samples a pruned network is closest to losing."""
+    margin = margins(model, dataset.x_train, dataset.y_train)
+    correct = np.flatnonzero(margin > 0)
+    indices = np.sort(correct[np.argsort(margin[correct], kind="stable")[:size]])
     return Batch(dataset.x_train[indices], dataset.y_train[indices], indices)
 
 

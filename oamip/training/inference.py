@@ -32,13 +32,28 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """The predicted class of every input, computed in eval mode on the model's own device."""
+def logits(model: nn.Module, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """The outputs of every input, computed in eval mode on the model's own device."""
     device = model_device(model)
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
     with eval_mode(model):
-        labels = [model(chunk.to(device)).argmax(1).cpu() for chunk in inputs.split(batch_size)]
-    return torch.cat(labels).numpy()
+        outputs = [model(chunk.to(device)).cpu() for chunk in inputs.split(batch_size)]
+    return torch.cat(outputs).numpy()
+
+
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """The predicted class of every input, computed in eval mode on the model's own device."""
+    return logits(model, x, batch_size).argmax(1)
+
+
+def margins(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each input's margin: its label's output less the largest other output (negative where
+    the input is misclassified)."""
+    out = logits(model, x)
+    rows = np.arange(len(out))
+    label = out[rows, np.asarray(y)]
+    out[rows, np.asarray(y)] = -np.inf
+    return label - out.max(1)
 
 
 def evaluate(

@@ -99,3 +99,12 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         "solution, pruning a share of the units the latter prunes, those it scores lowest first "
         f"(0: none; default {d.interpolate_steps})",
     )
+    add(
+        "--polish-samples",
+        type=int,
+        default=d.polish_samples,
+        metavar="N",
+        help="with --max-drop, polish the best mask within the budget (any method's): the MIP on "
+        "the network it leaves and its N hardest training samples, stepped further along the "
+        f"MIP's scores (0: no polishing; default {d.polish_samples})",
+    )

@@ -1,0 +1,179 @@
+"""Polishing the best mask within an accuracy budget with the MIP.
+
+A budget path (:mod:`oamip.pipelines.budget`) and the baselines' steps each end at a mask: the
+most units a method removes within the budget. Polishing starts from the best of them, whichever
+method found it (the path's own or a criterion's step), and asks the MIP which of the units that
+mask keeps can go too:
+
+* the MIP is solved on the network the start leaves (its pruned units removed, so a smaller MIP)
+  and on the training samples that network is closest to losing: the ``polish_samples``
+  correctly classified ones with the smallest margin (:func:`hardest_rows`), many more than
+  the path's batch of one per class, at each weight of :data:`POLISH_LAMS`;
+* each solution's scores order the kept units, lowest first (ties by the layer-normalised
+  scores of the start's own criterion, magnitude for the path's mask);
+* the start is stepped along that order exactly as a global baseline is stepped: the same step
+  (one in :data:`~oamip.pipelines.budget.BASELINE_STEPS` of the network's units) and the same
+  patience (:data:`~oamip.pipelines.budget.RANK_PATIENCE` steps in a row below the budget), so
+  the polish looks at the validation samples no more often than a baseline does;
+* the sparsest step within the budget joins the path as a point of status ``polished``.
+
+The start itself is never changed: a polished point only ever removes more units than it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from torch import nn
+
+from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters.scoring import ScoreResult
+from oamip.pipelines.budget import (
+    BASELINE_STEPS,
+    POLISHED,
+    RANK_PATIENCE,
+    Evaluation,
+    Evaluator,
+    LamPath,
+    Masks,
+    PathPoint,
+    choose,
+    layer_normalised,
+    sort_path,
+    within,
+)
+from oamip.training.data import Batch, Dataset, hardest_rows
+
+DEFAULT_POLISH_SAMPLES = 300
+"""Training samples the polishing MIP keeps (the hardest ones for the start's network): enough
+that its scores rank units on more than the handful of samples the path solves on."""
+POLISH_LAMS = (1.0, 10.0)
+"""The polishing MIP's loss weights: each one's scores are stepped, the sparsest kept."""
+
+SolveOn = Callable[[nn.Module, Batch, list[float]], list[ScoreResult]]
+"""Solves the MIP of a network on a batch at the given loss weights (one result each)."""
+
+
+@dataclass
+class Start:
+    """Where polishing starts: the method whose budget mask it is, the mask, and per layer the
+    scores that break ties between units the MIP scores alike (comparable across layers)."""
+
+    method: str
+    masks: Masks
+    ties: dict[str, np.ndarray]
+
+
+def polish(
+    path: LamPath,
+    start: Start,
+    solve: SolveOn,
+    dense: nn.Module,
+    dataset: Dataset,
+    evaluator: Evaluator,
+    floor: float,
+    samples: int,
+    min_keep: int,
+    on_point: Callable[[PathPoint], None] | None = None,
+) -> None:
+    """Add to ``path`` the polished points of ``start`` (none when no step removes more units
+    within ``floor``), and keep the path's sparsest point within it."""
+    batch = hardest_rows(apply_masks(dense, start.masks), dataset, samples)
+    if not len(batch.y):
+        return
+    small = remove_pruned(dense, start.masks)
+    results = solve(small, batch, list(POLISH_LAMS))
+    total = sum(len(keep) for keep in start.masks.values())
+    step = max(1, round(total / BASELINE_STEPS))
+    for lam, result in zip(POLISH_LAMS, results, strict=True):
+        widened = widen(result, start.masks)
+        order = polish_order(widened.scores, start.masks, start.ties)
+        found = walk(start.masks, order, evaluator, floor, step, min_keep)
+        if found is None:
+            continue
+        seen, masks = found
+        point = PathPoint(
+            lam=lam,
+            status=POLISHED,
+            gap=result.gap,
+            seconds=result.solve_seconds,
+            start=start.method,
+            **vars(seen),
+        )
+        path.points.append(point)
+        path.results.append(widened)
+        path.masks.append(masks)
+        if on_point is not None:
+            on_point(point)
+    sort_path(path)
+    choose(path, floor)
+
+
+def widen(result: ScoreResult, start: Masks) -> ScoreResult:
+    """A result on the network ``start`` leaves, as scores of the dense network's units: the
+    units ``start`` prunes score 0 (the Pyomo model, built on the smaller network, is left
+    out)."""
+    scores = {}
+    for name, keep in start.items():
+        values = np.zeros(len(keep))
+        values[keep] = result.scores[name]
+        scores[name] = values
+    return replace(result, scores=scores, formulation=None)
+
+
+def polish_order(
+    scores: dict[str, np.ndarray], start: Masks, ties: dict[str, np.ndarray]
+) -> list[tuple[str, int]]:
+    """The units ``start`` keeps, in pruning order: the lowest MIP score first (scores in
+    [0, 1], comparable across layers as they are), then the lowest tie-break, then layer and
+    unit order."""
+    ranked = []
+    for position, (name, keep) in enumerate(start.items()):
+        tie = ties.get(name, np.zeros(len(keep)))
+        for unit in np.flatnonzero(keep):
+            ranked.append((float(scores[name][unit]), float(tie[unit]), position, int(unit), name))
+    ranked.sort()
+    return [(name, unit) for *_, unit, name in ranked]
+
+
+def walk(
+    start: Masks,
+    order: list[tuple[str, int]],
+    evaluator: Evaluator,
+    floor: float,
+    step: int,
+    min_keep: int,
+) -> tuple[Evaluation, Masks] | None:
+    """Prune ``order``'s units from ``start``, ``step`` at a time (a layer keeps at least
+    ``max(min_keep, 1)`` units: its remaining ones are skipped), evaluating after each step;
+    stop after :data:`RANK_PATIENCE` steps in a row below ``floor``. The sparsest step within
+    ``floor``, or None if none is."""
+    masks = {name: keep.copy() for name, keep in start.items()}
+    best, outside, pending = None, 0, 0
+    remaining = [unit for unit in order if masks[unit[0]][unit[1]]]
+    for position, (name, unit) in enumerate(remaining):
+        if masks[name].sum() <= max(min_keep, 1):
+            continue
+        masks[name][unit] = False
+        pending += 1
+        if pending < step and position < len(remaining) - 1:
+            continue
+        pending = 0
+        seen = evaluator(masks)
+        if within(seen.val_accuracy, floor):
+            best, outside = (seen, {n: keep.copy() for n, keep in masks.items()}), 0
+            continue
+        outside += 1
+        if outside >= RANK_PATIENCE:
+            break
+    return best
+
+
+def tie_scores(scores: dict[str, np.ndarray], normalise: bool = True) -> dict[str, np.ndarray]:
+    """A criterion's scores as tie-breaks: layer-normalised (:func:`layer_normalised`) unless
+    they are comparable across layers already."""
+    if not normalise:
+        return {name: np.asarray(values, float) for name, values in scores.items()}
+    return {name: layer_normalised(np.asarray(values, float)) for name, values in scores.items()}

@@ -1,0 +1,210 @@
+"""Polishing the best budget mask with the MIP (``polish_samples``, on by default): the hardest
+samples, the scores of the smaller network mapped back to the dense one, the walk recomputed by
+hand on a tiny network, and the pipeline's polished point checked against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import oamip
+from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters.scoring import score_neurons
+from oamip.errors import InvalidInputError
+from oamip.pipelines.budget import (
+    POLISHED,
+    RANK_PATIENCE,
+    Evaluator,
+    LamPath,
+    budget_floor,
+    monotony_note,
+    split_validation,
+)
+from oamip.pipelines.polish import (
+    DEFAULT_POLISH_SAMPLES,
+    Start,
+    polish,
+    polish_order,
+    walk,
+    widen,
+)
+from oamip.pipelines.settings import PruneSettings
+from oamip.training.criteria import MIP_METHOD
+from oamip.training.data import hardest_rows
+from oamip.training.transfer import keep_all
+from tests.test_budget import _numpy_accuracy
+from tests.test_honest_budget import FAST, LAYERS, _tiny_problem
+
+START = {"1": np.array([True, False, True, True, True]), "3": np.array([True, True, False, True])}
+"""A start mask of the tiny 4-5-4-3 MLP: one unit pruned in each layer."""
+
+
+def _margins_by_hand(model, masks, x, y) -> np.ndarray:
+    a = x.reshape(len(x), -1).astype(np.float64)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for k, layer in enumerate(linears):
+        w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        a = a @ w.T + b
+        if k < len(linears) - 1:
+            a = np.maximum(a, 0) * masks[str(2 * k + 1)]
+    rows = np.arange(len(y))
+    label = a[rows, y].copy()
+    a[rows, y] = -np.inf
+    return label - a.max(1)
+
+
+def test_hardest_rows_are_the_correct_samples_of_smallest_margin():
+    """The samples picked are correctly classified by the masked network, and no correct
+    sample left out has a smaller margin (numpy forward pass)."""
+    model, data = _tiny_problem()
+    masked = apply_masks(model, START)
+    batch = hardest_rows(masked, data, 7)
+    margin = _margins_by_hand(model, START, data.x_train, data.y_train)
+    assert len(batch.y) == 7 and list(batch.indices) == sorted(batch.indices)
+    assert (margin[batch.indices] > 0).all()
+    left = np.setdiff1d(np.flatnonzero(margin > 0), batch.indices)
+    assert margin[batch.indices].max() <= margin[left].min() + 1e-6
+    assert np.array_equal(batch.y, data.y_train[batch.indices])
+    everything = hardest_rows(masked, data, 10_000)
+    assert len(everything.y) == int((margin > 0).sum())
+
+
+def test_widened_scores_keep_the_smaller_networks_masked_outputs():
+    """The MIP solved on the network the start leaves: its masks, mapped back to the dense
+    network's units (pruned ones at 0), give the same outputs as the smaller network masked by
+    the MIP's own masks, and the units the start prunes stay pruned."""
+    model, data = _tiny_problem()
+    small = remove_pruned(model, START)
+    x, y = data.x_train[:6], data.y_train[:6]
+    result = score_neurons(small, x, y, lam=1.0, time_limit=5.0, threads=1)
+    widened = widen(result, START)
+    for name, keep in START.items():
+        assert len(widened.scores[name]) == len(keep)
+        assert (widened.scores[name][~keep] == 0).all()
+    inputs = torch.from_numpy(data.x_test)
+    with torch.no_grad():
+        dense_out = apply_masks(model, widened.masks())(inputs)
+        small_out = apply_masks(small, result.masks())(inputs)
+    assert torch.allclose(dense_out, small_out, atol=1e-5)
+
+
+def _walk_by_hand(order, start, floor, model, split, step) -> int | None:
+    masks = {name: keep.copy() for name, keep in start.items()}
+    remaining = [(n, u) for n, u in order if masks[n][u]]
+    best, outside, pending = None, 0, 0
+    for position, (name, unit) in enumerate(remaining):
+        if masks[name].sum() <= 1:
+            continue
+        masks[name][unit] = False
+        pending += 1
+        if pending < step and position < len(remaining) - 1:
+            continue
+        pending = 0
+        if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
+            best, outside = sum(int((~m).sum()) for m in masks.values()), 0
+        else:
+            outside += 1
+            if outside >= RANK_PATIENCE:
+                break
+    return best
+
+
+def test_polish_order_sorts_kept_units_by_score_then_tie():
+    scores = {"1": np.array([0.5, 0.0, 0.2, 0.2, 1.0]), "3": np.array([0.2, 0.0, 0.0, 1.0])}
+    ties = {"1": np.array([0.1, 0.0, 0.9, 0.3, 0.0]), "3": np.array([0.5, 0.4, 0.0, 0.0])}
+    assert polish_order(scores, START, ties) == [
+        ("3", 1),
+        ("1", 3),
+        ("3", 0),
+        ("1", 2),
+        ("1", 0),
+        ("1", 4),
+        ("3", 3),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_the_walk_is_the_sparsest_step_within_the_budget_by_hand(step):
+    """From a start mask, along random orders at several budgets: the walk's mask removes what
+    the steps recomputed by hand (numpy forward passes) say, and its validation accuracy is
+    within the floor."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    dense = evaluator(keep_all(model))
+    rng = np.random.default_rng(5)
+    checked = 0
+    for max_drop in (5.0, 20.0, 60.0):
+        floor = budget_floor(dense.val_accuracy, max_drop)
+        scores = {name: rng.random(size) for name, size in LAYERS.items()}
+        order = polish_order(scores, START, {})
+        found = walk(START, order, evaluator, floor, step, 1)
+        expected = _walk_by_hand(order, START, floor, model, split, step)
+        if expected is None:
+            assert found is None
+            continue
+        checked += 1
+        seen, masks = found
+        assert seen.units_pruned == expected
+        assert seen.val_accuracy >= floor - 1e-12
+        assert _numpy_accuracy(model, masks, split.x_val, split.y_val) == seen.val_accuracy
+        assert all((~START[name] <= ~masks[name]).all() for name in START)
+    assert checked
+
+
+def test_polish_adds_points_beyond_the_start_only():
+    """Polishing a start on the tiny network solves the MIP on the smaller network once per
+    weight, and every point it adds prunes more than the start, everything the start prunes,
+    within the budget; it never counts as a solve (monotony)."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    floor = budget_floor(evaluator(keep_all(model)).val_accuracy, 60.0)
+    solved = []
+
+    def solve(net, batch, lams):
+        solved.append((sum(p.numel() for p in net.parameters()), len(batch.y), lams))
+        return [score_neurons(net, batch.x, batch.y, lam=lam, time_limit=5.0) for lam in lams]
+
+    path = LamPath()
+    polish(path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, 8, 1)
+    assert len(solved) == 1 and solved[0][1] == 8
+    assert solved[0][0] < sum(p.numel() for p in model.parameters())
+    start_pruned = sum(int((~keep).sum()) for keep in START.values())
+    assert path.points, "a 60-point budget leaves room to prune beyond one unit per layer"
+    for point, masks in zip(path.points, path.masks, strict=True):
+        assert point.status == POLISHED and point.start == "magnitude"
+        assert point.units_pruned > start_pruned
+        assert point.val_accuracy >= floor - 1e-12
+        assert all((~START[name] <= ~masks[name]).all() for name in START)
+    assert monotony_note(path.points) is None
+    assert path.chosen is not None
+
+
+def test_the_defaults_polish_and_the_mip_entry_is_the_sparsest_point():
+    """Polishing is on by default; the MIP's budget entry is the sparsest point within the
+    budget, polished ones included, each starting from a method's budget mask that it prunes
+    more than; ``polish_samples=0`` adds no polished point."""
+    assert PruneSettings().polish_samples == DEFAULT_POLISH_SAMPLES > 0
+    model, data = _tiny_problem()
+    common = {"max_drop": 20.0, "val_fraction": 0.5, "lams": [0.01, 1.0, 100.0], **FAST}
+    report = oamip.prune(model, data, **common)
+    floor = report.val_accuracy_before - 0.2
+    within = [p.units_pruned for p in report.path if p.val_accuracy >= floor - 1e-12]
+    entry = next(e for e in report.budget if e.method == MIP_METHOD)
+    assert entry.units_pruned == max(within, default=0)
+    by_method = {e.method: e for e in report.budget}
+    for point in (p for p in report.path if p.status == POLISHED):
+        assert point.start in by_method
+        assert point.units_pruned > by_method[point.start].units_pruned or (
+            point.start == MIP_METHOD
+        )
+        assert point.val_accuracy >= floor - 1e-12
+    plain = oamip.prune(model, data, polish_samples=0, **common)
+    assert not [p for p in plain.path if p.status == POLISHED]
+
+
+def test_a_negative_polish_sample_count_is_refused():
+    with pytest.raises(InvalidInputError, match="polish samples"):
+        PruneSettings(max_drop=1.0, polish_samples=-1).validate()
