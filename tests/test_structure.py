@@ -36,7 +36,11 @@ def count_traces(monkeypatch):
     return calls
 
 
-def test_a_budgeted_prune_run_traces_the_network_once(count_traces):
+@pytest.mark.parametrize("polish_samples", [0, 50])
+def test_a_budgeted_prune_run_traces_each_network_once(count_traces, polish_samples):
+    """The dense network is traced once for the whole run; polishing traces the smaller network
+    it solves on once more (none without polishing, or when no method removes a unit within
+    the budget, so that there is nothing to polish)."""
     digits = load_digits()
     torch.manual_seed(0)
     model = train(build("mlp", digits, (12, 8), seed=0), digits, epochs=3, lr=1e-2)
@@ -50,9 +54,11 @@ def test_a_budgeted_prune_run_traces_the_network_once(count_traces):
         time_limit=1.0,
         threads=1,
         finetune_epochs=1,
+        polish_samples=polish_samples,
     )
     assert len(report.path) >= 2
-    assert count_traces == ["Sequential"]
+    started = bool(polish_samples) and max(entry.units_pruned for entry in report.budget) > 0
+    assert count_traces == ["Sequential"] * (1 + started)
 
 
 def test_a_copy_shares_the_graph_and_reads_its_own_modules(count_traces):
