@@ -12,6 +12,7 @@ import oamip
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import score_neurons
 from oamip.errors import InvalidInputError
+from oamip.pipelines import polish as polishing
 from oamip.pipelines.budget import (
     POLISHED,
     RANK_PATIENCE,
@@ -23,13 +24,16 @@ from oamip.pipelines.budget import (
 )
 from oamip.pipelines.polish import (
     DEFAULT_POLISH_SAMPLES,
+    PolishSettings,
     Start,
     polish,
     polish_order,
+    polish_samples,
     walk,
     widen,
 )
 from oamip.pipelines.settings import PruneSettings
+from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import hardest_rows
 from oamip.training.transfer import keep_all
@@ -168,7 +172,10 @@ def test_polish_adds_points_beyond_the_start_only():
         return [score_neurons(net, batch.x, batch.y, lam=lam, time_limit=5.0) for lam in lams]
 
     path = LamPath()
-    polish(path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, 8, 1)
+    settings = PolishSettings(8, 3, ScoringOptions())
+    polish(
+        path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, settings
+    )
     assert len(solved) == 1 and solved[0][1] == 8
     assert solved[0][0] < sum(p.numel() for p in model.parameters())
     start_pruned = sum(int((~keep).sum()) for keep in START.values())
@@ -208,3 +215,18 @@ def test_the_defaults_polish_and_the_mip_entry_is_the_sparsest_point():
 def test_a_negative_polish_sample_count_is_refused():
     with pytest.raises(InvalidInputError, match="polish samples"):
         PruneSettings(max_drop=1.0, polish_samples=-1).validate()
+
+
+def test_the_polish_takes_fewer_samples_when_its_mip_would_be_too_large(monkeypatch):
+    """The samples asked for when the estimated MIP fits the cap; as many as fit when it does
+    not; never fewer than the path's own batch."""
+    model, data = _tiny_problem()
+    small = remove_pruned(model, START)
+    options = ScoringOptions()
+    network = polishing.extract(small, data.x_train[:1]).network
+    per_sample = polishing.estimate_size(network, 1, options).variables
+    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 40
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 7 * per_sample)
+    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 7
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", per_sample)
+    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 3

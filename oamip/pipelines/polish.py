@@ -22,14 +22,16 @@ The start itself is never changed: a polished point only ever removes more units
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
 
-from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters import apply_masks, extract, remove_pruned
 from oamip.adapters.scoring import ScoreResult
+from oamip.formulations.size import estimate_size
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     POLISHED,
@@ -44,16 +46,34 @@ from oamip.pipelines.budget import (
     sort_path,
     within,
 )
+from oamip.solve.options import ScoringOptions
 from oamip.training.data import Batch, Dataset, hardest_rows
 
 DEFAULT_POLISH_SAMPLES = 300
 """Training samples the polishing MIP keeps (the hardest ones for the start's network): enough
 that its scores rank units on more than the handful of samples the path solves on."""
+POLISH_MAX_VARIABLES = 400_000
+"""The polishing MIP takes fewer samples than asked when more would give it more variables than
+this (estimated with every ReLU undecided, :func:`~oamip.formulations.size.estimate_size`),
+but never fewer than the path's own batch: 300 samples of an MNIST MLP 784-300-100-10, about
+50 of LeNet-5 (at 300 its MIP took 10 GB), the path's 10 for a VGG."""
 POLISH_LAMS = (1.0, 10.0)
 """The polishing MIP's loss weights: each one's scores are stepped, the sparsest kept."""
 
 SolveOn = Callable[[nn.Module, Batch, list[float]], list[ScoreResult]]
 """Solves the MIP of a network on a batch at the given loss weights (one result each)."""
+
+
+@dataclass(frozen=True)
+class PolishSettings:
+    """How much the polish may solve: ``samples`` asked for, at least ``least`` (the path's
+    batch size) whatever the size cap, with the run's scoring ``options``, keeping
+    ``min_keep`` units per layer."""
+
+    samples: int
+    least: int
+    options: ScoringOptions
+    min_keep: int = 1
 
 
 @dataclass
@@ -74,16 +94,17 @@ def polish(
     dataset: Dataset,
     evaluator: Evaluator,
     floor: float,
-    samples: int,
-    min_keep: int,
+    settings: PolishSettings,
     on_point: Callable[[PathPoint], None] | None = None,
 ) -> None:
     """Add to ``path`` the polished points of ``start`` (none when no step removes more units
     within ``floor``), and keep the path's sparsest point within it."""
+    small = remove_pruned(dense, start.masks)
+    samples = polish_samples(small, dataset, settings)
     batch = hardest_rows(apply_masks(dense, start.masks), dataset, samples)
     if not len(batch.y):
         return
-    small = remove_pruned(dense, start.masks)
+    min_keep = settings.min_keep
     results = solve(small, batch, list(POLISH_LAMS))
     total = sum(len(keep) for keep in start.masks.values())
     step = max(1, round(total / BASELINE_STEPS))
@@ -109,6 +130,18 @@ def polish(
             on_point(point)
     sort_path(path)
     choose(path, floor)
+
+
+def polish_samples(small: nn.Module, dataset: Dataset, settings: PolishSettings) -> int:
+    """The samples the polishing MIP takes: ``settings.samples``, or fewer if its MIP on
+    ``small`` would be estimated over :data:`POLISH_MAX_VARIABLES` variables, but at least
+    ``settings.least``."""
+    with warnings.catch_warnings():  # only the sizes are read; the model was checked before
+        warnings.simplefilter("ignore")
+        network = extract(small, dataset.x_train[:1]).network
+    per_sample = estimate_size(network, 1, settings.options).variables
+    fits = POLISH_MAX_VARIABLES // max(per_sample, 1)
+    return min(settings.samples, max(settings.least, fits))
 
 
 def widen(result: ScoreResult, start: Masks) -> ScoreResult:

@@ -53,7 +53,7 @@ from oamip.pipelines.inputs import (
     test_accuracy,
 )
 from oamip.pipelines.limits import check_size_limit
-from oamip.pipelines.polish import Start, polish, tie_scores
+from oamip.pipelines.polish import PolishSettings, Start, polish, tie_scores
 from oamip.pipelines.results import PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSettings, torch_threads
 from oamip.pipelines.solving import BatchSolver, path_text
@@ -310,8 +310,12 @@ def _budgeted(
                     split.train,
                     evaluator,
                     floor,
-                    settings.polish_samples,
-                    settings.min_keep,
+                    PolishSettings(
+                        settings.polish_samples,
+                        len(batch.y),
+                        settings.scoring(),
+                        settings.min_keep,
+                    ),
                     polished,
                 )
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
