@@ -310,8 +310,8 @@ def _steep_problem():
     return model, make_dataset("steep", x[:80], y[:80], x[80:], y[80:])
 
 
-def _numpy_accuracy(model, masks, x, y) -> float:
-    """The masked network's accuracy by hand: pruned units output 0."""
+def _numpy_logits(model, masks, x) -> np.ndarray:
+    """The masked MLP's outputs by hand: pruned units output 0."""
     a = x.reshape(len(x), -1).astype(np.float64)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     for k, layer in enumerate(linears):
@@ -319,7 +319,12 @@ def _numpy_accuracy(model, masks, x, y) -> float:
         a = a @ w.T + b
         if k < len(linears) - 1:
             a = np.maximum(a, 0) * masks[str(2 * k + 1)]
-    return float(np.mean(a.argmax(1) == y))
+    return a
+
+
+def _numpy_accuracy(model, masks, x, y) -> float:
+    """The masked network's accuracy by hand: pruned units output 0."""
+    return float(np.mean(_numpy_logits(model, masks, x).argmax(1) == y))
 
 
 @pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0, 100.0])

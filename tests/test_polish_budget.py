@@ -37,7 +37,7 @@ from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import hardest_rows
 from oamip.training.transfer import keep_all
-from tests.test_budget import _numpy_accuracy
+from tests.test_budget import _numpy_accuracy, _numpy_logits
 from tests.test_honest_budget import FAST, LAYERS, _tiny_problem
 
 START = {"1": np.array([True, False, True, True, True]), "3": np.array([True, True, False, True])}
@@ -45,13 +45,7 @@ START = {"1": np.array([True, False, True, True, True]), "3": np.array([True, Tr
 
 
 def _margins_by_hand(model, masks, x, y) -> np.ndarray:
-    a = x.reshape(len(x), -1).astype(np.float64)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for k, layer in enumerate(linears):
-        w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
-        a = a @ w.T + b
-        if k < len(linears) - 1:
-            a = np.maximum(a, 0) * masks[str(2 * k + 1)]
+    a = _numpy_logits(model, masks, x)
     rows = np.arange(len(y))
     label = a[rows, y].copy()
     a[rows, y] = -np.inf
