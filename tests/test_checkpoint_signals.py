@@ -28,7 +28,7 @@ import torch
 import oamip
 from oamip.training.data import load_data
 from tests import nets
-from tests.drivers import wait_for
+from tests.drivers import kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -111,9 +111,7 @@ def _run(script: Path, args: list[str], interrupt: bool) -> list[str]:
         wait_for(process, lines, "EXIT", RUN_SECONDS)
         return lines
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_group(process)
 
 
 def _pieces(out: Path) -> list[dict]:

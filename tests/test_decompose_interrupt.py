@@ -32,7 +32,7 @@ from oamip import backends
 from oamip.solve.decompose import NOT_STARTED
 from oamip.training.data import load_data
 from tests import nets
-from tests.drivers import wait_for
+from tests.drivers import kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -134,9 +134,7 @@ def _interrupted_run(
         lines.append(f"SENT {sent}")
         return json.loads(done.split(" ", 2)[2]), float(done.split()[1]) - sent, lines
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_group(process)
 
 
 @pytest.mark.slow
