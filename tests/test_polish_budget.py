@@ -88,23 +88,30 @@ def test_widened_scores_keep_the_smaller_networks_masked_outputs():
 
 
 def _walk_by_hand(order, start, floor, model, split, step) -> int | None:
+    """One unit at a time along ``order`` (a layer keeps one unit), a numpy evaluation after
+    every ``step`` units pruned and after the last one, patience as the walk's."""
     masks = {name: keep.copy() for name, keep in start.items()}
-    remaining = [(n, u) for n, u in order if masks[n][u]]
     best, outside, pending = None, 0, 0
-    for position, (name, unit) in enumerate(remaining):
-        if masks[name].sum() <= 1:
+
+    def within_floor() -> bool:
+        return _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12
+
+    for name, unit in order:
+        if not masks[name][unit] or masks[name].sum() <= 1:
             continue
         masks[name][unit] = False
         pending += 1
-        if pending < step and position < len(remaining) - 1:
+        if pending < step:
             continue
         pending = 0
-        if _numpy_accuracy(model, masks, split.x_val, split.y_val) >= floor - 1e-12:
+        if within_floor():
             best, outside = sum(int((~m).sum()) for m in masks.values()), 0
         else:
             outside += 1
             if outside >= RANK_PATIENCE:
-                break
+                return best
+    if pending and within_floor():
+        best = sum(int((~m).sum()) for m in masks.values())
     return best
 
 

@@ -374,20 +374,8 @@ def rank_path(
         result, lam = path.results[k], path.points[k].lam
         order = global_order(result.scores, min_keep, tie_break)
         total = sum(len(values) for values in result.scores.values())
-        best: tuple[Evaluation, Masks] | None = None
-        outside = 0
-        for step in range(1, BASELINE_STEPS + 1):
-            masks = _keep_all_like(path.masks[k])
-            for name, unit in order[: round(step / BASELINE_STEPS * total)]:
-                masks[name][unit] = False
-            seen_now = evaluator(masks)
-            if not within(seen_now.val_accuracy, floor):
-                outside += 1
-                if outside >= RANK_PATIENCE:
-                    break
-                continue
-            outside = 0
-            best = (seen_now, masks)
+        cuts = [round(step / BASELINE_STEPS * total) for step in range(1, BASELINE_STEPS + 1)]
+        best = sparsest_within(_keep_all_like(path.masks[k]), order, cuts, evaluator, floor)
         if best is None or _mask_key(best[1]) in seen:
             continue
         seen.add(_mask_key(best[1]))
@@ -398,6 +386,33 @@ def rank_path(
         if on_point is not None:
             on_point(point)
     sort_path(path)
+
+
+def sparsest_within(
+    start: Masks,
+    order: Sequence[tuple[str, int]],
+    cuts: Sequence[int],
+    evaluator: Evaluator,
+    floor: float,
+) -> tuple[Evaluation, Masks] | None:
+    """The sparsest of the masks that prune, from ``start``, the first ``cut`` units of
+    ``order`` for each of ``cuts`` in turn, evaluated one after another until
+    :data:`RANK_PATIENCE` in a row fall below ``floor`` (a ranked weight's and a polish's
+    steps, stepped as the global baselines are); None if none is within ``floor``."""
+    best: tuple[Evaluation, Masks] | None = None
+    outside = 0
+    for cut in cuts:
+        masks = {name: keep.copy() for name, keep in start.items()}
+        for name, unit in order[:cut]:
+            masks[name][unit] = False
+        seen = evaluator(masks)
+        if within(seen.val_accuracy, floor):
+            best, outside = (seen, masks), 0
+            continue
+        outside += 1
+        if outside >= RANK_PATIENCE:
+            break
+    return best
 
 
 def _mask_key(masks: Masks) -> tuple:

@@ -35,7 +35,6 @@ from oamip.formulations.size import estimate_size
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     POLISHED,
-    RANK_PATIENCE,
     Evaluation,
     Evaluator,
     LamPath,
@@ -44,7 +43,7 @@ from oamip.pipelines.budget import (
     choose,
     layer_normalised,
     sort_path,
-    within,
+    sparsest_within,
 )
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Batch, Dataset, hardest_rows
@@ -180,28 +179,18 @@ def walk(
     min_keep: int,
 ) -> tuple[Evaluation, Masks] | None:
     """Prune ``order``'s units from ``start``, ``step`` at a time (a layer keeps at least
-    ``max(min_keep, 1)`` units: its remaining ones are skipped), evaluating after each step;
-    stop after :data:`RANK_PATIENCE` steps in a row below ``floor``. The sparsest step within
-    ``floor``, or None if none is."""
-    masks = {name: keep.copy() for name, keep in start.items()}
-    best, outside, pending = None, 0, 0
-    remaining = [unit for unit in order if masks[unit[0]][unit[1]]]
-    for position, (name, unit) in enumerate(remaining):
-        if masks[name].sum() <= max(min_keep, 1):
-            continue
-        masks[name][unit] = False
-        pending += 1
-        if pending < step and position < len(remaining) - 1:
-            continue
-        pending = 0
-        seen = evaluator(masks)
-        if within(seen.val_accuracy, floor):
-            best, outside = (seen, {n: keep.copy() for n, keep in masks.items()}), 0
-            continue
-        outside += 1
-        if outside >= RANK_PATIENCE:
-            break
-    return best
+    ``max(min_keep, 1)`` units: its remaining ones are skipped), evaluating after each step and
+    after the last unit that can go; stop after
+    :data:`~oamip.pipelines.budget.RANK_PATIENCE` steps in a row below ``floor``. The sparsest
+    step within ``floor``, or None if none is."""
+    left = {name: int(keep.sum()) - max(min_keep, 1) for name, keep in start.items()}
+    prunable = []
+    for name, unit in order:
+        if start[name][unit] and left[name] > 0:
+            left[name] -= 1
+            prunable.append((name, unit))
+    cuts = [*range(step, len(prunable), step), len(prunable)] if prunable else []
+    return sparsest_within(start, prunable, cuts, evaluator, floor)
 
 
 def tie_scores(scores: dict[str, np.ndarray], normalise: bool = True) -> dict[str, np.ndarray]:
