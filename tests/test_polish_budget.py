@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import oamip
-from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters import apply_masks, extract, remove_pruned
 from oamip.adapters.scoring import score_neurons
 from oamip.errors import InvalidInputError
+from oamip.formulations.size import estimate_size
 from oamip.pipelines import polish as polishing
 from oamip.pipelines.budget import (
     POLISHED,
@@ -224,8 +225,8 @@ def test_the_polish_takes_fewer_samples_when_its_mip_would_be_too_large(monkeypa
     model, data = _tiny_problem()
     small = remove_pruned(model, START)
     options = ScoringOptions()
-    network = polishing.extract(small, data.x_train[:1]).network
-    per_sample = polishing.estimate_size(network, 1, options).variables
+    network = extract(small, data.x_train[:1]).network
+    per_sample = estimate_size(network, 1, options).variables
     assert polish_samples(small, data, PolishSettings(40, 3, options)) == 40
     monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 7 * per_sample)
     assert polish_samples(small, data, PolishSettings(40, 3, options)) == 7

@@ -37,13 +37,21 @@ def check_size_limit(
     if limit is None or settings.decompose is not None:
         return
     network_of = model if model is not None else build(arch, dataset, DEFAULT_HIDDEN).eval()
-    with warnings.catch_warnings():  # only the sizes are read; the checks of the model warn
-        warnings.simplefilter("ignore")
-        network = extract(network_of, dataset.x_train[:1]).network
     samples = samples_per_class * dataset.num_classes
-    size = estimate_size(network, samples, settings)
+    size = estimated_size(network_of, dataset, samples, settings)
     if size.variables > limit[0] or size.constraints > limit[1]:
         raise InvalidInputError(over_limit_message(settings.backend, size, limit, samples))
+
+
+def estimated_size(
+    model: nn.Module, dataset: Dataset, samples: int, settings: ScoringOptions
+) -> ModelSize:
+    """The size of the importance MIP of ``model`` on ``samples`` samples of ``dataset``'s kind
+    (:func:`oamip.formulations.size.estimate_size`: every ReLU undecided)."""
+    with warnings.catch_warnings():  # only the sizes are read; the checks of the model warn
+        warnings.simplefilter("ignore")
+        network = extract(model, dataset.x_train[:1]).network
+    return estimate_size(network, samples, settings)
 
 
 def over_limit_message(backend: str, size: ModelSize, limit: tuple[int, int], samples: int) -> str:

@@ -22,16 +22,14 @@ The start itself is never changed: a polished point only ever removes more units
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
 
-from oamip.adapters import apply_masks, extract, remove_pruned
+from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import ScoreResult
-from oamip.formulations.size import estimate_size
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     POLISHED,
@@ -45,6 +43,7 @@ from oamip.pipelines.budget import (
     sort_path,
     sparsest_within,
 )
+from oamip.pipelines.limits import estimated_size
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Batch, Dataset, hardest_rows
 
@@ -135,10 +134,7 @@ def polish_samples(small: nn.Module, dataset: Dataset, settings: PolishSettings)
     """The samples the polishing MIP takes: ``settings.samples``, or fewer if its MIP on
     ``small`` would be estimated over :data:`POLISH_MAX_VARIABLES` variables, but at least
     ``settings.least``."""
-    with warnings.catch_warnings():  # only the sizes are read; the model was checked before
-        warnings.simplefilter("ignore")
-        network = extract(small, dataset.x_train[:1]).network
-    per_sample = estimate_size(network, 1, settings.options).variables
+    per_sample = estimated_size(small, dataset, 1, settings.options).variables
     fits = POLISH_MAX_VARIABLES // max(per_sample, 1)
     return min(settings.samples, max(settings.least, fits))
 
