@@ -24,6 +24,7 @@ from torch import nn
 import oamip
 from oamip import backends
 from oamip.adapters import extract
+from oamip.adapters.decompose import check_decomposition, decomposed_pieces, largest_piece_size
 from oamip.backends import compile_model
 from oamip.cli import main
 from oamip.cli.bench import summary_table as bench_table
@@ -269,6 +270,38 @@ def test_the_size_estimate_bounds_the_model_built(make, in_shape, scores, encodi
     variables, constraints = _compiled_size(model, x, y, settings)
     estimate = estimate_size(extract(model, x).network, len(x), settings)
     assert variables <= estimate.variables and constraints <= estimate.constraints
+
+
+@pytest.mark.parametrize("scores", ["binary", "continuous"])
+@pytest.mark.parametrize(
+    ("make", "in_shape"),
+    [
+        (lambda: nets.mlp(3), (6,)),
+        (lambda: nets.convnet(1), (1, 8, 8)),
+        (lambda: nets.deep_pool_net(0), (1, 6, 6)),
+    ],
+)
+def test_the_piece_size_estimate_bounds_every_piece_built(make, in_shape, scores):
+    """Every per-layer piece, its head fit, compiles to no more variables than
+    ``largest_piece_size`` estimates (an upper bound, as the whole network's estimate is)."""
+    model = make()
+    rng = np.random.default_rng(1)
+    x = rng.random((6, *in_shape)).astype(np.float32)
+    aux_x = rng.random((40, *in_shape)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.as_tensor(x)).argmax(1).numpy()
+        aux_y = model(torch.as_tensor(aux_x)).argmax(1).numpy()
+    options = ScoringOptions(scores=scores, decompose="layer")
+    options.validate()
+    network = extract(model, x).network
+    aux = check_decomposition(network, x, y, options, (aux_x, aux_y))
+    built = []
+    for piece in decomposed_pieces(network, x, y, options, aux):
+        piece = piece.with_head()
+        form = compile_model(build_importance_model(piece.network, piece.x, piece.y, options).model)
+        built.append(form.num_cols)
+    estimate = largest_piece_size(network, len(x), options).variables
+    assert max(built) <= estimate
 
 
 def test_the_size_estimate_of_the_default_mlp_is_close_from_above(trained, digits):

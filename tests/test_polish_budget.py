@@ -4,12 +4,15 @@ hand on a tiny network, and the pipeline's polished point checked against numpy.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import oamip
 from oamip.adapters import apply_masks, extract, remove_pruned
+from oamip.adapters.decompose import largest_piece_size
 from oamip.adapters.scoring import score_neurons
 from oamip.errors import InvalidInputError
 from oamip.formulations.size import estimate_size
@@ -29,11 +32,12 @@ from oamip.pipelines.polish import (
     Start,
     polish,
     polish_order,
-    polish_samples,
+    polish_plan,
     walk,
     widen,
 )
 from oamip.pipelines.settings import PruneSettings
+from oamip.pipelines.solving import BatchSolver
 from oamip.solve.options import ScoringOptions
 from oamip.training.criteria import MIP_METHOD
 from oamip.training.data import hardest_rows
@@ -169,16 +173,18 @@ def test_polish_adds_points_beyond_the_start_only():
     floor = budget_floor(evaluator(keep_all(model)).val_accuracy, 60.0)
     solved = []
 
-    def solve(net, batch, lams):
-        solved.append((sum(p.numel() for p in net.parameters()), len(batch.y), lams))
-        return [score_neurons(net, batch.x, batch.y, lam=lam, time_limit=5.0) for lam in lams]
+    def solve(net, batch, lams, options):
+        solved.append((sum(p.numel() for p in net.parameters()), len(batch.y), lams, options))
+        return [
+            score_neurons(net, batch.x, batch.y, options, lam=lam, time_limit=5.0) for lam in lams
+        ]
 
     path = LamPath()
     settings = PolishSettings(8, 3, ScoringOptions())
     polish(
         path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, settings
     )
-    assert len(solved) == 1 and solved[0][1] == 8
+    assert len(solved) == 1 and solved[0][1] == 8 and solved[0][3].decompose is None
     assert solved[0][0] < sum(p.numel() for p in model.parameters())
     start_pruned = sum(int((~keep).sum()) for keep in START.values())
     assert path.points, "a 60-point budget leaves room to prune beyond one unit per layer"
@@ -221,14 +227,63 @@ def test_a_negative_polish_sample_count_is_refused():
 
 def test_the_polish_takes_fewer_samples_when_its_mip_would_be_too_large(monkeypatch):
     """The samples asked for when the estimated MIP fits the cap; as many as fit when it does
-    not; never fewer than the path's own batch."""
+    not; the whole network's MIP while it takes more than the path's batch."""
     model, data = _tiny_problem()
     small = remove_pruned(model, START)
     options = ScoringOptions()
     network = extract(small, data.x_train[:1]).network
     per_sample = estimate_size(network, 1, options).variables
-    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 40
+    assert polish_plan(small, data, PolishSettings(40, 3, options)) == (40, options)
     monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 7 * per_sample)
-    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 7
-    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", per_sample)
-    assert polish_samples(small, data, PolishSettings(40, 3, options)) == 3
+    assert polish_plan(small, data, PolishSettings(40, 3, options)) == (7, options)
+
+
+def test_the_polish_takes_layer_pieces_when_the_whole_mip_sees_no_more_than_the_path(
+    monkeypatch,
+):
+    """When the whole MIP would take no more samples than the path's batch, per-layer pieces,
+    sized by their own estimate (never fewer samples than the path's batch); a run decomposed
+    already, or one whose pieces cannot be
+    priced apart, keeps its own options."""
+    model, data = _tiny_problem()
+    small = remove_pruned(model, START)
+    options = ScoringOptions()
+    network = extract(small, data.x_train[:1]).network
+    whole = estimate_size(network, 1, options).variables
+    piece = largest_piece_size(network, 1, replace(options, decompose="layer")).variables
+    assert piece < whole
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 5 * piece)
+    samples, chosen = polish_plan(small, data, PolishSettings(40, 5 * piece // whole, options))
+    assert chosen == replace(options, decompose="layer") and samples == 5
+    assert polish_plan(small, data, PolishSettings(2, 5 * piece // whole, options))[0] == 2
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 1)
+    assert polish_plan(small, data, PolishSettings(40, 3, options)) == (3, chosen)
+    by_class = ScoringOptions(decompose="class")
+    assert polish_plan(small, data, PolishSettings(40, 3, by_class))[1] == by_class
+
+
+def test_a_polish_on_layer_pieces_adds_points_beyond_the_start_within_the_budget(monkeypatch):
+    """The pieces' scores (heads fit on the training split) order the units as the whole MIP's
+    would: every polished point prunes what the start prunes and more, within the budget."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    floor = budget_floor(evaluator(keep_all(model)).val_accuracy, 60.0)
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 1)
+    solver = BatchSolver(PruneSettings(max_drop=60.0, time_limit=5.0), split.train)
+    used = []
+
+    def solve(net, batch, lams, options):
+        used.append(options.decompose)
+        return solver.at(net, batch.x, batch.y, lams, options)
+
+    path = LamPath()
+    settings = PolishSettings(8, 6, ScoringOptions(time_limit=5.0))
+    polish(
+        path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, settings
+    )
+    assert used == ["layer"] and path.points
+    for point, masks, result in zip(path.points, path.masks, path.results, strict=True):
+        assert point.status == POLISHED and point.val_accuracy >= floor - 1e-12
+        assert all((~START[name] <= ~masks[name]).all() for name in START)
+        assert [piece.layer for piece in result.subproblems] == list(START)

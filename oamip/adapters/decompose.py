@@ -22,6 +22,7 @@ import numpy as np
 
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import check_labels, unit_weights
+from oamip.formulations.size import ModelSize, estimate_size
 from oamip.network import AffineLayer, MaxPoolLayer, Network
 from oamip.solve.decompose import ERROR, Piece, PieceResult
 from oamip.solve.heads import HeadData, head_pool
@@ -64,6 +65,34 @@ def blocks(network: Network) -> list[Block]:
     return found
 
 
+def prices_each_piece(network: Network, options: ScoringOptions) -> bool:
+    """Whether every per-layer piece can be priced on its own: always with the paper's
+    sparsity term, and with ``sparsity="unit"`` when no piece (a residual block) scores several
+    layers."""
+    return options.sparsity != "unit" or all(
+        len(_scored_in(network, block)) <= 1 for block in blocks(network)
+    )
+
+
+def largest_piece_size(network: Network, samples: int, options: ScoringOptions) -> ModelSize:
+    """An estimate of the largest per-layer piece of ``network`` on ``samples`` samples, to
+    size a decomposed solve before any work: each block's MIP by
+    :func:`~oamip.formulations.size.estimate_size` (an upper bound), its head (the pooling of
+    :func:`~oamip.solve.heads.head_pool` and one logit per class) a variable and a row per
+    output and sample."""
+    cut = blocks(network)
+    sizes = []
+    for j, block in enumerate(cut):
+        sub = network.segment(block.start, block.stop)
+        own = estimate_size(sub, samples, options)
+        head = 0
+        if j < len(cut) - 1:
+            pool = head_pool(tuple(sub.layers[-1].out_shape), "size")
+            head = samples * (network.num_classes + (0 if pool is None else pool.n_out))
+        sizes.append(ModelSize(own.variables + head, own.constraints + head))
+    return max(sizes, key=lambda size: size.variables)
+
+
 def _scored_in(network: Network, block: Block) -> set:
     """The score keys of the units a block scores (a coupled group counts once)."""
     return {network.score_key(i) for i in range(block.start, block.stop)} - {None}
@@ -88,7 +117,7 @@ def check_decomposition(
         )
     if "layer" not in options.decompose.split(",") or len(network.scored) == 1:
         return None
-    if options.sparsity == "unit" and any(len(_scored_in(network, b)) > 1 for b in blocks(network)):
+    if not prices_each_piece(network, options):
         raise InvalidInputError(
             "sparsity='unit' with decompose='layer' prices each piece by its one scored layer, "
             "but this network's pieces (its residual blocks) score several: use "

@@ -17,6 +17,7 @@ from oamip import backends
 from oamip.adapters import extract
 from oamip.errors import InvalidInputError
 from oamip.formulations.size import ModelSize, estimate_size
+from oamip.network import Network
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Dataset
 from oamip.training.models import DEFAULT_HIDDEN, build
@@ -48,10 +49,15 @@ def estimated_size(
 ) -> ModelSize:
     """The size of the importance MIP of ``model`` on ``samples`` samples of ``dataset``'s kind
     (:func:`oamip.formulations.size.estimate_size`: every ReLU undecided)."""
-    with warnings.catch_warnings():  # only the sizes are read; the checks of the model warn
+    return estimate_size(sized_network(model, dataset), samples, settings)
+
+
+def sized_network(model: nn.Module, dataset: Dataset) -> Network:
+    """``model``'s network description on ``dataset``'s inputs, read for its sizes only (the
+    model was checked before: its checks' warnings are not repeated)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        network = extract(model, dataset.x_train[:1]).network
-    return estimate_size(network, samples, settings)
+        return extract(model, dataset.x_train[:1]).network
 
 
 def over_limit_message(backend: str, size: ModelSize, limit: tuple[int, int], samples: int) -> str:

@@ -29,7 +29,9 @@ import numpy as np
 from torch import nn
 
 from oamip.adapters import apply_masks, remove_pruned
+from oamip.adapters.decompose import largest_piece_size, prices_each_piece
 from oamip.adapters.scoring import ScoreResult
+from oamip.formulations.size import ModelSize, estimate_size
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     POLISHED,
@@ -43,7 +45,7 @@ from oamip.pipelines.budget import (
     sort_path,
     sparsest_within,
 )
-from oamip.pipelines.limits import estimated_size
+from oamip.pipelines.limits import sized_network
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Batch, Dataset, hardest_rows
 
@@ -58,8 +60,9 @@ but never fewer than the path's own batch: 300 samples of an MNIST MLP 784-300-1
 POLISH_LAMS = (1.0, 10.0)
 """The polishing MIP's loss weights: each one's scores are stepped, the sparsest kept."""
 
-SolveOn = Callable[[nn.Module, Batch, list[float]], list[ScoreResult]]
-"""Solves the MIP of a network on a batch at the given loss weights (one result each)."""
+SolveOn = Callable[[nn.Module, Batch, list[float], ScoringOptions], list[ScoreResult]]
+"""Solves the MIP of a network on a batch at the given loss weights with the given options
+(one result each)."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,12 @@ def polish(
     """Add to ``path`` the polished points of ``start`` (none when no step removes more units
     within ``floor``), and keep the path's sparsest point within it."""
     small = remove_pruned(dense, start.masks)
-    samples = polish_samples(small, dataset, settings)
+    samples, options = polish_plan(small, dataset, settings)
     batch = hardest_rows(apply_masks(dense, start.masks), dataset, samples)
     if not len(batch.y):
         return
     min_keep = settings.min_keep
-    results = solve(small, batch, list(POLISH_LAMS))
+    results = solve(small, batch, list(POLISH_LAMS), options)
     total = sum(len(keep) for keep in start.masks.values())
     step = max(1, round(total / BASELINE_STEPS))
     for lam, result in zip(POLISH_LAMS, results, strict=True):
@@ -130,12 +133,33 @@ def polish(
     choose(path, floor)
 
 
-def polish_samples(small: nn.Module, dataset: Dataset, settings: PolishSettings) -> int:
-    """The samples the polishing MIP takes: ``settings.samples``, or fewer if its MIP on
-    ``small`` would be estimated over :data:`POLISH_MAX_VARIABLES` variables, but at least
-    ``settings.least``."""
-    per_sample = estimated_size(small, dataset, 1, settings.options).variables
-    fits = POLISH_MAX_VARIABLES // max(per_sample, 1)
+def polish_plan(
+    small: nn.Module, dataset: Dataset, settings: PolishSettings
+) -> tuple[int, ScoringOptions]:
+    """The samples and options of the polishing MIP on ``small``: the whole network's MIP on
+    ``settings.samples`` samples, or on as many as :data:`POLISH_MAX_VARIABLES` estimated
+    variables allow, but at least ``settings.least``. When the whole MIP cannot take more than
+    ``settings.least`` (the path's batch: it would see nothing new), per-layer pieces instead
+    (``decompose="layer"``, each piece estimated alike), which take many more samples; a run
+    decomposed already keeps its own decomposition."""
+    network = sized_network(small, dataset)
+    options = settings.options
+    whole = _fitting(estimate_size(network, 1, options), settings)
+    if (
+        whole > settings.least
+        or options.decompose is not None
+        or len(network.scored) < 2
+        or not prices_each_piece(network, options)
+    ):
+        return whole, options
+    pieces = replace(options, decompose="layer")
+    return _fitting(largest_piece_size(network, 1, pieces), settings), pieces
+
+
+def _fitting(per_sample: ModelSize, settings: PolishSettings) -> int:
+    """The samples asked for, or as many as fit :data:`POLISH_MAX_VARIABLES` at
+    ``per_sample`` variables each, but at least ``settings.least``."""
+    fits = POLISH_MAX_VARIABLES // max(per_sample.variables, 1)
     return min(settings.samples, max(settings.least, fits))
 
 

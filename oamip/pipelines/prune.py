@@ -59,7 +59,7 @@ from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSetting
 from oamip.pipelines.solving import BatchSolver, path_text
 from oamip.progress import Listener, Task, listener_for
 from oamip.solve.decompose import open_executor
-from oamip.solve.options import Resources, check_resources
+from oamip.solve.options import Resources, ScoringOptions, check_resources
 from oamip.training.criteria import MagnitudeCriterion, all_scores, is_global_only, per_layer
 from oamip.training.data import Batch, Dataset, mip_batch, random_rows
 from oamip.training.inference import evaluate
@@ -286,9 +286,11 @@ def _budgeted(
     dense_masks = keep_all(dense)
     if settings.polish_samples:
 
-        def solve_on(model: nn.Module, rows: Batch, lams: list[float]) -> list[ScoreResult]:
+        def solve_on(
+            model: nn.Module, rows: Batch, lams: list[float], options: ScoringOptions
+        ) -> list[ScoreResult]:
             start = time.perf_counter()
-            results = solver.at(model, rows.x, rows.y, lams)
+            results = solver.at(model, rows.x, rows.y, lams, options)
             calls.append((time.perf_counter() - start, results[0]))
             return results
 

@@ -18,7 +18,7 @@ from oamip.pipelines.results import piece_line
 from oamip.pipelines.settings import PruneSettings
 from oamip.progress import Listener, Task
 from oamip.solve.decompose import PieceResult
-from oamip.solve.options import Resources
+from oamip.solve.options import Resources, ScoringOptions
 from oamip.training.data import Dataset
 
 LIVE_LINE_INTERVAL = 0.25
@@ -42,11 +42,17 @@ class BatchSolver:
         return self.at(model, x, y, None)[0]
 
     def at(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, lams: list[float] | None
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        lams: list[float] | None,
+        options: ScoringOptions | None = None,
     ) -> list[ScoreResult]:
         """The MIP at each of ``lams`` (None: ``settings.lam`` alone) solved whole (a clock of
-        seconds), or in pieces (a count of pieces and a line per piece)."""
-        settings, options = self.settings, self.settings.scoring()
+        seconds), or in pieces (a count of pieces and a line per piece); ``options`` in place
+        of the settings' own (:meth:`PruneSettings.scoring`) when given."""
+        settings, options = self.settings, options or self.settings.scoring()
         if options.decompose is None:
             limit = None if settings.time_limit is None else settings.time_limit * len(lams or [0])
             with _clock(self.listener, f"solving ({settings.backend})", limit):
