@@ -253,10 +253,11 @@ def test_the_polish_takes_layer_pieces_when_the_whole_mip_sees_no_more_than_the_
     piece = largest_piece_size(network, 1, replace(options, decompose="layer")).variables
     assert piece < whole
     monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 5 * piece)
+    monkeypatch.setattr(polishing, "POLISH_MAX_PIECE_VARIABLES", 5 * piece)
     samples, chosen = polish_plan(small, data, PolishSettings(40, 5 * piece // whole, options))
     assert chosen == replace(options, decompose="layer") and samples == 5
     assert polish_plan(small, data, PolishSettings(2, 5 * piece // whole, options))[0] == 2
-    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 1)
+    monkeypatch.setattr(polishing, "POLISH_MAX_PIECE_VARIABLES", 1)
     assert polish_plan(small, data, PolishSettings(40, 3, options)) == (3, chosen)
     by_class = ScoringOptions(decompose="class")
     assert polish_plan(small, data, PolishSettings(40, 3, by_class))[1] == by_class
@@ -270,6 +271,7 @@ def test_a_polish_on_layer_pieces_adds_points_beyond_the_start_within_the_budget
     evaluator = Evaluator(model, split)
     floor = budget_floor(evaluator(keep_all(model)).val_accuracy, 60.0)
     monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 1)
+    monkeypatch.setattr(polishing, "POLISH_MAX_PIECE_VARIABLES", 1)
     solver = BatchSolver(PruneSettings(max_drop=60.0, time_limit=5.0), split.train)
     used = []
 

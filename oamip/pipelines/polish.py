@@ -56,7 +56,13 @@ POLISH_MAX_VARIABLES = 400_000
 """The polishing MIP takes fewer samples than asked when more would give it more variables than
 this (estimated with every ReLU undecided, :func:`~oamip.formulations.size.estimate_size`),
 but never fewer than the path's own batch: 300 samples of an MNIST MLP 784-300-100-10, about
-50 of LeNet-5 (at 300 its MIP took 10 GB), the path's 10 for a VGG."""
+50 of LeNet-5 (at 300 its MIP took 10 GB); a VGG's whole MIP would take only the path's 10, so
+it is polished in pieces (:func:`polish_plan`)."""
+POLISH_MAX_PIECE_VARIABLES = 1_500_000
+"""The cap of a polish on per-layer pieces, on the largest piece's estimated variables: pieces
+are solved one at a time and their inputs are fixed samples (most of their ReLUs need no
+binary), so they take more than a whole MIP. The VGG's largest piece on 300 samples (3.75
+million estimated variables) took 5.9 GB; this cap gives it 119 samples."""
 POLISH_LAMS = (1.0, 10.0)
 """The polishing MIP's loss weights: each one's scores are stepped, the sparsest kept."""
 
@@ -140,11 +146,12 @@ def polish_plan(
     ``settings.samples`` samples, or on as many as :data:`POLISH_MAX_VARIABLES` estimated
     variables allow, but at least ``settings.least``. When the whole MIP cannot take more than
     ``settings.least`` (the path's batch: it would see nothing new), per-layer pieces instead
-    (``decompose="layer"``, each piece estimated alike), which take many more samples; a run
-    decomposed already keeps its own decomposition."""
+    (``decompose="layer"``, the largest piece's estimate under
+    :data:`POLISH_MAX_PIECE_VARIABLES`), which take many more samples; a run decomposed
+    already keeps its own decomposition."""
     network = sized_network(small, dataset)
     options = settings.options
-    whole = _fitting(estimate_size(network, 1, options), settings)
+    whole = _fitting(estimate_size(network, 1, options), settings, POLISH_MAX_VARIABLES)
     if (
         whole > settings.least
         or options.decompose is not None
@@ -153,13 +160,14 @@ def polish_plan(
     ):
         return whole, options
     pieces = replace(options, decompose="layer")
-    return _fitting(largest_piece_size(network, 1, pieces), settings), pieces
+    cap = POLISH_MAX_PIECE_VARIABLES
+    return _fitting(largest_piece_size(network, 1, pieces), settings, cap), pieces
 
 
-def _fitting(per_sample: ModelSize, settings: PolishSettings) -> int:
-    """The samples asked for, or as many as fit :data:`POLISH_MAX_VARIABLES` at
-    ``per_sample`` variables each, but at least ``settings.least``."""
-    fits = POLISH_MAX_VARIABLES // max(per_sample.variables, 1)
+def _fitting(per_sample: ModelSize, settings: PolishSettings, cap: int) -> int:
+    """The samples asked for, or as many as fit ``cap`` estimated variables at ``per_sample``
+    variables each, but at least ``settings.least``."""
+    fits = cap // max(per_sample.variables, 1)
     return min(settings.samples, max(settings.least, fits))
 
 
