@@ -40,3 +40,8 @@ class PyomoVersionError(OamipError):
 class ValidationWarning(UserWarning):
     """The validation samples of an accuracy budget cannot be trusted to hold it: the model has
     probably seen them, or they are too few to resolve the budget."""
+
+
+class SizeWarning(UserWarning):
+    """The whole network's MIP would be too large to build on this machine: it is solved in
+    per-layer pieces instead."""

@@ -14,8 +14,9 @@ import oamip
 from oamip.adapters import apply_masks, extract, remove_pruned
 from oamip.adapters.decompose import largest_piece_size
 from oamip.adapters.scoring import score_neurons
-from oamip.errors import InvalidInputError
+from oamip.errors import InvalidInputError, SizeWarning
 from oamip.formulations.size import estimate_size
+from oamip.pipelines import limits
 from oamip.pipelines import polish as polishing
 from oamip.pipelines.budget import (
     POLISHED,
@@ -26,6 +27,7 @@ from oamip.pipelines.budget import (
     monotony_note,
     split_validation,
 )
+from oamip.pipelines.limits import in_pieces_if_large
 from oamip.pipelines.polish import (
     DEFAULT_POLISH_SAMPLES,
     PolishSettings,
@@ -289,3 +291,18 @@ def test_a_polish_on_layer_pieces_adds_points_beyond_the_start_within_the_budget
         assert point.status == POLISHED and point.val_accuracy >= floor - 1e-12
         assert all((~START[name] <= ~masks[name]).all() for name in START)
         assert [piece.layer for piece in result.subproblems] == list(START)
+
+
+def test_a_whole_mip_too_large_for_memory_is_solved_in_layer_pieces(monkeypatch):
+    """Over the whole-MIP cap, a run without ``decompose`` warns and solves per-layer pieces
+    (the report says so); one that gives ``decompose`` keeps it, and the cap is not reached
+    at the defaults on this network."""
+    model, data = _tiny_problem()
+    assert in_pieces_if_large(model, data, PruneSettings()) == (PruneSettings(), None)
+    monkeypatch.setattr(limits, "WHOLE_MAX_VARIABLES", 1)
+    with pytest.warns(SizeWarning, match="solved in per-layer pieces"):
+        report = oamip.prune(model, data, **FAST)
+    assert report.decompose == "layer"
+    assert [piece.layer for piece in report.subproblems] == list(LAYERS)
+    given = PruneSettings(decompose="class")
+    assert in_pieces_if_large(model, data, given) == (given, None)

@@ -16,7 +16,7 @@ from oamip.cli.common import command_listener, say, say_written
 from oamip.cli.inputs import read_inputs
 from oamip.cli.parsers.prune import HELP, NAME, add_arguments
 from oamip.cli.scoring import scoring_options
-from oamip.errors import ValidationWarning
+from oamip.errors import SizeWarning, ValidationWarning
 from oamip.files import staged_output
 from oamip.pipelines.prune import PruneSettings, prune
 from oamip.pipelines.report import percent, summary_table, write_report
@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_warning(show):
-    """``show`` (how Python prints warnings), but a ValidationWarning as one line on stderr."""
+    """``show`` (how Python prints warnings), but a ValidationWarning or a SizeWarning as one
+    line on stderr."""
 
     def shown(message, category, *args, **kwargs) -> None:
-        if issubclass(category, ValidationWarning):
+        if issubclass(category, (ValidationWarning, SizeWarning)):
             print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)

@@ -20,7 +20,7 @@ from oamip import checks
 from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.scoring import ScoreResult
 from oamip.adapters.structure import Masks
-from oamip.errors import InvalidInputError, ValidationWarning
+from oamip.errors import InvalidInputError, SizeWarning, ValidationWarning
 from oamip.pipelines.at_init import prune_at_init
 from oamip.pipelines.budget import (
     DEFAULT_LAMS,
@@ -52,7 +52,7 @@ from oamip.pipelines.inputs import (
     describe_arch,
     test_accuracy,
 )
-from oamip.pipelines.limits import check_size_limit
+from oamip.pipelines.limits import check_size_limit, in_pieces_if_large
 from oamip.pipelines.polish import PolishSettings, Start, polish, tie_scores
 from oamip.pipelines.results import PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSettings, torch_threads
@@ -150,6 +150,9 @@ def _prune(
     compression = _compressed(dense, full, settings) if settings.compress else None
     if compression is not None:
         dense = compression.model
+    settings, too_large = in_pieces_if_large(dense, dataset, settings)
+    if too_large is not None:
+        warnings.warn(too_large, SizeWarning, stacklevel=3)
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
