@@ -192,6 +192,7 @@ def test_polish_adds_points_beyond_the_start_only():
     assert path.points, "a 60-point budget leaves room to prune beyond one unit per layer"
     for point, masks in zip(path.points, path.masks, strict=True):
         assert point.status == POLISHED and point.start == "magnitude"
+        assert point.samples == 8 and not point.pieces
         assert point.units_pruned > start_pruned
         assert point.val_accuracy >= floor - 1e-12
         assert all((~START[name] <= ~masks[name]).all() for name in START)
@@ -289,6 +290,7 @@ def test_a_polish_on_layer_pieces_adds_points_beyond_the_start_within_the_budget
     assert used == ["layer"] and path.points
     for point, masks, result in zip(path.points, path.masks, path.results, strict=True):
         assert point.status == POLISHED and point.val_accuracy >= floor - 1e-12
+        assert point.pieces and point.samples == 6
         assert all((~START[name] <= ~masks[name]).all() for name in START)
         assert [piece.layer for piece in result.subproblems] == list(START)
 

@@ -264,6 +264,11 @@ class PathPoint:
     start: str | None = None
     """A polished point: the method whose budget mask the polish started from (``mip`` for the
     path's own)."""
+    samples: int | None = None
+    """A polished point: the training samples its MIP solved on (the path's batch is the
+    report's ``n_mip_samples``)."""
+    pieces: bool = False
+    """A polished point solved in per-layer pieces rather than whole."""
 
 
 @dataclass

@@ -128,6 +128,8 @@ def polish(
             gap=result.gap,
             seconds=result.solve_seconds,
             start=start.method,
+            samples=len(batch.y),
+            pieces=options.decompose is not None,
             **vars(seen),
         )
         path.points.append(point)
