@@ -45,8 +45,12 @@ from oamip.formulations.encodings import (
     encode_scored_relu,
     plan_pooling,
 )
-from oamip.formulations.importance import ImportanceSettings, build_importance_model
-from oamip.network import AffineLayer, MaxPoolLayer, Network
+from oamip.formulations.importance import (
+    ImportanceSettings,
+    build_importance_model,
+    unit_weights,
+)
+from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer
 from oamip.training.data import Dataset, load_data, mip_batch
 from oamip.training.zoo import Recipe, trained
 
@@ -118,104 +122,130 @@ class DirectModel:
 def direct_build(
     network: Network, x: np.ndarray, y: np.ndarray, settings: ImportanceSettings
 ) -> DirectModel:
-    """The importance MIP of ``network`` on ``(x, y)`` built with numpy only (CE loss)."""
-    bounds = interval_bounds(network, x)
-    cols, rows = _Columns(), RowBlock()
-    binary = settings.scores == "binary"
+    """The importance MIP of ``network`` on ``(x, y)`` built with numpy only (CE loss, ReLUs;
+    affine and residual layers, max pooling right after a scored ReLU)."""
+    walk = _Walk(network, interval_bounds(network, x), settings.scores == "binary")
     flat = x.reshape(len(x), -1).astype(float)
     state = Operand(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
-    scores: dict[int, np.ndarray] = {}
     layers = network.layers
+    sources = {layer.source for layer in layers if isinstance(layer, ResidualLayer)}
+    outputs: list[Operand | None] = []
     i = 0
     while i < len(layers):
         layer, pool = layers[i], layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(layer, MaxPoolLayer):
             raise ValueError("the direct path pools only right after a ReLU layer")
-        if layer.activation is not None and isinstance(pool, MaxPoolLayer):
-            state = _pooled_relu(cols, rows, bounds, i, layer, pool, state, binary, scores)
+        if layer.activation is not None and isinstance(pool, MaxPoolLayer) and i not in sources:
+            state = walk.pooled_relu(i, layer, pool, state)
+            outputs.append(None)
             i += 1
         else:
-            state = _affine(
-                cols, rows, bounds, i, layer, state, i == len(layers) - 1, binary, scores
-            )
+            state = walk.affine(i, layer, _joined(layer, state, outputs), i == len(layers) - 1)
+        outputs.append(state)
         i += 1
-    for ids in scores.values():
+    cols, rows = walk.cols, walk.rows
+    for ids in walk.scores.values():
         r = rows.new_rows([settings.min_keep], np.inf)
         rows.terms(np.repeat(r, len(ids)), ids, 1.0)
     loss = cols.add("loss", np.zeros(len(y)), np.full(len(y), np.inf))
     trained_logits = network.forward(x)
     for point in (trained_logits, np.zeros_like(trained_logits)):
         _ce_rows(rows, loss, state.var, y, point)
-    return _assemble(cols, rows, network, scores, loss, settings.lam / len(y))
+    weights = unit_weights(network, settings.sparsity)
+    return _assemble(cols, rows, walk.scores, weights, loss, settings.lam / len(y))
 
 
-def _affine(
-    cols, rows, bounds: NetworkBounds, i, layer: AffineLayer, state, is_output, binary, scores
-):
-    b = bounds.layers[i]
-    needed = b.upper > 0 if layer.activation else np.ones(b.upper.shape, dtype=bool)
-    if (state.var < 0).all() and not is_output:
-        pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
-        pre_const = layer.forward(state.const)
-    else:
-        pre_var = _pre_rows(cols, rows, b, layer, state, needed)
-        pre_const = np.zeros(b.upper.shape)
-    if layer.activation is None:
-        return Operand(pre_var, pre_const, b.lower, b.upper)
-    pre = Operand(pre_var, pre_const, b.lower, b.upper)
-    return _relu(cols, rows, bounds.big_m[i], i, layer, pre, needed, layer.unit_of, binary, scores)
-
-
-def _relu(cols, rows, big_m, i, layer, pre: Operand, live, unit, binary, scores) -> Operand:
-    """Scored ReLUs on the ``live`` entries of ``pre``; ``unit`` maps an entry to its unit."""
-    score = cols.add(f"L{i}_score", np.zeros(layer.n_units), np.ones(layer.n_units), binary)
-    scores[i] = score
-    k, j = np.nonzero(live)
-    entries = ReluEntries(
-        pre_id=pre.var[k, j],
-        pre_const=pre.const[k, j],
-        lower=pre.lower[k, j],
-        upper=pre.upper[k, j],
-        big_m=big_m[unit[j]],
-        score_id=score[unit[j]],
+def _joined(layer, state: Operand, outputs: list[Operand | None]) -> Operand:
+    """What ``layer`` acts on: ``state``, concatenated with its source's output for a residual
+    layer."""
+    if not isinstance(layer, ResidualLayer):
+        return state
+    source = outputs[layer.source]
+    return Operand(
+        *(np.concatenate([getattr(state, f), getattr(source, f)], 1) for f in Operand.FIELDS)
     )
-    enc = encode_scored_relu(cols, rows, entries, binary, f"L{i}")
-    out = np.full(live.shape, -1, dtype=np.int64)
-    out[k, j] = enc.h
-    zeros = np.zeros(live.shape)
-    return Operand(out, zeros, zeros, np.maximum(pre.upper, 0.0))
 
 
-def _pooled_relu(cols, rows, bounds, i, layer, pool: MaxPoolLayer, state, binary, scores):
-    """Max pooling of the pre-activations, then one scored ReLU per pooled output."""
-    b = bounds.layers[i]
-    plan = plan_pooling(pool.windows, b.lower, b.upper, layer.activation)
-    pad, safe, live = plan.pad, plan.safe, plan.live
-    if (state.var < 0).all():
-        pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
-        pre_const = layer.forward(state.const)
-    else:
-        pre_var = _pre_rows(cols, rows, b, layer, state, plan.needed)
-        pre_const = np.zeros(b.upper.shape)
-    pooled = Operand(
-        np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
-    )
-    for k in range(live.shape[0]):
-        w = np.flatnonzero(live[k])
-        entries = Operand(
-            var=np.where(pad[w], -1, pre_var[k][safe[w]]),
-            const=np.where(pad[w], 0.0, pre_const[k][safe[w]]),
-            lower=plan.lower[k, w],
-            upper=plan.upper[k, w],
+class _Walk:
+    """The direct path's layer walk: its column table, rows and score columns by score key."""
+
+    def __init__(self, network: Network, bounds: NetworkBounds, binary: bool) -> None:
+        self.network, self.bounds, self.binary = network, bounds, binary
+        self.cols, self.rows = _Columns(), RowBlock()
+        self.scores: dict[int, np.ndarray] = {}
+
+    def affine(self, i, layer, state: Operand, is_output: bool) -> Operand:
+        b = self.bounds.layers[i]
+        needed = b.upper > 0 if layer.activation else np.ones(b.upper.shape, dtype=bool)
+        if (state.var < 0).all() and not is_output:
+            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+            pre_const = layer.forward(state.const)
+        else:
+            pre_var = _pre_rows(self.cols, self.rows, b, layer, state, needed)
+            pre_const = np.zeros(b.upper.shape)
+        pre = Operand(pre_var, pre_const, b.lower, b.upper)
+        if layer.activation is None:
+            return pre
+        return self.relu(i, layer, pre, needed, layer.unit_of)
+
+    def unit_scores(self, i: int, layer) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit: its score column (-1 for a plain ReLU) and its constant ``M``."""
+        key = self.network.score_key(i)
+        if key is None:
+            return np.full(layer.n_units, -1, dtype=np.int64), np.zeros(layer.n_units)
+        if key not in self.scores:
+            n = layer.n_units
+            self.scores[key] = self.cols.add(f"L{i}_score", np.zeros(n), np.ones(n), self.binary)
+        return self.scores[key], self.bounds.big_m[i]
+
+    def relu(self, i, layer, pre: Operand, live, unit) -> Operand:
+        """Scored ReLUs on the ``live`` entries of ``pre``; ``unit`` maps an entry to its unit."""
+        score, big_m = self.unit_scores(i, layer)
+        k, j = np.nonzero(live)
+        entries = ReluEntries(
+            pre_id=pre.var[k, j],
+            pre_const=pre.const[k, j],
+            lower=pre.lower[k, j],
+            upper=pre.upper[k, j],
+            big_m=big_m[unit[j]],
+            score_id=score[unit[j]],
         )
-        out = encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0]
-        for name in Operand.FIELDS:
-            getattr(pooled, name)[k, w] = getattr(out, name)
-    unit = layer.unit_of[plan.first_tap]
-    return _relu(cols, rows, bounds.big_m[i], i, layer, pooled, live, unit, binary, scores)
+        enc = encode_scored_relu(self.cols, self.rows, entries, self.binary, f"L{i}")
+        out = np.full(live.shape, -1, dtype=np.int64)
+        out[k, j] = enc.h
+        zeros = np.zeros(live.shape)
+        return Operand(out, zeros, zeros, np.maximum(pre.upper, 0.0))
+
+    def pooled_relu(self, i, layer, pool: MaxPoolLayer, state: Operand) -> Operand:
+        """Max pooling of the pre-activations, then one scored ReLU per pooled output."""
+        b = self.bounds.layers[i]
+        cols, rows = self.cols, self.rows
+        plan = plan_pooling(pool.windows, b.lower, b.upper, layer.activation)
+        pad, safe, live = plan.pad, plan.safe, plan.live
+        if (state.var < 0).all():
+            pre_var = np.full(b.upper.shape, -1, dtype=np.int64)
+            pre_const = layer.forward(state.const)
+        else:
+            pre_var = _pre_rows(cols, rows, b, layer, state, plan.needed)
+            pre_const = np.zeros(b.upper.shape)
+        pooled = Operand(
+            np.full(live.shape, -1, dtype=np.int64), np.zeros(live.shape), *plan.pooled_bounds()
+        )
+        for k in range(live.shape[0]):
+            w = np.flatnonzero(live[k])
+            entries = Operand(
+                var=np.where(pad[w], -1, pre_var[k][safe[w]]),
+                const=np.where(pad[w], 0.0, pre_const[k][safe[w]]),
+                lower=plan.lower[k, w],
+                upper=plan.upper[k, w],
+            )
+            out = encode_max_pool(cols, rows, entries, f"L{i}_k{k}")[0]
+            for name in Operand.FIELDS:
+                getattr(pooled, name)[k, w] = getattr(out, name)
+        return self.relu(i, layer, pooled, live, layer.unit_of[plan.first_tap])
 
 
-def _pre_rows(cols, rows, b, layer: AffineLayer, state: Operand, needed) -> np.ndarray:
+def _pre_rows(cols, rows, b, layer: Affine, state: Operand, needed) -> np.ndarray:
     """``a_kj - sum_i A_ji h_ki = c_j + sum_i A_ji const_ki``, all samples at once."""
     pre_var = np.full(needed.shape, -1, dtype=np.int64)
     pre_var[needed] = cols.add("pre", b.lower[needed], b.upper[needed])
@@ -242,10 +272,10 @@ def _ce_rows(rows: RowBlock, loss, logit_ids, y, points) -> None:
     rows.terms(r[:, None], logit_ids, coefs)
 
 
-def _assemble(cols: _Columns, rows: RowBlock, network, scores, loss, loss_weight) -> DirectModel:
+def _assemble(cols: _Columns, rows: RowBlock, scores, weights, loss, loss_weight) -> DirectModel:
     cost = np.zeros(cols.count)
     for i, ids in scores.items():
-        cost[ids] = 1.0 / network.layers[i].n_units
+        cost[ids] = weights[i]
     cost[loss] = loss_weight
     A, row_lower, row_upper = rows.matrix(cols.count)
     return DirectModel(

@@ -1,11 +1,14 @@
-"""The one sparse-row accumulator: triplets and CSR pieces, in any order, give one exact matrix."""
+"""The one sparse-row accumulator: triplets and CSR pieces, in any order, give one exact matrix;
+the variable table gives every variable its bounds."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyomo.environ as pyo
 import pytest
 import scipy.sparse as sp
 
+from oamip.formulations.blocks import VarTable
 from oamip.sparse import SparseRows, keep_rows
 
 
@@ -68,3 +71,28 @@ def test_keep_rows_keeps_exactly_those_rows(keep):
     indptr, indices, data = keep_rows(A.indptr, A.indices, A.data, keep)
     kept = sp.csr_matrix((data, indices, indptr), shape=(len(keep), 5))
     np.testing.assert_array_equal(kept.toarray(), A.toarray()[keep])
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ([0.0, 0.0, 0.0], [1.0, 2.0, np.inf]),
+        ([-1.0, 0.5, -np.inf], [3.0, 3.0, 3.0]),
+        ([0.0, 0.0], [np.inf, np.inf]),
+        ([-np.inf, -np.inf], [2.0, 2.0]),
+        ([1.5], [1.5]),
+        ([], []),
+    ],
+)
+def test_a_variable_table_gives_each_variable_its_bounds(lower, upper):
+    """Bounds shared by a whole block go to ``pyo.Var``, the others one by one: either way
+    every variable ends with its own, None for an infinite one."""
+    table = VarTable(pyo.ConcreteModel())
+    ids = table.add("x", lower, upper)
+    assert ids.tolist() == list(range(len(lower)))
+    for var, lo, hi in zip(table.variables, lower, upper, strict=True):
+        assert var.lb == (None if lo == -np.inf else lo)
+        assert var.ub == (None if hi == np.inf else hi)
+    binary = table.add("v", np.zeros(2), np.ones(2), binary=True)
+    assert [(table.variables[j].lb, table.variables[j].ub) for j in binary] == [(0, 1)] * 2
+    assert all(table.variables[j].is_binary() for j in binary)

@@ -24,17 +24,27 @@ class VarTable:
     def add(self, name: str, lower, upper, binary: bool = False) -> np.ndarray:
         """Add ``len(lower)`` variables called ``name[i]``; return their global ids.
 
-        Bounds are set through the variables' ``lower`` and ``upper`` after construction:
-        Pyomo's bounds rule costs more per variable, which shows when building large models."""
-        lower = _none_if_infinite(np.asarray(lower, dtype=float).ravel())
-        upper = _none_if_infinite(np.asarray(upper, dtype=float).ravel())
+        A bound shared by every variable of the block is given to ``pyo.Var`` (Pyomo copies it
+        from the first variable to the others); the others are set through each variable's
+        ``lower`` or ``upper`` after construction: a bounds rule costs more per variable, which
+        shows when building large models."""
+        lower = np.asarray(lower, dtype=float).ravel()
+        upper = np.asarray(upper, dtype=float).ravel()
+        same_lower, same_upper = _is_shared(lower), _is_shared(upper)
+        bounds = (
+            _none_if_infinite(lower[:1])[0] if same_lower else None,
+            _none_if_infinite(upper[:1])[0] if same_upper else None,
+        )
         domain = pyo.Binary if binary else pyo.Reals
-        var = pyo.Var(range(len(lower)), domain=domain, dense=True)
+        var = pyo.Var(range(len(lower)), domain=domain, dense=True, bounds=bounds)
         self.model.add_component(name, var)
         start = len(self.variables)
-        for data, lo, hi in zip(var.values(), lower, upper):
-            data.lower = lo
-            data.upper = hi
+        if not same_lower:
+            for data, lo in zip(var.values(), _none_if_infinite(lower)):
+                data.lower = lo
+        if not same_upper:
+            for data, hi in zip(var.values(), _none_if_infinite(upper)):
+                data.upper = hi
         self.variables.extend(var.values())
         return np.arange(start, len(self.variables), dtype=np.int64)
 
@@ -44,6 +54,11 @@ class VarTable:
 
     def values(self, ids: np.ndarray) -> np.ndarray:
         return np.array([self.variables[i].value for i in np.asarray(ids).ravel()], dtype=float)
+
+
+def _is_shared(values: np.ndarray) -> bool:
+    """Whether every entry of ``values`` (at least one) is the same bound."""
+    return len(values) > 0 and bool(np.all(values == values[0]))
 
 
 def _none_if_infinite(values: np.ndarray) -> list:

@@ -38,14 +38,26 @@ class ReluEntries:
     sign: int = 1
 
 
+RELU_CASES = ("linear", "equality", "gated", "binary")
+"""The cases of :func:`encode_scored_relu`, in the order it tries them (``ReluEncoding.case``
+indexes this tuple)."""
+
+
 @dataclass
 class ReluEncoding:
-    """The variables of an encoded scored ReLU, per entry (``v = -1``: no binary), and a
-    function setting them from the ReLU's argument and output."""
+    """The variables of an encoded scored ReLU, per entry (``v = -1``: no binary), the case
+    that encoded each entry (an index into :data:`RELU_CASES`), and a function setting the
+    variables from the ReLU's argument and output."""
 
     h: np.ndarray
     v: np.ndarray
+    case: np.ndarray
     set_values: Callable[[np.ndarray, np.ndarray], None]
+
+    def counts(self) -> dict[str, int]:
+        """How many entries each case encoded."""
+        found = np.bincount(self.case, minlength=len(RELU_CASES))
+        return dict(zip(RELU_CASES, found.tolist(), strict=True))
 
 
 def encode_scored_relu(
@@ -58,22 +70,28 @@ def encode_scored_relu(
 ) -> ReluEncoding:
     """``h = ReLU(pre - (1 - s) M)`` for every entry.
 
-    The ReLU's argument lies in ``[lower - M, upper]``. With ``tight`` (the default), three
-    cases, all exact:
-    a constant pre-activation with a binary score gives ``h = pre * s`` (no binary); an argument
-    that can never be negative gives an equality; everything else takes the big-M encoding
-    with one binary ``v`` per entry plus two facets of the unit's convex hull. Without ``tight``
-    every entry takes the textbook big-M encoding (the baseline that benchmarks compare with).
+    The ReLU's argument lies in ``[lower - M, upper]``. With ``tight`` (the default), four
+    cases (:data:`RELU_CASES`), all exact:
+    a constant pre-activation with a binary score gives ``h = pre * s`` (``linear``, no
+    binary); an argument that can never be negative gives an equality (``equality``); a
+    variable pre-activation that is never negative, with a binary score, is ``h = s * pre``,
+    written with the score as the ReLU's indicator (``gated``, no binary); everything else
+    takes the big-M encoding with one binary ``v`` per entry plus two facets of the unit's
+    convex hull (``binary``). Without ``tight`` every entry takes the textbook big-M encoding
+    (the baseline that benchmarks compare with).
     """
     e = entries
     h = table.add(f"{name}_h", np.zeros_like(e.upper), e.upper)
     arg_lower = e.lower - e.big_m
     constant = e.pre_id < 0
-    linear = constant & (e.pre_const > 0) & binary_scores & tight & (e.score_id >= 0)
+    by_score = binary_scores & tight & (e.score_id >= 0)
+    linear = constant & (e.pre_const > 0) & by_score
     active = ~linear & (arg_lower >= 0) & tight
-    bigm = ~linear & ~active
+    gated = ~constant & ~active & by_score & (e.lower >= 0) & (e.upper <= e.big_m)
+    bigm = ~linear & ~active & ~gated
     _linear_rows(rows, h[linear], e.pre_const[linear], e.score_id[linear])
     _argument_rows(rows, h[active], e, active, rhs_shift=np.zeros(active.sum()), equality=True)
+    _gated_rows(rows, h[gated], e, gated)
     v = table.add(f"{name}_v", np.zeros(bigm.sum()), np.ones(bigm.sum()), binary=True)
     _bigm_rows(rows, h[bigm], v, e, bigm, arg_lower[bigm])
     if tight:
@@ -85,7 +103,8 @@ def encode_scored_relu(
 
     v_of_entry = np.full(len(h), -1, dtype=np.int64)
     v_of_entry[bigm] = v
-    return ReluEncoding(h, v_of_entry, set_values)
+    case = np.select([linear, active, gated], [0, 1, 2], default=3)
+    return ReluEncoding(h, v_of_entry, case, set_values)
 
 
 @dataclass
@@ -191,6 +210,31 @@ def _linear_rows(rows: RowBlock, h, pre_const, score_id) -> None:
     r = rows.new_rows(np.zeros(len(h)), np.zeros(len(h)))
     rows.terms(r, h, 1.0)
     rows.terms(r, score_id, -pre_const)
+
+
+def _gated_rows(rows: RowBlock, h, e: ReluEntries, pick) -> None:
+    """``h = s * pre`` for ``pre`` in ``[L, U]`` with ``L >= 0`` and ``U <= M``: with a binary
+    score, ``s = 1`` makes the ReLU the identity and ``s = 0`` outputs 0, so the score is the
+    ReLU's indicator. The rows are McCormick's envelope of the product (the convex hull over
+    the box): ``h <= U s``, ``h >= L s``, ``h <= pre - L (1 - s)``, ``h >= pre - U (1 - s)``
+    (the terms in ``L`` only where ``L > 0``: ``h >= 0`` is the variable's bound)."""
+    s, x, const = e.score_id[pick], e.pre_id[pick], e.pre_const[pick]
+    lower, upper = e.lower[pick], e.upper[pick]
+    r = rows.new_rows(np.full(len(h), -np.inf), np.zeros(len(h)))
+    rows.terms(r, h, 1.0)
+    rows.terms(r, s, -upper)
+    above = np.flatnonzero(lower > 0)
+    r = rows.new_rows(np.zeros(len(above)), np.inf)
+    rows.terms(r, h[above], 1.0)
+    rows.terms(r, s[above], -lower[above])
+    r = rows.new_rows(np.full(len(h), -np.inf), const - lower)
+    rows.terms(r, h, 1.0)
+    rows.terms(r, x, -e.sign)
+    rows.terms(r[above], s[above], -lower[above])
+    r = rows.new_rows(const - upper, np.inf)
+    rows.terms(r, h, 1.0)
+    rows.terms(r, x, -e.sign)
+    rows.terms(r, s, -upper)
 
 
 def _argument_rows(rows, h, e: ReluEntries, pick, rhs_shift, equality: bool, extra=None):

@@ -126,6 +126,10 @@ class ImportanceModel:
     pre-activation, -1 where there is none (bound tightening optimises over these)."""
     cut_sites: list[CutSite] = field(default_factory=list)
     cut_blocks: int = 0
+    relu_entries: dict[str, int] = field(default_factory=dict)
+    """How many ReLU entries (per sample, output or pooled output, and ramp of an activation)
+    each case of :func:`encode_scored_relu` encoded, and ``dead``: those that can never be
+    positive, which get no variable."""
 
     @property
     def big_m(self) -> dict[int, np.ndarray]:
@@ -406,7 +410,7 @@ class _Builder:
             score_id=scores[layer.unit_of[j]],
         )
         self._record_values(i, pre_var, "pre")
-        enc = self._encode(layer, entries, f"L{i}")
+        enc = self._encode(layer, entries, f"L{i}", needed.size)
         self.im.setters.append(
             lambda t: enc.set_values(t[i].pre[k, j], t[i].shift[k, j], t[i].out[k, j])
         )
@@ -463,7 +467,7 @@ class _Builder:
             big_m=big_m[unit[o]],
             score_id=scores[unit[o]],
         )
-        enc = self._encode(layer, entries, f"L{i}")
+        enc = self._encode(layer, entries, f"L{i}", plan.live.size)
         self.im.setters.append(
             lambda t: enc.set_values(
                 pool.forward(t[i].pre)[k, o], pool.forward(t[i].shift)[k, o], t[i + 1].out[k, o]
@@ -476,12 +480,19 @@ class _Builder:
         bounds = act.scored_range if scored else act.range
         return Operand(out_var, np.zeros(plan.live.shape), *bounds(pooled.lower, pooled.upper))
 
-    def _encode(self, layer: Affine, entries: ReluEntries, name: str):
-        """The layer's activation on ``entries`` (:func:`encode_scored_activation`)."""
+    def _encode(self, layer: Affine, entries: ReluEntries, name: str, total: int):
+        """The layer's activation on ``entries``, the ones of its ``total`` that can be
+        positive (:func:`encode_scored_activation`); each ramp's entries counted by case."""
         act = layer.activation
-        return encode_scored_activation(
+        enc = encode_scored_activation(
             self.table, self.rows, act, entries, self.binary, name, self.tight
         )
+        tally = self.im.relu_entries
+        for part in enc.parts:
+            tally["dead"] = tally.get("dead", 0) + total - len(part.needed)
+            for case, count in part.encoding.counts().items():
+                tally[case] = tally.get(case, 0) + count
+        return enc
 
     def _max_pool(self, i: int, layer: MaxPoolLayer, state: Operand) -> Operand:
         windows = layer.windows

@@ -3,8 +3,9 @@
 Before a network is trained (or its bounds computed) nothing says which units will be stably on
 or off for a sample, so :func:`estimate_size` counts every ReLU as undecided in every sample:
 for a network of affine layers this is an upper bound on the model that
-:func:`oamip.formulations.build_importance_model` builds (stable units only remove variables
-and rows), before any cut is added. It lets a size-limited solver be refused before any work.
+:func:`oamip.formulations.build_importance_model` builds (stable units, and the gated ones of
+binary scores, one variable and at most four rows, only remove variables and rows), before any
+cut is added. It lets a size-limited solver be refused before any work.
 """
 
 from __future__ import annotations
