@@ -19,6 +19,7 @@ from oamip.formulations.size import estimate_size
 from oamip.pipelines import limits
 from oamip.pipelines import polish as polishing
 from oamip.pipelines.budget import (
+    DEFAULT_POLISH_SAMPLES,
     POLISHED,
     RANK_PATIENCE,
     Evaluator,
@@ -29,7 +30,6 @@ from oamip.pipelines.budget import (
 )
 from oamip.pipelines.limits import in_pieces_if_large
 from oamip.pipelines.polish import (
-    DEFAULT_POLISH_SAMPLES,
     PolishSettings,
     Start,
     polish,

@@ -75,6 +75,9 @@ NOT_SOLVED = (INTERPOLATED, RANKED, POLISHED)
 (stepped from solved ones): the monotony of the path in lambda does not apply to them."""
 DEFAULT_RANK_SCORES = True
 """Whether the path also steps each solved weight's scores as one global ranking."""
+DEFAULT_POLISH_SAMPLES = 300
+"""Training samples the polishing MIP keeps (the hardest ones for the start's network): enough
+that its scores rank units on more than the handful of samples the path solves on."""
 RANK_PATIENCE = 3
 """A ranking's steps stop after this many steps in a row below the budget's floor."""
 BUDGET_SLACK = 1e-9

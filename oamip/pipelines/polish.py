@@ -49,9 +49,6 @@ from oamip.pipelines.limits import sized_network
 from oamip.solve.options import ScoringOptions
 from oamip.training.data import Batch, Dataset, hardest_rows
 
-DEFAULT_POLISH_SAMPLES = 300
-"""Training samples the polishing MIP keeps (the hardest ones for the start's network): enough
-that its scores rank units on more than the handful of samples the path solves on."""
 POLISH_MAX_VARIABLES = 400_000
 """The polishing MIP takes fewer samples than asked when more would give it more variables than
 this (estimated with every ReLU undecided, :func:`~oamip.formulations.size.estimate_size`),

@@ -16,12 +16,12 @@ from oamip.pipelines.budget import (
     DEFAULT_BASELINE_SAMPLES,
     DEFAULT_INTERPOLATE_STEPS,
     DEFAULT_LAMS,
+    DEFAULT_POLISH_SAMPLES,
     DEFAULT_RANK_SCORES,
     DEFAULT_REFINE_STEPS,
     DEFAULT_VAL_FRACTION,
     checked_lams,
 )
-from oamip.pipelines.polish import DEFAULT_POLISH_SAMPLES
 from oamip.solve.options import DEFAULT_THRESHOLD, ScoringKeywords, ScoringOptions
 from oamip.training.inference import resolve_device
 from oamip.training.models import ARCHITECTURES, TrainingDefaults
