@@ -96,6 +96,13 @@ def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed,
         model = mlp(seed, (5, 4, 3, 3), batchnorm=kind == "mlp_bn")
         x = rng.uniform(0, 1, size=(4, 5))
     y = rng.integers(0, 3, len(x))
+    res = assert_binary_optimum(model, x, y, loss, lam, root_cuts)
+    assert res.bound <= res.objective + 1e-6
+
+
+def assert_binary_optimum(model, x, y, loss: str, lam: float, root_cuts: int):
+    """The binary MIP's optimum equals the best of every mask enumerated, and its own mask's
+    pruned forward pass gives that objective; the result."""
     res = oamip.score_neurons(
         model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9, root_cuts=root_cuts
     )
@@ -107,7 +114,7 @@ def test_binary_optimum_equals_enumeration_over_all_masks(kind, loss, lam, seed,
     dense = _dense_logits(model, x, sizes)
     pruned = _objective(_pruned_logits(model, x, found), y, found, loss, lam, dense)
     assert pruned == pytest.approx(res.objective, abs=1e-9)
-    assert res.bound <= res.objective + 1e-6
+    return res
 
 
 def test_continuous_optimum_is_at_most_the_binary_one():

@@ -18,10 +18,7 @@ from oamip.formulations import ImportanceSettings, build_importance_model
 from tests.nets import deep_pool_net, mlp
 from tests.test_brute_force import (
     _all_masks,
-    _dense_logits,
-    _enumerate_objectives,
-    _objective,
-    _pruned_logits,
+    assert_binary_optimum,
 )
 
 SOLVE_ATOL = 1e-6
@@ -89,17 +86,7 @@ def test_every_mask_of_a_planted_network_gives_the_pruned_torch_logits(kind):
 @pytest.mark.parametrize(("kind", "loss", "lam"), [("mlp", "ce", 2.0), ("deep_pool", "hinge", 1.0)])
 def test_binary_optimum_of_a_planted_network_equals_enumeration(kind, loss, lam, root_cuts):
     model, x, y = _setup(kind)
-    res = oamip.score_neurons(
-        model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9, root_cuts=root_cuts
-    )
-    assert res.status == "optimal"
-    sizes = {name: len(s) for name, s in res.scores.items()}
-    best = _enumerate_objectives(model, x, y, sizes, loss, lam).min()
-    assert res.objective == pytest.approx(best, abs=1e-6)
-    found = {name: s > 0.5 for name, s in res.scores.items()}
-    dense = _dense_logits(model, x, sizes)
-    pruned = _objective(_pruned_logits(model, x, found), y, found, loss, lam, dense)
-    assert pruned == pytest.approx(res.objective, abs=1e-9)
+    res = assert_binary_optimum(model, x, y, loss, lam, root_cuts)
     big_m = oamip.score_neurons(
         model, x, y, loss=loss, lam=lam, scores="binary", mip_gap=1e-9, encoding="big-m"
     )
