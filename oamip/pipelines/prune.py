@@ -152,7 +152,7 @@ def _prune(
         dense = compression.model
     settings, too_large = in_pieces_if_large(dense, dataset, settings)
     if too_large is not None:
-        warnings.warn(too_large, SizeWarning, stacklevel=3)
+        warnings.warn(too_large, SizeWarning, stacklevel=4)  # the caller of oamip.prune
     arch = describe_arch(dense)
     accuracy_before = evaluate(dense, dataset.x_test, dataset.y_test)
     batch = mip_batch(dense, dataset, settings.samples_per_class, settings.seed)
