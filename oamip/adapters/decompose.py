@@ -74,6 +74,17 @@ def prices_each_piece(network: Network, options: ScoringOptions) -> bool:
     )
 
 
+def can_cut_by_layer(network: Network, options: ScoringOptions) -> bool:
+    """Whether a solve with ``options`` could be cut into per-layer pieces in its place: it
+    asks for no decomposition of its own, the network has several scored layers, and every
+    piece can be priced apart (:func:`prices_each_piece`)."""
+    return (
+        options.decompose is None
+        and len(network.scored) >= 2
+        and prices_each_piece(network, options)
+    )
+
+
 def largest_piece_size(network: Network, samples: int, options: ScoringOptions) -> ModelSize:
     """An estimate of the largest per-layer piece of ``network`` on ``samples`` samples, to
     size a decomposed solve before any work: each block's MIP by

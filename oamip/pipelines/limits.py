@@ -18,7 +18,7 @@ from torch import nn
 
 from oamip import backends
 from oamip.adapters import extract
-from oamip.adapters.decompose import prices_each_piece
+from oamip.adapters.decompose import can_cut_by_layer
 from oamip.errors import InvalidInputError
 from oamip.formulations.size import ModelSize, estimate_size
 from oamip.network import Network
@@ -47,13 +47,9 @@ def in_pieces_if_large(
         return settings, None
     network = sized_network(model, dataset)
     samples = settings.samples_per_class * dataset.num_classes
-    size = estimate_size(network, samples, settings.scoring())
     scoring = settings.scoring()
-    if (
-        size.variables <= WHOLE_MAX_VARIABLES
-        or len(network.scored) < 2
-        or not prices_each_piece(network, scoring)
-    ):
+    size = estimate_size(network, samples, scoring)
+    if size.variables <= WHOLE_MAX_VARIABLES or not can_cut_by_layer(network, scoring):
         return settings, None
     note = (
         f"the whole network's MIP on {samples} samples would have up to {size.variables:,} "

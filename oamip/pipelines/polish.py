@@ -29,7 +29,7 @@ import numpy as np
 from torch import nn
 
 from oamip.adapters import apply_masks, remove_pruned
-from oamip.adapters.decompose import largest_piece_size, prices_each_piece
+from oamip.adapters.decompose import can_cut_by_layer, largest_piece_size
 from oamip.adapters.scoring import ScoreResult
 from oamip.formulations.size import ModelSize, estimate_size
 from oamip.pipelines.budget import (
@@ -151,12 +151,7 @@ def polish_plan(
     network = sized_network(small, dataset)
     options = settings.options
     whole = _fitting(estimate_size(network, 1, options), settings, POLISH_MAX_VARIABLES)
-    if (
-        whole > settings.least
-        or options.decompose is not None
-        or len(network.scored) < 2
-        or not prices_each_piece(network, options)
-    ):
+    if whole > settings.least or not can_cut_by_layer(network, options):
         return whole, options
     pieces = replace(options, decompose="layer")
     cap = POLISH_MAX_PIECE_VARIABLES
