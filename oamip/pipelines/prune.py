@@ -260,11 +260,16 @@ def _budgeted(
         warnings.warn(doubt, ValidationWarning, stacklevel=2)
     calls: list[tuple[float, ScoreResult]] = []
 
-    def solve(lams: list[float]) -> list[ScoreResult]:
+    def solve_on(
+        model: nn.Module, rows: Batch, lams: list[float], options: ScoringOptions | None = None
+    ) -> list[ScoreResult]:
         start = time.perf_counter()
-        results = solver.at(dense, batch.x, batch.y, lams)
+        results = solver.at(model, rows.x, rows.y, lams, options)
         calls.append((time.perf_counter() - start, results[0]))
         return results
+
+    def solve(lams: list[float]) -> list[ScoreResult]:
+        return solve_on(dense, batch, lams)
 
     with Task(solver.listener, "lam path", unit="weight") as task:
 
@@ -288,15 +293,6 @@ def _budgeted(
     steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
     dense_masks = keep_all(dense)
     if settings.polish_samples:
-
-        def solve_on(
-            model: nn.Module, rows: Batch, lams: list[float], options: ScoringOptions
-        ) -> list[ScoreResult]:
-            start = time.perf_counter()
-            results = solver.at(model, rows.x, rows.y, lams, options)
-            calls.append((time.perf_counter() - start, results[0]))
-            return results
-
         start = _polish_start(
             path, steps, baseline_scores, floor, settings, dense_point, dense_masks
         )
