@@ -32,8 +32,10 @@ from oamip.adapters import apply_masks, remove_pruned
 from oamip.adapters.decompose import can_cut_by_layer, largest_piece_size
 from oamip.adapters.scoring import ScoreResult
 from oamip.formulations.size import ModelSize, estimate_size
+from oamip.network import Network
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
+    DEFAULT_LAMS,
     POLISHED,
     Evaluation,
     Evaluator,
@@ -62,6 +64,9 @@ binary), so they take more than a whole MIP. The VGG's largest piece on 300 samp
 million estimated variables) took 5.9 GB; this cap gives it 119 samples."""
 POLISH_LAMS = (1.0, 10.0)
 """The polishing MIP's loss weights: each one's scores are stepped, the sparsest kept."""
+LARGE_PATH_LAMS = (1.0,)
+"""The path's only weight when the whole MIP is too large to take more than the path's batch
+(:func:`path_weights`)."""
 
 SolveOn = Callable[[nn.Module, Batch, list[float], ScoringOptions], list[ScoreResult]]
 """Solves the MIP of a network on a batch at the given loss weights with the given options
@@ -149,13 +154,44 @@ def polish_plan(
     :data:`POLISH_MAX_PIECE_VARIABLES`), which take many more samples; a run decomposed
     already keeps its own decomposition."""
     network = sized_network(small, dataset)
-    options = settings.options
-    whole = _fitting(estimate_size(network, 1, options), settings, POLISH_MAX_VARIABLES)
-    if whole > settings.least or not can_cut_by_layer(network, options):
-        return whole, options
-    pieces = replace(options, decompose="layer")
-    cap = POLISH_MAX_PIECE_VARIABLES
-    return _fitting(largest_piece_size(network, 1, pieces), settings, cap), pieces
+    whole = _whole_samples(network, settings)
+    if whole > settings.least or not can_cut_by_layer(network, settings.options):
+        return whole, settings.options
+    pieces = replace(settings.options, decompose="layer")
+    per_piece = largest_piece_size(network, 1, pieces)
+    return _fitting(per_piece, settings, POLISH_MAX_PIECE_VARIABLES), pieces
+
+
+def path_weights(
+    dense: nn.Module, dataset: Dataset, settings: PolishSettings, given: tuple[float, ...] | None
+) -> tuple[tuple[float, ...], str | None]:
+    """The path's loss weights (``given``, else :data:`~oamip.pipelines.budget.DEFAULT_LAMS`),
+    and why they are cut short: when no weights are given and the whole MIP of ``dense``
+    cannot take more samples than the path's batch (the polish then solves pieces), the path
+    is solved at :data:`LARGE_PATH_LAMS` alone. Such a MIP's solves stop at their time limit
+    with masks far outside any budget (the VGG's seven: 33 to 77% validation accuracy), so a
+    path of them is time the polish needs."""
+    if given is not None:
+        return given, None
+    network = sized_network(dense, dataset)
+    samples = _whole_samples(network, settings)
+    if samples > settings.least or not can_cut_by_layer(network, settings.options):
+        return DEFAULT_LAMS, None
+    size = estimate_size(network, settings.least, settings.options)
+    note = (
+        f"the path is solved at lambda {', '.join(map(str, LARGE_PATH_LAMS))} alone: the whole "
+        f"MIP on its {settings.least} samples would have up to {size.variables:,} "
+        f"variables (over {POLISH_MAX_VARIABLES:,}), so the polish solves per-layer pieces "
+        "instead; give lams (--lams) to solve a path"
+    )
+    return LARGE_PATH_LAMS, note
+
+
+def _whole_samples(network: Network, settings: PolishSettings) -> int:
+    """The samples of a polish by the whole network's MIP (:func:`_fitting` under
+    :data:`POLISH_MAX_VARIABLES`)."""
+    per_sample = estimate_size(network, 1, settings.options)
+    return _fitting(per_sample, settings, POLISH_MAX_VARIABLES)
 
 
 def _fitting(per_sample: ModelSize, settings: PolishSettings, cap: int) -> int:

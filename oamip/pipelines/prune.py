@@ -53,7 +53,7 @@ from oamip.pipelines.inputs import (
     test_accuracy,
 )
 from oamip.pipelines.limits import check_size_limit, in_pieces_if_large
-from oamip.pipelines.polish import PolishSettings, Start, polish, tie_scores
+from oamip.pipelines.polish import PolishSettings, Start, path_weights, polish, tie_scores
 from oamip.pipelines.results import PruneReport, mip_fields
 from oamip.pipelines.settings import DEFAULT_RECIPE, PruneKeywords, PruneSettings, torch_threads
 from oamip.pipelines.solving import BatchSolver, path_text
@@ -271,6 +271,12 @@ def _budgeted(
     def solve(lams: list[float]) -> list[ScoreResult]:
         return solve_on(dense, batch, lams)
 
+    polishing = PolishSettings(
+        settings.polish_samples, len(batch.y), settings.scoring(), settings.min_keep
+    )
+    lams, short = (settings.lams or DEFAULT_LAMS, None)
+    if settings.polish_samples:
+        lams, short = path_weights(dense, split.train, polishing, settings.lams)
     with Task(solver.listener, "lam path", unit="weight") as task:
 
         def evaluated(point: PathPoint) -> None:
@@ -280,10 +286,10 @@ def _budgeted(
         path = lam_path(
             solve,
             evaluator,
-            settings.lams or DEFAULT_LAMS,
+            lams,
             floor,
             settings.threshold,
-            settings.refine_steps,
+            settings.refine_steps if short is None else 0,
             evaluated,
             settings.interpolate_steps,
             baseline_scores.get(TIE_BREAK),
@@ -311,12 +317,7 @@ def _budgeted(
                     split.train,
                     evaluator,
                     floor,
-                    PolishSettings(
-                        settings.polish_samples,
-                        len(batch.y),
-                        settings.scoring(),
-                        settings.min_keep,
-                    ),
+                    polishing,
                     polished,
                 )
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
@@ -336,8 +337,13 @@ def _budgeted(
         steps=steps,
         budget=table,
         warnings=doubts,
-        path_note=monotony_note(path.points),
+        path_note=_joined(short, monotony_note(path.points)),
     )
+
+
+def _joined(*notes: str | None) -> str | None:
+    """The notes given, one after the other (None when there are none)."""
+    return " ".join(note for note in notes if note) or None
 
 
 def _polish_start(
