@@ -19,7 +19,9 @@ from oamip.formulations.size import estimate_size
 from oamip.pipelines import limits
 from oamip.pipelines import polish as polishing
 from oamip.pipelines.budget import (
+    DEFAULT_LAMS,
     DEFAULT_POLISH_SAMPLES,
+    NOT_SOLVED,
     POLISHED,
     RANK_PATIENCE,
     Evaluator,
@@ -30,8 +32,10 @@ from oamip.pipelines.budget import (
 )
 from oamip.pipelines.limits import in_pieces_if_large
 from oamip.pipelines.polish import (
+    LARGE_PATH_LAMS,
     PolishSettings,
     Start,
+    path_weights,
     polish,
     polish_order,
     polish_plan,
@@ -308,3 +312,41 @@ def test_a_whole_mip_too_large_for_memory_is_solved_in_layer_pieces(monkeypatch)
     assert [piece.layer for piece in report.subproblems] == list(LAYERS)
     given = PruneSettings(decompose="class")
     assert in_pieces_if_large(model, data, given) == (given, None)
+
+
+def test_a_path_whose_whole_mip_sees_no_more_than_its_batch_is_one_weight(monkeypatch):
+    """The default weights while the whole MIP takes more than the path's batch; when it
+    cannot (the polish then solves pieces), :data:`LARGE_PATH_LAMS` alone, with a note that
+    names the estimate; weights given are always kept, and a network whose pieces cannot be
+    priced apart keeps the whole path."""
+    model, data = _tiny_problem()
+    options = ScoringOptions()
+    settings = PolishSettings(40, 3, options)
+    assert path_weights(model, data, settings, None) == (DEFAULT_LAMS, None)
+    network = extract(model, data.x_train[:1]).network
+    at_batch = estimate_size(network, 3, options).variables
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", at_batch)
+    lams, note = path_weights(model, data, settings, None)
+    assert lams == LARGE_PATH_LAMS and f"{at_batch:,} variables" in note
+    assert path_weights(model, data, settings, (0.1, 2.0)) == ((0.1, 2.0), None)
+    monkeypatch.setattr(polishing, "can_cut_by_layer", lambda network, options: False)
+    assert path_weights(model, data, settings, None) == (DEFAULT_LAMS, None)
+
+
+def test_the_pipeline_solves_one_weight_and_says_why_when_the_whole_mip_is_too_large(
+    monkeypatch,
+):
+    """With the cap under the path's batch, the budgeted pipeline solves the path at one
+    weight with no refinement, polishes in pieces, and its report's path note says why;
+    without polishing the whole path is solved."""
+    model, data = _tiny_problem()
+    monkeypatch.setattr(polishing, "POLISH_MAX_VARIABLES", 1)
+    common = {"max_drop": 20.0, "val_fraction": 0.5, "polish_samples": 8, **FAST}
+    report = oamip.prune(model, data, **common)
+    solved = [p for p in report.path if p.status not in NOT_SOLVED]
+    assert [p.lam for p in solved] == list(LARGE_PATH_LAMS)
+    assert "is solved at lambda 1.0 alone" in report.path_note
+    assert all(p.pieces for p in report.path if p.status == POLISHED)
+    plain = oamip.prune(model, data, **{**common, "polish_samples": 0})
+    assert len([p for p in plain.path if p.status not in NOT_SOLVED]) > 1
+    assert plain.path_note is None or "alone" not in plain.path_note
