@@ -18,6 +18,7 @@ refuses (e.g. a MIP over the size limit) is a row saying why. Results go to
 
     python benchmarks/bench_budget.py     # digits, mlp, lenet5, vgg, resnet20; 0.5, 1, 2; E = 1
     python benchmarks/bench_budget.py --nets digits --budgets 1 --lams 0.1,1,10 --time-limit 5
+    python benchmarks/bench_budget.py --nets vgg --budgets 1 --train-seed 1   # another VGG
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def network(net: str, args):
             y_train=data.y_train[: args.resnet_train],
         )
     split = split_validation(data, args.val_fraction, SEED)
-    return trained(split.train, RECIPES[net], HERE / ".cache").model, data
+    recipe = replace(RECIPES[net], seed=args.train_seed)
+    return trained(split.train, recipe, HERE / ".cache").model, data
 
 
 def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
@@ -260,6 +262,13 @@ def main(argv: list[str] | None = None) -> None:
         "--finetune-epochs", type=int, default=1, help="epochs of fine-tuning every budget mask"
     )
     parser.add_argument("--resnet-train", type=int, default=3000, help="ResNet-20's images")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=0,
+        help="seed of the networks' training: another one gives networks the defaults were "
+        "not chosen on (default 0)",
+    )
     parser.add_argument("--name", default=None, help="results file stem (default budget-NETS)")
     args = parser.parse_args(argv)
     nets = args.nets.split(",")
