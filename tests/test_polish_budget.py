@@ -217,11 +217,11 @@ def test_the_defaults_polish_and_the_mip_entry_is_the_sparsest_point():
     entry = next(e for e in report.budget if e.method == MIP_METHOD)
     assert entry.units_pruned == max(within, default=0)
     by_method = {e.method: e for e in report.budget}
-    for point in (p for p in report.path if p.status == POLISHED):
+    polished = [p for p in report.path if p.status == POLISHED]
+    for point in polished:
         assert point.start in by_method
-        assert point.units_pruned > by_method[point.start].units_pruned or (
-            point.start == MIP_METHOD
-        )
+        beyond = point.units_pruned - by_method[point.start].units_pruned
+        assert beyond > 0 or point.start == MIP_METHOD or (beyond == 0 and len(polished) == 1)
         assert point.val_accuracy >= floor - 1e-12
     plain = oamip.prune(model, data, polish_samples=0, **common)
     assert not [p for p in plain.path if p.status == POLISHED]
@@ -350,3 +350,30 @@ def test_the_pipeline_solves_one_weight_and_says_why_when_the_whole_mip_is_too_l
     plain = oamip.prune(model, data, **{**common, "polish_samples": 0})
     assert len([p for p in plain.path if p.status not in NOT_SOLVED]) > 1
     assert plain.path_note is None or "alone" not in plain.path_note
+
+
+def test_a_start_no_step_improves_joins_the_path_as_its_one_polished_point(monkeypatch):
+    """When no walk finds a step within the budget, the start's own mask joins the path once
+    (status polished, its method as ``start``, its own validation accuracy), so the path can
+    choose the start's mask over its own, which may remove far fewer units."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    floor = budget_floor(evaluator(keep_all(model)).val_accuracy, 60.0)
+    monkeypatch.setattr(polishing, "walk", lambda *args: None)
+
+    def solve(net, batch, lams, options):
+        return [score_neurons(net, batch.x, batch.y, options, lam=lam) for lam in lams]
+
+    path = LamPath()
+    settings = PolishSettings(8, 3, ScoringOptions(time_limit=5.0))
+    polish(
+        path, Start("magnitude", START, {}), solve, model, split.train, evaluator, floor, settings
+    )
+    assert [p.status for p in path.points] == [POLISHED]
+    point, masks = path.points[0], path.masks[0]
+    assert point.start == "magnitude" and point.samples == 8
+    assert all((masks[name] == START[name]).all() for name in START)
+    seen = evaluator(START)
+    assert point.units_pruned == seen.units_pruned and point.val_accuracy == seen.val_accuracy
+    assert path.chosen == (0 if seen.val_accuracy >= floor else None)

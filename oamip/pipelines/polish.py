@@ -17,7 +17,9 @@ mask keeps can go too:
   the polish looks at the validation samples no more often than a baseline does;
 * the sparsest step within the budget joins the path as a point of status ``polished``.
 
-The start itself is never changed: a polished point only ever removes more units than it.
+The start itself is never changed: a polished point prunes every unit it prunes, and more; when
+no step within the budget removes more, the start itself joins the path as the one polished
+point, so the pipeline's mask never removes fewer units than the best method's.
 """
 
 from __future__ import annotations
@@ -106,41 +108,64 @@ def polish(
     settings: PolishSettings,
     on_point: Callable[[PathPoint], None] | None = None,
 ) -> None:
-    """Add to ``path`` the polished points of ``start`` (none when no step removes more units
-    within ``floor``), and keep the path's sparsest point within it."""
+    """Add to ``path`` the polished points of ``start``, and keep the path's sparsest point
+    within ``floor``. When no step removes more units within ``floor``, the start itself joins
+    the path (status polished, no unit beyond it): the pipeline's mask is then the best
+    method's, and the report says whose (``start``)."""
     small = remove_pruned(dense, start.masks)
     samples, options = polish_plan(small, dataset, settings)
     batch = hardest_rows(apply_masks(dense, start.masks), dataset, samples)
     if not len(batch.y):
         return
-    min_keep = settings.min_keep
     results = solve(small, batch, list(POLISH_LAMS), options)
     total = sum(len(keep) for keep in start.masks.values())
     step = max(1, round(total / BASELINE_STEPS))
+    joined = _Joiner(path, start, len(batch.y), options.decompose is not None, on_point)
     for lam, result in zip(POLISH_LAMS, results, strict=True):
         widened = widen(result, start.masks)
         order = polish_order(widened.scores, start.masks, start.ties)
-        found = walk(start.masks, order, evaluator, floor, step, min_keep)
-        if found is None:
-            continue
-        seen, masks = found
+        found = walk(start.masks, order, evaluator, floor, step, settings.min_keep)
+        if found is not None:
+            joined.add(lam, result, widened, *found)
+    if not joined.added:
+        first = results[0]
+        joined.add(
+            POLISH_LAMS[0], first, widen(first, start.masks), evaluator(start.masks), start.masks
+        )
+    sort_path(path)
+    choose(path, floor)
+
+
+@dataclass
+class _Joiner:
+    """Adds polished points of one start to a path (``added`` counts them)."""
+
+    path: LamPath
+    start: Start
+    samples: int
+    pieces: bool
+    on_point: Callable[[PathPoint], None] | None
+    added: int = 0
+
+    def add(
+        self, lam: float, result: ScoreResult, widened: ScoreResult, seen: Evaluation, masks: Masks
+    ) -> None:
         point = PathPoint(
             lam=lam,
             status=POLISHED,
             gap=result.gap,
             seconds=result.solve_seconds,
-            start=start.method,
-            samples=len(batch.y),
-            pieces=options.decompose is not None,
+            start=self.start.method,
+            samples=self.samples,
+            pieces=self.pieces,
             **vars(seen),
         )
-        path.points.append(point)
-        path.results.append(widened)
-        path.masks.append(masks)
-        if on_point is not None:
-            on_point(point)
-    sort_path(path)
-    choose(path, floor)
+        self.path.points.append(point)
+        self.path.results.append(widened)
+        self.path.masks.append(masks)
+        self.added += 1
+        if self.on_point is not None:
+            self.on_point(point)
 
 
 def polish_plan(
