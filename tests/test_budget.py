@@ -24,6 +24,7 @@ from oamip.pipelines import prune as pipeline
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     INTERPOLATED,
+    NOT_SOLVED,
     Evaluator,
     LamPath,
     baseline_steps,
@@ -235,6 +236,7 @@ def test_no_lam_within_a_zero_budget_prunes_nothing(trained, digits):
         refine_steps=0,
         interpolate_steps=0,
         rank_scores=False,
+        polish_samples=0,
         **FAST,
     )
     (point,) = report.path
@@ -406,7 +408,7 @@ def test_oamip_prune_max_drop_end_to_end(trained, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    solved = [p["lam"] for p in report["path"] if p["status"] != INTERPOLATED]
+    solved = [p["lam"] for p in report["path"] if p["status"] not in NOT_SOLVED]
     assert solved == [1.0, 10.0]
     assert {p["lam"] for p in report["path"]} == {1.0, 10.0}
     assert (report["max_drop"], report["val_fraction"]) == (2.0, 0.2)

@@ -49,7 +49,8 @@ def test_a_budgeted_prune_reports_its_path_and_fine_tuning(trained, digits):
         **FAST,
     )
     tasks = _tasks(events)
-    lines = [e.line for e in tasks["lam path"] if e.line]
+    polishing = [task for task in tasks if task.startswith("polishing")]
+    lines = [e.line for task in ["lam path", *polishing] for e in tasks[task] if e.line]
     assert len(lines) == len(report.path)
     assert all(line.startswith(("lambda", "towards lambda")) for line in lines)
     assert tasks["finetune"][-1].closed and tasks["finetune"][-1].done > 0
