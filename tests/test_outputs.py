@@ -130,7 +130,7 @@ def recorded_sigterm():
 
 def test_signals_held_delivers_a_signal_after_the_block(recorded_sigterm):
     with signals_held():
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         time.sleep(0.05)
         assert recorded_sigterm == []
     assert recorded_sigterm == [signal.SIGTERM]
@@ -139,7 +139,7 @@ def test_signals_held_delivers_a_signal_after_the_block(recorded_sigterm):
 def test_signals_held_turns_ctrl_c_into_an_interrupt_after_the_block():
     steps = []
     with pytest.raises(KeyboardInterrupt), signals_held():
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         time.sleep(0.05)
         steps.append("block finished")
     assert steps == ["block finished"]
@@ -154,7 +154,7 @@ def test_a_signal_while_files_move_in_is_delivered_after_the_whole_set(
 
     def replace(source, target):
         real_replace(source, target)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         seen_at_each_move.append(list(recorded_sigterm))
 
     out = tmp_path / "out"
