@@ -120,52 +120,36 @@ def polish(
     results = solve(small, batch, list(POLISH_LAMS), options)
     total = sum(len(keep) for keep in start.masks.values())
     step = max(1, round(total / BASELINE_STEPS))
-    joined = _Joiner(path, start, len(batch.y), options.decompose is not None, on_point)
+    found = []
     for lam, result in zip(POLISH_LAMS, results, strict=True):
         widened = widen(result, start.masks)
         order = polish_order(widened.scores, start.masks, start.ties)
-        found = walk(start.masks, order, evaluator, floor, step, settings.min_keep)
-        if found is not None:
-            joined.add(lam, result, widened, *found)
-    if not joined.added:
+        step_found = walk(start.masks, order, evaluator, floor, step, settings.min_keep)
+        if step_found is not None:
+            found.append((lam, result, widened, *step_found))
+    if not found:
         first = results[0]
-        joined.add(
-            POLISH_LAMS[0], first, widen(first, start.masks), evaluator(start.masks), start.masks
+        found.append(
+            (POLISH_LAMS[0], first, widen(first, start.masks), evaluator(start.masks), start.masks)
         )
-    sort_path(path)
-    choose(path, floor)
-
-
-@dataclass
-class _Joiner:
-    """Adds polished points of one start to a path (``added`` counts them)."""
-
-    path: LamPath
-    start: Start
-    samples: int
-    pieces: bool
-    on_point: Callable[[PathPoint], None] | None
-    added: int = 0
-
-    def add(
-        self, lam: float, result: ScoreResult, widened: ScoreResult, seen: Evaluation, masks: Masks
-    ) -> None:
+    for lam, result, widened, seen, masks in found:
         point = PathPoint(
             lam=lam,
             status=POLISHED,
             gap=result.gap,
             seconds=result.solve_seconds,
-            start=self.start.method,
-            samples=self.samples,
-            pieces=self.pieces,
+            start=start.method,
+            samples=len(batch.y),
+            pieces=options.decompose is not None,
             **vars(seen),
         )
-        self.path.points.append(point)
-        self.path.results.append(widened)
-        self.path.masks.append(masks)
-        self.added += 1
-        if self.on_point is not None:
-            self.on_point(point)
+        path.points.append(point)
+        path.results.append(widened)
+        path.masks.append(masks)
+        if on_point is not None:
+            on_point(point)
+    sort_path(path)
+    choose(path, floor)
 
 
 def polish_plan(
@@ -179,9 +163,8 @@ def polish_plan(
     :data:`POLISH_MAX_PIECE_VARIABLES`), which take many more samples; a run decomposed
     already keeps its own decomposition."""
     network = sized_network(small, dataset)
-    whole = _whole_samples(network, settings)
-    if whole > settings.least or not can_cut_by_layer(network, settings.options):
-        return whole, settings.options
+    if not _in_pieces(network, settings):
+        return _whole_samples(network, settings), settings.options
     pieces = replace(settings.options, decompose="layer")
     per_piece = largest_piece_size(network, 1, pieces)
     return _fitting(per_piece, settings, POLISH_MAX_PIECE_VARIABLES), pieces
@@ -199,8 +182,7 @@ def path_weights(
     if given is not None:
         return given, None
     network = sized_network(dense, dataset)
-    samples = _whole_samples(network, settings)
-    if samples > settings.least or not can_cut_by_layer(network, settings.options):
+    if not _in_pieces(network, settings):
         return DEFAULT_LAMS, None
     size = estimate_size(network, settings.least, settings.options)
     note = (
@@ -210,6 +192,14 @@ def path_weights(
         "instead; give lams (--lams) to solve a path"
     )
     return LARGE_PATH_LAMS, note
+
+
+def _in_pieces(network: Network, settings: PolishSettings) -> bool:
+    """Whether a polish of ``network`` solves per-layer pieces: its whole MIP cannot take
+    more samples than the path's batch (it would see nothing new) and its pieces can be
+    priced apart."""
+    too_large = _whole_samples(network, settings) <= settings.least
+    return too_large and can_cut_by_layer(network, settings.options)
 
 
 def _whole_samples(network: Network, settings: PolishSettings) -> int:
