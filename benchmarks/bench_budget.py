@@ -90,6 +90,8 @@ class Row:
     global schedule, which sets its own counts per layer)."""
     test_accuracy_finetuned: float | None = None
     """Test accuracy of the method's budget mask after ``--finetune-epochs`` of fine-tuning."""
+    val_drop_error: float = 0.0
+    """The standard error, in points, of the validation drop (``BudgetEntry.val_drop_error``)."""
     error: str | None = None
     """Why the pipeline refused the network (every number above is then 0)."""
 
@@ -163,6 +165,7 @@ def run(net: str, model, data, budget: float, args) -> tuple[list[Row], dict]:
             lams_solved=sum(point.status not in NOT_SOLVED for point in report.path),
             test_at_mip_counts=at_counts.get(entry.method),
             test_accuracy_finetuned=entry.test_accuracy_finetuned,
+            val_drop_error=entry.val_drop_error,
         )
         for entry in report.budget
     ]
@@ -205,7 +208,7 @@ def markdown(rows: list[Row], meta: dict, args) -> str:
         f"Accuracies without fine-tuning, except the column of each budget mask fine-tuned "
         f"{args.finetune_epochs} epoch(s) (every method the same recipe); a method's row is the "
         "most units it removes with validation accuracy at most `budget` points below the dense "
-        "network's; every method's "
+        "network's (+-: the standard error of the drop, in points); every method's "
         "test accuracy at the per-layer counts the MIP kept (the paper's protocol) beside it. "
         "Every criterion runs per layer and global (`<criterion>-global`, one ranking of "
         f"layer-normalised scores), scoring on {args.baseline_samples} training samples.",
@@ -222,7 +225,8 @@ def markdown(rows: list[Row], meta: dict, args) -> str:
         lines.append(
             f"| {r.net} | {r.budget:g} | {r.method} | {r.units_pruned}/{r.units_total} "
             f"| {r.params_removed}/{r.params_total} | {r.macs_removed}/{r.macs_total} "
-            f"| {100 * r.val_accuracy:.2f}% ({100 * r.val_accuracy_before:.2f}%) "
+            f"| {100 * r.val_accuracy:.2f}% +-{r.val_drop_error:.2f} "
+            f"({100 * r.val_accuracy_before:.2f}%) "
             f"| {100 * r.test_accuracy:.2f}% ({100 * r.accuracy_before:.2f}%) "
             f"| {_percent(r.test_accuracy_finetuned)} | {_percent(r.test_at_mip_counts)} "
             f"| {'-' if r.lam is None else format(r.lam, '.3g')} | {r.wall_seconds:.0f} |"

@@ -23,6 +23,7 @@ from oamip.pipelines import prune as pipeline
 from oamip.pipelines.budget import (
     BASELINE_STEPS,
     INTERPOLATED,
+    BudgetEntry,
     Evaluation,
     Evaluator,
     LamPath,
@@ -30,12 +31,14 @@ from oamip.pipelines.budget import (
     budget_floor,
     budget_masks,
     budget_table,
+    drop_error,
     given_validation,
     global_order,
     global_step_masks,
     interpolate,
     lam_path,
     monotony_note,
+    noisy_warning,
     schedule_steps,
     split_validation,
     validation_warnings,
@@ -259,6 +262,97 @@ def test_validation_warnings_thresholds():
     assert validation_warnings(_dense(0.9, 0.9), 10, 0.0) == []  # no budget to resolve
     (two,) = validation_warnings(_dense(0.9, 0.9), 50, 2.0)
     assert "budget of 2 points" in two and "at least 100" in two
+
+
+def _paired_error_by_hand(dense_right: list[int], right: list[int]) -> float:
+    """The paired standard error from the counts: ``b`` answers lost, ``c`` gained, ``n``
+    samples: ``sqrt(((b + c) / n - ((c - b) / n) ** 2) / n)``, in points."""
+    n = len(right)
+    lost = sum(d and not r for d, r in zip(dense_right, right, strict=True))
+    gained = sum(r and not d for d, r in zip(dense_right, right, strict=True))
+    return 100 * np.sqrt(((lost + gained) / n - ((gained - lost) / n) ** 2) / n)
+
+
+@pytest.mark.parametrize(
+    "dense_right, right",
+    [
+        ([1, 1, 1, 1, 0], [1, 0, 1, 1, 1]),
+        ([1, 1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0]),
+        ([1, 0, 1, 0], [1, 0, 1, 0]),
+        ([1] * 800, [1] * 760 + [0] * 40),
+    ],
+)
+def test_drop_error_is_the_paired_standard_error(dense_right, right):
+    found = drop_error(np.array(dense_right, bool), np.array(right, bool))
+    assert found == pytest.approx(_paired_error_by_hand(dense_right, right), abs=1e-9)
+
+
+def test_drop_error_grows_with_changed_answers_not_with_the_drop():
+    """Swapping answers (as many lost as gained) leaves the accuracy but not the doubt."""
+    dense = np.array([True] * 50 + [False] * 50)
+    swapped = np.array([False] * 10 + [True] * 40 + [True] * 10 + [False] * 40)
+    assert np.mean(swapped) == np.mean(dense)
+    assert drop_error(dense, dense) == 0.0
+    assert drop_error(dense, swapped) == pytest.approx(100 * np.sqrt(0.2 / 100))
+
+
+def test_every_evaluation_carries_its_drop_error_against_torch():
+    """The evaluator's error is the paired one of the masked and dense networks' answers on
+    the validation samples, computed here with torch directly; the dense network's is 0."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    assert evaluator(keep_all(model)).val_drop_error == 0.0
+    x = torch.from_numpy(split.x_val)
+    with torch.no_grad():
+        dense_right = (model(x).argmax(1).numpy() == split.y_val).tolist()
+    changed = 0
+    for unit in range(LAYERS["1"]):
+        masks = _masks({"1": [unit], "3": [0]})
+        right = [a >= 0.5 for a in _per_sample(model, masks, split)]
+        seen = evaluator(masks)
+        assert seen.val_drop_error == pytest.approx(_paired_error_by_hand(dense_right, right))
+        changed += right != dense_right
+    assert changed  # some mask changes answers: the error is not trivially 0
+
+
+def _per_sample(model, masks, split) -> list[float]:
+    """Per validation sample, 1.0 where the masked network answers right (numpy forward)."""
+    return [
+        _numpy_accuracy(model, masks, split.x_val[i : i + 1], split.y_val[i : i + 1])
+        for i in range(len(split.y_val))
+    ]
+
+
+def _entry(val: float, error: float) -> BudgetEntry:
+    return BudgetEntry(MIP_METHOD, 10, 5, 5, 5, 5, val, val, val_drop_error=error)
+
+
+def test_the_noisy_warning_fires_over_half_the_budget_and_sizes_the_fix():
+    assert noisy_warning(_entry(0.94, 0.5), 0.95, 800, 1.0) is None
+    assert noisy_warning(_entry(0.94, 0.9), 0.95, 800, 0.0) is None  # no budget
+    text = noisy_warning(_entry(0.94, 0.8), 0.95, 800, 1.0)
+    assert "validation drop, 1.00 points" in text and "standard error of 0.80" in text
+    assert "about 2.6" in text
+    needed = int(text.split("about ")[2].split(" ")[0])
+    assert needed == 2048  # 800 * (0.8 / 0.5) ** 2: the error falls as one over sqrt(n)
+    assert 0.8 * np.sqrt(800 / needed) <= 0.5
+
+
+def test_a_kept_mask_validation_cannot_resolve_is_warned_of_and_reported():
+    """On 30 validation samples a pruned mask's error is large: a 10-point budget keeps a mask
+    whose error (over 5 points) the report carries and whose warning says so."""
+    model, data = _tiny_problem()
+    val = (data.x_test[:30], data.y_test[:30])
+    with pytest.warns(ValidationWarning) as caught:
+        report = oamip.prune(model, data, max_drop=10.0, val_data=val, **ONE_WEIGHT)
+    (mip,) = [entry for entry in report.budget if entry.method == MIP_METHOD]
+    assert mip.units_pruned > 0 and mip.val_drop_error > 5.0
+    texts = [str(w.message) for w in caught if "standard error" in str(w.message)]
+    assert texts == [t for t in report.warnings if "standard error" in t]
+    assert len(texts) == 1 and f"{mip.val_drop_error:.2f} points on 30 samples" in texts[0]
+    data_json = json.loads(json.dumps(report.to_dict()))
+    assert data_json["budget"][0]["val_drop_error"] == pytest.approx(mip.val_drop_error)
 
 
 def test_the_cli_takes_val_data_and_prints_warnings_on_stderr(tmp_path):

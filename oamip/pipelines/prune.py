@@ -38,6 +38,7 @@ from oamip.pipelines.budget import (
     budget_table,
     lam_path,
     monotony_note,
+    noisy_warning,
     schedule_steps,
     validation_of,
     validation_warnings,
@@ -323,6 +324,10 @@ def _budgeted(
     kept = len(path.points) - 1 if path.chosen is None else path.chosen
     build = sum(first.build_seconds for _, first in calls)
     table = budget_table(path, steps, floor, dense_point)
+    noisy = noisy_warning(table[0], dense_point.val_accuracy, len(split.y_val), settings.max_drop)
+    if noisy is not None:
+        warnings.warn(noisy, ValidationWarning, stacklevel=2)
+        doubts.append(noisy)
     if settings.finetune_epochs:
         every = budget_masks(path, steps, baseline_scores, floor, settings.min_keep, dense_masks)
         _finetune_entries(dense, split.train, table, every, settings)

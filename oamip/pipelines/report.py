@@ -119,20 +119,22 @@ def budget_rows(report: PruneReport) -> list[str]:
     tuned = any(entry.test_accuracy_finetuned is not None for entry in report.budget)
     rows = [
         f"{'within budget':<20}{'pruned':>8}{'params':>9}{'params -':>10}{'MACs -':>11}"
-        f"{'val acc':>10}{'test acc':>10}" + (f"{'tuned':>10}" if tuned else ""),
+        f"{'val acc':>10}{'+-':>6}{'test acc':>10}" + (f"{'tuned':>10}" if tuned else ""),
     ]
     for entry in report.budget:
         after = entry.test_accuracy_finetuned
         rows.append(
             f"{entry.method:<20}{entry.units_pruned:>8}{entry.params_after:>9}"
             f"{entry.params_removed:>10}{entry.macs_removed:>11}"
-            f"{percent(entry.val_accuracy):>10}{percent(entry.test_accuracy):>10}"
+            f"{percent(entry.val_accuracy):>10}{entry.val_drop_error:>6.2f}"
+            f"{percent(entry.test_accuracy):>10}"
             + (f"{percent(after):>10}" if tuned and after is not None else "")
         )
     rows.append(
         "(baselines prune their lowest-scored units in steps, the same share of every layer, "
         "or by one ranking of layer-normalised scores for -global, of Torch-Pruning's own "
-        "normalised group importances for tp-; val and test acc without "
+        "normalised group importances for tp-; +-: the standard error, in points, of the "
+        "validation drop; val and test acc without "
         + (
             f"fine-tuning, tuned: test acc after {report.finetune_epochs} epoch(s) of it)"
             if tuned
