@@ -544,6 +544,53 @@ def test_highs_heuristics_off_sets_every_switch_and_solver_options_come_last():
     assert default.getOptionValue("mip_heuristic_run_rens")[1] is True
 
 
+@pytest.mark.parametrize(
+    "time_limit, nonzeros, given, expected",
+    [
+        (20.0, 1_000_001, {}, "off"),
+        (20.0, 1_000_000, {}, "choose"),
+        (None, 50_000_000, {}, "choose"),
+        (20.0, 50_000_000, {"presolve": "on"}, "on"),
+    ],
+)
+def test_highs_presolve_is_off_for_a_large_mip_under_a_time_limit(
+    time_limit, nonzeros, given, expected
+):
+    """HiGHS's presolve does not check the time limit: a MIP over PRESOLVE_MAX_NONZEROS under a
+    limit goes without it; without a limit, or below it, HiGHS chooses; solver_options win."""
+    from oamip.backends.highs import PRESOLVE_MAX_NONZEROS, _set_options
+
+    assert PRESOLVE_MAX_NONZEROS == 1_000_000
+    h = highspy.Highs()
+    options = SolveOptions(time_limit=time_limit, solver_options=given)
+    _set_options(highspy, h, options, nonzeros)
+    assert h.getOptionValue("presolve")[1] == expected
+
+
+@pytest.mark.parametrize("cap, expected", [(0, "off"), (10**6, "choose")])
+def test_a_solve_counts_the_mips_nonzeros_and_keeps_its_optimum(monkeypatch, cap, expected):
+    """Through ``solve``: the knapsack (12 nonzeros) goes without presolve once the cap is under
+    its size, and the optimum is the enumerated one either way; an LP never loses it."""
+    from oamip.backends import highs as highs_module
+
+    made = []
+    make = highs_module.new_highs
+
+    def recorded(module, verbose):
+        made.append(make(module, verbose))
+        return made[-1]
+
+    monkeypatch.setattr(highs_module, "PRESOLVE_MAX_NONZEROS", cap)
+    monkeypatch.setattr(highs_module, "new_highs", recorded)
+    model, optimum = knapsack_model()
+    result = backends.get("highs").solve(model, SolveOptions(time_limit=30.0))
+    assert made[-1].getOptionValue("presolve")[1] == expected
+    assert result.status == Status.OPTIMAL
+    assert result.objective == pytest.approx(optimum)
+    backends.get("highs").solve(lp_model()[0], SolveOptions(time_limit=30.0))
+    assert made[-1].getOptionValue("presolve")[1] == "choose"
+
+
 UNKNOWN_OPTION = "oamip_no_such_option"
 
 
