@@ -164,3 +164,34 @@ def test_each_process_fits_a_blocks_head_once(monkeypatch):
     monkeypatch.setattr("oamip.solve.heads._FITTED", {})
     result = _runs()
     assert sorted(calls) == sorted({p.layer for p in result.subproblems[:3]})
+
+
+def test_a_head_is_fit_on_one_blas_thread_and_gives_the_same_head(monkeypatch):
+    """The fit's products run on HEAD_BLAS_THREADS (1) BLAS thread, whatever the process's
+    own setting, and give the head a fit on two threads gives."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from oamip.solve import heads
+
+    rng = np.random.default_rng(3)
+    outputs, labels = rng.standard_normal((300, 2 * 3 * 3)), rng.integers(0, 4, 300)
+    seen = []
+    fit = heads.minimize
+
+    def recorded(function, *args, **kwargs):
+        def counted(theta):
+            seen.append({pool["num_threads"] for pool in threadpool_info()})
+            return function(theta)
+
+        return fit(counted, *args, **kwargs)
+
+    monkeypatch.setattr(heads, "minimize", recorded)
+    with threadpool_limits(2):
+        limited = fit_head(outputs, labels, 4, (2, 3, 3), "c")
+        assert seen and all(threads == {1} for threads in seen)
+        monkeypatch.setattr(heads, "HEAD_BLAS_THREADS", 2)
+        seen.clear()
+        two = fit_head(outputs, labels, 4, (2, 3, 3), "c")
+        assert {2} in seen or not any(pool["num_threads"] > 1 for pool in threadpool_info())
+    for a, b in zip(two.layers, limited.layers, strict=True):
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6, atol=1e-9)

@@ -29,6 +29,7 @@ from functools import cached_property
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
+from threadpoolctl import threadpool_limits
 
 from oamip.errors import InvalidInputError
 from oamip.network import AffineLayer, Conv
@@ -40,6 +41,11 @@ HEAD_MAX_ITER = 500
 """Most L-BFGS iterations of one head's fit."""
 HEAD_GRID = 2
 """Side of the grid a convolutional block's channels are average-pooled onto before the head."""
+HEAD_BLAS_THREADS = 1
+"""BLAS threads of a head's fit. Its products are small (2,000 x 256 at most by default), and
+with more threads than free cores OpenBLAS's threads wait on each other: a ResNet-20 head took
+20.7 s on two threads and 2.2 s on one, on this project's 2-core machine with a benchmark
+beside it (2026-12-07); the fit is the same."""
 FITTED_KEPT = 8
 """Heads a process remembers (:func:`fitted_head`)."""
 _FITTED: dict[str, Head] = {}
@@ -192,11 +198,12 @@ def _logistic_regression(features: np.ndarray, labels: np.ndarray, k: int, l2: f
         value = loss + 0.5 * l2 * float(np.sum(weight * weight))
         return value, np.concatenate([grad_w.ravel(), residual.sum(axis=0)])
 
-    found = minimize(
-        value_and_gradient,
-        np.zeros(k * d + k),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": HEAD_MAX_ITER},
-    )
+    with threadpool_limits(HEAD_BLAS_THREADS):
+        found = minimize(
+            value_and_gradient,
+            np.zeros(k * d + k),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": HEAD_MAX_ITER},
+        )
     return found.x[: k * d].reshape(k, d).copy(), found.x[k * d :].copy()
