@@ -42,10 +42,10 @@ HEAD_MAX_ITER = 500
 HEAD_GRID = 2
 """Side of the grid a convolutional block's channels are average-pooled onto before the head."""
 HEAD_BLAS_THREADS = 1
-"""BLAS threads of a head's fit. Its products are small (2,000 x 256 at most by default), and
-with more threads than free cores OpenBLAS's threads wait on each other: a ResNet-20 head took
-20.7 s on two threads and 2.2 s on one, on this project's 2-core machine with a benchmark
-beside it (2026-12-07); the fit is the same."""
+"""BLAS threads of a head's fit. Its products are small (2,000 rows by default, a few hundred
+features), and with more threads than free cores OpenBLAS's threads wait on each other: a
+ResNet-20 head took 20.7 s on two threads and 2.2 s on one, on this project's 2-core machine
+with a benchmark beside it (2026-12-07); the fit is the same."""
 FITTED_KEPT = 8
 """Heads a process remembers (:func:`fitted_head`)."""
 _FITTED: dict[str, Head] = {}
