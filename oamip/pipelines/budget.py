@@ -41,7 +41,7 @@ from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.cost import count_macs
 from oamip.training.criteria import MIP_METHOD, is_global_only
 from oamip.training.data import Dataset, checked_validation
-from oamip.training.inference import predict
+from oamip.training.inference import correct, evaluate
 
 DEFAULT_LAMS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 """The default grid of loss weights: at 0.01 the sparsity term wins and nearly every unit goes
@@ -235,7 +235,10 @@ class Evaluator:
 
     dense: nn.Module
     split: ValidationSplit
-    _dense_right: np.ndarray | None = field(default=None, init=False, repr=False)
+    _dense_right: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._dense_right = correct(self.dense, self.split.x_val, self.split.y_val)
 
     def __call__(self, masks: Masks) -> Evaluation:
         """The mask's counts, the parameters and MACs per sample of the physically pruned
@@ -243,17 +246,14 @@ class Evaluator:
         masked = apply_masks(self.dense, masks)
         small = remove_pruned(self.dense, masks)
         test = self.split.train
-        labels = np.asarray(self.split.y_val)
-        right = predict(masked, self.split.x_val) == labels
-        if self._dense_right is None:
-            self._dense_right = predict(self.dense, self.split.x_val) == labels
+        right = correct(masked, self.split.x_val, self.split.y_val)
         return Evaluation(
             units_pruned=sum(int((~m).sum()) for m in masks.values()),
             layers_pruned={name: int((~m).sum()) for name, m in masks.items()},
             params_after=sum(p.numel() for p in small.parameters()),
             macs_after=count_macs(small, test.input_shape),
             val_accuracy=float(np.mean(right)),
-            test_accuracy=float(np.mean(predict(masked, test.x_test) == np.asarray(test.y_test))),
+            test_accuracy=evaluate(masked, test.x_test, test.y_test),
             val_drop_error=drop_error(self._dense_right, right),
         )
 

@@ -56,13 +56,18 @@ def margins(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return label - out.max(1)
 
 
+def correct(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per input, whether the model classifies it correctly (booleans)."""
+    return predict(model, x) == np.asarray(y)
+
+
 def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, device: str | torch.device | None = None
 ) -> float:
     """The fraction of inputs classified correctly; ``device`` (if given) moves the model there."""
     if device is not None:
         model.to(resolve_device(device))
-    return float(np.mean(predict(model, x) == np.asarray(y)))
+    return float(np.mean(correct(model, x, y)))
 
 
 def model_device(model: nn.Module) -> torch.device:
