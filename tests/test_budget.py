@@ -332,7 +332,8 @@ def _numpy_accuracy(model, masks, x, y) -> float:
 @pytest.mark.parametrize("max_drop", [0.0, 5.0, 20.0, 100.0])
 def test_baselines_budget_on_a_tiny_network_by_brute_force(max_drop):
     """Every step of the grid enumerated by hand (ranking, masking, a numpy forward pass): the
-    most units within the budget is what the budget table says, for every criterion."""
+    most units within the budget is what the budget table says, for every criterion, with its
+    test accuracy; that step alone is evaluated on test."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -340,10 +341,11 @@ def test_baselines_budget_on_a_tiny_network_by_brute_force(max_drop):
     assert dense.val_accuracy == _numpy_accuracy(model, {"1": 1, "3": 1}, split.x_val, split.y_val)
     floor = budget_floor(dense.val_accuracy, max_drop)
     scores = all_scores(model, split.train.x_train[:9], split.train.y_train[:9], 0)
-    steps = {m: baseline_steps(m, s, evaluator, min_keep=1) for m, s in scores.items()}
+    steps = {m: baseline_steps(m, s, evaluator, min_keep=1, floor=floor) for m, s in scores.items()}
     table = budget_table(LamPath(), steps, floor, dense)[1:]
+    test = split.train
     for entry, (method, layer_scores) in zip(table, scores.items(), strict=True):
-        best = 0
+        best, best_test = 0, _numpy_accuracy(model, {"1": 1, "3": 1}, test.x_test, test.y_test)
         for step in range(BASELINE_STEPS + 1):
             masks = {}
             for name, values in layer_scores.items():
@@ -352,9 +354,12 @@ def test_baselines_budget_on_a_tiny_network_by_brute_force(max_drop):
                 masks[name] = np.isin(np.arange(len(values)), order[:drop], invert=True)
             pruned = sum(int((~m).sum()) for m in masks.values())
             accuracy = _numpy_accuracy(model, masks, split.x_val, split.y_val)
-            if accuracy >= floor - 1e-12:
-                best = max(best, pruned)
+            if accuracy >= floor - 1e-12 and pruned > best:
+                best, best_test = pruned, _numpy_accuracy(model, masks, test.x_test, test.y_test)
         assert (entry.method, entry.units_pruned) == (method, best)
+        assert entry.test_accuracy == pytest.approx(best_test, abs=1e-12)
+        tested = [step for step in steps[method] if step.test_accuracy is not None]
+        assert [step.units_pruned for step in tested] == [best]
     if max_drop == 100.0:
         assert all(entry.units_pruned == 9 - 2 for entry in table)
 

@@ -461,7 +461,7 @@ def _tiny_run(max_drop: float, refine_steps: int, interpolate_steps: int) -> Sim
     dense = evaluator(keep_all(model))
     floor = budget_floor(dense.val_accuracy, max_drop)
     scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
-    steps = schedule_steps(scores, evaluator, min_keep=1)
+    steps = schedule_steps(scores, evaluator, min_keep=1, floor=floor)
     x, y = split.train.x_train[:6], split.train.y_train[:6]
     path = lam_path(
         lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
@@ -523,6 +523,43 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
             assert (entry.params_after, entry.macs_after) == _tiny_cost(layers)
     within = [p.units_pruned for p in path.points if p.val_accuracy >= floor - 1e-12]
     assert table[0].units_pruned == max(within, default=0)
+
+
+def test_only_the_reported_masks_are_evaluated_on_test():
+    """Every path point (solved, interpolated, ranked) and every budget entry carries its own
+    mask's test accuracy (a numpy forward pass); a baseline's steps other than its budget step
+    carry none, and the plot's test panel draws what there is."""
+    model, data = _tiny_problem()
+    split = split_validation(data, 0.5, 0)
+    evaluator = Evaluator(model, split)
+    dense = evaluator(keep_all(model))
+    floor = budget_floor(dense.val_accuracy, 20.0)
+    scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
+    steps = schedule_steps(scores, evaluator, min_keep=1, floor=floor)
+    x, y = split.train.x_train[:6], split.train.y_train[:6]
+    path = lam_path(
+        lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
+        evaluator,
+        [0.01, 1.0, 100.0],
+        floor,
+        0.5,
+        1,
+        interpolate_steps=4,
+        tie_break=scores["magnitude"],
+        rank=True,
+    )
+    test = split.train
+    assert any(point.status == "ranked" for point in path.points)
+    for point, masks in zip(path.points, path.masks, strict=True):
+        assert point.test_accuracy == _numpy_accuracy(model, masks, test.x_test, test.y_test)
+    table = budget_table(path, steps, floor, dense)
+    masks = budget_masks(path, steps, scores, floor, 1, keep_all(model))
+    for entry in table:
+        by_hand = _numpy_accuracy(model, masks[entry.method], test.x_test, test.y_test)
+        assert entry.test_accuracy == pytest.approx(by_hand, abs=1e-12), entry.method
+    for method, points in steps.items():
+        tested = [p.units_pruned for p in points if p.test_accuracy is not None]
+        assert tested == [next(e.units_pruned for e in table if e.method == method)]
 
 
 def test_the_baselines_score_on_up_to_baseline_samples_training_rows(monkeypatch):
@@ -608,8 +645,9 @@ def test_an_interpolated_mask_never_goes_past_the_solution_it_steps_towards():
 
 def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it():
     """Left panel: every curve's validation accuracies, the dense validation accuracy and the
-    budget line at it less ``max_drop``, as the budget table reads them; right panel: the same
-    masks' test accuracies and the dense test accuracy, no budget line."""
+    budget line at it less ``max_drop``, as the budget table reads them; right panel: the
+    path's test accuracies, each baseline's at its budget step (the one it reports), and the
+    dense test accuracy, no budget line."""
     model, data = _tiny_problem()
     report = oamip.prune(
         model, data, max_drop=20.0, val_fraction=0.5, lams=[0.1, 10.0], refine_steps=0, **FAST
@@ -626,6 +664,12 @@ def test_the_budget_plot_draws_validation_against_the_budget_and_test_beside_it(
         assert list(lines["mip"].get_ydata()) == [dense, *(getattr(p, field) for p in mip)]
         for method in {step.method for step in report.baseline_path}:
             steps = [s for s in report.baseline_path if s.method == method]
+            if field == "test_accuracy":
+                entry = next(b for b in report.budget if b.method == method)
+                steps = [s for s in steps if s.test_accuracy is not None]
+                assert [(s.units_pruned, s.test_accuracy) for s in steps] == [
+                    (entry.units_pruned, entry.test_accuracy)
+                ]
             assert list(lines[method].get_xdata()) == [s.units_pruned for s in steps]
             assert list(lines[method].get_ydata()) == [getattr(s, field) for s in steps]
         assert list(lines["chosen"].get_ydata()) == [getattr(chosen, field)]

@@ -317,7 +317,7 @@ def test_every_budget_entry_of_a_tiny_cnn_with_batchnorm_by_enumeration():
     dense = evaluator(keep_all(model))
     floor = budget_floor(dense.val_accuracy, 10.0)
     scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
-    steps = schedule_steps(scores, evaluator, min_keep=1)
+    steps = schedule_steps(scores, evaluator, min_keep=1, floor=floor)
     x, y = split.train.x_train[:6], split.train.y_train[:6]
     path = lam_path(
         lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=2.0),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 from torch import nn
@@ -223,10 +224,16 @@ class Evaluation:
     params_after: int
     macs_after: int
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None
+    """None: not evaluated on the test split (a step only searched through, see
+    :class:`Evaluator`)."""
     val_drop_error: float = 0.0
     """The standard error, in points, of the validation drop from the dense network
     (:func:`drop_error`)."""
+
+
+Evaluated = TypeVar("Evaluated")
+"""An :class:`Evaluation`, or a point carrying its fields (:class:`StepPoint`)."""
 
 
 @dataclass
@@ -240,22 +247,36 @@ class Evaluator:
     def __post_init__(self) -> None:
         self._dense_right = correct(self.dense, self.split.x_val, self.split.y_val)
 
-    def __call__(self, masks: Masks) -> Evaluation:
+    def __call__(self, masks: Masks, test: bool = True) -> Evaluation:
         """The mask's counts, the parameters and MACs per sample of the physically pruned
-        model, accuracies, and the standard error of its validation drop."""
+        model, accuracies, and the standard error of its validation drop. ``test=False`` leaves
+        the test accuracy out (None): the searches that step through many masks to keep one
+        (the baselines' steps, a ranking's cuts) evaluate only that one on test
+        (:meth:`tested`), which on a network with a small validation split is most of the
+        cost."""
         masked = apply_masks(self.dense, masks)
         small = remove_pruned(self.dense, masks)
-        test = self.split.train
         right = correct(masked, self.split.x_val, self.split.y_val)
         return Evaluation(
             units_pruned=sum(int((~m).sum()) for m in masks.values()),
             layers_pruned={name: int((~m).sum()) for name, m in masks.items()},
             params_after=sum(p.numel() for p in small.parameters()),
-            macs_after=count_macs(small, test.input_shape),
+            macs_after=count_macs(small, self.split.train.input_shape),
             val_accuracy=float(np.mean(right)),
-            test_accuracy=evaluate(masked, test.x_test, test.y_test),
+            test_accuracy=self._test(masked) if test else None,
             val_drop_error=drop_error(self._dense_right, right),
         )
+
+    def tested(self, evaluation: Evaluated, masks: Masks) -> Evaluated:
+        """``evaluation`` of ``masks`` (an :class:`Evaluation` or a point made of one) with its
+        test accuracy filled in."""
+        if evaluation.test_accuracy is not None:
+            return evaluation
+        return replace(evaluation, test_accuracy=self._test(apply_masks(self.dense, masks)))
+
+    def _test(self, masked: nn.Module) -> float:
+        test = self.split.train
+        return evaluate(masked, test.x_test, test.y_test)
 
 
 def drop_error(dense_right: np.ndarray, right: np.ndarray) -> float:
@@ -309,7 +330,9 @@ class StepPoint:
     params_after: int
     macs_after: int
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None
+    """None for every step but the method's budget step (the most units within the budget):
+    only that one is evaluated on the test split."""
     fraction: float = 0.0
     """The step: the share of the units its schedule prunes (its masks are the schedule's at
     this share)."""
@@ -436,21 +459,22 @@ def sparsest_within(
     """The sparsest of the masks that prune, from ``start``, the first ``cut`` units of
     ``order`` for each of ``cuts`` in turn, evaluated one after another until
     :data:`RANK_PATIENCE` in a row fall below ``floor`` (a ranked weight's and a polish's
-    steps, stepped as the global baselines are); None if none is within ``floor``."""
+    steps, stepped as the global baselines are), evaluated on test only for the one returned;
+    None if none is within ``floor``."""
     best: tuple[Evaluation, Masks] | None = None
     outside = 0
     for cut in cuts:
         masks = {name: keep.copy() for name, keep in start.items()}
         for name, unit in order[:cut]:
             masks[name][unit] = False
-        seen = evaluator(masks)
+        seen = evaluator(masks, test=False)
         if within(seen.val_accuracy, floor):
             best, outside = (seen, masks), 0
             continue
         outside += 1
         if outside >= RANK_PATIENCE:
             break
-    return best
+    return None if best is None else (evaluator.tested(*best), best[1])
 
 
 def _mask_key(masks: Masks) -> tuple:
@@ -618,13 +642,16 @@ def baseline_steps(
     scores: dict[str, np.ndarray],
     evaluator: Evaluator,
     min_keep: int,
+    floor: float,
     schedule: Schedule | None = None,
 ) -> list[StepPoint]:
     """A criterion's masks at every step of the grid (see BASELINE_STEPS) in ``schedule``
-    (None: :func:`step_masks`, per layer), evaluated; steps giving the same counts per layer
-    as an earlier one are left out."""
+    (None: :func:`step_masks`, per layer), evaluated on validation, and the step removing the
+    most units within ``floor`` (its budget step) on test too; steps giving the same counts per
+    layer as an earlier one are left out."""
     schedule = schedule or step_masks
     points: list[StepPoint] = []
+    stepped: list[Masks] = []
     seen: set[tuple[int, ...]] = set()
     for step in range(BASELINE_STEPS + 1):
         fraction = step / BASELINE_STEPS
@@ -633,7 +660,12 @@ def baseline_steps(
         if counts in seen:
             continue
         seen.add(counts)
-        points.append(StepPoint(method=method, fraction=fraction, **vars(evaluator(masks))))
+        evaluation = evaluator(masks, test=False)
+        points.append(StepPoint(method=method, fraction=fraction, **vars(evaluation)))
+        stepped.append(masks)
+    best = _best_step(points, floor)
+    if best is not None:
+        points[best] = evaluator.tested(points[best], stepped[best])
     return points
 
 
@@ -726,13 +758,13 @@ def schedules_of(criterion: str) -> dict[str, Schedule]:
 
 
 def schedule_steps(
-    scores: dict[str, dict[str, np.ndarray]], evaluator: Evaluator, min_keep: int
+    scores: dict[str, dict[str, np.ndarray]], evaluator: Evaluator, min_keep: int, floor: float
 ) -> dict[str, list[StepPoint]]:
     """Every criterion's steps in each of its schedules (:func:`schedules_of`), a criterion's
     schedules side by side: ``magnitude``, ``magnitude-global``, ``snip``, ...,
-    ``tp-magnitude-global``."""
+    ``tp-magnitude-global``; each one's budget step at ``floor`` evaluated on test."""
     return {
-        method: baseline_steps(method, scores[criterion], evaluator, min_keep, schedule)
+        method: baseline_steps(method, scores[criterion], evaluator, min_keep, floor, schedule)
         for method, (criterion, schedule) in baseline_methods(scores).items()
     }
 

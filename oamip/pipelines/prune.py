@@ -297,7 +297,7 @@ def _budgeted(
             settings.rank_scores,
             settings.min_keep,
         )
-    steps = schedule_steps(baseline_scores, evaluator, settings.min_keep)
+    steps = schedule_steps(baseline_scores, evaluator, settings.min_keep, floor)
     dense_masks = keep_all(dense)
     if settings.polish_samples:
         start = _polish_start(

@@ -288,14 +288,16 @@ def accuracy_figure(report: PruneReport) -> Figure:
 
 PATH_PANELS = (("val_accuracy", "validation"), ("test_accuracy", "test"))
 """The budget plot's panels: the accuracy each reads and its name; the budget is held on the
-first (validation, like the budget table), the second shows the same masks on the test split."""
+first (validation, like the budget table), the second shows the same masks on the test split
+where they were evaluated there: the path's points, and each baseline's budget step only."""
 
 
 def path_figure(report: PruneReport) -> Figure:
     """Accuracy (no fine-tuning) against units removed, on validation (left: the quantity the
     budget and the budget table read) and test (right): the MIP's lam path and every
-    baseline's steps as curves, the dense accuracy and, on validation, the dense accuracy less
-    the budget as lines, the mask kept marked by a star."""
+    baseline's steps as curves (on test, its budget step alone: the only one evaluated there),
+    the dense accuracy and, on validation, the dense accuracy less the budget as lines, the mask
+    kept marked by a star."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     axes = fig.subplots(1, len(PATH_PANELS), sharex=True)
     dense = {"val_accuracy": report.val_accuracy_before, "test_accuracy": report.accuracy_before}
@@ -349,7 +351,11 @@ def _path_panel(ax, report: PruneReport, field: str, dense: float) -> None:
     methods = dict.fromkeys(step.method for step in report.baseline_path)
     colors = cycle(colormaps["tab20"].colors[2:])
     for method, marker, color in zip(methods, cycle("sD^vx"), colors):
-        steps = [step for step in report.baseline_path if step.method == method]
+        steps = [
+            step
+            for step in report.baseline_path
+            if step.method == method and getattr(step, field) is not None
+        ]
         ax.plot(
             [s.units_pruned for s in steps],
             [getattr(s, field) for s in steps],
