@@ -298,30 +298,36 @@ def test_drop_error_grows_with_changed_answers_not_with_the_drop():
 
 def test_every_evaluation_carries_its_drop_error_against_torch():
     """The evaluator's error is the paired one of the masked and dense networks' answers on
-    the validation samples, computed here with torch directly; the dense network's is 0."""
+    the validation samples, computed here with torch directly; the dense network's is 0. The
+    same for the test drop, which is left out (None) with the test accuracy."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
-    assert evaluator(keep_all(model)).val_drop_error == 0.0
-    x = torch.from_numpy(split.x_val)
-    with torch.no_grad():
-        dense_right = (model(x).argmax(1).numpy() == split.y_val).tolist()
+    dense = evaluator(keep_all(model))
+    assert (dense.val_drop_error, dense.test_drop_error) == (0.0, 0.0)
+    test = split.train
+    dense_right = {}
+    for name, x, y in (("val", split.x_val, split.y_val), ("test", test.x_test, test.y_test)):
+        with torch.no_grad():
+            dense_right[name] = (model(torch.from_numpy(x)).argmax(1).numpy() == y).tolist()
     changed = 0
     for unit in range(LAYERS["1"]):
         masks = _masks({"1": [unit], "3": [0]})
-        right = [a >= 0.5 for a in _per_sample(model, masks, split)]
+        right = [a >= 0.5 for a in _per_sample(model, masks, split.x_val, split.y_val)]
+        test_right = [a >= 0.5 for a in _per_sample(model, masks, test.x_test, test.y_test)]
         seen = evaluator(masks)
-        assert seen.val_drop_error == pytest.approx(_paired_error_by_hand(dense_right, right))
-        changed += right != dense_right
+        by_hand = _paired_error_by_hand(dense_right["val"], right)
+        assert seen.val_drop_error == pytest.approx(by_hand)
+        by_hand = _paired_error_by_hand(dense_right["test"], test_right)
+        assert seen.test_drop_error == pytest.approx(by_hand)
+        assert evaluator(masks, test=False).test_drop_error is None
+        changed += (right != dense_right["val"]) + (test_right != dense_right["test"])
     assert changed  # some mask changes answers: the error is not trivially 0
 
 
-def _per_sample(model, masks, split) -> list[float]:
-    """Per validation sample, 1.0 where the masked network answers right (numpy forward)."""
-    return [
-        _numpy_accuracy(model, masks, split.x_val[i : i + 1], split.y_val[i : i + 1])
-        for i in range(len(split.y_val))
-    ]
+def _per_sample(model, masks, x, y) -> list[float]:
+    """Per sample, 1.0 where the masked network answers right (numpy forward)."""
+    return [_numpy_accuracy(model, masks, x[i : i + 1], y[i : i + 1]) for i in range(len(y))]
 
 
 def _entry(val: float, error: float) -> BudgetEntry:
@@ -552,12 +558,15 @@ def test_only_the_reported_masks_are_evaluated_on_test():
     assert any(point.status == "ranked" for point in path.points)
     for point, masks in zip(path.points, path.masks, strict=True):
         assert point.test_accuracy == _numpy_accuracy(model, masks, test.x_test, test.y_test)
+        assert point.test_drop_error is not None
     table = budget_table(path, steps, floor, dense)
     masks = budget_masks(path, steps, scores, floor, 1, keep_all(model))
     for entry in table:
         by_hand = _numpy_accuracy(model, masks[entry.method], test.x_test, test.y_test)
         assert entry.test_accuracy == pytest.approx(by_hand, abs=1e-12), entry.method
+        assert entry.test_drop_error == evaluator(masks[entry.method]).test_drop_error
     for method, points in steps.items():
+        assert all((p.test_accuracy is None) == (p.test_drop_error is None) for p in points)
         tested = [p.units_pruned for p in points if p.test_accuracy is not None]
         assert tested == [next(e.units_pruned for e in table if e.method == method)]
 

@@ -42,7 +42,7 @@ from oamip.solve.interrupt import INTERRUPTED
 from oamip.training.cost import count_macs
 from oamip.training.criteria import MIP_METHOD, is_global_only
 from oamip.training.data import Dataset, checked_validation
-from oamip.training.inference import correct, evaluate
+from oamip.training.inference import correct
 
 DEFAULT_LAMS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 """The default grid of loss weights: at 0.01 the sparsity term wins and nearly every unit goes
@@ -230,6 +230,9 @@ class Evaluation:
     val_drop_error: float = 0.0
     """The standard error, in points, of the validation drop from the dense network
     (:func:`drop_error`)."""
+    test_drop_error: float | None = None
+    """The same for the test drop (None where the test accuracy is): the test split measures
+    the drop only up to about twice this."""
 
 
 Evaluated = TypeVar("Evaluated")
@@ -243,9 +246,12 @@ class Evaluator:
     dense: nn.Module
     split: ValidationSplit
     _dense_right: np.ndarray = field(init=False, repr=False)
+    _dense_test_right: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        test = self.split.train
         self._dense_right = correct(self.dense, self.split.x_val, self.split.y_val)
+        self._dense_test_right = correct(self.dense, test.x_test, test.y_test)
 
     def __call__(self, masks: Masks, test: bool = True) -> Evaluation:
         """The mask's counts, the parameters and MACs per sample of the physically pruned
@@ -257,26 +263,32 @@ class Evaluator:
         masked = apply_masks(self.dense, masks)
         small = remove_pruned(self.dense, masks)
         right = correct(masked, self.split.x_val, self.split.y_val)
-        return Evaluation(
+        evaluation = Evaluation(
             units_pruned=sum(int((~m).sum()) for m in masks.values()),
             layers_pruned={name: int((~m).sum()) for name, m in masks.items()},
             params_after=sum(p.numel() for p in small.parameters()),
             macs_after=count_macs(small, self.split.train.input_shape),
             val_accuracy=float(np.mean(right)),
-            test_accuracy=self._test(masked) if test else None,
+            test_accuracy=None,
             val_drop_error=drop_error(self._dense_right, right),
         )
+        return self._tested(evaluation, masked) if test else evaluation
 
     def tested(self, evaluation: Evaluated, masks: Masks) -> Evaluated:
         """``evaluation`` of ``masks`` (an :class:`Evaluation` or a point made of one) with its
-        test accuracy filled in."""
+        test accuracy and the standard error of its test drop filled in."""
         if evaluation.test_accuracy is not None:
             return evaluation
-        return replace(evaluation, test_accuracy=self._test(apply_masks(self.dense, masks)))
+        return self._tested(evaluation, apply_masks(self.dense, masks))
 
-    def _test(self, masked: nn.Module) -> float:
+    def _tested(self, evaluation: Evaluated, masked: nn.Module) -> Evaluated:
         test = self.split.train
-        return evaluate(masked, test.x_test, test.y_test)
+        right = correct(masked, test.x_test, test.y_test)
+        return replace(
+            evaluation,
+            test_accuracy=float(np.mean(right)),
+            test_drop_error=drop_error(self._dense_test_right, right),
+        )
 
 
 def drop_error(dense_right: np.ndarray, right: np.ndarray) -> float:
@@ -318,6 +330,8 @@ class PathPoint:
     """A polished point solved in per-layer pieces rather than whole."""
     val_drop_error: float = 0.0
     """The standard error, in points, of its validation drop (:func:`drop_error`)."""
+    test_drop_error: float | None = None
+    """The standard error, in points, of its test drop."""
 
 
 @dataclass
@@ -338,6 +352,8 @@ class StepPoint:
     this share)."""
     val_drop_error: float = 0.0
     """The standard error, in points, of its validation drop (:func:`drop_error`)."""
+    test_drop_error: float | None = None
+    """The standard error, in points, of its test drop (None where its test accuracy is)."""
 
 
 @dataclass
@@ -359,6 +375,8 @@ class BudgetEntry:
     val_drop_error: float = 0.0
     """The standard error, in points, of its validation drop (:func:`drop_error`): the drop
     on unseen data may differ from the measured one by about twice this."""
+    test_drop_error: float | None = None
+    """The same for its test drop: the test split's own measurement error."""
 
 
 @dataclass
@@ -857,6 +875,7 @@ def _entry(method: str, points, best: int | None, dense: Evaluation) -> BudgetEn
         val_accuracy=source.val_accuracy,
         test_accuracy=source.test_accuracy,
         val_drop_error=source.val_drop_error,
+        test_drop_error=source.test_drop_error,
     )
 
 
