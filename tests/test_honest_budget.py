@@ -595,7 +595,18 @@ def test_the_baselines_score_on_up_to_baseline_samples_training_rows(monkeypatch
 
 
 def _point(lam: float, pruned: int, status: str = "optimal") -> PathPoint:
-    return PathPoint(lam, pruned, {}, 0, 0, 0.5, 0.5, status, 0.0, 0.0)
+    return PathPoint(
+        units_pruned=pruned,
+        layers_pruned={},
+        params_after=0,
+        macs_after=0,
+        val_accuracy=0.5,
+        test_accuracy=0.5,
+        lam=lam,
+        status=status,
+        gap=0.0,
+        seconds=0.0,
+    )
 
 
 def test_the_path_is_monotone_in_lambda_or_says_why_not():

@@ -235,8 +235,8 @@ class Evaluation:
     the drop only up to about twice this."""
 
 
-Evaluated = TypeVar("Evaluated")
-"""An :class:`Evaluation`, or a point carrying its fields (:class:`StepPoint`)."""
+Evaluated = TypeVar("Evaluated", bound=Evaluation)
+"""An :class:`Evaluation` or a point made of one (:class:`PathPoint`, :class:`StepPoint`)."""
 
 
 @dataclass
@@ -275,8 +275,8 @@ class Evaluator:
         return self._tested(evaluation, masked) if test else evaluation
 
     def tested(self, evaluation: Evaluated, masks: Masks) -> Evaluated:
-        """``evaluation`` of ``masks`` (an :class:`Evaluation` or a point made of one) with its
-        test accuracy and the standard error of its test drop filled in."""
+        """``evaluation`` of ``masks`` with its test accuracy and the standard error of its test
+        drop filled in."""
         if evaluation.test_accuracy is not None:
             return evaluation
         return self._tested(evaluation, apply_masks(self.dense, masks))
@@ -302,17 +302,12 @@ def drop_error(dense_right: np.ndarray, right: np.ndarray) -> float:
     return 100.0 * float(np.sqrt(differences.var() / len(differences)))
 
 
-@dataclass
-class PathPoint:
-    """One loss weight solved on the path (``report.json``'s ``path`` entries)."""
+@dataclass(kw_only=True)
+class PathPoint(Evaluation):
+    """One loss weight solved on the path (``report.json``'s ``path`` entries): its mask's
+    :class:`Evaluation` (always on test too) and how it was found."""
 
     lam: float
-    units_pruned: int
-    layers_pruned: dict[str, int]
-    params_after: int
-    macs_after: int
-    val_accuracy: float
-    test_accuracy: float
     status: str
     """The solver's status, or ``interpolated`` for a point between two solved masks (its
     ``lam`` is the solved weight whose mask it steps towards; no gap)."""
@@ -328,32 +323,18 @@ class PathPoint:
     report's ``n_mip_samples``)."""
     pieces: bool = False
     """A polished point solved in per-layer pieces rather than whole."""
-    val_drop_error: float = 0.0
-    """The standard error, in points, of its validation drop (:func:`drop_error`)."""
-    test_drop_error: float | None = None
-    """The standard error, in points, of its test drop."""
 
 
-@dataclass
-class StepPoint:
-    """One step of a baseline's path (``report.json``'s ``baseline_path`` entries)."""
+@dataclass(kw_only=True)
+class StepPoint(Evaluation):
+    """One step of a baseline's path (``report.json``'s ``baseline_path`` entries): its mask's
+    :class:`Evaluation`, on test only at the method's budget step (the most units within the
+    budget; ``test_accuracy`` and ``test_drop_error`` are None at every other step)."""
 
     method: str
-    units_pruned: int
-    layers_pruned: dict[str, int]
-    params_after: int
-    macs_after: int
-    val_accuracy: float
-    test_accuracy: float | None
-    """None for every step but the method's budget step (the most units within the budget):
-    only that one is evaluated on the test split."""
     fraction: float = 0.0
     """The step: the share of the units its schedule prunes (its masks are the schedule's at
     this share)."""
-    val_drop_error: float = 0.0
-    """The standard error, in points, of its validation drop (:func:`drop_error`)."""
-    test_drop_error: float | None = None
-    """The standard error, in points, of its test drop (None where its test accuracy is)."""
 
 
 @dataclass
