@@ -104,7 +104,7 @@ PRUNE = SimpleNamespace(
     **SCORING,
     finetune_epochs=1,
     seed=0,
-    val_fraction=0.1,
+    val_fraction=0.25,
     baseline_samples=512,
     refine_steps=2,
     interpolate_steps=10,
