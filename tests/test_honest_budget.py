@@ -458,9 +458,12 @@ def _best_enumerated(model, split, floor) -> int:
     return best
 
 
-def _tiny_run(max_drop: float, refine_steps: int, interpolate_steps: int) -> SimpleNamespace:
+def _tiny_run(
+    max_drop: float, refine_steps: int, interpolate_steps: int, rank: bool = False
+) -> SimpleNamespace:
     """The tiny problem's validation split, every criterion's steps and the MIP's path on six
-    training samples (weights 0.01, 1, 100), cut at ``max_drop``."""
+    training samples (weights 0.01, 1, 100; ``rank``: with the ranked points), cut at
+    ``max_drop``."""
     model, data = _tiny_problem()
     split = split_validation(data, 0.5, 0)
     evaluator = Evaluator(model, split)
@@ -478,6 +481,7 @@ def _tiny_run(max_drop: float, refine_steps: int, interpolate_steps: int) -> Sim
         refine_steps,
         interpolate_steps=interpolate_steps,
         tie_break=scores["magnitude"],
+        rank=rank,
     )
     return SimpleNamespace(
         model=model,
@@ -534,27 +538,10 @@ def test_every_methods_budget_entry_by_enumeration(max_drop):
 def test_only_the_reported_masks_are_evaluated_on_test():
     """Every path point (solved, interpolated, ranked) and every budget entry carries its own
     mask's test accuracy (a numpy forward pass); a baseline's steps other than its budget step
-    carry none, and the plot's test panel draws what there is."""
-    model, data = _tiny_problem()
-    split = split_validation(data, 0.5, 0)
-    evaluator = Evaluator(model, split)
-    dense = evaluator(keep_all(model))
-    floor = budget_floor(dense.val_accuracy, 20.0)
-    scores = all_scores(model, split.train.x_train, split.train.y_train, 0)
-    steps = schedule_steps(scores, evaluator, min_keep=1, floor=floor)
-    x, y = split.train.x_train[:6], split.train.y_train[:6]
-    path = lam_path(
-        lambda lams: oamip.score_sweep(model, x, y, lams, time_limit=5.0),
-        evaluator,
-        [0.01, 1.0, 100.0],
-        floor,
-        0.5,
-        1,
-        interpolate_steps=4,
-        tie_break=scores["magnitude"],
-        rank=True,
-    )
-    test = split.train
+    carry none."""
+    tiny = _tiny_run(20.0, refine_steps=1, interpolate_steps=4, rank=True)
+    model, evaluator, dense, floor = tiny.model, tiny.evaluator, tiny.dense, tiny.floor
+    scores, steps, path, test = tiny.scores, tiny.steps, tiny.path, tiny.split.train
     assert any(point.status == "ranked" for point in path.points)
     for point, masks in zip(path.points, path.masks, strict=True):
         assert point.test_accuracy == _numpy_accuracy(model, masks, test.x_test, test.y_test)
