@@ -87,6 +87,7 @@ def one_run(data: str, k: int, workers: int, time_limit: float, whole: bool) -> 
             "bound": p.bound,
             "seconds": p.seconds,
             "head_accuracy": p.head_accuracy,
+            "relu_entries": p.relu_entries,
         }
         for p in res.subproblems
     ]
@@ -163,7 +164,12 @@ def markdown(rows: list[dict], meta: dict, vgg: str) -> str:
             f"| {removed} | {100 * r['test_accuracy']:.2f}% |"
         )
     lines += _speedups(rows)
-    lines += ["", "Pieces (layer: units, status, seconds, gap, head accuracy):", ""]
+    lines += [
+        "",
+        "Pieces (layer: units, status, seconds, gap, head accuracy, ReLU entries left binary / "
+        "fixed for every mask and sample):",
+        "",
+    ]
     for r in rows:
         text = "; ".join(_piece(p) for p in r["pieces"])
         if text:
@@ -198,7 +204,12 @@ def _piece(p: dict) -> str:
         gap = max(0.0, p["objective"] - p["bound"]) / max(1.0, abs(p["objective"]))
     head = "-" if p["head_accuracy"] is None else f"{100 * p['head_accuracy']:.1f}%"
     gap_text = "-" if gap is None else f"{100 * gap:.1f}%"
-    return f"{p['layer']}: {p['units']}, {p['status']}, {p['seconds']:.1f} s, {gap_text}, {head}"
+    entries = p.get("relu_entries") or {}
+    fixed = sum(count for case, count in entries.items() if case != "binary")
+    return (
+        f"{p['layer']}: {p['units']}, {p['status']}, {p['seconds']:.1f} s, {gap_text}, {head}, "
+        f"{entries.get('binary', 0)} binary / {fixed} fixed ReLU entries"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import oamip
 from oamip.adapters.decompose import blocks, check_decomposition, decomposed_pieces
 from oamip.adapters.extract import extract
 from oamip.errors import InvalidInputError
+from oamip.formulations.importance import build_importance_model
 from oamip.network import AffineLayer
 from oamip.solve.decompose import Piece, run_pieces
 from oamip.solve.heads import HEAD_GRID, fit_head, grid_average_pool
@@ -131,6 +132,9 @@ def test_layer_and_class_pieces_with_heads_are_optimal():
     for piece, result in zip(pieces, res.subproblems):
         assert piece.key == result.key
         assert result.objective == pytest.approx(_block_optimum(piece.with_head()), abs=TOL)
+        with_head = piece.with_head()
+        built = build_importance_model(with_head.network, piece.x, piece.y, with_head.options)
+        assert result.relu_entries == built.relu_entries and result.relu_entries
     assert set(res.scores) == {"1", "3"} and res.status == "optimal"
 
 
@@ -260,6 +264,7 @@ def test_a_rerun_with_the_checkpoint_solves_nothing(tmp_path):
     assert all(p.resumed for p in again.subproblems)
     for a, b in zip(first.subproblems, again.subproblems):
         assert (a.key, a.objective, a.bound, a.status) == (b.key, b.objective, b.bound, b.status)
+        assert a.relu_entries == b.relu_entries and a.relu_entries
         np.testing.assert_array_equal(a.scores["1"], b.scores["1"])
     other = oamip.score_neurons(
         model, x[:6], y[:6], decompose="class", checkpoint=folder, **SETTINGS

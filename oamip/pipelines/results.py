@@ -66,6 +66,9 @@ class SubproblemReport:
     resumed: bool
     error: str | None
     continued: bool = False
+    relu_entries: dict[str, int] = field(default_factory=dict)
+    """Its ReLU entries by how its MIP encodes them (``binary``: the ones left to the
+    solver; the others are fixed for every mask and sample)."""
 
 
 @dataclass

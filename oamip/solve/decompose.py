@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -163,6 +163,11 @@ class PieceResult:
     """The time limit the piece was solved under (saved with it, out of its key)."""
     continued: bool = False
     """True when solved again from the checkpoint's best solution of an earlier run."""
+    relu_entries: dict[str, int] = field(default_factory=dict)
+    """The piece's ReLU entries (unit and sample) by how its MIP encodes them
+    (:attr:`~oamip.formulations.importance.ImportanceModel.relu_entries`: ``dead``, ``linear``,
+    ``equality``, ``gated``, ``binary``): every one but ``binary`` is fixed for every mask
+    and sample and costs no binary variable, which is what makes a piece quick to prove."""
 
 
 def _content(piece: Piece) -> Iterator:
@@ -223,6 +228,7 @@ def solve_piece(piece: Piece, stop: threading.Event | None = None) -> PieceResul
         head_accuracy=piece.head_accuracy,
         note=point.solution.note if point.solution else "",
         time_limit=options.time_limit,
+        relu_entries=dict(im.relu_entries),
     )
 
 
