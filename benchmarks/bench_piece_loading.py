@@ -79,8 +79,10 @@ def pieces_by_size(net: str, sizes: list[int], args) -> tuple[Network, dict[int,
 
 
 def entries(network: Network, x, y, settings) -> dict:
-    """The scored ReLU entries by case, and the size of the MIP, with binary scores."""
-    im = build_importance_model(network, x, y, replace(settings, scores="binary"))
+    """The scored ReLU entries by case, and the size of the layered MIP, with binary scores
+    (not folded: a solve folds such a piece, docs/mathematics.md §4.8, to a variable per
+    score, logit and loss)."""
+    im = build_importance_model(network, x, y, replace(settings, scores="binary"), fold=False)
     form = compile_model(im.model)
     counts = {kind: im.relu_entries.get(kind, 0) for kind in ENTRY_KINDS}
     size = {

@@ -167,7 +167,7 @@ def markdown(rows: list[dict], meta: dict, vgg: str) -> str:
     lines += [
         "",
         "Pieces (layer: units, status, seconds, gap, head accuracy, ReLU entries left binary / "
-        "fixed for every mask and sample):",
+        "fixed for every mask and sample, or folded into the logits' affine map):",
         "",
     ]
     for r in rows:
@@ -205,10 +205,14 @@ def _piece(p: dict) -> str:
     head = "-" if p["head_accuracy"] is None else f"{100 * p['head_accuracy']:.1f}%"
     gap_text = "-" if gap is None else f"{100 * gap:.1f}%"
     entries = p.get("relu_entries") or {}
-    fixed = sum(count for case, count in entries.items() if case != "binary")
+    if "folded" in entries:
+        how = f"folded ({entries['folded']} ReLU entries)"
+    else:
+        fixed = sum(count for case, count in entries.items() if case != "binary")
+        how = f"{entries.get('binary', 0)} binary / {fixed} fixed ReLU entries"
     return (
         f"{p['layer']}: {p['units']}, {p['status']}, {p['seconds']:.1f} s, {gap_text}, {head}, "
-        f"{entries.get('binary', 0)} binary / {fixed} fixed ReLU entries"
+        f"{how}"
     )
 
 

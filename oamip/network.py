@@ -217,6 +217,40 @@ class Trace:
         return self.pre - self.shift
 
 
+FOLD_VALUES = 20_000_000
+"""Values one batched pass of :meth:`Network.score_affine` holds (units times samples times
+the widest layer after the scored one), about 160 MB."""
+
+
+@dataclass(frozen=True)
+class ScoreAffine:
+    """A network's logits on a fixed batch as an affine map of one layer's binary scores:
+    ``logits(s) = base + slope @ s`` for every ``s`` in ``{0, 1}^units``, exactly.
+
+    It exists when the network's only scored layer reads constants (the batch, through
+    unscored layers) and only affine layers (and a max pooling right after it) follow: each of
+    its outputs then depends on one score, and any function of one binary value is affine in
+    it, so the logits are affine in the score vector (docs/mathematics.md §4.8)."""
+
+    key: int
+    """The scored layer."""
+    base: np.ndarray
+    """``(N, classes)``: the logits with every score 0."""
+    slope: np.ndarray
+    """``(N, classes, units)``: how much switching each unit on adds to each logit."""
+
+    def logits(self, rows: np.ndarray) -> np.ndarray:
+        """The logits ``(R, N, classes)`` of each binary score vector of ``rows`` ``(R, units)``."""
+        return self.base[None] + np.einsum("nku,ru->rnk", self.slope, rows)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The least and largest value of each logit over every binary score vector."""
+        return (
+            self.base + np.minimum(self.slope, 0.0).sum(axis=2),
+            self.base + np.maximum(self.slope, 0.0).sum(axis=2),
+        )
+
+
 @dataclass
 class Network:
     """A chain of layers; the last one is affine and gives the logits."""
@@ -310,6 +344,48 @@ class Network:
     ) -> np.ndarray:
         """Logits for a batch ``x``; with scores, scored units compute docs/mathematics.md (1)."""
         return self.trace(x, scores, big_m)[-1].out
+
+    def score_affine(self, x: np.ndarray, big_m: dict[int, np.ndarray]) -> ScoreAffine | None:
+        """The logits on batch ``x`` as an affine map of the binary scores (:class:`ScoreAffine`),
+        or None where they are not one: more than one scored layer, or an activation (or a
+        max pooling not right after the scored layer) after it."""
+        key = self.foldable()
+        if key is None:
+            return None
+        before = self.trace(x)[: key + 1]
+        units = self.layers[key].n_units
+        base = self.resume(key, before[key].pre, {key: np.zeros(units)}, big_m, before)[-1].out
+        widest = max(layer.n_out for layer in self.layers[key:])
+        chunk = max(1, FOLD_VALUES // (len(x) * widest))
+        slope = np.empty((*base.shape, units))
+        for first in range(0, units, chunk):
+            rows = np.eye(units)[first : first + chunk]
+            scores = {key: np.repeat(rows, len(x), axis=0)}
+            pre = np.tile(before[key].pre, (len(rows), 1))
+            out = self.resume(key, pre, scores, big_m, before)[-1].out
+            on = out.reshape(len(rows), *base.shape) - base[None]
+            slope[..., first : first + len(rows)] = np.moveaxis(on, 0, -1)
+        return ScoreAffine(key, base, slope)
+
+    def foldable(self) -> int | None:
+        """The one scored layer, where the logits are affine in its binary scores on any batch
+        (see :meth:`score_affine`); None where they are not."""
+        keyed = [i for i in range(len(self.layers)) if self.score_key(i) is not None]
+        if len(keyed) != 1 or not self._affine_after(keyed[0]):
+            return None
+        return keyed[0]
+
+    def _affine_after(self, key: int) -> bool:
+        """Whether every layer after ``key`` is affine without activation, but for a max pooling
+        right after it (each of its windows lies in one channel, so under one score)."""
+        for i in range(key + 1, len(self.layers)):
+            layer = self.layers[i]
+            if isinstance(layer, MaxPoolLayer):
+                if i != key + 1:
+                    return False
+            elif layer.activation is not None:
+                return False
+        return True
 
     def crossed(self, index: int) -> bool:
         """Whether a residual layer after layer ``index`` reads a layer before it, so that the

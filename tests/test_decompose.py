@@ -135,6 +135,7 @@ def test_layer_and_class_pieces_with_heads_are_optimal():
         with_head = piece.with_head()
         built = build_importance_model(with_head.network, piece.x, piece.y, with_head.options)
         assert result.relu_entries == built.relu_entries and result.relu_entries
+        assert built.affine is not None and set(result.relu_entries) == {"folded"}
     assert set(res.scores) == {"1", "3"} and res.status == "optimal"
 
 

@@ -83,7 +83,7 @@ def test_prune_by_layer_fits_heads_on_the_training_split_and_reports_the_pieces(
         "relu_entries",
     }
     entries = plain["subproblems"][0]["relu_entries"]
-    assert set(entries) <= {"dead", "linear", "equality", "gated", "binary"} and entries
+    assert set(entries) <= {"dead", "linear", "equality", "gated", "binary", "folded"} and entries
     json.dumps(plain)
     optimal = sum(p.status == "optimal" for p in report.subproblems)
     assert f"decomposed (layer): {optimal} of 2 pieces proven optimal" in summary_table(report)

@@ -37,7 +37,7 @@ from oamip.formulations.encodings import (
 )
 from oamip.formulations.ideal_cuts import CutSite, separate
 from oamip.formulations.losses import Loss, LossSite, get_loss
-from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer, Trace
+from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer, ScoreAffine, Trace
 
 SCORE_MODES = ("continuous", "binary")
 SPARSITY_MODES = ("layer", "unit")
@@ -129,7 +129,11 @@ class ImportanceModel:
     relu_entries: dict[str, int] = field(default_factory=dict)
     """How many ReLU entries (per sample, output or pooled output, and ramp of an activation)
     each case of :func:`encode_scored_relu` encoded, and ``dead``: those that can never be
-    positive, which get no variable."""
+    positive, which get no variable; ``folded``: those of a model built on :attr:`affine`,
+    which encodes no unit at all."""
+    affine: ScoreAffine | None = None
+    """Where the logits are an affine map of the binary scores, that map: the model is then
+    built on it (one row per logit, §4.8), not on the layers."""
 
     @property
     def big_m(self) -> dict[int, np.ndarray]:
@@ -234,11 +238,15 @@ def build_importance_model(
     y: np.ndarray,
     settings: ImportanceSettings | None = None,
     bounds: NetworkBounds | None = None,
+    fold: bool = True,
 ) -> ImportanceModel:
     """Build the importance MIP of ``network`` on the batch ``(x, y)``.
 
     ``bounds`` may be tighter than the interval bounds (bound tightening); the constants ``M``
-    of the score term must be the interval ones so the problem does not change.
+    of the score term must be the interval ones so the problem does not change. With binary
+    scores and logits affine in them (:meth:`~oamip.network.Network.score_affine`: one scored
+    layer reading constants, as a decomposed piece's), the model is built on that affine map
+    unless ``fold`` is False: the same problem without a variable per unit and sample.
     """
     settings = replace(settings) if settings is not None else ImportanceSettings()
     settings.validate()
@@ -251,6 +259,8 @@ def build_importance_model(
     bounds = bounds or interval_bounds(network, x)
     model = pyo.ConcreteModel(name="neuron_importance")
     im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
+    if fold and settings.scores == "binary":
+        im.affine = network.score_affine(x, bounds.big_m)
     with PauseGC():
         _Builder(im).build()
     return im
@@ -282,6 +292,14 @@ class _Builder:
         """What each layer hands on (None for a scored layer pooled with its max pooling)."""
 
     def build(self) -> None:
+        self.im.logit_ids = self._folded() if self.im.affine is not None else self._layers()
+        self._score_rows()
+        self._loss()
+        self.rows.attach(self.table, "network")
+        _set_objective(self.im)
+
+    def _layers(self) -> np.ndarray:
+        """Encode the network layer by layer; returns the logits' variables."""
         x = self.im.x.reshape(len(self.im.x), -1)
         state = Operand(np.full(x.shape, -1, dtype=np.int64), x, x, x)
         layers = self.im.network.layers
@@ -300,11 +318,25 @@ class _Builder:
                 state = self._affine(i, layer, self._input(i, state), i == len(layers) - 1)
             self.outputs.append(state)
             i += 1
-        self.im.logit_ids = state.var
-        self._score_rows()
-        self._loss()
-        self.rows.attach(self.table, "network")
-        _set_objective(self.im)
+        return state.var
+
+    def _folded(self) -> np.ndarray:
+        """The logits as ``base + slope @ s`` (:class:`~oamip.network.ScoreAffine`): one row
+        per logit over the scored layer's scores, no variable for any unit's output."""
+        affine = self.im.affine
+        layer = self.im.network.layers[affine.key]
+        scores, _ = self._scores(affine.key, layer)
+        base = affine.base.ravel()
+        logits = self.table.add("logits", np.full(base.shape, -np.inf), np.full(base.shape, np.inf))
+        r = self.rows.new_rows(base, base)
+        self.rows.terms(r, logits, 1.0)
+        slope = affine.slope.reshape(len(base), -1)
+        row, unit = np.nonzero(slope)
+        self.rows.terms(r[row], scores[unit], -slope[row, unit])
+        logits = logits.reshape(affine.base.shape)
+        self._record_values(len(self.im.network.layers) - 1, logits, "out")
+        self.im.relu_entries["folded"] = len(self.im.x) * layer.n_out
+        return logits
 
     def _input(self, i: int, state: Operand) -> Operand:
         """What layer ``i`` acts on: ``state``, the previous layer's output, concatenated with

@@ -73,6 +73,11 @@ class Loss(abc.ABC):
         """Refine the under-estimate at logits ``points[k]`` for each ``k`` in ``samples``."""
         raise NotImplementedError(f"the {self.name} loss is exact and takes no cuts")
 
+    def rows_per_sample(self, classes: int) -> int:
+        """How many rows ``encode`` adds per sample, for size estimates (at most; the default,
+        two per class, covers the built-in losses)."""
+        return 2 * classes
+
     def __str__(self) -> str:
         changed = [f for f in fields(self) if getattr(self, f.name) != f.default]
         if not changed:
@@ -120,6 +125,9 @@ class Hinge(Loss):
         others[rows, labels] = -np.inf
         return np.maximum(0.0, self.margin + others.max(axis=1) - true)
 
+    def rows_per_sample(self, classes: int) -> int:
+        return classes - 1
+
     def encode(self, site: LossSite, rows: RowBlock, trained: np.ndarray) -> None:
         """``t_k >= margin + z_kj - z_ky`` for every wrong class ``j`` (and ``t_k >= 0``)."""
         labels, logit_ids = site.labels, site.logit_ids
@@ -142,6 +150,9 @@ class CrossEntropy(Loss):
 
     def values(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return logsumexp(logits, axis=1) - logits[np.arange(len(labels)), labels]
+
+    def rows_per_sample(self, classes: int) -> int:
+        return 2
 
     def encode(self, site: LossSite, rows: RowBlock, trained: np.ndarray) -> None:
         every = np.arange(len(site.labels))

@@ -5,7 +5,8 @@ or off for a sample, so :func:`estimate_size` counts every ReLU as undecided in 
 for a network of affine layers this is an upper bound on the model that
 :func:`oamip.formulations.build_importance_model` builds (stable units, and the gated ones of
 binary scores, one variable and at most four rows, only remove variables and rows), before any
-cut is added. It lets a size-limited solver be refused before any work.
+cut is added. A model that folds (binary scores, one scored layer: docs/mathematics.md §4.8) is
+counted as folded. It lets a size-limited solver be refused before any work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oamip.formulations.importance import ImportanceSettings
+from oamip.formulations.losses import Loss
 from oamip.network import MaxPoolLayer, Network
 
 BIG_M_ROWS = 3
@@ -41,6 +43,8 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
     ``min_keep`` row per scored layer."""
     tight = settings.encoding == "tight"
     binary = settings.scores == "binary"
+    if binary and network.foldable() is not None:
+        return _folded(network, samples, settings.loss_fn)
     layers = network.layers
     variables = constraints = 0
     constant = True
@@ -79,6 +83,16 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
         samples * per_sample.variables + scores,
         samples * per_sample.constraints + len(network.scored),
     )
+
+
+def _folded(network: Network, samples: int, loss: Loss) -> ModelSize:
+    """The size of a folded model (docs/mathematics.md §4.8): per sample a variable and a row
+    per logit, one loss variable and the loss's first rows; one score per unit and one
+    ``min_keep`` row."""
+    (key,) = network.scored
+    classes = network.num_classes
+    rows = classes + loss.rows_per_sample(classes)
+    return ModelSize(samples * (classes + 1) + network.layers[key].n_units, samples * rows + 1)
 
 
 def _pooling(pool: MaxPoolLayer, variables: int, constraints: int) -> tuple[int, int]:

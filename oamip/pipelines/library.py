@@ -252,12 +252,14 @@ def network_digest(model: torch.nn.Module) -> str:
 def instance_form(
     spec: LibrarySpec, dataset: Dataset, cache_dir: str | Path | None = None
 ) -> tuple[Built, NetworkBatch]:
-    """``spec``'s importance MIP as a standard form, and the network and batch it comes from."""
+    """``spec``'s importance MIP as a standard form, and the network and batch it comes from:
+    the layered model, never folded (a binary per-layer piece, which a solve folds to an
+    affine map of its scores, docs/mathematics.md §4.8, stays a benchmark of the encodings)."""
     net = network_batch(spec, dataset, cache_dir)
     settings = ImportanceSettings(loss=spec.loss, lam=spec.lam, scores=spec.scores)
     network = net.extracted.network
     if spec.decompose != "layer":
-        im = build_importance_model(network, net.x, net.y, settings)
+        im = build_importance_model(network, net.x, net.y, settings, fold=False)
         form = compile_model(im.model)
         return Built(form, "", *_network_columns(im, form, net.extracted)), net
     options = ScoringOptions(**asdict(settings), decompose="layer")
@@ -269,7 +271,7 @@ def instance_form(
             f"'{spec.piece}' does not exist"
         )
     piece = pieces[index].with_head()
-    im = build_importance_model(piece.network, piece.x, piece.y, piece.options)
+    im = build_importance_model(piece.network, piece.x, piece.y, piece.options, fold=False)
     return Built(compile_model(im.model), piece.layer or ""), net
 
 

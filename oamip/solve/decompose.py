@@ -53,6 +53,7 @@ from oamip import backends
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
+from oamip.formulations.size import estimate_size
 from oamip.network import AffineLayer, Network, ResidualLayer
 from oamip.solve.heads import HeadData, fitted_head
 from oamip.solve.interrupt import INTERRUPTED
@@ -291,6 +292,8 @@ def run_pieces(
                 earlier[index] = found
                 work[index] = replace(piece, start=found.scores)
             todo.append(index)
+        if client is not None or n_jobs > 1:
+            todo = longest_first(work, todo)
         with _first_stop() as stop:
             if client is not None:
                 _run_dask(client, work, todo, finished, stop)
@@ -299,6 +302,24 @@ def run_pieces(
             else:
                 _run_sequentially(work, todo, finished, stop)
     return [results[index] for index in range(len(pieces))]
+
+
+def longest_first(pieces: Sequence[Piece], todo: list[int]) -> list[int]:
+    """``todo`` with the pieces expected to take longest first (ties in their order), so that
+    workers taking pieces as they free up end close together: a long piece handed out last
+    would leave the other workers idle."""
+    return sorted(todo, key=lambda index: -expected_work(pieces[index]))
+
+
+def expected_work(piece: Piece) -> int:
+    """How hard a piece is expected to be: the binary variables its MIP can have. A piece
+    that folds (binary scores, one scored layer: docs/mathematics.md §4.8) has only its
+    scores; any other, up to one per ReLU entry, counted by the size estimate's variables."""
+    network, options = piece.network, piece.options
+    key = network.foldable()
+    if options.scores == "binary" and key is not None:
+        return network.layers[key].n_units
+    return estimate_size(network, len(piece.y), options).variables
 
 
 def is_final(saved: PieceResult, time_limit: float | None) -> bool:

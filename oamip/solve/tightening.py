@@ -99,7 +99,7 @@ def _check_layers(network: Network, layers: list[int]) -> list[int]:
 
 def _tighten_layer(network, x, y, settings, bounds, index, solver, threads, deadline, result):
     """Optimise every pre-activation variable of layer ``index`` over the relaxation."""
-    im = build_importance_model(network, x, y, settings, bounds)
+    im = build_importance_model(network, x, y, settings, bounds, fold=False)
     ids = im.pre_ids.get(index)
     if ids is None or not (ids >= 0).any():
         return bounds

@@ -163,7 +163,7 @@ def _evaluate(im: ImportanceModel, scores: Scores, moves: list[Move], deadline) 
     one layer start their forward pass at that layer, from the current trace."""
     values = np.full(len(moves), np.inf)
     layers = np.array([m[0] for m in moves], dtype=int)
-    trace = im.network.trace(im.x, scores, im.big_m)
+    trace = im.network.trace(im.x, scores, im.big_m) if im.affine is None else None
     base = sparsity_term(im.network, scores, im.settings.sparsity)
     for layer in np.unique(layers).tolist():
         where = np.flatnonzero(layers == layer)
@@ -184,10 +184,13 @@ def _objectives(im: ImportanceModel, scores: Scores, trace, base: float, moves: 
     rows = np.repeat(scores[layer][None, :], len(moves), axis=0)
     for row, move in zip(rows, moves):
         _apply({layer: row}, move)
-    per_row = dict(scores)
-    per_row[layer] = np.repeat(rows, n, axis=0)
-    pre = np.tile(trace[layer].pre, (len(moves), 1))
-    logits = im.network.resume(layer, pre, per_row, im.big_m, trace[:layer])[-1].out
+    if im.affine is not None:
+        logits = im.affine.logits(rows).reshape(len(moves) * n, -1)
+    else:
+        per_row = dict(scores)
+        per_row[layer] = np.repeat(rows, n, axis=0)
+        pre = np.tile(trace[layer].pre, (len(moves), 1))
+        logits = im.network.resume(layer, pre, per_row, im.big_m, trace[:layer])[-1].out
     losses = im.losses_at(logits, len(moves)).reshape(len(moves), n)
     weight = unit_weights(im.network, im.settings.sparsity)[layer]
     sparsity = base + (rows.sum(axis=1) - scores[layer].sum()) * weight
