@@ -123,8 +123,13 @@ def direct_build(
     network: Network, x: np.ndarray, y: np.ndarray, settings: ImportanceSettings
 ) -> DirectModel:
     """The importance MIP of ``network`` on ``(x, y)`` built with numpy only (CE loss, ReLUs;
-    affine and residual layers, max pooling right after a scored ReLU)."""
-    walk = _Walk(network, interval_bounds(network, x), settings.scores == "binary")
+    affine and residual layers, max pooling right after a scored ReLU); folded as the
+    formulation folds it (binary scores, one scored layer: docs/mathematics.md §4.8)."""
+    binary = settings.scores == "binary"
+    bounds = interval_bounds(network, x)
+    if binary and network.foldable() is not None:
+        return _direct_folded(network, x, y, settings, bounds)
+    walk = _Walk(network, bounds, binary)
     flat = x.reshape(len(x), -1).astype(float)
     state = Operand(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
     layers = network.layers
@@ -153,6 +158,30 @@ def direct_build(
         _ce_rows(rows, loss, state.var, y, point)
     weights = unit_weights(network, settings.sparsity)
     return _assemble(cols, rows, walk.scores, weights, loss, settings.lam / len(y))
+
+
+def _direct_folded(network, x, y, settings, bounds: NetworkBounds) -> DirectModel:
+    """The folded model with numpy: scores, logits ``z = base + slope @ s`` and the loss."""
+    affine = network.score_affine(x, bounds.big_m)
+    cols, rows = _Columns(), RowBlock()
+    units = affine.slope.shape[2]
+    scores = cols.add("score", np.zeros(units), np.ones(units), binary=True)
+    base = affine.base.ravel()
+    logits = cols.add("logits", np.full(base.shape, -np.inf), np.full(base.shape, np.inf))
+    r = rows.new_rows(base, base)
+    rows.terms(r, logits, 1.0)
+    slope = affine.slope.reshape(len(base), units)
+    row, unit = np.nonzero(slope)
+    rows.terms(r[row], scores[unit], -slope[row, unit])
+    r = rows.new_rows([settings.min_keep], np.inf)
+    rows.terms(np.repeat(r, units), scores, 1.0)
+    loss = cols.add("loss", np.zeros(len(y)), np.full(len(y), np.inf))
+    trained_logits = network.forward(x)
+    for point in (trained_logits, np.zeros_like(trained_logits)):
+        _ce_rows(rows, loss, logits.reshape(affine.base.shape), y, point)
+    weights = unit_weights(network, settings.sparsity)
+    key = {affine.key: scores}
+    return _assemble(cols, rows, key, weights, loss, settings.lam / len(y))
 
 
 def _joined(layer, state: Operand, outputs: list[Operand | None]) -> Operand:

@@ -8,7 +8,9 @@ images); per piece, the two paths of ``bench_loading.py`` are timed in alternati
 matrix built with numpy and handed to highspy, after checking that both give one matrix. The head
 is fit before and not timed. Networks: LeNet-5 on MNIST, the VGG and ResNet-20 (28x28) on
 Fashion-MNIST, trained by the recipes of ``bench_budget.py`` (cached in ``benchmarks/.cache``),
-with 10 and 100 samples (``--samples``, the batch of ``mip_batch``, one class after the other).
+with 10 and 100 samples (``--samples``, the batch of ``mip_batch``, one class after the other),
+continuous scores unless ``--scores binary`` (then both paths fold each piece into the affine
+map of its scores, docs/mathematics.md §4.8).
 
 Per piece it also counts the scored ReLU entries of the model with binary scores by how they are
 encoded (dead: no variable; linear, equality, gated: no binary; binary), and the MIP's size;
@@ -61,7 +63,7 @@ def pieces_by_size(net: str, sizes: list[int], args) -> tuple[Network, dict[int,
     """The network and, per batch size, its pieces with their heads fit (the heads do not
     depend on the batch, so each is fit once)."""
     model, data = trained_network(net, args)
-    options = ScoringOptions(decompose="layer", aux_samples=args.aux_samples)
+    options = ScoringOptions(decompose="layer", aux_samples=args.aux_samples, scores=args.scores)
     aux = (data.x_train, data.y_train)
     found, network = {}, None
     for samples in sizes:
@@ -181,7 +183,8 @@ def markdown(record: dict, meta: dict) -> str:
         "HiGHS load; direct: numpy build + highspy load of the same matrix (checked where "
         f"marked). Target: Pyomo path <= {TARGET_RATIO:g}x direct per conv piece; a ResNet-20 "
         f"piece built within {PIECE_TARGET_SECONDS:g} s. Heads fit on {record['aux_samples']} "
-        "training images (not timed).",
+        f"training images (not timed). Scores: {record.get('scores', 'continuous')} (binary "
+        "pieces are folded by both paths, docs/mathematics.md §4.8).",
         "",
         "| network | samples | pieces | median ratio | largest ratio | largest build (s) "
         "| largest Pyomo path (s) |",
@@ -196,8 +199,8 @@ def markdown(record: dict, meta: dict) -> str:
         )
     lines += [
         "",
-        "Per piece (seconds; entries and size of the MIP with binary scores: dead entries get "
-        "no variable, linear/equality/gated ones no binary):",
+        "Per piece (seconds; entries and size of the layered MIP with binary scores, which a "
+        "solve folds: dead entries get no variable, linear/equality/gated ones no binary):",
         "",
         "| network | samples | piece | checked | build | compile | HiGHS load | direct build "
         "| direct load | ratio | dead | linear | equality | gated | binary | columns | rows "
@@ -249,6 +252,7 @@ def main() -> None:
         "rounds": args.rounds,
         "one_round": sorted(one_round),
         "aux_samples": args.aux_samples,
+        "scores": args.scores,
         "target_ratio": TARGET_RATIO,
         "networks": per_network(results),
         "results": results,
@@ -276,9 +280,16 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--aux-samples", type=int, default=1000, help="images the heads fit on")
     parser.add_argument("--resnet-train", type=int, default=3000, help="ResNet-20's images")
     parser.add_argument("--whole", action="store_true", help="also count whole LeNet-5's entries")
+    parser.add_argument(
+        "--scores",
+        default="continuous",
+        choices=("continuous", "binary"),
+        help="the pieces' scores (binary: both paths fold, docs/mathematics.md §4.8)",
+    )
     parser.add_argument("--name", default="piece-loading", help="results file name (no date)")
     args = parser.parse_args()
     args.val_fraction = PruneSettings().val_fraction
+    args.train_seed = 0
     return args
 
 

@@ -21,7 +21,7 @@ from oamip.adapters.extract import extract
 from oamip.errors import InvalidInputError
 from oamip.formulations.importance import build_importance_model
 from oamip.network import AffineLayer
-from oamip.solve.decompose import Piece, run_pieces
+from oamip.solve.decompose import Piece, expected_work, longest_first, run_pieces
 from oamip.solve.heads import HEAD_GRID, fit_head, grid_average_pool
 from oamip.solve.options import ScoringOptions
 from tests.nets import convnet, mlp
@@ -346,3 +346,19 @@ def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path):
         )
     assert time.perf_counter() - started < 15
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("scores", ["binary", "continuous"])
+def test_workers_are_handed_the_hardest_pieces_first(scores):
+    model = mlp(2, sizes=(6, 3, 5, 3))
+    x, y = _batch(2)
+    network = extract(model, x).network
+    options = ScoringOptions(decompose="layer", scores=scores, loss="hinge")
+    options.validate()
+    aux = check_decomposition(network, x, y, options, _batch(3, n=60))
+    pieces = decomposed_pieces(network, x, y, options, aux)
+    work = [expected_work(piece) for piece in pieces]
+    order = longest_first(pieces, [0, 1])
+    assert sorted(order) == [0, 1] and work[order[0]] >= work[order[1]]
+    if scores == "binary":
+        assert work == [3, 5] and order == [1, 0]

@@ -129,7 +129,8 @@ class ImportanceModel:
     relu_entries: dict[str, int] = field(default_factory=dict)
     """How many ReLU entries (per sample, output or pooled output, and ramp of an activation)
     each case of :func:`encode_scored_relu` encoded, and ``dead``: those that can never be
-    positive, which get no variable; ``folded``: those of a model built on :attr:`affine`,
+    positive, which get no variable; ``folded``: those of a model built on :attr:`affine`
+    (per pooled output where a max pooling follows, and per ramp, as the layered model counts),
     which encodes no unit at all."""
     affine: ScoreAffine | None = None
     """Where the logits are an affine map of the binary scores, that map: the model is then
@@ -335,7 +336,11 @@ class _Builder:
         self.rows.terms(r[row], scores[unit], -slope[row, unit])
         logits = logits.reshape(affine.base.shape)
         self._record_values(len(self.im.network.layers) - 1, logits, "out")
-        self.im.relu_entries["folded"] = len(self.im.x) * layer.n_out
+        layers = self.im.network.layers
+        pool = layers[affine.key + 1] if affine.key + 1 < len(layers) else None
+        entries = pool.n_out if isinstance(pool, MaxPoolLayer) else layer.n_out
+        ramps = len(layer.activation.ramps)
+        self.im.relu_entries["folded"] = len(self.im.x) * entries * ramps
         return logits
 
     def _input(self, i: int, state: Operand) -> Operand:
