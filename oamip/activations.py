@@ -86,10 +86,15 @@ class Activation(abc.ABC):
     def scored(self, pre: np.ndarray, shift: np.ndarray | float = 0.0) -> np.ndarray:
         """``sum_t c_t ReLU(d_t pre - b_t - shift)``: the activation of ``pre`` (``shift = 0``)
         or of a scored unit (``shift = (1 - s) M``)."""
-        out = np.zeros(np.shape(pre))
+        out = None
         for r in self.ramps:
-            out = out + r.coef * np.maximum(r.side * pre - r.offset - shift, 0.0)
-        return out
+            arg = pre if r.side > 0 else -pre
+            value = np.asarray(arg - (r.offset + shift), dtype=float)
+            np.maximum(value, 0.0, out=value)
+            if r.coef != 1.0:
+                value *= r.coef
+            out = value if out is None else np.add(out, value, out=out)
+        return np.zeros(np.shape(pre)) if out is None else out
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         return self.scored(np.asarray(z, dtype=float))

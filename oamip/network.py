@@ -324,14 +324,14 @@ class Network:
             layer = self.layers[i]
             if i > start:
                 pre = layer.forward(self.layer_input(i, outputs))
-            shift = np.zeros(pre.shape)
+            shift, term = np.broadcast_to(0.0, pre.shape), 0.0
             key = self.score_key(i)
             if key is not None and scores is not None:
                 term = ((1.0 - scores[key]) * big_m[i])[..., layer.unit_of]
                 shift = np.broadcast_to(term, pre.shape)
             h = pre
             if not isinstance(layer, MaxPoolLayer) and layer.activation is not None:
-                h = layer.activation.scored(pre, shift)
+                h = layer.activation.scored(pre, term)
             record.append(Trace(pre=pre, shift=shift, out=h))
             outputs[i] = h
         return record
