@@ -48,6 +48,7 @@ from oamip.formulations.encodings import (
 from oamip.formulations.importance import (
     ImportanceSettings,
     build_importance_model,
+    folded_layer,
     unit_weights,
 )
 from oamip.network import Affine, MaxPoolLayer, Network, ResidualLayer
@@ -125,11 +126,10 @@ def direct_build(
     """The importance MIP of ``network`` on ``(x, y)`` built with numpy only (CE loss, ReLUs;
     affine and residual layers, max pooling right after a scored ReLU); folded as the
     formulation folds it (binary scores, one scored layer: docs/mathematics.md §4.8)."""
-    binary = settings.scores == "binary"
     bounds = interval_bounds(network, x)
-    if binary and network.foldable() is not None:
+    if folded_layer(network, settings) is not None:
         return _direct_folded(network, x, y, settings, bounds)
-    walk = _Walk(network, bounds, binary)
+    walk = _Walk(network, bounds, settings.scores == "binary")
     flat = x.reshape(len(x), -1).astype(float)
     state = Operand(np.full(flat.shape, -1, dtype=np.int64), flat, flat, flat)
     layers = network.layers

@@ -243,13 +243,6 @@ class ScoreAffine:
         """The logits ``(R, N, classes)`` of each binary score vector of ``rows`` ``(R, units)``."""
         return self.base[None] + np.einsum("nku,ru->rnk", self.slope, rows)
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """The least and largest value of each logit over every binary score vector."""
-        return (
-            self.base + np.minimum(self.slope, 0.0).sum(axis=2),
-            self.base + np.maximum(self.slope, 0.0).sum(axis=2),
-        )
-
 
 @dataclass
 class Network:

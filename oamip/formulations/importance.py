@@ -260,11 +260,18 @@ def build_importance_model(
     bounds = bounds or interval_bounds(network, x)
     model = pyo.ConcreteModel(name="neuron_importance")
     im = ImportanceModel(model, network, x, y, settings, bounds, VarTable(model))
-    if fold and settings.scores == "binary":
+    if fold and folded_layer(network, settings) is not None:
         im.affine = network.score_affine(x, bounds.big_m)
     with PauseGC():
         _Builder(im).build()
     return im
+
+
+def folded_layer(network: Network, settings: ImportanceSettings) -> int | None:
+    """The scored layer whose binary scores the logits are affine in, where the model is built
+    on that map (docs/mathematics.md §4.8: binary scores, :meth:`Network.foldable`); None
+    where the model encodes the layers."""
+    return network.foldable() if settings.scores == "binary" else None
 
 
 def check_labels(y, n: int, classes: int) -> np.ndarray:
@@ -325,7 +332,8 @@ class _Builder:
         """The logits as ``base + slope @ s`` (:class:`~oamip.network.ScoreAffine`): one row
         per logit over the scored layer's scores, no variable for any unit's output."""
         affine = self.im.affine
-        layer = self.im.network.layers[affine.key]
+        layers = self.im.network.layers
+        layer = layers[affine.key]
         scores, _ = self._scores(affine.key, layer)
         base = affine.base.ravel()
         logits = self.table.add("logits", np.full(base.shape, -np.inf), np.full(base.shape, np.inf))
@@ -335,10 +343,9 @@ class _Builder:
         row, unit = np.nonzero(slope)
         self.rows.terms(r[row], scores[unit], -slope[row, unit])
         logits = logits.reshape(affine.base.shape)
-        self._record_values(len(self.im.network.layers) - 1, logits, "out")
-        layers = self.im.network.layers
+        self._record_values(len(layers) - 1, logits, "out")
         pool = layers[affine.key + 1] if affine.key + 1 < len(layers) else None
-        entries = pool.n_out if isinstance(pool, MaxPoolLayer) else layer.n_out
+        entries = pool.n_out if _pooled(layer, pool) else layer.n_out
         ramps = len(layer.activation.ramps)
         self.im.relu_entries["folded"] = len(self.im.x) * entries * ramps
         return logits

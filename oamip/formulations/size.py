@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oamip.formulations.importance import ImportanceSettings
+from oamip.formulations.importance import ImportanceSettings, folded_layer
 from oamip.formulations.losses import Loss
 from oamip.network import MaxPoolLayer, Network
 
@@ -43,8 +43,9 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
     ``min_keep`` row per scored layer."""
     tight = settings.encoding == "tight"
     binary = settings.scores == "binary"
-    if binary and network.foldable() is not None:
-        return _folded(network, samples, settings.loss_fn)
+    key = folded_layer(network, settings)
+    if key is not None:
+        return _folded(network, key, samples, settings.loss_fn)
     layers = network.layers
     variables = constraints = 0
     constant = True
@@ -85,11 +86,10 @@ def estimate_size(network: Network, samples: int, settings: ImportanceSettings) 
     )
 
 
-def _folded(network: Network, samples: int, loss: Loss) -> ModelSize:
+def _folded(network: Network, key: int, samples: int, loss: Loss) -> ModelSize:
     """The size of a folded model (docs/mathematics.md §4.8): per sample a variable and a row
     per logit, one loss variable and the loss's first rows; one score per unit and one
     ``min_keep`` row."""
-    (key,) = network.scored
     classes = network.num_classes
     rows = classes + loss.rows_per_sample(classes)
     return ModelSize(samples * (classes + 1) + network.layers[key].n_units, samples * rows + 1)

@@ -68,7 +68,8 @@ class SubproblemReport:
     continued: bool = False
     relu_entries: dict[str, int] = field(default_factory=dict)
     """Its ReLU entries by how its MIP encodes them (``binary``: the ones left to the
-    solver; the others are fixed for every mask and sample)."""
+    solver; the others are fixed for every mask and sample, ``folded`` ones folded into the
+    affine map of its binary scores)."""
 
 
 @dataclass

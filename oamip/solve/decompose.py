@@ -53,6 +53,7 @@ from oamip import backends
 from oamip.errors import InvalidInputError
 from oamip.files import atomic_path
 from oamip.formulations import build_importance_model
+from oamip.formulations.importance import folded_layer
 from oamip.formulations.size import estimate_size
 from oamip.network import AffineLayer, Network, ResidualLayer
 from oamip.solve.heads import HeadData, fitted_head
@@ -167,8 +168,9 @@ class PieceResult:
     relu_entries: dict[str, int] = field(default_factory=dict)
     """The piece's ReLU entries (unit and sample) by how its MIP encodes them
     (:attr:`~oamip.formulations.importance.ImportanceModel.relu_entries`: ``dead``, ``linear``,
-    ``equality``, ``gated``, ``binary``): every one but ``binary`` is fixed for every mask
-    and sample and costs no binary variable, which is what makes a piece quick to prove."""
+    ``equality``, ``gated``, ``binary``, or ``folded`` for a piece built on the affine map of
+    its binary scores): every one but ``binary`` is fixed for every mask and sample and costs
+    no binary variable, which is what makes a piece quick to prove."""
 
 
 def _content(piece: Piece) -> Iterator:
@@ -316,8 +318,8 @@ def expected_work(piece: Piece) -> int:
     that folds (binary scores, one scored layer: docs/mathematics.md §4.8) has only its
     scores; any other, up to one per ReLU entry, counted by the size estimate's variables."""
     network, options = piece.network, piece.options
-    key = network.foldable()
-    if options.scores == "binary" and key is not None:
+    key = folded_layer(network, options)
+    if key is not None:
         return network.layers[key].n_units
     return estimate_size(network, len(piece.y), options).variables
 
